@@ -1,0 +1,351 @@
+//! sluice's configuration: one TOML file, secrets from the environment.
+//! Everything is validated at load, and every error names the key at fault.
+
+use crate::core::{MergeMethod, RepoName, RepoPolicy};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable names for the secrets.
+pub const ENV_GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+pub const ENV_WEBHOOK_SECRET: &str = "SLUICE_WEBHOOK_SECRET";
+pub const ENV_API_TOKEN: &str = "SLUICE_API_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {name} is not set ({why})")]
+    MissingSecret {
+        name: &'static str,
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub github: GithubConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    #[serde(default)]
+    pub repos: Vec<RepoConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Base URL people reach sluice at; result links start with it.
+    pub public_url: String,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            public_url: "http://127.0.0.1:8080".into(),
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// REST API base (GitHub Enterprise: `https://HOST/api/v3`).
+    pub api_url: String,
+    /// Where repositories are cloned from: `{clone_base}/{owner}/{name}.git`,
+    /// unless a repository sets its own `clone_url`.
+    pub clone_base: String,
+    /// Timeout of each API call, in seconds.
+    pub request_timeout_secs: u64,
+    /// Retries of a call that failed with 5xx, a timeout or a rate limit.
+    pub max_retries: u32,
+    /// The commit status context sluice writes.
+    pub status_context: String,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        GithubConfig {
+            api_url: "https://api.github.com".into(),
+            clone_base: "https://github.com".into(),
+            request_timeout_secs: 30,
+            max_retries: 4,
+            status_context: "sluice".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Seconds between re-reads of GitHub (0 = only at startup).
+    pub interval_secs: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig { interval_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    pub kind: ExecutorKind,
+    /// Where local jobs get their workspaces.
+    pub work_dir: PathBuf,
+    /// Jobs running at once on this machine, all repositories together.
+    pub max_parallel: usize,
+    /// Timeout of each git command a job runs, in seconds.
+    pub git_timeout_secs: u64,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            kind: ExecutorKind::Local,
+            work_dir: PathBuf::from("sluice-work"),
+            max_parallel: 4,
+            git_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultsKind {
+    #[default]
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    pub kind: ResultsKind,
+    /// Where local results are written; served under `/results/`.
+    pub dir: PathBuf,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            kind: ResultsKind::Local,
+            dir: PathBuf::from("sluice-results"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// `owner/name`.
+    pub name: String,
+    /// Overrides `github.clone_base`.
+    #[serde(default)]
+    pub clone_url: Option<String>,
+    /// The test command, as argv (never a shell string).
+    pub test_command: Vec<String>,
+    #[serde(default = "default_required_approvals")]
+    pub required_approvals: u32,
+    #[serde(default = "default_max_concurrent_builds")]
+    pub max_concurrent_builds: usize,
+    #[serde(default)]
+    pub merge_method: MergeMethod,
+    #[serde(default)]
+    pub priority_labels: Vec<String>,
+    #[serde(default = "default_job_timeout_secs")]
+    pub job_timeout_secs: u64,
+    #[serde(default = "default_max_infra_retries")]
+    pub max_infra_retries: u32,
+}
+
+fn default_required_approvals() -> u32 {
+    1
+}
+fn default_max_concurrent_builds() -> usize {
+    2
+}
+fn default_job_timeout_secs() -> u64 {
+    1800
+}
+fn default_max_infra_retries() -> u32 {
+    2
+}
+
+impl RepoConfig {
+    pub fn repo(&self) -> RepoName {
+        RepoName::parse(&self.name).expect("validated at load")
+    }
+    pub fn policy(&self) -> RepoPolicy {
+        RepoPolicy {
+            required_approvals: self.required_approvals,
+            max_concurrent_builds: self.max_concurrent_builds,
+            max_infra_retries: self.max_infra_retries,
+            priority_labels: self.priority_labels.clone(),
+        }
+    }
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_timeout_secs)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: String, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message: message.to_string(),
+        };
+        for (key, url) in [
+            ("server.public_url", &self.server.public_url),
+            ("github.api_url", &self.github.api_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(key.into(), "must be an http:// or https:// URL"));
+            }
+        }
+        if self.github.request_timeout_secs == 0 {
+            return Err(bad("github.request_timeout_secs".into(), "must be > 0"));
+        }
+        if self.github.status_context.trim().is_empty() {
+            return Err(bad("github.status_context".into(), "must not be empty"));
+        }
+        if self.executor.max_parallel == 0 {
+            return Err(bad("executor.max_parallel".into(), "must be > 0"));
+        }
+        if self.executor.git_timeout_secs == 0 {
+            return Err(bad("executor.git_timeout_secs".into(), "must be > 0"));
+        }
+        if self.repos.is_empty() {
+            return Err(bad(
+                "repos".into(),
+                "at least one [[repos]] entry is needed",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, repo) in self.repos.iter().enumerate() {
+            let key = |field: &str| format!("repos[{i}].{field}");
+            if let Err(e) = RepoName::parse(&repo.name) {
+                return Err(bad(key("name"), &e.to_string()));
+            }
+            if !seen.insert(repo.name.to_ascii_lowercase()) {
+                return Err(bad(key("name"), "repository listed twice"));
+            }
+            if repo.test_command.is_empty() || repo.test_command[0].trim().is_empty() {
+                return Err(bad(
+                    key("test_command"),
+                    "must be a non-empty argv list, e.g. [\"make\", \"test\"]",
+                ));
+            }
+            if repo.max_concurrent_builds == 0 {
+                return Err(bad(key("max_concurrent_builds"), "must be > 0"));
+            }
+            if repo.job_timeout_secs == 0 {
+                return Err(bad(key("job_timeout_secs"), "must be > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn repo(&self, name: &RepoName) -> Option<&RepoConfig> {
+        self.repos.iter().find(|r| r.name == name.as_str())
+    }
+
+    /// The URL a job clones `repo` from.
+    pub fn clone_url(&self, repo: &RepoConfig) -> String {
+        match &repo.clone_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "{}/{}.git",
+                self.github.clone_base.trim_end_matches('/'),
+                repo.name
+            ),
+        }
+    }
+}
+
+/// Secrets, read from the environment only.
+#[derive(Clone)]
+pub struct Secrets {
+    pub github_token: Option<String>,
+    pub webhook_secret: String,
+    pub api_token: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+impl Secrets {
+    pub fn from_env() -> Result<Secrets, ConfigError> {
+        let get = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Ok(Secrets {
+            github_token: get(ENV_GITHUB_TOKEN),
+            webhook_secret: get(ENV_WEBHOOK_SECRET).ok_or(ConfigError::MissingSecret {
+                name: ENV_WEBHOOK_SECRET,
+                why: "webhooks cannot be verified without it",
+            })?,
+            api_token: get(ENV_API_TOKEN),
+        })
+    }
+}

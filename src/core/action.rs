@@ -1,0 +1,93 @@
+//! What the core asks the world to do. The driver carries these out and
+//! feeds what comes of them back as events.
+
+use super::types::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set the commit status of `sha` (sluice's context).
+    SetStatus {
+        repo: RepoName,
+        sha: Sha,
+        state: CommitState,
+        description: String,
+        /// The build whose results page the status links to.
+        link: Option<ResultKey>,
+    },
+    /// Start testing `candidate`.
+    StartBuild {
+        build: BuildId,
+        candidate: Candidate,
+    },
+    /// Stop a build; no result will be used from it.
+    CancelBuild { build: BuildId },
+    /// Merge the PR, guarded by the tested head sha.
+    Merge {
+        pr: PrKey,
+        pair: Pair,
+        build: BuildId,
+    },
+    /// Re-read a PR's reviews (answered by `Event::Reviews`).
+    FetchReviews { pr: PrKey },
+    /// Re-read a branch head (answered by `Event::BranchMoved`).
+    FetchBranch { repo: RepoName, branch: String },
+    /// Re-read a PR (answered by `Event::PrUpdated` or `Event::PrClosed`).
+    FetchPr { pr: PrKey },
+    /// Answer a person's request.
+    Reply { request: RequestId, answer: Answer },
+    /// Something worth keeping in the history.
+    Record(HistoryEntry),
+}
+
+/// The answer to `retest` or `try-merge`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// sluice does not track this PR (unknown repository, closed, never seen).
+    UnknownPr,
+    /// The PR will be tested again.
+    RetestQueued { pr: PrKey },
+    /// The PR cannot be tested now; `reason` says why.
+    CannotTest { pr: PrKey, reason: String },
+    /// The merge call is on its way.
+    Merging {
+        pr: PrKey,
+        pair: Pair,
+        build: BuildId,
+    },
+    /// The PR cannot merge now; each reason is one sentence.
+    NotReady { pr: PrKey, reasons: Vec<String> },
+}
+
+/// A fact for the history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryEntry {
+    /// A build ended. `current` says whether its pair was still current (and
+    /// so its result was used).
+    BuildFinished {
+        build: BuildId,
+        candidate: Candidate,
+        report: JobReport,
+        current: bool,
+    },
+    /// A build was cancelled because its pair went stale or on request.
+    BuildCancelled {
+        build: BuildId,
+        candidate: Candidate,
+        at: Timestamp,
+        why: String,
+    },
+    /// A PR landed.
+    Merged {
+        pr: PrKey,
+        title: String,
+        pair: Pair,
+        build: BuildId,
+        approvers: Vec<String>,
+        merge_sha: Sha,
+        at: Timestamp,
+    },
+}

@@ -1,0 +1,77 @@
+//! Everything that can happen to sluice, as plain data. Webhooks, the
+//! reconcile loop, the executor, the forge's answers and people all speak to
+//! the core only through these.
+
+use super::types::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A PR was opened, got new commits, had its base changed, was relabelled
+    /// or marked ready; or a re-read of the forge says this is how it is.
+    PrUpdated(PrSnapshot),
+    /// A closed PR was reopened (a webhook said so explicitly).
+    PrReopened(PrSnapshot),
+    /// A PR was closed or merged by someone.
+    PrClosed(PrKey),
+    /// Something about a PR's reviews changed; sluice re-reads them.
+    ReviewActivity(PrKey),
+    /// Every review of a PR, as the forge reports them now.
+    Reviews { pr: PrKey, reviews: Vec<ReviewFact> },
+    /// A branch now points at `sha` (a push, our own merge, a re-read).
+    BranchMoved {
+        repo: RepoName,
+        branch: String,
+        sha: Sha,
+    },
+    /// A branch was deleted.
+    BranchDeleted { repo: RepoName, branch: String },
+    /// A re-read of the forge, started at `started_at`: the open PRs and the
+    /// heads of their target branches. Facts that changed after
+    /// `started_at` are newer than this snapshot and are kept.
+    Reconciled {
+        repo: RepoName,
+        started_at: Timestamp,
+        prs: Vec<PrSnapshot>,
+        branches: Vec<(String, Sha)>,
+    },
+    /// The executor finished a build (not sent for cancelled builds).
+    JobFinished {
+        build: BuildId,
+        candidate: Candidate,
+        report: JobReport,
+    },
+    /// What came of a merge call.
+    MergeFinished {
+        pr: PrKey,
+        pair: Pair,
+        result: MergeResult,
+    },
+    /// Someone asked for a PR to be tested again.
+    Retest { pr: PrKey, request: RequestId },
+    /// Someone asked for a PR to be merged now.
+    TryMerge { pr: PrKey, request: RequestId },
+    /// Time passes: retry what waits on a timer.
+    Tick,
+}
+
+impl Event {
+    /// The repository this event is about.
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Event::PrUpdated(s) | Event::PrReopened(s) => Some(&s.key.repo),
+            Event::PrClosed(pr)
+            | Event::ReviewActivity(pr)
+            | Event::Reviews { pr, .. }
+            | Event::MergeFinished { pr, .. }
+            | Event::Retest { pr, .. }
+            | Event::TryMerge { pr, .. } => Some(&pr.repo),
+            Event::BranchMoved { repo, .. }
+            | Event::BranchDeleted { repo, .. }
+            | Event::Reconciled { repo, .. } => Some(repo),
+            Event::JobFinished { candidate, .. } => Some(&candidate.repo),
+            Event::Tick => None,
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The pure core: the queue logic as a function of (state, event, now)
+//! returning actions. No I/O, no async runtime, no clock, no randomness:
+//! everything here can be tested in microseconds and replayed from a log.
+
+mod action;
+mod event;
+mod types;
+
+pub use action::*;
+pub use event::*;
+pub use types::*;
+
+use serde::{Deserialize, Serialize};
+
+/// How one repository is gated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoPolicy {
+    /// Approvals needed from reviewers with write access.
+    pub required_approvals: u32,
+    /// Builds running at once for this repository.
+    pub max_concurrent_builds: usize,
+    /// Times an infrastructure error is retried before it is reported.
+    pub max_infra_retries: u32,
+    /// PRs carrying one of these labels are tested first.
+    pub priority_labels: Vec<String>,
+}
+
+impl Default for RepoPolicy {
+    fn default() -> Self {
+        RepoPolicy {
+            required_approvals: 1,
+            max_concurrent_builds: 2,
+            max_infra_retries: 2,
+            priority_labels: Vec::new(),
+        }
+    }
+}

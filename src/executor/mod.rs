@@ -1,0 +1,41 @@
+//! Executors run builds: local processes on a laptop, Kubernetes Jobs in
+//! production. They are told what to run and report what came of it; they
+//! decide nothing.
+
+pub mod local;
+
+use crate::core::{BuildId, Candidate, JobReport};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Everything a job needs. PR code gets only what is in here, never a
+/// credential.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub build: BuildId,
+    pub candidate: Candidate,
+    /// Where to fetch the commits from.
+    pub clone_url: String,
+    /// The repository's test command, as argv.
+    pub command: Vec<String>,
+    /// The whole job (fetch, merge, test) is killed after this.
+    pub timeout: Duration,
+}
+
+/// A finished job: what happened and its log (stdout and stderr, with
+/// sluice's own lines about the fetch and merge).
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub build: BuildId,
+    pub candidate: Candidate,
+    pub report: JobReport,
+    pub log: Vec<u8>,
+}
+
+pub trait Executor: Send + Sync {
+    /// Starts the job in the background; its result is sent on `done`. A
+    /// cancelled job sends nothing.
+    fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>);
+    /// Stops a job and everything it started. Unknown ids are ignored.
+    fn cancel(&self, build: &BuildId);
+}

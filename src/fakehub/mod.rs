@@ -1,0 +1,1 @@
+//! Fake GitHub (being written).

@@ -1,0 +1,63 @@
+//! The forge boundary: GitHub today. The adapter turns GitHub's types into
+//! the core's at the edge; nothing past this module knows octocrab.
+
+pub mod github;
+pub mod webhook;
+
+use crate::core::{
+    CommitState, MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, Sha,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{what}: timed out")]
+    Timeout { what: String },
+    #[error("{what}: HTTP {status}: {message}")]
+    Http {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{what}: {message}")]
+    Transport { what: String, message: String },
+    #[error("{what}: unexpected response: {message}")]
+    Decode { what: String, message: String },
+}
+
+/// A PR as the forge reports it when asked for one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrFetch {
+    Open(PrSnapshot),
+    Closed,
+}
+
+/// A commit status to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitStatus {
+    pub state: CommitState,
+    pub description: String,
+    pub target_url: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Forge: Send + Sync {
+    /// Every open PR of the repository (all pages).
+    async fn list_open_prs(&self, repo: &RepoName) -> Result<Vec<PrSnapshot>, ForgeError>;
+    /// One PR, open or closed. `None` if it does not exist.
+    async fn get_pr(&self, pr: &PrKey) -> Result<Option<PrFetch>, ForgeError>;
+    /// Every review of the PR (all pages), each with whether its author can
+    /// write to the repository.
+    async fn reviews(&self, pr: &PrKey) -> Result<Vec<ReviewFact>, ForgeError>;
+    /// The head of a branch; `None` if there is no such branch.
+    async fn branch_head(&self, repo: &RepoName, branch: &str) -> Result<Option<Sha>, ForgeError>;
+    /// Sets a commit status.
+    async fn set_status(
+        &self,
+        repo: &RepoName,
+        sha: &Sha,
+        status: &CommitStatus,
+    ) -> Result<(), ForgeError>;
+    /// Merges the PR only if its head is still `head` (GitHub's `sha` guard).
+    /// 409/405/422 come back as `MergeResult`s, not errors.
+    async fn merge(&self, pr: &PrKey, head: &Sha, method: MergeMethod, title: &str) -> MergeResult;
+}

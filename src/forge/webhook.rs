@@ -1,0 +1,1 @@
+//! Webhook verification and parsing (being written).

@@ -1,0 +1,1 @@
+//! Local results store (being written).
