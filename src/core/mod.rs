@@ -35,3 +35,19 @@ impl Default for RepoPolicy {
         }
     }
 }
+
+mod approval;
+mod machine;
+mod state;
+pub mod text;
+mod views;
+
+pub use approval::{Approval, approval, latest_per_reviewer};
+pub use machine::{CLOSED_MEMORY_MS, MERGE_RETRY_MS};
+pub use state::*;
+pub use views::*;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,7 @@ pub enum ForgeError {
 }
 
 /// A PR as the forge reports it when asked for one.
+#[allow(clippy::large_enum_variant)] // short-lived, one per call
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrFetch {
     Open(PrSnapshot),

@@ -1,0 +1,741 @@
+//! The decisions: `State::handle(event, now) -> actions`.
+//!
+//! Handlers record facts; `settle` then derives everything else from the
+//! facts, level-triggered: cancel builds whose pair went stale, start builds
+//! in queue order up to the bound, publish statuses that changed, and merge
+//! what is approved and passed. Handling the same fact twice changes nothing.
+
+use super::action::*;
+use super::approval::latest_per_reviewer;
+use super::event::Event;
+use super::state::*;
+use super::text;
+use super::types::*;
+
+/// How long a closed PR is remembered, so a late delivery about it is ignored.
+pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
+/// How long a merge that failed for a passing reason (timeouts, 5xx) waits
+/// before it is tried again.
+pub const MERGE_RETRY_MS: u64 = 60 * 1000;
+
+impl State {
+    /// Applies one event at time `now` and returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(repo) = event.repo().cloned() else {
+            // Tick: timers of every repository.
+            let names: Vec<RepoName> = self.repos.keys().cloned().collect();
+            for name in names {
+                self.expire_timers(&name, now);
+                self.settle(&name, now, &mut out);
+            }
+            return out;
+        };
+        if !self.repos.contains_key(&repo) {
+            if let Event::Retest { request, .. } | Event::TryMerge { request, .. } = event {
+                out.push(Action::Reply {
+                    request,
+                    answer: Answer::UnknownPr,
+                });
+            }
+            return out;
+        }
+        match event {
+            Event::PrUpdated(snapshot) => self.on_pr_snapshot(snapshot, false, now, &mut out),
+            Event::PrReopened(snapshot) => self.on_pr_snapshot(snapshot, true, now, &mut out),
+            Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
+            Event::ReviewActivity(key) => {
+                if self.pr(&key).is_some() {
+                    out.push(Action::FetchReviews { pr: key });
+                }
+            }
+            Event::Reviews { pr, reviews } => {
+                if let Some(p) = self.pr_mut(&pr) {
+                    let latest = latest_per_reviewer(reviews);
+                    if p.reviews != latest {
+                        p.reviews = latest;
+                        p.updated_at = now;
+                    }
+                }
+            }
+            Event::BranchMoved { repo, branch, sha } => self.set_branch(&repo, branch, sha, now),
+            Event::BranchDeleted { repo, branch } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.branches.remove(&branch);
+                }
+            }
+            Event::Reconciled {
+                repo,
+                started_at,
+                prs,
+                branches,
+            } => self.on_reconciled(&repo, started_at, prs, branches, now, &mut out),
+            Event::JobFinished {
+                build,
+                candidate,
+                report,
+            } => self.on_job_finished(build, candidate, report, &mut out),
+            Event::MergeFinished { pr, pair, result } => {
+                self.on_merge_finished(pr, pair, result, now, &mut out)
+            }
+            Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
+            Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
+            Event::Tick => unreachable!("Tick has no repository and is handled above"),
+        }
+        self.settle(&repo, now, &mut out);
+        out
+    }
+
+    fn pr_mut(&mut self, key: &PrKey) -> Option<&mut Pr> {
+        self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
+    }
+
+    fn on_pr_snapshot(
+        &mut self,
+        snap: PrSnapshot,
+        reopened: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(repo) = self.repos.get_mut(&snap.key.repo) else {
+            return;
+        };
+        let number = snap.key.number;
+        if reopened {
+            repo.closed.remove(&number);
+        } else if let Some(closed_at) = repo.closed.get(&number) {
+            if now.0 < closed_at.0.saturating_add(CLOSED_MEMORY_MS) {
+                return; // a late delivery about a PR that has since closed
+            }
+            repo.closed.remove(&number);
+        }
+        self.apply_snapshot(snap, now, out);
+    }
+
+    /// Records what the forge says about an open PR.
+    fn apply_snapshot(&mut self, snap: PrSnapshot, now: Timestamp, out: &mut Vec<Action>) {
+        let repo = self.repos.get_mut(&snap.key.repo).expect("caller checked");
+        let base = snap.base_ref.clone();
+        match repo.branches.get(&base) {
+            Some(_) => {}
+            None => {
+                if let Some(hint) = &snap.base_sha {
+                    repo.branches.insert(
+                        base.clone(),
+                        Branch {
+                            sha: hint.clone(),
+                            learnt_at: None,
+                        },
+                    );
+                }
+                out.push(Action::FetchBranch {
+                    repo: snap.key.repo.clone(),
+                    branch: base,
+                });
+            }
+        }
+        match repo.prs.get_mut(&snap.key.number) {
+            Some(pr) => {
+                if pr.snapshot != snap {
+                    pr.snapshot = snap;
+                    pr.updated_at = now;
+                }
+            }
+            None => {
+                let key = snap.key.clone();
+                repo.prs.insert(
+                    key.number,
+                    Pr {
+                        snapshot: snap,
+                        first_seen: now,
+                        updated_at: now,
+                        reviews: Default::default(),
+                        results: Default::default(),
+                        infra_errors: Default::default(),
+                        build: None,
+                        merge_block: None,
+                        published: None,
+                    },
+                );
+                out.push(Action::FetchReviews { pr: key });
+            }
+        }
+    }
+
+    fn set_branch(&mut self, repo: &RepoName, branch: String, sha: Sha, now: Timestamp) {
+        if let Some(r) = self.repos.get_mut(repo) {
+            let known = r.branches.get(&branch);
+            if known.is_none_or(|b| b.sha != sha || b.learnt_at.is_none()) {
+                r.branches.insert(
+                    branch,
+                    Branch {
+                        sha,
+                        learnt_at: Some(now),
+                    },
+                );
+            }
+        }
+    }
+
+    fn close_pr(&mut self, key: &PrKey, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(repo) = self.repos.get_mut(&key.repo) else {
+            return;
+        };
+        repo.closed.insert(key.number, now);
+        let Some(pr) = repo.prs.remove(&key.number) else {
+            return;
+        };
+        if let Some(build) = pr.build {
+            self.cancel_build(build, text::cancelled_closed(), now, out);
+        }
+    }
+
+    fn cancel_build(&mut self, id: BuildId, why: String, now: Timestamp, out: &mut Vec<Action>) {
+        if let Some(build) = self.builds.remove(&id) {
+            out.push(Action::CancelBuild { build: id.clone() });
+            out.push(Action::Record(HistoryEntry::BuildCancelled {
+                build: id,
+                candidate: build.candidate,
+                at: now,
+                why,
+            }));
+        }
+    }
+
+    fn on_reconciled(
+        &mut self,
+        name: &RepoName,
+        started_at: Timestamp,
+        prs: Vec<PrSnapshot>,
+        branches: Vec<(String, Sha)>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        // A fact learnt after the re-read started is newer than the re-read.
+        for (branch, sha) in branches {
+            let newer = self.repos[name]
+                .branches
+                .get(&branch)
+                .is_some_and(|b| b.learnt_at.is_some_and(|t| t >= started_at));
+            if !newer {
+                self.set_branch(name, branch, sha, now);
+            }
+        }
+        let repo = self.repos.get_mut(name).expect("caller checked");
+        let listed: std::collections::BTreeSet<u64> = prs.iter().map(|s| s.key.number).collect();
+        let gone: Vec<u64> = repo
+            .prs
+            .values()
+            .filter(|pr| !listed.contains(&pr.snapshot.key.number) && pr.first_seen < started_at)
+            .map(|pr| pr.snapshot.key.number)
+            .collect();
+        for number in gone {
+            self.close_pr(
+                &PrKey {
+                    repo: name.clone(),
+                    number,
+                },
+                now,
+                out,
+            );
+        }
+        for snap in prs {
+            let repo = self.repos.get_mut(name).expect("caller checked");
+            let number = snap.key.number;
+            if let Some(closed_at) = repo.closed.get(&number) {
+                if *closed_at >= started_at {
+                    continue; // closed after the re-read started
+                }
+                repo.closed.remove(&number);
+            }
+            if repo
+                .prs
+                .get(&number)
+                .is_some_and(|pr| pr.updated_at >= started_at)
+            {
+                continue;
+            }
+            self.apply_snapshot(snap, now, out);
+        }
+    }
+
+    fn on_job_finished(
+        &mut self,
+        id: BuildId,
+        reported: Candidate,
+        report: JobReport,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(build) = self.builds.remove(&id) else {
+            // Cancelled or unknown: its pair is not current. Recorded only.
+            out.push(Action::Record(HistoryEntry::BuildFinished {
+                build: id,
+                candidate: reported,
+                report,
+                current: false,
+            }));
+            return;
+        };
+        let candidate = build.candidate;
+        let mut current = false;
+        if let (Some(repo), Some(first), Some(pair)) = (
+            self.repos.get_mut(&candidate.repo),
+            candidate.first_pr(),
+            candidate.pair(),
+        ) {
+            let max_retries = repo.policy.max_infra_retries;
+            let is_current = repo
+                .prs
+                .get(&first.number)
+                .is_some_and(|pr| repo.current_pair(pr).as_ref() == Some(&pair));
+            if let Some(pr) = repo.prs.get_mut(&first.number) {
+                if pr.build.as_ref() == Some(&id) {
+                    pr.build = None;
+                }
+                if is_current {
+                    current = true;
+                    let retry = report.outcome == Outcome::Error && {
+                        let errors = pr.infra_errors.entry(pair.clone()).or_insert(0);
+                        *errors += 1;
+                        *errors <= max_retries
+                    };
+                    if !retry {
+                        pr.results.insert(
+                            pair,
+                            PairResult {
+                                outcome: report.outcome,
+                                build: id.clone(),
+                                detail: report.detail.clone(),
+                                finished_at: report.finished_at,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        out.push(Action::Record(HistoryEntry::BuildFinished {
+            build: id,
+            candidate,
+            report,
+            current,
+        }));
+    }
+
+    fn on_merge_finished(
+        &mut self,
+        key: PrKey,
+        pair: Pair,
+        result: MergeResult,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(repo) = self.repos.get_mut(&key.repo) else {
+            return;
+        };
+        let branch = repo
+            .merging
+            .iter()
+            .find(|(_, m)| m.pr == key.number && m.pair == pair)
+            .map(|(b, _)| b.clone());
+        if let Some(branch) = &branch {
+            repo.merging.remove(branch);
+        }
+        match result {
+            MergeResult::Merged { merge_sha } => {
+                let pr = repo.prs.get(&key.number);
+                let approvers = pr.map(|p| repo.approval(p).approvers).unwrap_or_default();
+                let title = pr.map(|p| p.snapshot.title.clone()).unwrap_or_default();
+                let build = pr
+                    .and_then(|p| p.results.get(&pair))
+                    .map(|r| r.build.clone());
+                let base = pr.map(|p| p.snapshot.base_ref.clone()).or(branch);
+                if let Some(build) = build {
+                    out.push(Action::Record(HistoryEntry::Merged {
+                        pr: key.clone(),
+                        title,
+                        pair,
+                        build,
+                        approvers,
+                        merge_sha: merge_sha.clone(),
+                        at: now,
+                    }));
+                }
+                // The target moved: every other PR on it is now stale.
+                if let Some(base) = base {
+                    self.set_branch(&key.repo, base, merge_sha, now);
+                }
+                self.close_pr(&key, now, out);
+            }
+            MergeResult::HeadMoved => {
+                if repo.prs.contains_key(&key.number) {
+                    out.push(Action::FetchPr { pr: key });
+                }
+            }
+            MergeResult::Refused { reason } => {
+                if let Some(pr) = repo.prs.get_mut(&key.number) {
+                    pr.merge_block = Some(MergeBlock {
+                        pair,
+                        reason,
+                        retry_at: None,
+                    });
+                    out.push(Action::FetchPr { pr: key });
+                }
+            }
+            MergeResult::Failed { reason } => {
+                if let Some(pr) = repo.prs.get_mut(&key.number) {
+                    pr.merge_block = Some(MergeBlock {
+                        pair,
+                        reason,
+                        retry_at: Some(now.plus_ms(MERGE_RETRY_MS)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_retest(&mut self, key: PrKey, request: RequestId, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(repo) = self.repos.get_mut(&key.repo) else {
+            return;
+        };
+        let Some(pr) = repo.prs.get(&key.number) else {
+            out.push(Action::Reply {
+                request,
+                answer: Answer::UnknownPr,
+            });
+            return;
+        };
+        let Some(pair) = repo.current_pair(pr) else {
+            let reason = text::waiting_for_target(&pr.snapshot.base_ref);
+            out.push(Action::Reply {
+                request,
+                answer: Answer::CannotTest { pr: key, reason },
+            });
+            return;
+        };
+        if pr.snapshot.mergeable == Some(false) {
+            let reason = text::conflict(&pr.snapshot.base_ref);
+            out.push(Action::Reply {
+                request,
+                answer: Answer::CannotTest { pr: key, reason },
+            });
+            return;
+        }
+        let pr = repo.prs.get_mut(&key.number).expect("checked above");
+        pr.results.remove(&pair);
+        pr.infra_errors.remove(&pair);
+        pr.merge_block = None;
+        pr.updated_at = now;
+        if let Some(build) = pr.build.take() {
+            self.cancel_build(build, text::cancelled_retest(), now, out);
+        }
+        out.push(Action::Reply {
+            request,
+            answer: Answer::RetestQueued { pr: key },
+        });
+    }
+
+    fn on_try_merge(
+        &mut self,
+        key: PrKey,
+        request: RequestId,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(repo) = self.repos.get_mut(&key.repo) else {
+            return;
+        };
+        let Some(pr) = repo.prs.get_mut(&key.number) else {
+            out.push(Action::Reply {
+                request,
+                answer: Answer::UnknownPr,
+            });
+            return;
+        };
+        // Asking is a reason to try again after a refusal.
+        pr.merge_block = None;
+        let pr = &repo.prs[&key.number];
+        let reasons = why_not_mergeable(repo, pr);
+        if !reasons.is_empty() {
+            out.push(Action::Reply {
+                request,
+                answer: Answer::NotReady { pr: key, reasons },
+            });
+            return;
+        }
+        let merge = start_merge(repo, key.number).expect("no reasons means mergeable");
+        if let Action::Merge { pr, pair, build } = &merge {
+            out.push(Action::Reply {
+                request,
+                answer: Answer::Merging {
+                    pr: pr.clone(),
+                    pair: pair.clone(),
+                    build: build.clone(),
+                },
+            });
+        }
+        let _ = now;
+        out.push(merge);
+    }
+
+    fn expire_timers(&mut self, name: &RepoName, now: Timestamp) {
+        let Some(repo) = self.repos.get_mut(name) else {
+            return;
+        };
+        for pr in repo.prs.values_mut() {
+            if pr
+                .merge_block
+                .as_ref()
+                .is_some_and(|b| b.retry_at.is_some_and(|t| t <= now))
+            {
+                pr.merge_block = None;
+            }
+        }
+        repo.closed
+            .retain(|_, at| now.0 < at.0.saturating_add(CLOSED_MEMORY_MS));
+    }
+
+    /// Derives everything from the facts of one repository.
+    fn settle(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
+        self.cancel_stale_builds(name, now, out);
+        self.start_builds(name, now, out);
+        self.publish_statuses(name, out);
+        self.start_merges(name, out);
+    }
+
+    fn cancel_stale_builds(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
+        let repo = &self.repos[name];
+        let stale: Vec<(u64, BuildId)> = repo
+            .prs
+            .values()
+            .filter_map(|pr| {
+                let id = pr.build.as_ref()?;
+                let tested = self.builds.get(id).and_then(|b| b.candidate.pair());
+                (tested.is_none() || tested != repo.current_pair(pr))
+                    .then(|| (pr.snapshot.key.number, id.clone()))
+            })
+            .collect();
+        for (number, id) in stale {
+            if let Some(pr) = self
+                .repos
+                .get_mut(name)
+                .and_then(|r| r.prs.get_mut(&number))
+            {
+                pr.build = None;
+            }
+            self.cancel_build(id, text::cancelled_stale(), now, out);
+        }
+    }
+
+    fn start_builds(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
+        let repo = &self.repos[name];
+        let running = self
+            .builds
+            .values()
+            .filter(|b| &b.candidate.repo == name)
+            .count();
+        let free = repo.policy.max_concurrent_builds.saturating_sub(running);
+        if free == 0 {
+            return;
+        }
+        let mut waiting: Vec<&Pr> = repo
+            .prs
+            .values()
+            .filter(|pr| wants_build(repo, pr))
+            .collect();
+        waiting.sort_by_key(|pr| repo.queue_key(pr));
+        let chosen: Vec<u64> = waiting
+            .iter()
+            .take(free)
+            .map(|pr| pr.snapshot.key.number)
+            .collect();
+        for number in chosen {
+            let id = self.new_build_id();
+            let repo = self.repos.get_mut(name).expect("exists");
+            let target = repo
+                .current_pair(&repo.prs[&number])
+                .expect("wants_build checked")
+                .target;
+            let pr = repo.prs.get_mut(&number).expect("exists");
+            let candidate = Candidate {
+                repo: name.clone(),
+                target_branch: pr.snapshot.base_ref.clone(),
+                target_sha: target,
+                prs: vec![CandidatePr {
+                    number,
+                    head_sha: pr.snapshot.head_sha.clone(),
+                    head_ref: pr.snapshot.head_ref.clone(),
+                }],
+            };
+            pr.build = Some(id.clone());
+            self.builds.insert(
+                id.clone(),
+                Build {
+                    id: id.clone(),
+                    candidate: candidate.clone(),
+                    started_at: now,
+                },
+            );
+            out.push(Action::StartBuild {
+                build: id,
+                candidate,
+            });
+        }
+    }
+
+    fn publish_statuses(&mut self, name: &RepoName, out: &mut Vec<Action>) {
+        let repo = self.repos.get_mut(name).expect("exists");
+        let desired: Vec<(u64, PublishedStatus)> = repo
+            .prs
+            .values()
+            .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
+            .collect();
+        for (number, status) in desired {
+            let pr = repo.prs.get_mut(&number).expect("exists");
+            if pr.published.as_ref() != Some(&status) {
+                out.push(Action::SetStatus {
+                    repo: name.clone(),
+                    sha: status.sha.clone(),
+                    state: status.state,
+                    description: status.description.clone(),
+                    link: status.link.clone(),
+                });
+                pr.published = Some(status);
+            }
+        }
+    }
+
+    fn start_merges(&mut self, name: &RepoName, out: &mut Vec<Action>) {
+        let repo = self.repos.get_mut(name).expect("exists");
+        let mut ready: Vec<&Pr> = repo
+            .prs
+            .values()
+            .filter(|pr| why_not_mergeable(repo, pr).is_empty())
+            .collect();
+        ready.sort_by_key(|pr| repo.queue_key(pr));
+        let ready: Vec<u64> = ready.iter().map(|pr| pr.snapshot.key.number).collect();
+        for number in ready {
+            // Each merge takes its branch's lock, so re-check.
+            if why_not_mergeable(repo, &repo.prs[&number]).is_empty() {
+                if let Some(merge) = start_merge(repo, number) {
+                    out.push(merge);
+                }
+            }
+        }
+    }
+}
+
+/// A PR needs a build: its pair is known, has no result and no build, and
+/// GitHub has not said it conflicts.
+fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
+    pr.build.is_none()
+        && pr.snapshot.mergeable != Some(false)
+        && repo
+            .current_pair(pr)
+            .is_some_and(|pair| !pr.results.contains_key(&pair))
+}
+
+/// Everything that stands between a PR and its merge, in words; empty when
+/// it can merge now.
+pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let base = &pr.snapshot.base_ref;
+    if pr.snapshot.draft {
+        reasons.push(text::is_draft());
+    }
+    match repo.current_pair(pr) {
+        None => reasons.push(text::waiting_for_target(base)),
+        Some(pair) => match pr.results.get(&pair) {
+            None if pr.snapshot.mergeable == Some(false) => reasons.push(text::conflict(base)),
+            None => reasons.push(text::no_result_yet(pr.build.is_some())),
+            Some(r) if r.outcome != Outcome::Passed => {
+                reasons.push(text::test_did_not_pass(r.outcome, &r.detail))
+            }
+            Some(_) => {
+                if let Some(block) = pr.merge_block.as_ref().filter(|b| b.pair == pair) {
+                    reasons.push(text::merge_refused(&block.reason));
+                }
+            }
+        },
+    }
+    let approval = repo.approval(pr);
+    if !approval.blockers.is_empty() {
+        reasons.push(text::changes_requested(&approval.blockers));
+    }
+    if approval.approvers.len() < approval.required as usize {
+        reasons.push(text::not_approved(
+            approval.approvers.len(),
+            approval.required,
+        ));
+    }
+    if let Some(m) = repo.merging.get(base) {
+        if m.pr == pr.snapshot.key.number {
+            reasons.push(text::merging_already());
+        } else {
+            reasons.push(text::other_merge_in_flight(base, m.pr));
+        }
+    }
+    reasons
+}
+
+/// Takes the branch's merge lock and returns the merge action, guarded by
+/// the tested head.
+fn start_merge(repo: &mut RepoState, number: u64) -> Option<Action> {
+    let pr = repo.prs.get(&number)?;
+    let pair = repo.current_pair(pr)?;
+    let result = pr.results.get(&pair)?;
+    let action = Action::Merge {
+        pr: pr.snapshot.key.clone(),
+        pair: pair.clone(),
+        build: result.build.clone(),
+    };
+    let base = pr.snapshot.base_ref.clone();
+    repo.merging
+        .insert(base, MergeInFlight { pr: number, pair });
+    Some(action)
+}
+
+/// The commit status a PR's head should carry, derived from the facts.
+fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
+    let base = &pr.snapshot.base_ref;
+    let status = |state, description: String, link: Option<&BuildId>| PublishedStatus {
+        sha: pr.snapshot.head_sha.clone(),
+        state,
+        description,
+        link: link.map(|build| ResultKey {
+            repo: pr.snapshot.key.repo.clone(),
+            pr: pr.snapshot.key.number,
+            head: pr.snapshot.head_sha.clone(),
+            build: build.clone(),
+        }),
+    };
+    let Some(pair) = repo.current_pair(pr) else {
+        return status(CommitState::Pending, text::waiting_for_target(base), None);
+    };
+    if let Some(result) = pr.results.get(&pair) {
+        let state = match result.outcome {
+            Outcome::Passed => CommitState::Success,
+            Outcome::Failed => CommitState::Failure,
+            Outcome::Error => CommitState::Error,
+        };
+        let description = text::finished(result.outcome, base, &pair.target, &result.detail);
+        return status(state, description, Some(&result.build));
+    }
+    if let Some(build) = &pr.build {
+        return status(
+            CommitState::Pending,
+            text::testing(base, &pair.target),
+            Some(build),
+        );
+    }
+    if pr.snapshot.mergeable == Some(false) {
+        return status(CommitState::Failure, text::conflict(base), None);
+    }
+    match pr.infra_errors.get(&pair) {
+        Some(&errors) if errors > 0 => status(
+            CommitState::Pending,
+            text::retrying(errors + 1, repo.policy.max_infra_retries + 1),
+            None,
+        ),
+        _ => status(CommitState::Pending, text::queued(base, &pair.target), None),
+    }
+}

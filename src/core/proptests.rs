@@ -1,0 +1,390 @@
+//! Random event sequences against the invariants that keep the brief's rule:
+//! only a tested, current, approved pair is merged; one running build per
+//! PR; the concurrency bound holds; one merge in flight per branch.
+//!
+//! The checks use the harness's own record of what was started, finished and
+//! reviewed, not the core's bookkeeping.
+
+use super::tests::{key, repo_name, sha, snap};
+use super::*;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const MAX_CONCURRENT: usize = 2;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Open {
+        pr: u64,
+        head: u32,
+        base: u8,
+        conflict: bool,
+        draft: bool,
+    },
+    Close {
+        pr: u64,
+    },
+    Reviews {
+        pr: u64,
+        ann: u8,
+        bob: u8,
+        eve: u8,
+    },
+    MoveTarget {
+        base: u8,
+        to: u32,
+    },
+    Finish {
+        pick: usize,
+        outcome: u8,
+    },
+    FinishStale {
+        pick: usize,
+        outcome: u8,
+    },
+    MergeDone {
+        pick: usize,
+        result: u8,
+    },
+    Retest {
+        pr: u64,
+    },
+    TryMerge {
+        pr: u64,
+    },
+    Reconcile {
+        keep: u8,
+        move_main: Option<u32>,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (
+            1..5u64,
+            0..4u32,
+            0..2u8,
+            proptest::bool::weighted(0.1),
+            proptest::bool::weighted(0.1)
+        )
+            .prop_map(|(pr, head, base, conflict, draft)| Op::Open {
+                pr,
+                head,
+                base,
+                conflict,
+                draft
+            }),
+        (1..5u64).prop_map(|pr| Op::Close { pr }),
+        (1..5u64, 0..4u8, 0..4u8, 0..4u8).prop_map(|(pr, ann, bob, eve)| Op::Reviews {
+            pr,
+            ann,
+            bob,
+            eve
+        }),
+        (0..2u8, 0..4u32).prop_map(|(base, to)| Op::MoveTarget { base, to }),
+        (0..8usize, 0..3u8).prop_map(|(pick, outcome)| Op::Finish { pick, outcome }),
+        (0..8usize, 0..3u8).prop_map(|(pick, outcome)| Op::FinishStale { pick, outcome }),
+        (0..4usize, 0..4u8).prop_map(|(pick, result)| Op::MergeDone { pick, result }),
+        (1..5u64).prop_map(|pr| Op::Retest { pr }),
+        (1..5u64).prop_map(|pr| Op::TryMerge { pr }),
+        (0..16u8, proptest::option::of(0..4u32))
+            .prop_map(|(keep, move_main)| Op::Reconcile { keep, move_main }),
+        (0..120_000u64).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+fn branch(b: u8) -> String {
+    ["main", "next"][b as usize].to_string()
+}
+
+fn review_state(v: u8) -> Option<ReviewState> {
+    [
+        None,
+        Some(ReviewState::Approved),
+        Some(ReviewState::ChangesRequested),
+        Some(ReviewState::Dismissed),
+    ][v as usize]
+}
+
+/// What the harness itself knows, independent of the core's bookkeeping.
+#[derive(Default)]
+struct Record {
+    /// Builds started and neither cancelled nor finished: build → candidate.
+    running: BTreeMap<BuildId, Candidate>,
+    /// Every build ever started, for stale finishes.
+    started: BTreeMap<BuildId, Candidate>,
+    /// (pr, pair) whose current build reported `Passed`.
+    passed: BTreeSet<(u64, Pair)>,
+    /// The reviews last reported per PR: reviewer → (state, can_write).
+    reviews: BTreeMap<u64, Vec<ReviewFact>>,
+    /// Merges asked for and not yet answered.
+    merging: Vec<(PrKey, Pair, String)>,
+    merged: BTreeSet<u64>,
+    review_id: u64,
+}
+
+fn approved_by_record(reviews: Option<&Vec<ReviewFact>>) -> bool {
+    // Independent of `approval`: walk the reviews in order.
+    let mut verdict: BTreeMap<&str, ReviewState> = BTreeMap::new();
+    let mut sorted: Vec<&ReviewFact> = reviews.map(|r| r.iter().collect()).unwrap_or_default();
+    sorted.sort_by_key(|r| r.id);
+    for r in sorted {
+        if r.can_write && r.reviewer != "author" && r.state != ReviewState::Commented {
+            verdict.insert(&r.reviewer, r.state);
+        }
+    }
+    let approvals = verdict
+        .values()
+        .filter(|s| **s == ReviewState::Approved)
+        .count();
+    let blocked = verdict
+        .values()
+        .any(|s| *s == ReviewState::ChangesRequested);
+    approvals >= 1 && !blocked
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let policy = RepoPolicy {
+        max_concurrent_builds: MAX_CONCURRENT,
+        ..RepoPolicy::default()
+    };
+    let mut state = State::new([(repo_name(), policy)], "p");
+    let mut rec = Record::default();
+    let mut now = 1_000u64;
+    let mut request = 0u64;
+    for b in 0..2 {
+        state.handle(
+            Event::BranchMoved {
+                repo: repo_name(),
+                branch: branch(b),
+                sha: sha(0x100 + b as u32),
+            },
+            Timestamp(now),
+        );
+    }
+    for op in ops {
+        now += 1_000;
+        let event = match op {
+            Op::Open {
+                pr,
+                head,
+                base,
+                conflict,
+                draft,
+            } => {
+                if rec.merged.contains(&pr) {
+                    continue; // a merged PR never comes back with its number
+                }
+                let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, &branch(base));
+                s.mergeable = conflict.then_some(false);
+                s.draft = draft;
+                Event::PrUpdated(s)
+            }
+            Op::Close { pr } => Event::PrClosed(key(pr)),
+            Op::Reviews { pr, ann, bob, eve } => {
+                let mut reviews = rec.reviews.get(&pr).cloned().unwrap_or_default();
+                for (who, v, can_write) in
+                    [("ann", ann, true), ("bob", bob, true), ("eve", eve, false)]
+                {
+                    if let Some(state) = review_state(v) {
+                        rec.review_id += 1;
+                        reviews.push(ReviewFact {
+                            reviewer: who.into(),
+                            state,
+                            id: rec.review_id,
+                            can_write,
+                        });
+                    }
+                }
+                rec.reviews.insert(pr, reviews.clone());
+                Event::Reviews {
+                    pr: key(pr),
+                    reviews,
+                }
+            }
+            Op::MoveTarget { base, to } => Event::BranchMoved {
+                repo: repo_name(),
+                branch: branch(base),
+                sha: sha(0x200 + to),
+            },
+            Op::Finish { pick, outcome } | Op::FinishStale { pick, outcome } => {
+                let pool: Vec<(BuildId, Candidate)> = if matches!(op, Op::Finish { .. }) {
+                    rec.running
+                        .iter()
+                        .map(|(b, c)| (b.clone(), c.clone()))
+                        .collect()
+                } else {
+                    rec.started
+                        .iter()
+                        .map(|(b, c)| (b.clone(), c.clone()))
+                        .collect()
+                };
+                if pool.is_empty() {
+                    continue;
+                }
+                let (build, candidate) = pool[pick % pool.len()].clone();
+                if !rec.running.contains_key(&build) && matches!(op, Op::Finish { .. }) {
+                    continue;
+                }
+                let outcome = [Outcome::Passed, Outcome::Failed, Outcome::Error][outcome as usize];
+                let was_running = rec.running.remove(&build).is_some();
+                // Only a build that was current when it finished may count;
+                // the core decides that, the harness records what it saw.
+                if was_running && outcome == Outcome::Passed {
+                    rec.passed
+                        .insert((candidate.prs[0].number, candidate.pair().unwrap()));
+                }
+                Event::JobFinished {
+                    build,
+                    candidate,
+                    report: JobReport {
+                        outcome,
+                        exit_code: None,
+                        detail: String::new(),
+                        started_at: Timestamp(now),
+                        finished_at: Timestamp(now),
+                    },
+                }
+            }
+            Op::MergeDone { pick, result } => {
+                if rec.merging.is_empty() {
+                    continue;
+                }
+                let (pr, pair, _) = rec.merging.remove(pick % rec.merging.len());
+                let result = match result {
+                    0 | 1 => MergeResult::Merged {
+                        merge_sha: sha(0x300 + now as u32 % 0x1000),
+                    },
+                    2 => MergeResult::HeadMoved,
+                    _ => MergeResult::Refused {
+                        reason: "no".into(),
+                    },
+                };
+                if matches!(result, MergeResult::Merged { .. }) {
+                    rec.merged.insert(pr.number);
+                }
+                Event::MergeFinished { pr, pair, result }
+            }
+            Op::Retest { pr } => {
+                request += 1;
+                Event::Retest {
+                    pr: key(pr),
+                    request: RequestId(request),
+                }
+            }
+            Op::TryMerge { pr } => {
+                request += 1;
+                Event::TryMerge {
+                    pr: key(pr),
+                    request: RequestId(request),
+                }
+            }
+            Op::Reconcile { keep, move_main } => {
+                let prs = state
+                    .repo(&repo_name())
+                    .unwrap()
+                    .prs
+                    .values()
+                    .filter(|p| keep & (1 << (p.snapshot.key.number % 4)) != 0)
+                    .map(|p| p.snapshot.clone())
+                    .collect();
+                let branches = move_main
+                    .map(|m| ("main".to_string(), sha(0x400 + m)))
+                    .into_iter()
+                    .collect();
+                Event::Reconciled {
+                    repo: repo_name(),
+                    started_at: Timestamp(now - 500),
+                    prs,
+                    branches,
+                }
+            }
+            Op::Tick { ms } => {
+                now += ms;
+                Event::Tick
+            }
+        };
+        let actions = state.handle(event, Timestamp(now));
+        for action in &actions {
+            match action {
+                Action::StartBuild { build, candidate } => {
+                    rec.running.insert(build.clone(), candidate.clone());
+                    rec.started.insert(build.clone(), candidate.clone());
+                }
+                Action::CancelBuild { build } => {
+                    rec.running.remove(build);
+                }
+                Action::Merge { pr, pair, .. } => {
+                    let repo = state.repo(&pr.repo).unwrap();
+                    let current = repo.prs.get(&pr.number).and_then(|p| repo.current_pair(p));
+                    prop_assert_eq!(
+                        current.as_ref(),
+                        Some(pair),
+                        "merge of a pair that is not current"
+                    );
+                    prop_assert!(
+                        rec.passed.contains(&(pr.number, pair.clone())),
+                        "merge of an untested pair {:?}",
+                        pair
+                    );
+                    prop_assert!(
+                        approved_by_record(rec.reviews.get(&pr.number)),
+                        "merge of an unapproved PR"
+                    );
+                    prop_assert!(!repo.prs[&pr.number].snapshot.draft, "merge of a draft");
+                    prop_assert!(!rec.merged.contains(&pr.number), "PR merged twice");
+                    let base = &repo.prs[&pr.number].snapshot.base_ref;
+                    prop_assert!(
+                        !rec.merging.iter().any(|(_, _, b)| b == base),
+                        "two merges in flight into one branch"
+                    );
+                    rec.merging.push((pr.clone(), pair.clone(), base.clone()));
+                }
+                _ => {}
+            }
+        }
+        // A result only counts while its pair is current: forget passes for
+        // pairs that a retest cleared.
+        for action in &actions {
+            if let Action::Reply {
+                answer: Answer::RetestQueued { pr },
+                ..
+            } = action
+            {
+                let repo = state.repo(&pr.repo).unwrap();
+                if let Some(p) = repo.prs.get(&pr.number) {
+                    if let Some(pair) = repo.current_pair(p) {
+                        rec.passed.remove(&(pr.number, pair));
+                    }
+                }
+            }
+        }
+        let mut per_pr: BTreeMap<u64, usize> = BTreeMap::new();
+        for candidate in rec.running.values() {
+            *per_pr.entry(candidate.prs[0].number).or_default() += 1;
+        }
+        prop_assert!(
+            per_pr.values().all(|n| *n <= 1),
+            "two running builds for one PR: {:?}",
+            per_pr
+        );
+        prop_assert!(
+            rec.running.len() <= MAX_CONCURRENT,
+            "concurrency bound broken: {}",
+            rec.running.len()
+        );
+        prop_assert_eq!(rec.running.len(), state.running_builds().count());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #[test]
+    fn invariants_hold_over_random_event_sequences(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops)?;
+    }
+}

@@ -1,0 +1,712 @@
+//! One test per rule of the brief, driving the core with events and a
+//! virtual clock. No async, no I/O.
+
+use super::*;
+
+pub(crate) fn repo_name() -> RepoName {
+    RepoName::parse("octo/demo").unwrap()
+}
+
+pub(crate) fn sha(n: u32) -> Sha {
+    Sha::parse(&format!("{n:040x}")).unwrap()
+}
+
+pub(crate) fn key(n: u64) -> PrKey {
+    PrKey {
+        repo: repo_name(),
+        number: n,
+    }
+}
+
+pub(crate) fn snap(n: u64, head: u32, base: &str) -> PrSnapshot {
+    PrSnapshot {
+        key: key(n),
+        head_sha: sha(head),
+        head_ref: format!("feature-{n}"),
+        base_ref: base.into(),
+        base_sha: None,
+        title: format!("PR {n}"),
+        author: "author".into(),
+        draft: false,
+        mergeable: None,
+        labels: vec![],
+        created_at: Timestamp(n),
+    }
+}
+
+struct Bot {
+    state: State,
+    now: u64,
+    next_request: u64,
+}
+
+impl Bot {
+    fn new(policy: RepoPolicy) -> Bot {
+        let mut bot = Bot {
+            state: State::new([(repo_name(), policy)], "t"),
+            now: 1_000_000,
+            next_request: 1,
+        };
+        bot.ev(Event::BranchMoved {
+            repo: repo_name(),
+            branch: "main".into(),
+            sha: sha(0x100),
+        });
+        bot
+    }
+    fn default() -> Bot {
+        Bot::new(RepoPolicy::default())
+    }
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        self.now += 1000;
+        self.state.handle(e, Timestamp(self.now))
+    }
+    fn open(&mut self, n: u64, head: u32) -> Vec<Action> {
+        self.ev(Event::PrUpdated(snap(n, head, "main")))
+    }
+    fn target(&mut self, branch: &str, to: u32) -> Vec<Action> {
+        self.ev(Event::BranchMoved {
+            repo: repo_name(),
+            branch: branch.into(),
+            sha: sha(to),
+        })
+    }
+    fn reviews(&mut self, n: u64, reviews: &[(&str, ReviewState, u64)]) -> Vec<Action> {
+        let reviews = reviews
+            .iter()
+            .map(|(who, state, id)| ReviewFact {
+                reviewer: who.to_string(),
+                state: *state,
+                id: *id,
+                can_write: true,
+            })
+            .collect();
+        self.ev(Event::Reviews {
+            pr: key(n),
+            reviews,
+        })
+    }
+    fn approve(&mut self, n: u64) -> Vec<Action> {
+        self.reviews(n, &[("ann", ReviewState::Approved, 1)])
+    }
+    fn finish(&mut self, build: &BuildId, outcome: Outcome) -> Vec<Action> {
+        let candidate = self.state.builds[build].candidate.clone();
+        self.finish_as(build, candidate, outcome)
+    }
+    fn finish_as(
+        &mut self,
+        build: &BuildId,
+        candidate: Candidate,
+        outcome: Outcome,
+    ) -> Vec<Action> {
+        self.ev(Event::JobFinished {
+            build: build.clone(),
+            candidate,
+            report: JobReport {
+                outcome,
+                exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
+                detail: "exit code 1".into(),
+                started_at: Timestamp(1),
+                finished_at: Timestamp(2),
+            },
+        })
+    }
+    fn merged(&mut self, n: u64, pair: Pair, merge_sha: u32) -> Vec<Action> {
+        self.ev(Event::MergeFinished {
+            pr: key(n),
+            pair,
+            result: MergeResult::Merged {
+                merge_sha: sha(merge_sha),
+            },
+        })
+    }
+    fn request(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
+    }
+    fn build_of(&self, n: u64) -> Option<BuildId> {
+        self.state.pr(&key(n))?.build.clone()
+    }
+    fn view(&self, n: u64) -> PrView {
+        self.state.pr_view_of(&key(n)).unwrap()
+    }
+}
+
+fn started(actions: &[Action]) -> Vec<(BuildId, Candidate)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartBuild { build, candidate } => Some((build.clone(), candidate.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancelled(actions: &[Action]) -> Vec<BuildId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CancelBuild { build } => Some(build.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn merges(actions: &[Action]) -> Vec<(PrKey, Pair)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Merge { pr, pair, .. } => Some((pr.clone(), pair.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(actions: &[Action]) -> Vec<(Sha, CommitState, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetStatus {
+                sha,
+                state,
+                description,
+                ..
+            } => Some((sha.clone(), *state, description.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer(actions: &[Action]) -> Answer {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply { answer, .. } => Some(answer.clone()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn pair(head: u32, target: u32) -> Pair {
+    Pair {
+        head: sha(head),
+        target: sha(target),
+    }
+}
+
+#[test]
+fn opened_pr_goes_pending_and_is_tested_against_the_current_target() {
+    let mut bot = Bot::default();
+    let a = bot.open(1, 0xa1);
+    let s = statuses(&a);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].0, sha(0xa1));
+    assert_eq!(s[0].1, CommitState::Pending);
+    let b = started(&a);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].1.pair(), Some(pair(0xa1, 0x100)));
+    assert_eq!(b[0].1.target_branch, "main");
+    assert!(a.contains(&Action::FetchReviews { pr: key(1) }));
+}
+
+#[test]
+fn a_duplicate_delivery_changes_nothing() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    assert_eq!(bot.open(1, 0xa1), vec![]);
+    assert_eq!(bot.target("main", 0x100), vec![]);
+}
+
+#[test]
+fn an_unknown_target_is_fetched_before_testing() {
+    let mut bot = Bot::default();
+    let a = bot.ev(Event::PrUpdated(snap(1, 0xa1, "release")));
+    assert!(a.contains(&Action::FetchBranch {
+        repo: repo_name(),
+        branch: "release".into()
+    }));
+    assert!(started(&a).is_empty());
+    assert_eq!(statuses(&a)[0].2, text::waiting_for_target("release"));
+    let a = bot.target("release", 0x200);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa1, 0x200)));
+}
+
+#[test]
+fn an_unmergeable_pr_is_not_tested_and_its_status_says_why() {
+    let mut bot = Bot::default();
+    let mut s = snap(1, 0xa1, "main");
+    s.mergeable = Some(false);
+    let a = bot.ev(Event::PrUpdated(s));
+    assert!(started(&a).is_empty());
+    let st = statuses(&a);
+    assert_eq!(st[0].1, CommitState::Failure);
+    assert!(st[0].2.contains("merge conflict"), "{}", st[0].2);
+    assert_eq!(bot.view(1).phase, Phase::Conflict);
+}
+
+#[test]
+fn a_passing_approved_pr_is_merged_with_the_tested_head_as_guard() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let build = bot.build_of(1).unwrap();
+    let a = bot.finish(&build, Outcome::Passed);
+    let st = statuses(&a);
+    assert_eq!(st[0].1, CommitState::Success);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::SetStatus { link: Some(k), .. } if k.build == build))
+    );
+    assert_eq!(merges(&a), vec![(key(1), pair(0xa1, 0x100))]);
+    assert!(bot.view(1).merging);
+}
+
+#[test]
+fn a_pr_approved_after_passing_merges_without_a_retest() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let build = bot.build_of(1).unwrap();
+    let a = bot.finish(&build, Outcome::Passed);
+    assert!(merges(&a).is_empty(), "not approved yet");
+    let a = bot.approve(1);
+    assert!(started(&a).is_empty());
+    assert_eq!(merges(&a), vec![(key(1), pair(0xa1, 0x100))]);
+}
+
+#[test]
+fn a_failing_pr_is_never_merged() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let build = bot.build_of(1).unwrap();
+    let a = bot.finish(&build, Outcome::Failed);
+    assert_eq!(statuses(&a)[0].1, CommitState::Failure);
+    assert!(merges(&a).is_empty());
+    let a = bot.ev(Event::TryMerge {
+        pr: key(1),
+        request: RequestId(9),
+    });
+    assert!(merges(&a).is_empty());
+    match answer(&a) {
+        Answer::NotReady { reasons, .. } => assert!(reasons[0].contains("failed"), "{reasons:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_push_while_a_job_runs_cancels_it_and_tests_the_new_head() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let old = bot.build_of(1).unwrap();
+    let a = bot.open(1, 0xa2);
+    assert_eq!(cancelled(&a), vec![old.clone()]);
+    let b = started(&a);
+    assert_eq!(b[0].1.pair(), Some(pair(0xa2, 0x100)));
+    assert_eq!(statuses(&a)[0].0, sha(0xa2));
+    assert_eq!(statuses(&a)[0].1, CommitState::Pending);
+}
+
+#[test]
+fn a_result_arriving_after_a_new_push_is_recorded_but_never_used() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let old = bot.build_of(1).unwrap();
+    let old_candidate = bot.state.builds[&old].candidate.clone();
+    bot.open(1, 0xa2);
+    let a = bot.finish_as(&old, old_candidate, Outcome::Passed);
+    assert!(merges(&a).is_empty());
+    assert!(statuses(&a).is_empty());
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Record(HistoryEntry::BuildFinished { current: false, .. })
+    )));
+    assert_eq!(bot.view(1).phase, Phase::Testing);
+}
+
+#[test]
+fn a_review_dismissed_after_success_stops_the_merge() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let build = bot.build_of(1).unwrap();
+    bot.reviews(
+        1,
+        &[
+            ("ann", ReviewState::Approved, 1),
+            ("bob", ReviewState::ChangesRequested, 2),
+        ],
+    );
+    let a = bot.finish(&build, Outcome::Passed);
+    assert!(merges(&a).is_empty(), "changes requested blocks");
+    let a = bot.reviews(
+        1,
+        &[
+            ("ann", ReviewState::Dismissed, 1),
+            ("bob", ReviewState::ChangesRequested, 2),
+        ],
+    );
+    assert!(merges(&a).is_empty());
+    // Dismissing the change request (ann's approval already dismissed) still
+    // leaves no approval.
+    let a = bot.reviews(
+        1,
+        &[
+            ("ann", ReviewState::Dismissed, 1),
+            ("bob", ReviewState::Dismissed, 2),
+        ],
+    );
+    assert!(merges(&a).is_empty());
+    let a = bot.reviews(1, &[("bob", ReviewState::Approved, 3)]);
+    assert_eq!(merges(&a).len(), 1);
+}
+
+#[test]
+fn a_changed_base_retests_against_the_new_target() {
+    let mut bot = Bot::default();
+    bot.target("release", 0x200);
+    bot.open(1, 0xa1);
+    let old = bot.build_of(1).unwrap();
+    let a = bot.ev(Event::PrUpdated(snap(1, 0xa1, "release")));
+    assert_eq!(cancelled(&a), vec![old]);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa1, 0x200)));
+    assert_eq!(started(&a)[0].1.target_branch, "release");
+}
+
+#[test]
+fn a_moved_target_makes_every_pr_on_it_stale_and_approved_ones_go_first() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 1,
+        ..RepoPolicy::default()
+    });
+    bot.target("other", 0x300);
+    bot.open(1, 0xa1);
+    bot.open(2, 0xa2);
+    bot.open(3, 0xa3);
+    bot.ev(Event::PrUpdated(snap(4, 0xa4, "other")));
+    let b1 = bot.build_of(1).unwrap();
+    bot.finish(&b1, Outcome::Failed);
+    let b2 = bot.build_of(2).unwrap();
+    bot.finish(&b2, Outcome::Failed);
+    bot.approve(3);
+    let b3 = bot.build_of(3).unwrap();
+    bot.finish(&b3, Outcome::Failed);
+    let b4 = bot.build_of(4).unwrap();
+    bot.finish(&b4, Outcome::Passed);
+    // #3 is approved; #1 and #2 are older but not.
+    let a = bot.target("main", 0x101);
+    let st = statuses(&a);
+    assert_eq!(st.len(), 3, "only PRs on main: {st:?}");
+    assert!(st.iter().all(|s| s.1 == CommitState::Pending));
+    let b = started(&a);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].1.first_pr().unwrap().number, 3);
+    assert_eq!(b[0].1.target_sha, sha(0x101));
+    assert_eq!(bot.view(4).target_sha, Some(sha(0x300)));
+}
+
+#[test]
+fn waiting_builds_go_by_priority_then_approval_then_age_within_the_bound() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 2,
+        priority_labels: vec!["urgent".into()],
+        ..RepoPolicy::default()
+    });
+    for n in 1..=5 {
+        bot.open(n, 0xa0 + n as u32);
+    }
+    let running: Vec<u64> = bot
+        .state
+        .running_builds()
+        .map(|b| b.candidate.prs[0].number)
+        .collect();
+    assert_eq!(running, vec![1, 2]);
+    bot.approve(4);
+    let mut s = snap(5, 0xa5, "main");
+    s.labels = vec!["urgent".into()];
+    bot.ev(Event::PrUpdated(s));
+    let b1 = bot.build_of(1).unwrap();
+    let a = bot.finish(&b1, Outcome::Failed);
+    assert_eq!(started(&a)[0].1.prs[0].number, 5, "priority first");
+    let b2 = bot.build_of(2).unwrap();
+    let a = bot.finish(&b2, Outcome::Failed);
+    assert_eq!(started(&a)[0].1.prs[0].number, 4, "approved before older");
+    assert_eq!(bot.state.running_builds().count(), 2);
+}
+
+#[test]
+fn our_own_merge_moves_the_target_and_other_prs_are_retested_not_merged() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.open(2, 0xa2);
+    bot.approve(1);
+    bot.approve(2);
+    let b1 = bot.build_of(1).unwrap();
+    let b2 = bot.build_of(2).unwrap();
+    let a = bot.finish(&b1, Outcome::Passed);
+    assert_eq!(merges(&a).len(), 1);
+    let a = bot.finish(&b2, Outcome::Passed);
+    assert!(merges(&a).is_empty(), "one merge per branch at a time");
+    assert!(bot.view(2).waiting_on[0].contains("#1 is being merged"));
+    let a = bot.merged(1, pair(0xa1, 0x100), 0x101);
+    assert!(merges(&a).is_empty(), "#2 was tested on the old target");
+    let b = started(&a);
+    assert_eq!(b[0].1.pair(), Some(pair(0xa2, 0x101)));
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert!(a.iter().any(|x| matches!(x, Action::Record(HistoryEntry::Merged { merge_sha, .. }) if *merge_sha == sha(0x101))));
+    // GitHub's closed and push deliveries arrive later and change nothing.
+    assert_eq!(bot.ev(Event::PrClosed(key(1))), vec![]);
+    assert_eq!(bot.target("main", 0x101), vec![]);
+    assert_eq!(bot.open(1, 0xa1), vec![], "a late delivery about #1");
+}
+
+#[test]
+fn a_merge_refused_because_the_head_moved_rereads_the_pr() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    let a = bot.ev(Event::MergeFinished {
+        pr: key(1),
+        pair: pair(0xa1, 0x100),
+        result: MergeResult::HeadMoved,
+    });
+    assert!(a.contains(&Action::FetchPr { pr: key(1) }));
+    // The re-read shows the new head: it is tested, not merged.
+    let a = bot.open(1, 0xa2);
+    assert!(merges(&a).is_empty());
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa2, 0x100)));
+}
+
+#[test]
+fn a_refused_merge_waits_for_a_change_or_a_person() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    let a = bot.ev(Event::MergeFinished {
+        pr: key(1),
+        pair: pair(0xa1, 0x100),
+        result: MergeResult::Refused {
+            reason: "Pull Request is not mergeable".into(),
+        },
+    });
+    assert!(merges(&a).is_empty());
+    assert!(merges(&bot.ev(Event::Tick)).is_empty());
+    assert!(bot.view(1).waiting_on[0].contains("refused"));
+    let r = bot.request();
+    let a = bot.ev(Event::TryMerge {
+        pr: key(1),
+        request: r,
+    });
+    assert_eq!(merges(&a).len(), 1);
+    assert!(matches!(answer(&a), Answer::Merging { .. }));
+}
+
+#[test]
+fn a_merge_that_failed_in_transit_is_retried_after_a_while() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    bot.ev(Event::MergeFinished {
+        pr: key(1),
+        pair: pair(0xa1, 0x100),
+        result: MergeResult::Failed {
+            reason: "HTTP 502".into(),
+        },
+    });
+    assert!(merges(&bot.ev(Event::Tick)).is_empty());
+    bot.now += MERGE_RETRY_MS;
+    assert_eq!(merges(&bot.ev(Event::Tick)).len(), 1);
+}
+
+#[test]
+fn infrastructure_errors_are_retried_a_bounded_number_of_times() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_infra_retries: 2,
+        ..RepoPolicy::default()
+    });
+    bot.open(1, 0xa1);
+    for attempt in 2..=3 {
+        let b = bot.build_of(1).unwrap();
+        let a = bot.finish(&b, Outcome::Error);
+        assert_eq!(started(&a).len(), 1, "retry {attempt}");
+        assert!(statuses(&a).is_empty() || statuses(&a)[0].1 == CommitState::Pending);
+        assert_ne!(
+            statuses(&a).first().map(|s| s.1),
+            Some(CommitState::Failure)
+        );
+    }
+    let b = bot.build_of(1).unwrap();
+    let a = bot.finish(&b, Outcome::Error);
+    assert!(started(&a).is_empty());
+    assert_eq!(statuses(&a)[0].1, CommitState::Error);
+    assert_eq!(bot.view(1).phase, Phase::Error);
+}
+
+#[test]
+fn retest_cancels_and_restarts_the_job() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Failed);
+    let r = bot.request();
+    let a = bot.ev(Event::Retest {
+        pr: key(1),
+        request: r,
+    });
+    assert!(matches!(answer(&a), Answer::RetestQueued { .. }));
+    assert_eq!(started(&a).len(), 1);
+    let running = bot.build_of(1).unwrap();
+    let r = bot.request();
+    let a = bot.ev(Event::Retest {
+        pr: key(1),
+        request: r,
+    });
+    assert_eq!(cancelled(&a), vec![running]);
+    assert_eq!(started(&a).len(), 1);
+    let r = bot.request();
+    assert_eq!(
+        answer(&bot.ev(Event::Retest {
+            pr: key(9),
+            request: r
+        })),
+        Answer::UnknownPr
+    );
+}
+
+#[test]
+fn try_merge_says_why_not() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let r = bot.request();
+    match answer(&bot.ev(Event::TryMerge {
+        pr: key(1),
+        request: r,
+    })) {
+        Answer::NotReady { reasons, .. } => {
+            assert_eq!(
+                reasons,
+                vec![text::no_result_yet(true), text::not_approved(0, 1)]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let other = PrKey {
+        repo: RepoName::parse("someone/else").unwrap(),
+        number: 1,
+    };
+    let r = bot.request();
+    assert_eq!(
+        answer(&bot.ev(Event::TryMerge {
+            pr: other,
+            request: r
+        })),
+        Answer::UnknownPr
+    );
+}
+
+#[test]
+fn drafts_are_tested_but_not_merged() {
+    let mut bot = Bot::default();
+    let mut s = snap(1, 0xa1, "main");
+    s.draft = true;
+    bot.ev(Event::PrUpdated(s));
+    bot.approve(1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    assert!(merges(&a).is_empty());
+    let a = bot.open(1, 0xa1); // ready for review
+    assert_eq!(merges(&a).len(), 1);
+}
+
+#[test]
+fn closing_a_pr_cancels_its_job_and_forgets_it() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.ev(Event::PrClosed(key(1)));
+    assert_eq!(cancelled(&a), vec![b]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert_eq!(bot.state.running_builds().count(), 0);
+    // Reopening brings it back and tests it.
+    let a = bot.ev(Event::PrReopened(snap(1, 0xa1, "main")));
+    assert_eq!(started(&a).len(), 1);
+}
+
+#[test]
+fn reconcile_heals_lost_deliveries_but_keeps_newer_facts() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.open(2, 0xa2);
+    let started_at = Timestamp(bot.now + 1);
+    // #3 opened and main moved without a webhook; #2 closed without one.
+    // Meanwhile a push to #1 arrives after the re-read started.
+    bot.now += 10;
+    bot.open(1, 0xb1);
+    let a = bot.ev(Event::Reconciled {
+        repo: repo_name(),
+        started_at,
+        prs: vec![snap(1, 0xa1, "main"), snap(3, 0xa3, "main")],
+        branches: vec![("main".into(), sha(0x101))],
+    });
+    assert!(bot.state.pr(&key(2)).is_none(), "closed PR forgotten");
+    assert_eq!(bot.view(1).head_sha, sha(0xb1), "newer push kept");
+    assert_eq!(bot.view(3).target_sha, Some(sha(0x101)));
+    assert!(!started(&a).is_empty());
+}
+
+#[test]
+fn several_repositories_and_branches_are_independent() {
+    let other = RepoName::parse("octo/other").unwrap();
+    let mut state = State::new(
+        [
+            (
+                repo_name(),
+                RepoPolicy {
+                    max_concurrent_builds: 1,
+                    ..RepoPolicy::default()
+                },
+            ),
+            (
+                other.clone(),
+                RepoPolicy {
+                    max_concurrent_builds: 1,
+                    ..RepoPolicy::default()
+                },
+            ),
+        ],
+        "t",
+    );
+    for repo in [repo_name(), other.clone()] {
+        state.handle(
+            Event::BranchMoved {
+                repo: repo.clone(),
+                branch: "main".into(),
+                sha: sha(1),
+            },
+            Timestamp(1),
+        );
+        for n in 1..=2 {
+            let mut s = snap(n, n as u32 + 10, "main");
+            s.key.repo = repo.clone();
+            state.handle(Event::PrUpdated(s), Timestamp(2));
+        }
+    }
+    assert_eq!(state.running_builds().count(), 2, "one per repository");
+    let a = state.handle(
+        Event::BranchMoved {
+            repo: other,
+            branch: "main".into(),
+            sha: sha(2),
+        },
+        Timestamp(3),
+    );
+    assert!(a.iter().all(|x| match x {
+        Action::SetStatus { repo, .. } => repo.as_str() == "octo/other",
+        _ => true,
+    }));
+}

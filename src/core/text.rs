@@ -1,0 +1,86 @@
+//! Every sentence sluice writes for people, in one place, as pure functions.
+
+use super::types::*;
+
+pub fn waiting_for_target(branch: &str) -> String {
+    format!("waiting to learn the head of {branch}")
+}
+
+pub fn conflict(branch: &str) -> String {
+    format!("merge conflict with {branch}: merge or rebase it onto {branch}")
+}
+
+pub fn queued(branch: &str, target: &Sha) -> String {
+    format!("queued to test with {branch}@{}", target.short())
+}
+
+pub fn retrying(attempt: u32, of: u32) -> String {
+    format!("infrastructure error; testing again (attempt {attempt} of {of})")
+}
+
+pub fn testing(branch: &str, target: &Sha) -> String {
+    format!("testing with {branch}@{}", target.short())
+}
+
+pub fn finished(outcome: Outcome, branch: &str, target: &Sha, detail: &str) -> String {
+    let with = format!("{branch}@{}", target.short());
+    match outcome {
+        Outcome::Passed => format!("passed with {with}"),
+        Outcome::Failed => format!("failed with {with}: {detail}"),
+        Outcome::Error => format!("infrastructure error with {with}: {detail}"),
+    }
+}
+
+pub fn not_approved(have: usize, need: u32) -> String {
+    format!("not approved: {have} of {need} required approvals from reviewers with write access")
+}
+
+pub fn changes_requested(by: &[String]) -> String {
+    format!("changes requested by {}", by.join(", "))
+}
+
+pub fn is_draft() -> String {
+    "the PR is a draft".into()
+}
+
+pub fn no_result_yet(testing: bool) -> String {
+    if testing {
+        "the current head is being tested".into()
+    } else {
+        "the current head is queued for testing".into()
+    }
+}
+
+pub fn test_did_not_pass(outcome: Outcome, detail: &str) -> String {
+    match outcome {
+        Outcome::Failed => format!("the test of the current head failed: {detail}"),
+        Outcome::Error => {
+            format!("the test of the current head hit an infrastructure error: {detail}")
+        }
+        Outcome::Passed => "the test passed".into(),
+    }
+}
+
+pub fn merging_already() -> String {
+    "a merge of this PR is already in progress".into()
+}
+
+pub fn other_merge_in_flight(branch: &str, other: u64) -> String {
+    format!("#{other} is being merged into {branch}; this PR is re-tested after it lands")
+}
+
+pub fn merge_refused(reason: &str) -> String {
+    format!("GitHub refused the last merge: {reason}")
+}
+
+pub fn cancelled_stale() -> String {
+    "its head or target moved".into()
+}
+
+pub fn cancelled_retest() -> String {
+    "a retest was requested".into()
+}
+
+pub fn cancelled_closed() -> String {
+    "the PR was closed".into()
+}

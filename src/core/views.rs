@@ -1,0 +1,144 @@
+//! What the JSON endpoints show, derived from the state (never stored twice).
+
+use super::machine::why_not_mergeable;
+use super::state::*;
+use super::types::*;
+use serde::Serialize;
+
+/// Where a PR stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The head of the target branch is not known yet.
+    WaitingForTarget,
+    /// GitHub reports a merge conflict; not tested.
+    Conflict,
+    Queued,
+    Testing,
+    Passed,
+    Failed,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildView {
+    pub id: BuildId,
+    pub pair: Pair,
+    /// `running` or the outcome.
+    pub state: String,
+    /// Where its results live; the HTTP layer turns this into a URL.
+    #[serde(skip)]
+    pub result_key: ResultKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrView {
+    pub repo: RepoName,
+    pub number: u64,
+    pub title: String,
+    pub author: String,
+    pub head_ref: String,
+    pub head_sha: Sha,
+    pub target_branch: String,
+    pub target_sha: Option<Sha>,
+    pub phase: Phase,
+    pub approved: bool,
+    pub approvers: Vec<String>,
+    pub changes_requested_by: Vec<String>,
+    pub required_approvals: u32,
+    pub draft: bool,
+    pub merging: bool,
+    /// The build for the current pair (running or finished).
+    pub build: Option<BuildView>,
+    /// Why it is not merging now; empty when it is ready.
+    pub waiting_on: Vec<String>,
+}
+
+impl PrView {
+    pub fn passing(&self) -> bool {
+        self.phase == Phase::Passed
+    }
+    pub fn ready_for_merge(&self) -> bool {
+        self.passing() && self.approved && !self.draft
+    }
+}
+
+impl State {
+    /// Every tracked PR, by repository and number.
+    pub fn pr_views(&self) -> Vec<PrView> {
+        self.repos
+            .values()
+            .flat_map(|repo| repo.prs.values().map(move |pr| self.pr_view(repo, pr)))
+            .collect()
+    }
+
+    pub fn pr_view_of(&self, key: &PrKey) -> Option<PrView> {
+        let repo = self.repos.get(&key.repo)?;
+        Some(self.pr_view(repo, repo.prs.get(&key.number)?))
+    }
+
+    fn pr_view(&self, repo: &RepoState, pr: &Pr) -> PrView {
+        let pair = repo.current_pair(pr);
+        let result = pair.as_ref().and_then(|p| pr.results.get(p));
+        let phase = match (&pair, result, &pr.build) {
+            (None, _, _) => Phase::WaitingForTarget,
+            (_, Some(r), _) => match r.outcome {
+                Outcome::Passed => Phase::Passed,
+                Outcome::Failed => Phase::Failed,
+                Outcome::Error => Phase::Error,
+            },
+            (_, None, Some(_)) => Phase::Testing,
+            (_, None, None) if pr.snapshot.mergeable == Some(false) => Phase::Conflict,
+            _ => Phase::Queued,
+        };
+        let key_for = |build: &BuildId| ResultKey {
+            repo: pr.snapshot.key.repo.clone(),
+            pr: pr.snapshot.key.number,
+            head: pr.snapshot.head_sha.clone(),
+            build: build.clone(),
+        };
+        let build = match (&pair, result, &pr.build) {
+            (Some(pair), Some(r), _) => Some(BuildView {
+                id: r.build.clone(),
+                pair: pair.clone(),
+                state: serde_json::to_value(r.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                result_key: key_for(&r.build),
+            }),
+            (_, None, Some(id)) => self.builds.get(id).and_then(|b| {
+                Some(BuildView {
+                    id: id.clone(),
+                    pair: b.candidate.pair()?,
+                    state: "running".into(),
+                    result_key: key_for(id),
+                })
+            }),
+            _ => None,
+        };
+        let approval = repo.approval(pr);
+        PrView {
+            repo: pr.snapshot.key.repo.clone(),
+            number: pr.snapshot.key.number,
+            title: pr.snapshot.title.clone(),
+            author: pr.snapshot.author.clone(),
+            head_ref: pr.snapshot.head_ref.clone(),
+            head_sha: pr.snapshot.head_sha.clone(),
+            target_branch: pr.snapshot.base_ref.clone(),
+            target_sha: pair.map(|p| p.target),
+            phase,
+            approved: approval.approved(),
+            approvers: approval.approvers.clone(),
+            changes_requested_by: approval.blockers.clone(),
+            required_approvals: approval.required,
+            draft: pr.snapshot.draft,
+            merging: repo
+                .merging
+                .get(&pr.snapshot.base_ref)
+                .is_some_and(|m| m.pr == pr.snapshot.key.number),
+            build,
+            waiting_on: why_not_mergeable(repo, pr),
+        }
+    }
+}
