@@ -1,6 +1,7 @@
 //! The forge boundary: GitHub today. The adapter turns GitHub's types into
 //! the core's at the edge; nothing past this module knows octocrab.
 
+pub mod convert;
 pub mod github;
 pub mod webhook;
 
