@@ -26,6 +26,8 @@ pub enum ForgeError {
 }
 
 /// A PR as the forge reports it when asked for one.
+// One value per call: boxing the snapshot would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrFetch {
     Open(PrSnapshot),
