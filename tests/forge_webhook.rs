@@ -1,0 +1,487 @@
+//! Webhook parsing and signature checks against GitHub's real payloads
+//! (copied from octokit/webhooks into /work/shared/testdata/webhooks).
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use sluice::core::{Event, PrKey, PrSnapshot, RepoName, Sha, Timestamp};
+use sluice::forge::webhook::{
+    Delivery, SignatureError, WebhookError, parse_delivery, sign, verify_signature,
+};
+use std::path::{Path, PathBuf};
+
+const HEAD: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+const BASE: &str = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
+/// 2019-05-15T15:20:33Z
+const CREATED_MS: u64 = 1_557_933_633_000;
+
+fn webhooks_dir() -> PathBuf {
+    let shared = Path::new("/work/shared/testdata/webhooks");
+    if shared.is_dir() {
+        return shared.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/webhooks")
+}
+
+fn payload(event: &str, file: &str) -> Vec<u8> {
+    let path = webhooks_dir().join(event).join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn payloads(event: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(webhooks_dir().join(event))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no payloads for {event}");
+    out
+}
+
+fn repo() -> RepoName {
+    RepoName::parse("Codertocat/Hello-World").unwrap()
+}
+
+fn key() -> PrKey {
+    PrKey {
+        repo: repo(),
+        number: 2,
+    }
+}
+
+fn expected_snapshot(draft: bool, mergeable: Option<bool>) -> PrSnapshot {
+    PrSnapshot {
+        key: key(),
+        head_sha: Sha::parse(HEAD).unwrap(),
+        head_ref: "changes".into(),
+        base_ref: "master".into(),
+        base_sha: Some(Sha::parse(BASE).unwrap()),
+        title: "Update the README with new information.".into(),
+        author: "Codertocat".into(),
+        draft,
+        mergeable,
+        labels: vec!["bug".into()],
+        created_at: Timestamp(CREATED_MS),
+    }
+}
+
+fn events(d: Delivery) -> Vec<Event> {
+    match d {
+        Delivery::Events(e) => e,
+        other => panic!("expected events, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_pull_request_payload_maps_to_its_event() {
+    for (file, body) in payloads("pull_request") {
+        let action = file.trim_end_matches(".payload.json");
+        let got = parse_delivery("pull_request", &body).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let mergeable = v["pull_request"]["mergeable"].as_bool();
+        match action {
+            "opened" | "synchronize" | "ready_for_review" | "labeled" | "unlabeled" => {
+                assert_eq!(
+                    events(got),
+                    vec![Event::PrUpdated(expected_snapshot(false, mergeable))],
+                    "{file}"
+                );
+            }
+            "converted_to_draft" => {
+                assert_eq!(
+                    events(got),
+                    vec![Event::PrUpdated(expected_snapshot(true, mergeable))],
+                    "{file}"
+                );
+            }
+            "reopened" => assert_eq!(
+                events(got),
+                vec![Event::PrReopened(expected_snapshot(false, mergeable))],
+                "{file}"
+            ),
+            "closed" => assert_eq!(events(got), vec![Event::PrClosed(key())], "{file}"),
+            _ => assert!(
+                matches!(got, Delivery::Ignored { .. }),
+                "{file}: expected Ignored, got {got:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn opened_snapshot_keeps_mergeable_unknown_and_synchronize_too() {
+    // The real `opened` payload has `mergeable: null`: still being computed.
+    let got = events(
+        parse_delivery(
+            "pull_request",
+            &payload("pull_request", "opened.payload.json"),
+        )
+        .unwrap(),
+    );
+    let Event::PrUpdated(s) = &got[0] else {
+        panic!()
+    };
+    assert_eq!(s.mergeable, None);
+    let got = events(
+        parse_delivery(
+            "pull_request",
+            &payload("pull_request", "labeled.payload.json"),
+        )
+        .unwrap(),
+    );
+    let Event::PrUpdated(s) = &got[0] else {
+        panic!()
+    };
+    assert_eq!(s.mergeable, Some(true));
+    assert_eq!(s.created_at, Timestamp(CREATED_MS));
+}
+
+fn with_action(body: &[u8], action: &str, changes: Option<Value>) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(body).unwrap();
+    v["action"] = json!(action);
+    if let Some(c) = changes {
+        v["changes"] = c;
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn edited_counts_only_when_the_base_changed() {
+    let opened = payload("pull_request", "opened.payload.json");
+    let title_only = with_action(
+        &opened,
+        "edited",
+        Some(json!({"title": {"from": "old title"}})),
+    );
+    assert!(matches!(
+        parse_delivery("pull_request", &title_only).unwrap(),
+        Delivery::Ignored { .. }
+    ));
+    let no_changes = with_action(&opened, "edited", None);
+    assert!(matches!(
+        parse_delivery("pull_request", &no_changes).unwrap(),
+        Delivery::Ignored { .. }
+    ));
+    let base = with_action(
+        &opened,
+        "edited",
+        Some(json!({"base": {"ref": {"from": "develop"}, "sha": {"from": BASE}}})),
+    );
+    assert_eq!(
+        events(parse_delivery("pull_request", &base).unwrap()),
+        vec![Event::PrUpdated(expected_snapshot(false, None))]
+    );
+}
+
+#[test]
+fn unknown_pull_request_actions_are_ignored_not_rejected() {
+    let body = with_action(
+        &payload("pull_request", "opened.payload.json"),
+        "some_future_action",
+        None,
+    );
+    assert!(matches!(
+        parse_delivery("pull_request", &body).unwrap(),
+        Delivery::Ignored { .. }
+    ));
+}
+
+#[test]
+fn reviews_map_to_review_activity() {
+    for (file, body) in payloads("pull_request_review") {
+        let got =
+            parse_delivery("pull_request_review", &body).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(events(got), vec![Event::ReviewActivity(key())], "{file}");
+    }
+    let edited = with_action(
+        &payload("pull_request_review", "submitted.payload.json"),
+        "edited",
+        Some(json!({"body": {"from": "old"}})),
+    );
+    assert_eq!(
+        events(parse_delivery("pull_request_review", &edited).unwrap()),
+        vec![Event::ReviewActivity(key())]
+    );
+}
+
+fn push_to(git_ref: &str, after: &str, deleted: bool) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&payload("push", "payload.json")).unwrap();
+    v["ref"] = json!(git_ref);
+    v["after"] = json!(after);
+    v["deleted"] = json!(deleted);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn pushes_to_tags_are_ignored() {
+    // The real payload is a deleted tag.
+    assert!(matches!(
+        parse_delivery("push", &payload("push", "payload.json")).unwrap(),
+        Delivery::Ignored { .. }
+    ));
+}
+
+#[test]
+fn pushes_to_branches_move_or_delete_them() {
+    let sha = "1".repeat(40);
+    let body = push_to("refs/heads/feature/x", &sha, false);
+    assert_eq!(
+        events(parse_delivery("push", &body).unwrap()),
+        vec![Event::BranchMoved {
+            repo: repo(),
+            branch: "feature/x".into(),
+            sha: Sha::parse(&sha).unwrap(),
+        }]
+    );
+    for (after, deleted) in [("0".repeat(40), true), ("0".repeat(40), false)] {
+        let body = push_to("refs/heads/main", &after, deleted);
+        assert_eq!(
+            events(parse_delivery("push", &body).unwrap()),
+            vec![Event::BranchDeleted {
+                repo: repo(),
+                branch: "main".into(),
+            }]
+        );
+    }
+    let err = parse_delivery("push", &push_to("refs/heads/main", "not-a-sha", false)).unwrap_err();
+    assert!(err.to_string().contains("after"), "{err}");
+}
+
+#[test]
+fn ping_is_ping() {
+    assert_eq!(
+        parse_delivery("ping", &payload("ping", "payload.json")).unwrap(),
+        Delivery::Ping
+    );
+}
+
+#[test]
+fn other_events_are_ignored() {
+    for event in [
+        "check_run",
+        "check_suite",
+        "installation",
+        "issue_comment",
+        "merge_group",
+        "pull_request_review_comment",
+        "status",
+    ] {
+        for (file, body) in payloads(event) {
+            let got =
+                parse_delivery(event, &body).unwrap_or_else(|e| panic!("{event}/{file}: {e}"));
+            assert!(
+                matches!(got, Delivery::Ignored { .. }),
+                "{event}/{file}: {got:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_payloads_are_errors_that_name_the_problem() {
+    let opened = payload("pull_request", "opened.payload.json");
+    let err = parse_delivery("pull_request", b"{not json").unwrap_err();
+    assert!(matches!(err, WebhookError::InvalidJson { .. }), "{err}");
+
+    let mut v: Value = serde_json::from_slice(&opened).unwrap();
+    v["repository"]["full_name"] = json!("../etc");
+    let err = parse_delivery("pull_request", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("repository"), "{err}");
+
+    let mut v: Value = serde_json::from_slice(&opened).unwrap();
+    v["pull_request"]["head"]["sha"] = json!("zzz");
+    let err = parse_delivery("pull_request", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("head.sha"), "{err}");
+
+    let mut v: Value = serde_json::from_slice(&opened).unwrap();
+    v.as_object_mut().unwrap().remove("pull_request");
+    let err = parse_delivery("pull_request", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("pull_request"), "{err}");
+
+    let mut v: Value = serde_json::from_slice(&opened).unwrap();
+    v.as_object_mut().unwrap().remove("action");
+    let err = parse_delivery("pull_request", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("action"), "{err}");
+
+    let mut v: Value = serde_json::from_slice(&opened).unwrap();
+    v.as_object_mut().unwrap().remove("repository");
+    let err = parse_delivery("pull_request", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("repository"), "{err}");
+}
+
+#[test]
+fn truncated_real_payloads_never_panic() {
+    for event in ["pull_request", "pull_request_review", "push", "ping"] {
+        for (_, body) in payloads(event) {
+            for len in (0..body.len()).step_by(97) {
+                let _ = parse_delivery(event, &body[..len]);
+            }
+        }
+    }
+}
+
+/// Replaces every scalar at any depth with each of a few odd values, one at a
+/// time; parsing must answer (Ok or Err), never panic.
+#[test]
+fn mutated_real_payloads_never_panic() {
+    fn paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    prefix.push(k.clone());
+                    out.push(prefix.clone());
+                    paths(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate().take(2) {
+                    prefix.push(i.to_string());
+                    out.push(prefix.clone());
+                    paths(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    fn at<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
+        path.iter().fold(v, |v, k| match v {
+            Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+            other => &mut other[k.as_str()],
+        })
+    }
+    let odd = [json!(null), json!(-1), json!("\u{0}$(x)")];
+    for (event, file) in [
+        ("pull_request", "synchronize.payload.json"),
+        ("pull_request_review", "submitted.payload.json"),
+        ("push", "payload.json"),
+    ] {
+        let mut base: Value = serde_json::from_slice(&payload(event, file)).unwrap();
+        if event == "push" {
+            base["ref"] = json!("refs/heads/main");
+            base["after"] = json!("1".repeat(40));
+        }
+        let mut all = Vec::new();
+        paths(&base, &mut Vec::new(), &mut all);
+        for path in all {
+            for value in &odd {
+                let mut v = base.clone();
+                *at(&mut v, &path) = value.clone();
+                let _ = parse_delivery(event, &serde_json::to_vec(&v).unwrap());
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_deliveries_never_panic(
+        event in prop_oneof![
+            Just("pull_request".to_string()),
+            Just("pull_request_review".to_string()),
+            Just("push".to_string()),
+            Just("ping".to_string()),
+            ".*",
+        ],
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let _ = parse_delivery(&event, &body);
+    }
+
+    #[test]
+    fn arbitrary_json_objects_never_panic(
+        event in prop_oneof![
+            Just("pull_request"),
+            Just("pull_request_review"),
+            Just("push"),
+        ],
+        action in ".{0,20}",
+        git_ref in prop_oneof![Just("refs/heads/main".to_string()), ".{0,30}"],
+        number in any::<i64>(),
+    ) {
+        let body = json!({
+            "action": action,
+            "ref": git_ref,
+            "number": number,
+            "pull_request": {"number": number, "head": {"sha": "x"}},
+            "repository": {"full_name": action},
+        });
+        let _ = parse_delivery(event, &serde_json::to_vec(&body).unwrap());
+    }
+
+    #[test]
+    fn arbitrary_signature_headers_never_panic(header in ".*", body in ".*") {
+        let _ = verify_signature(b"secret", body.as_bytes(), Some(&header));
+    }
+}
+
+const SECRET: &[u8] = b"It's a Secret to Everybody";
+
+#[test]
+fn signature_of_a_known_secret_and_body() {
+    // GitHub's documented example:
+    // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
+    let body = b"Hello, World!";
+    let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    assert_eq!(sign(SECRET, body), header);
+    assert_eq!(verify_signature(SECRET, body, Some(header)), Ok(()));
+}
+
+#[test]
+fn signature_failures_are_distinct() {
+    let body = payload("pull_request", "opened.payload.json");
+    let good = sign(SECRET, &body);
+    assert_eq!(verify_signature(SECRET, &body, Some(&good)), Ok(()));
+
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    assert_eq!(
+        verify_signature(SECRET, &tampered, Some(&good)),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify_signature(b"wrong secret", &body, Some(&good)),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify_signature(SECRET, &body, None),
+        Err(SignatureError::Missing)
+    );
+    let hex = good.trim_start_matches("sha256=");
+    assert_eq!(
+        verify_signature(SECRET, &body, Some(hex)),
+        Err(SignatureError::NoPrefix)
+    );
+    assert_eq!(
+        verify_signature(SECRET, &body, Some(&format!("sha1={hex}"))),
+        Err(SignatureError::NoPrefix)
+    );
+    assert_eq!(
+        verify_signature(SECRET, &body, Some(&format!("sha256={}", "zz".repeat(32)))),
+        Err(SignatureError::BadHex)
+    );
+    assert_eq!(
+        verify_signature(SECRET, &body, Some(&good[..good.len() - 2])),
+        Err(SignatureError::WrongLength(62))
+    );
+    assert_eq!(
+        verify_signature(SECRET, &body, Some(&format!("{good}00"))),
+        Err(SignatureError::WrongLength(66))
+    );
+    for e in [
+        SignatureError::Missing,
+        SignatureError::NoPrefix,
+        SignatureError::BadHex,
+        SignatureError::WrongLength(3),
+        SignatureError::Mismatch,
+    ] {
+        assert!(e.to_string().contains("X-Hub-Signature-256"), "{e}");
+    }
+}
