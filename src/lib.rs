@@ -11,3 +11,4 @@ pub mod executor;
 pub mod fakehub;
 pub mod forge;
 pub mod results;
+pub mod runtime;

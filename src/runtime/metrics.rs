@@ -1,0 +1,74 @@
+//! Prometheus metrics. Counters are labelled by what an operator would
+//! filter on; nothing here is read back by sluice itself.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub events: Family<KindLabel, Counter>,
+    pub builds_finished: Family<KindLabel, Counter>,
+    pub merges: Family<KindLabel, Counter>,
+    pub forge_errors: Family<KindLabel, Counter>,
+    pub reconcile_drift: Counter,
+    pub prs_tracked: Gauge,
+    pub builds_running: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            webhooks: Family::default(),
+            events: Family::default(),
+            builds_finished: Family::default(),
+            merges: Family::default(),
+            forge_errors: Family::default(),
+            reconcile_drift: Counter::default(),
+            prs_tracked: Gauge::default(),
+            builds_running: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("webhook_deliveries", "Webhook deliveries by event and result", m.webhooks.clone());
+        registry.register("events", "Events handled by the core, by kind", m.events.clone());
+        registry.register("builds_finished", "Builds finished, by outcome", m.builds_finished.clone());
+        registry.register("merges", "Merge calls, by result", m.merges.clone());
+        registry.register("forge_errors", "Failed forge calls, by operation", m.forge_errors.clone());
+        registry.register(
+            "reconcile_drift",
+            "Differences a re-read of GitHub found that no webhook had reported",
+            m.reconcile_drift.clone(),
+        );
+        registry.register("prs_tracked", "Open PRs sluice tracks", m.prs_tracked.clone());
+        registry.register("builds_running", "Builds running now", m.builds_running.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+    pub fn count(family: &Family<KindLabel, Counter>, kind: &str) {
+        family
+            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .inc();
+    }
+}

@@ -1,0 +1,503 @@
+//! The one driver: feeds events to the core in order, carries out its
+//! actions, and feeds what comes of them back as events. Also the timers:
+//! the tick (retries waiting on time) and the reconcile loop (re-reads
+//! GitHub so a lost webhook heals itself).
+
+pub mod history;
+pub mod metrics;
+
+use crate::config::Config;
+use crate::core::{
+    Action, Answer, Candidate, Event, HistoryEntry, MergeResult, PrKey, RepoName, RequestId,
+    ResultKey, State, Timestamp,
+};
+use crate::executor::{Executor, JobResult, JobSpec};
+use crate::forge::{CommitStatus, Forge, PrFetch};
+use crate::results::{BuildRecord, ResultsStore};
+use history::History;
+use metrics::Metrics;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+/// How many inputs may wait for the driver before webhooks get a 503.
+pub const INPUT_QUEUE: usize = 100_000;
+/// How often the core's timers are checked.
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// What reaches the driver.
+pub enum Input {
+    Event(Event),
+    /// A person's request; the answer goes back on `reply`.
+    Request {
+        event: Event,
+        request: RequestId,
+        reply: oneshot::Sender<Answer>,
+    },
+}
+
+/// What the HTTP side shares with the driver: a way in, and read-only views.
+pub struct Shared {
+    pub inputs: mpsc::Sender<Input>,
+    pub state: RwLock<State>,
+    pub history: RwLock<History>,
+    pub metrics: Metrics,
+    next_request: AtomicU64,
+}
+
+impl Shared {
+    pub fn request_id(&self) -> RequestId {
+        RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The adapters the driver works with.
+#[derive(Clone)]
+pub struct Adapters {
+    pub forge: Arc<dyn Forge>,
+    pub executor: Arc<dyn Executor>,
+    pub results: Arc<dyn ResultsStore>,
+}
+
+pub fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// A build-id prefix unique to this process: the start time in base 36.
+pub fn build_prefix(at: Timestamp) -> String {
+    let mut n = at.0 / 1000;
+    let mut digits = Vec::new();
+    while n > 0 {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_else(|_| "b".into())
+}
+
+/// Creates the shared state and the driver. Run the driver with
+/// `Driver::run`; hand `Shared` to the HTTP server.
+pub fn build(config: Arc<Config>, adapters: Adapters) -> (Arc<Shared>, Driver) {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let state = State::new(
+        config.repos.iter().map(|r| (r.repo(), r.policy())),
+        &build_prefix(now()),
+    );
+    let shared = Arc::new(Shared {
+        inputs: tx,
+        state: RwLock::new(state),
+        history: RwLock::new(History::default()),
+        metrics: Metrics::default(),
+        next_request: AtomicU64::new(1),
+    });
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    tokio::spawn(status_writer(adapters.forge.clone(), status_rx, shared.clone()));
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        config,
+        adapters,
+        shared: shared.clone(),
+        inputs: rx,
+        jobs_tx,
+        jobs_rx,
+        status_tx,
+        replies: HashMap::new(),
+        reconcile_running: Arc::new(Mutex::new(BTreeSet::new())),
+    };
+    (shared, driver)
+}
+
+type StatusUpdate = (RepoName, crate::core::Sha, CommitStatus);
+
+pub struct Driver {
+    config: Arc<Config>,
+    adapters: Adapters,
+    shared: Arc<Shared>,
+    inputs: mpsc::Receiver<Input>,
+    jobs_tx: mpsc::UnboundedSender<JobResult>,
+    jobs_rx: mpsc::UnboundedReceiver<JobResult>,
+    status_tx: mpsc::UnboundedSender<StatusUpdate>,
+    replies: HashMap<RequestId, oneshot::Sender<Answer>>,
+    reconcile_running: Arc<Mutex<BTreeSet<RepoName>>>,
+}
+
+impl Driver {
+    /// Runs until `shutdown` becomes true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        let interval = self.config.reconcile.interval_secs;
+        let mut reconcile =
+            tokio::time::interval(Duration::from_secs(if interval == 0 { u64::MAX / 4 } else { interval }));
+        // The first reconcile runs at once (interval's first tick is immediate).
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                Some(input) = self.inputs.recv() => self.on_input(input),
+                Some(job) = self.jobs_rx.recv() => self.on_job_result(job),
+                _ = tick.tick() => self.apply(Event::Tick),
+                _ = reconcile.tick() => self.start_reconcile(),
+            }
+        }
+        info!("driver stopped");
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Event(event) => self.apply(event),
+            Input::Request {
+                event,
+                request,
+                reply,
+            } => {
+                self.replies.insert(request, reply);
+                self.apply(event);
+                // A request the core did not answer (it always does) must not
+                // leave its caller waiting.
+                self.replies.remove(&request);
+            }
+        }
+    }
+
+    /// Feeds one event to the core and carries out the actions.
+    fn apply(&mut self, event: Event) {
+        let kind = event_kind(&event);
+        Metrics::count(&self.shared.metrics.events, kind);
+        if let Event::Reconciled { .. } = &event {
+            let before = self.shared.state.read().map(|s| s.clone()).ok();
+            let actions = self.handle(event);
+            let drift = actions
+                .iter()
+                .filter(|a| matches!(a, Action::StartBuild { .. } | Action::CancelBuild { .. }))
+                .count();
+            if drift > 0 {
+                self.shared.metrics.reconcile_drift.inc_by(drift as u64);
+                info!(drift, "reconcile found differences no webhook reported");
+            }
+            drop(before);
+            self.execute(actions);
+        } else {
+            let actions = self.handle(event);
+            self.execute(actions);
+        }
+    }
+
+    fn handle(&self, event: Event) -> Vec<Action> {
+        let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+        let actions = state.handle(event, now());
+        let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
+        self.shared.metrics.prs_tracked.set(prs as i64);
+        self.shared
+            .metrics
+            .builds_running
+            .set(state.running_builds().count() as i64);
+        actions
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::SetStatus {
+                    repo,
+                    sha,
+                    state,
+                    description,
+                    link,
+                } => {
+                    let target_url = link.map(|k| self.adapters.results.link(&k));
+                    let _ = self.status_tx.send((
+                        repo,
+                        sha,
+                        CommitStatus {
+                            state,
+                            description,
+                            target_url,
+                        },
+                    ));
+                }
+                Action::StartBuild { build, candidate } => self.start_build(build, candidate),
+                Action::CancelBuild { build } => {
+                    info!(%build, "cancelling build");
+                    self.adapters.executor.cancel(&build);
+                }
+                Action::Merge { pr, pair, build } => {
+                    info!(%pr, head = %pair.head, target = %pair.target, %build, "merging");
+                    let forge = self.adapters.forge.clone();
+                    let inputs = self.shared.inputs.clone();
+                    let shared = self.shared.clone();
+                    let (method, title) = {
+                        let repo = self.config.repo(&pr.repo);
+                        let title = self
+                            .shared
+                            .state
+                            .read()
+                            .ok()
+                            .and_then(|s| s.pr(&pr).map(|p| p.snapshot.title.clone()))
+                            .unwrap_or_default();
+                        (
+                            repo.map(|r| r.merge_method).unwrap_or_default(),
+                            format!("{title} (#{})", pr.number),
+                        )
+                    };
+                    tokio::spawn(async move {
+                        let result = forge.merge(&pr, &pair.head, method, &title).await;
+                        let kind = match &result {
+                            MergeResult::Merged { .. } => "merged",
+                            MergeResult::HeadMoved => "head_moved",
+                            MergeResult::Refused { .. } => "refused",
+                            MergeResult::Failed { .. } => "failed",
+                        };
+                        info!(%pr, result = kind, "merge finished");
+                        Metrics::count(&shared.metrics.merges, kind);
+                        let _ = inputs.send(Input::Event(Event::MergeFinished { pr, pair, result })).await;
+                    });
+                }
+                Action::FetchReviews { pr } => {
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        match forge.reviews(&pr).await {
+                            Ok(reviews) => {
+                                let _ = inputs.send(Input::Event(Event::Reviews { pr, reviews })).await;
+                            }
+                            Err(e) => forge_failed(&shared, "reviews", &e),
+                        }
+                    });
+                }
+                Action::FetchBranch { repo, branch } => {
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        match forge.branch_head(&repo, &branch).await {
+                            Ok(Some(sha)) => {
+                                let _ = inputs
+                                    .send(Input::Event(Event::BranchMoved { repo, branch, sha }))
+                                    .await;
+                            }
+                            Ok(None) => {
+                                let _ = inputs.send(Input::Event(Event::BranchDeleted { repo, branch })).await;
+                            }
+                            Err(e) => forge_failed(&shared, "branch", &e),
+                        }
+                    });
+                }
+                Action::FetchPr { pr } => {
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        let event = match forge.get_pr(&pr).await {
+                            Ok(Some(PrFetch::Open(snapshot))) => Event::PrUpdated(snapshot),
+                            Ok(Some(PrFetch::Closed)) | Ok(None) => Event::PrClosed(pr),
+                            Err(e) => return forge_failed(&shared, "pull_request", &e),
+                        };
+                        let _ = inputs.send(Input::Event(event)).await;
+                    });
+                }
+                Action::Reply { request, answer } => {
+                    if let Some(reply) = self.replies.remove(&request) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Action::Record(entry) => {
+                    if let HistoryEntry::BuildFinished { build, report, current, .. } = &entry {
+                        info!(%build, outcome = ?report.outcome, current, "build finished");
+                    }
+                    if let Ok(mut h) = self.shared.history.write() {
+                        h.push(entry);
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_parts(&self) -> (Arc<dyn Forge>, mpsc::Sender<Input>, Arc<Shared>) {
+        (
+            self.adapters.forge.clone(),
+            self.shared.inputs.clone(),
+            self.shared.clone(),
+        )
+    }
+
+    fn start_build(&self, build: crate::core::BuildId, candidate: Candidate) {
+        let Some(repo) = self.config.repo(&candidate.repo) else {
+            warn!(repo = %candidate.repo, "build for an unconfigured repository");
+            return;
+        };
+        let Some(first) = candidate.first_pr().cloned() else {
+            return;
+        };
+        info!(%build, repo = %candidate.repo, pr = first.number, head = %first.head_sha,
+              target = %candidate.target_sha, "starting build");
+        let spec = JobSpec {
+            build: build.clone(),
+            candidate: candidate.clone(),
+            clone_url: self.config.clone_url(repo),
+            command: repo.test_command.clone(),
+            timeout: repo.job_timeout(),
+        };
+        let key = ResultKey {
+            repo: candidate.repo.clone(),
+            pr: first.number,
+            head: first.head_sha,
+            build,
+        };
+        let results = self.adapters.results.clone();
+        let executor = self.adapters.executor.clone();
+        let done = self.jobs_tx.clone();
+        // The "running" page first, so the pending status's link works.
+        tokio::spawn(async move {
+            if let Err(e) = results.started(&key, &candidate).await {
+                warn!(error = %e, "could not write the running page");
+            }
+            executor.start(spec, done);
+        });
+    }
+
+    fn on_job_result(&self, job: JobResult) {
+        Metrics::count(
+            &self.shared.metrics.builds_finished,
+            match job.report.outcome {
+                crate::core::Outcome::Passed => "passed",
+                crate::core::Outcome::Failed => "failed",
+                crate::core::Outcome::Error => "error",
+            },
+        );
+        let results = self.adapters.results.clone();
+        let inputs = self.shared.inputs.clone();
+        // Results are stored before the core hears of the build, so the
+        // status it sets links to a page that exists.
+        tokio::spawn(async move {
+            if let Some(first) = job.candidate.first_pr() {
+                let record = BuildRecord {
+                    key: ResultKey {
+                        repo: job.candidate.repo.clone(),
+                        pr: first.number,
+                        head: first.head_sha.clone(),
+                        build: job.build.clone(),
+                    },
+                    candidate: job.candidate.clone(),
+                    report: job.report.clone(),
+                };
+                if let Err(e) = results.finished(&record, &job.log).await {
+                    warn!(build = %job.build, error = %e, "could not store results");
+                }
+            }
+            let _ = inputs
+                .send(Input::Event(Event::JobFinished {
+                    build: job.build,
+                    candidate: job.candidate,
+                    report: job.report,
+                }))
+                .await;
+        });
+    }
+
+    /// Re-reads every repository from GitHub, in the background.
+    fn start_reconcile(&self) {
+        for repo in &self.config.repos {
+            let name = repo.repo();
+            {
+                let mut running = self.reconcile_running.lock().unwrap_or_else(|e| e.into_inner());
+                if !running.insert(name.clone()) {
+                    continue; // the previous re-read of this repository is still going
+                }
+            }
+            let (forge, inputs, shared) = self.spawn_parts();
+            let running = self.reconcile_running.clone();
+            tokio::spawn(async move {
+                if let Err(e) = reconcile(&*forge, &name, &inputs).await {
+                    forge_failed(&shared, "reconcile", &e);
+                }
+                running.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            });
+        }
+    }
+}
+
+/// One re-read of a repository: open PRs, their target heads, their reviews.
+pub async fn reconcile(
+    forge: &dyn Forge,
+    repo: &RepoName,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<(), crate::forge::ForgeError> {
+    let started_at = now();
+    let prs = forge.list_open_prs(repo).await?;
+    let bases: BTreeSet<String> = prs.iter().map(|p| p.base_ref.clone()).collect();
+    let mut branches = Vec::new();
+    for base in bases {
+        if let Some(sha) = forge.branch_head(repo, &base).await? {
+            branches.push((base, sha));
+        }
+    }
+    let keys: Vec<PrKey> = prs.iter().map(|p| p.key.clone()).collect();
+    let _ = inputs
+        .send(Input::Event(Event::Reconciled {
+            repo: repo.clone(),
+            started_at,
+            prs,
+            branches,
+        }))
+        .await;
+    for pr in keys {
+        let reviews = forge.reviews(&pr).await?;
+        let _ = inputs.send(Input::Event(Event::Reviews { pr, reviews })).await;
+    }
+    Ok(())
+}
+
+fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
+    warn!(%error, "GitHub call failed: {what}");
+    Metrics::count(&shared.metrics.forge_errors, what);
+}
+
+/// Writes commit statuses in the order the core decided them. Updates that
+/// queue up behind a slow call are coalesced: only the newest status of a
+/// commit is sent.
+async fn status_writer(
+    forge: Arc<dyn Forge>,
+    mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
+    shared: Arc<Shared>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut newest: Vec<StatusUpdate> = Vec::new();
+        for update in batch {
+            match newest.iter_mut().find(|u| u.0 == update.0 && u.1 == update.1) {
+                Some(slot) => *slot = update,
+                None => newest.push(update),
+            }
+        }
+        for (repo, sha, status) in newest {
+            if let Err(e) = forge.set_status(&repo, &sha, &status).await {
+                forge_failed(&shared, "status", &e);
+            }
+        }
+    }
+}
+
+fn event_kind(event: &Event) -> &'static str {
+    match event {
+        Event::PrUpdated(_) => "pr_updated",
+        Event::PrReopened(_) => "pr_reopened",
+        Event::PrClosed(_) => "pr_closed",
+        Event::ReviewActivity(_) => "review_activity",
+        Event::Reviews { .. } => "reviews",
+        Event::BranchMoved { .. } => "branch_moved",
+        Event::BranchDeleted { .. } => "branch_deleted",
+        Event::Reconciled { .. } => "reconciled",
+        Event::JobFinished { .. } => "job_finished",
+        Event::MergeFinished { .. } => "merge_finished",
+        Event::Retest { .. } => "retest",
+        Event::TryMerge { .. } => "try_merge",
+        Event::Tick => "tick",
+    }
+}
