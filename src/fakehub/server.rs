@@ -139,7 +139,8 @@ fn take_fault(inner: &Inner, method: &Method, path: &str) -> Option<Reply> {
     None
 }
 
-fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Reply> {
+/// Err: the 401 message.
+fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(token) = &inner.token else {
         return Ok(());
     };
@@ -147,7 +148,7 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Reply> {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match given {
-        None => Err(error(401, "Requires authentication", "")),
+        None => Err("Requires authentication"),
         Some(h) => {
             let t = h
                 .strip_prefix("Bearer ")
@@ -156,7 +157,7 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Reply> {
             if t == Some(token.as_str()) {
                 Ok(())
             } else {
-                Err(error(401, "Bad credentials", ""))
+                Err("Bad credentials")
             }
         }
     }
@@ -173,8 +174,8 @@ pub(crate) async fn handle(
     if let Some(r) = take_fault(inner, method, path) {
         return r;
     }
-    if let Err(r) = authorized(inner, headers) {
-        return r;
+    if let Err(message) = authorized(inner, headers) {
+        return error(401, message, "");
     }
     let Some(segs) = path
         .trim_start_matches('/')
@@ -292,14 +293,14 @@ fn paginate(
     path: &str,
     q: &[(String, String)],
     items: Vec<Value>,
-) -> Result<(Vec<Value>, Option<String>), Reply> {
+) -> Result<(Vec<Value>, Option<String>), &'static str> {
     let per_page: usize = match param(q, "per_page").map(str::parse).transpose() {
         Ok(p) => p.unwrap_or(30).clamp(1, 100),
-        Err(_) => return Err(error(422, "Invalid per_page", "")),
+        Err(_) => return Err("Invalid per_page"),
     };
     let page: usize = match param(q, "page").map(str::parse).transpose() {
         Ok(p) => p.unwrap_or(1).max(1),
-        Err(_) => return Err(error(422, "Invalid page", "")),
+        Err(_) => return Err("Invalid page"),
     };
     let total = items.len();
     let last = total.div_ceil(per_page).max(1);
@@ -333,7 +334,7 @@ fn paginate(
 
 fn paged_reply(inner: &Inner, path: &str, q: &[(String, String)], items: Vec<Value>) -> Reply {
     match paginate(inner, path, q, items) {
-        Err(r) => r,
+        Err(message) => error(422, message, ""),
         Ok((page, link)) => {
             let mut r = reply(200, &Value::Array(page));
             if let Some(link) = link
