@@ -1,0 +1,507 @@
+//! The REST face of the fake: one catch-all warp route, routed by hand so
+//! unknown paths and methods answer GitHub's JSON 404.
+
+use super::shapes::{self, Urls};
+use super::state::StatusRec;
+use super::{Fault, HttpError, Inner};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use warp::Filter;
+
+type Reply = Response<Vec<u8>>;
+
+pub(crate) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let route = warp::any()
+        .and(warp::any().map(move || inner.clone()))
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(raw_query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            |inner: Arc<Inner>,
+             method: Method,
+             path: warp::path::FullPath,
+             query: String,
+             headers: HeaderMap,
+             body: Bytes| async move {
+                handle(&inner, &method, path.as_str(), &query, &headers, &body).await
+            },
+        );
+    warp::serve(route).incoming(listener).run().await;
+}
+
+fn reply(status: u16, body: &Value) -> Reply {
+    let mut r = Response::new(serde_json::to_vec_pretty(body).unwrap_or_default());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        "application/json; charset=utf-8".parse().expect("header"),
+    );
+    h.insert(
+        "x-github-media-type",
+        "github.v3; format=json".parse().expect("header"),
+    );
+    h.insert("x-ratelimit-limit", "5000".parse().expect("header"));
+    h.insert("x-ratelimit-remaining", "4999".parse().expect("header"));
+    h.insert("x-ratelimit-used", "1".parse().expect("header"));
+    h.insert("x-ratelimit-resource", "core".parse().expect("header"));
+    let reset = (shapes::now_unix() + 3600).to_string();
+    h.insert("x-ratelimit-reset", reset.parse().expect("header"));
+    r
+}
+
+fn error(status: u16, message: &str, doc: &str) -> Reply {
+    reply(status, &shapes::error(status, message, doc))
+}
+
+fn not_found() -> Reply {
+    error(404, "Not Found", "")
+}
+
+fn from_http_error(e: HttpError) -> Reply {
+    error(e.status, &e.message, "/pulls/pulls#merge-a-pull-request")
+}
+
+/// Decodes `%XX` escapes in one path segment.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
+        })
+        .collect()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Takes a matching injected fault, if any.
+fn take_fault(inner: &Inner, method: &Method, path: &str) -> Option<Reply> {
+    let mut faults = inner.faults.lock().expect("faults");
+    for f in faults.iter_mut() {
+        if let Fault::Status {
+            method: m,
+            path_prefix,
+            status,
+            retry_after,
+            times,
+        } = f
+            && *times > 0
+            && m.as_deref().is_none_or(|m| m == method.as_str())
+            && path.starts_with(path_prefix.as_str())
+        {
+            *times -= 1;
+            let message = match *status {
+                403 | 429 => {
+                    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+                }
+                502 => "Server Error",
+                503 => "Service Unavailable",
+                _ => "Injected fault",
+            };
+            let mut r = error(*status, message, "/overview/rate-limits-for-the-rest-api");
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert("retry-after", secs.to_string().parse().expect("header"));
+                r.headers_mut()
+                    .insert("x-ratelimit-remaining", "0".parse().expect("header"));
+            }
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Err: the 401 message.
+fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), &'static str> {
+    let Some(token) = &inner.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match given {
+        None => Err("Requires authentication"),
+        Some(h) => {
+            let t = h
+                .strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+                .or_else(|| h.strip_prefix("token "));
+            if t == Some(token.as_str()) {
+                Ok(())
+            } else {
+                Err("Bad credentials")
+            }
+        }
+    }
+}
+
+pub(crate) async fn handle(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
+    if let Some(r) = take_fault(inner, method, path) {
+        return r;
+    }
+    if let Err(message) = authorized(inner, headers) {
+        return error(401, message, "");
+    }
+    let Some(segs) = path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect::<Option<Vec<String>>>()
+    else {
+        return not_found();
+    };
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let q = query_pairs(query);
+    let ["repos", owner, name, rest @ ..] = segs.as_slice() else {
+        return not_found();
+    };
+    let repo = format!("{owner}/{name}");
+    if !inner.state.lock().expect("state").repos.contains_key(&repo) {
+        return not_found();
+    }
+    let m = method.as_str();
+    match (m, rest) {
+        ("GET", ["pulls"]) => list_pulls(inner, &repo, path, &q),
+        ("GET", ["pulls", n]) => match n.parse() {
+            Ok(n) => get_pull(inner, &repo, n).await,
+            Err(_) => not_found(),
+        },
+        ("GET", ["pulls", n, "reviews"]) => match n.parse() {
+            Ok(n) => list_reviews(inner, &repo, n, path, &q),
+            Err(_) => not_found(),
+        },
+        ("PUT", ["pulls", n, "merge"]) => match n.parse() {
+            Ok(n) => merge(inner, &repo, n, body).await,
+            Err(_) => not_found(),
+        },
+        ("GET", ["pulls", n, "merge"]) => {
+            let merged = n.parse::<u64>().ok().and_then(|n| {
+                let st = inner.state.lock().expect("state");
+                st.repos.get(&repo)?.prs.get(&n).map(|p| p.merged)
+            });
+            match merged {
+                Some(true) => {
+                    let mut r = Response::new(Vec::new());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                _ => not_found(),
+            }
+        }
+        ("GET", ["collaborators", user, "permission"]) => {
+            let st = inner.state.lock().expect("state");
+            let Some(r) = st.repos.get(&repo) else {
+                return not_found();
+            };
+            reply(
+                200,
+                &shapes::permission(&inner.urls(), user, &r.permission(user)),
+            )
+        }
+        ("GET", ["branches", branch @ ..]) if !branch.is_empty() => {
+            let branch = branch.join("/");
+            match head_of(inner, &repo, &branch).await {
+                Some(sha) => with_repo(inner, &repo, |u, r| shapes::branch(u, r, &branch, &sha)),
+                None => error(404, "Branch not found", "/branches/branches#get-a-branch"),
+            }
+        }
+        ("GET", ["git", "ref", "heads", branch @ ..]) if !branch.is_empty() => {
+            let branch = branch.join("/");
+            match head_of(inner, &repo, &branch).await {
+                Some(sha) => with_repo(inner, &repo, |u, r| shapes::git_ref(u, r, &branch, &sha)),
+                None => error(404, "Not Found", "/git/refs#get-a-reference"),
+            }
+        }
+        ("POST", ["statuses", sha]) => create_status(inner, &repo, sha, body).await,
+        ("GET", ["commits", reference @ .., "status"]) if !reference.is_empty() => {
+            let reference = reference.join("/");
+            let Ok(g) = inner.git(&repo) else {
+                return not_found();
+            };
+            let sha = match g.branch(&reference).await {
+                Ok(Some(sha)) => Some(sha),
+                _ => g.rev_parse(&reference).await.ok().flatten(),
+            };
+            match sha {
+                Some(sha) => with_repo(inner, &repo, |u, r| shapes::combined_status(u, r, &sha)),
+                None => error(
+                    422,
+                    &format!("No commit found for SHA: {reference}"),
+                    "/commits/statuses#get-the-combined-status-for-a-specific-reference",
+                ),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn with_repo(
+    inner: &Inner,
+    repo: &str,
+    f: impl FnOnce(&Urls, &super::state::RepoState) -> Value,
+) -> Reply {
+    let st = inner.state.lock().expect("state");
+    match st.repos.get(repo) {
+        Some(r) => reply(200, &f(&inner.urls(), r)),
+        None => not_found(),
+    }
+}
+
+async fn head_of(inner: &Inner, repo: &str, branch: &str) -> Option<String> {
+    inner.git(repo).ok()?.branch(branch).await.ok()?
+}
+
+/// One page of `items` and GitHub's `Link` header for the others.
+fn paginate(
+    inner: &Inner,
+    path: &str,
+    q: &[(String, String)],
+    items: Vec<Value>,
+) -> Result<(Vec<Value>, Option<String>), &'static str> {
+    let per_page: usize = match param(q, "per_page").map(str::parse).transpose() {
+        Ok(p) => p.unwrap_or(30).clamp(1, 100),
+        Err(_) => return Err("Invalid per_page"),
+    };
+    let page: usize = match param(q, "page").map(str::parse).transpose() {
+        Ok(p) => p.unwrap_or(1).max(1),
+        Err(_) => return Err("Invalid page"),
+    };
+    let total = items.len();
+    let last = total.div_ceil(per_page).max(1);
+    let url = |p: usize| {
+        let mut parts: Vec<String> = q
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("page={p}"));
+        format!("<{}{}?{}>", inner.api_url, path, parts.join("&"))
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(format!("{}; rel=\"prev\"", url((page - 1).min(last))));
+    }
+    if page < last {
+        links.push(format!("{}; rel=\"next\"", url(page + 1)));
+        links.push(format!("{}; rel=\"last\"", url(last)));
+    }
+    if page > 1 {
+        links.push(format!("{}; rel=\"first\"", url(1)));
+    }
+    let items = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    Ok((items, (!links.is_empty()).then(|| links.join(", "))))
+}
+
+fn paged_reply(inner: &Inner, path: &str, q: &[(String, String)], items: Vec<Value>) -> Reply {
+    match paginate(inner, path, q, items) {
+        Err(message) => error(422, message, ""),
+        Ok((page, link)) => {
+            let mut r = reply(200, &Value::Array(page));
+            if let Some(link) = link
+                && let Ok(v) = link.parse()
+            {
+                r.headers_mut().insert("link", v);
+            }
+            r
+        }
+    }
+}
+
+fn list_pulls(inner: &Inner, repo: &str, path: &str, q: &[(String, String)]) -> Reply {
+    let state = param(q, "state").unwrap_or("open");
+    if !matches!(state, "open" | "closed" | "all") {
+        return error(422, "Validation Failed", "/pulls/pulls#list-pull-requests");
+    }
+    let items = {
+        let st = inner.state.lock().expect("state");
+        let Some(r) = st.repos.get(repo) else {
+            return not_found();
+        };
+        let u = inner.urls();
+        let mut prs: Vec<_> = r
+            .prs
+            .values()
+            .filter(|p| match state {
+                "open" => p.open,
+                "closed" => !p.open,
+                _ => true,
+            })
+            .filter(|p| param(q, "base").is_none_or(|b| b == p.base_ref))
+            .collect();
+        // GitHub's default: sort=created, direction=desc.
+        if param(q, "direction") != Some("asc") {
+            prs.reverse();
+        }
+        prs.into_iter()
+            .map(|p| shapes::pull_request(&u, r, p, false, shapes::Mergeable::Unknown))
+            .collect()
+    };
+    paged_reply(inner, path, q, items)
+}
+
+async fn get_pull(inner: &Inner, repo: &str, number: u64) -> Reply {
+    let mergeable = match inner.mergeable(repo, number).await {
+        Ok(m) => m,
+        Err(_) => return not_found(),
+    };
+    let st = inner.state.lock().expect("state");
+    let Some(r) = st.repos.get(repo) else {
+        return not_found();
+    };
+    match r.prs.get(&number) {
+        Some(pr) => reply(
+            200,
+            &shapes::pull_request(&inner.urls(), r, pr, true, mergeable),
+        ),
+        None => not_found(),
+    }
+}
+
+fn list_reviews(
+    inner: &Inner,
+    repo: &str,
+    number: u64,
+    path: &str,
+    q: &[(String, String)],
+) -> Reply {
+    let items = {
+        let st = inner.state.lock().expect("state");
+        let Some(r) = st.repos.get(repo) else {
+            return not_found();
+        };
+        let Some(pr) = r.prs.get(&number) else {
+            return not_found();
+        };
+        let u = inner.urls();
+        pr.reviews
+            .iter()
+            .map(|rv| shapes::review(&u, r, number, rv, false))
+            .collect()
+    };
+    paged_reply(inner, path, q, items)
+}
+
+async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return error(400, "Problems parsing JSON", ""),
+        }
+    };
+    let s = |k: &str| req.get(k).and_then(Value::as_str);
+    let method = s("merge_method").unwrap_or("merge");
+    match inner
+        .merge(
+            repo,
+            number,
+            s("sha"),
+            method,
+            s("commit_title"),
+            s("commit_message"),
+        )
+        .await
+    {
+        Ok(sha) => reply(
+            200,
+            &json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}),
+        ),
+        Err(e) => from_http_error(e),
+    }
+}
+
+async fn create_status(inner: &Inner, repo: &str, sha: &str, body: &[u8]) -> Reply {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return error(400, "Problems parsing JSON", "");
+    };
+    let s = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_string);
+    let state = s("state").unwrap_or_default();
+    if !matches!(state.as_str(), "error" | "failure" | "pending" | "success") {
+        return error(
+            422,
+            "Validation Failed",
+            "/commits/statuses#create-a-commit-status",
+        );
+    }
+    let description = s("description");
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 140)
+    {
+        return error(
+            422,
+            "Validation Failed: description is too long (maximum is 140 characters)",
+            "/commits/statuses#create-a-commit-status",
+        );
+    }
+    let resolved = match inner.git(repo) {
+        Ok(g) => g.rev_parse(sha).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let Some(full_sha) = resolved else {
+        return error(
+            422,
+            &format!("No commit found for SHA: {sha}"),
+            "/commits/statuses#create-a-commit-status",
+        );
+    };
+    let mut st = inner.state.lock().expect("state");
+    let id = st.fresh_id() + 1_000_000_000;
+    let Some(r) = st.repos.get_mut(repo) else {
+        return not_found();
+    };
+    let rec = StatusRec {
+        id,
+        sha: full_sha,
+        state,
+        context: s("context").unwrap_or_else(|| "default".into()),
+        description,
+        target_url: s("target_url"),
+        creator: super::MERGER.to_string(),
+        created_at: shapes::now_iso(),
+    };
+    let v = shapes::status(&inner.urls(), r, &rec, true);
+    r.statuses.push(rec);
+    reply(201, &v)
+}

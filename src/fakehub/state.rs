@@ -1,0 +1,100 @@
+//! What the fake GitHub knows besides the git repositories themselves.
+
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub repos: BTreeMap<String, RepoState>,
+    pub next_id: u64,
+}
+
+impl State {
+    pub fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RepoState {
+    pub full_name: String,
+    pub id: u64,
+    pub default_branch: String,
+    pub created_at: String,
+    pub created_unix: u64,
+    pub prs: BTreeMap<u64, PrState>,
+    pub permissions: HashMap<String, String>,
+    pub statuses: Vec<StatusRec>,
+    /// PR and issue numbers share one sequence, as on GitHub.
+    pub next_number: u64,
+}
+
+impl RepoState {
+    /// A user's permission; the owner is an admin, everyone else reads
+    /// unless told otherwise.
+    pub fn permission(&self, login: &str) -> String {
+        if let Some(p) = self.permissions.get(login) {
+            return p.clone();
+        }
+        if self.full_name.split('/').next() == Some(login) {
+            "admin".into()
+        } else {
+            "read".into()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PrState {
+    pub number: u64,
+    pub id: u64,
+    pub title: String,
+    pub body: Option<String>,
+    pub author: String,
+    pub head_ref: String,
+    pub head_sha: String,
+    pub base_ref: String,
+    /// The base branch head when the PR was last updated (as GitHub shows).
+    pub base_sha: String,
+    pub open: bool,
+    pub merged: bool,
+    pub merged_by: Option<String>,
+    pub merge_commit_sha: Option<String>,
+    pub merged_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub labels: Vec<String>,
+    pub draft: bool,
+    pub commits: u64,
+    pub reviews: Vec<ReviewRec>,
+}
+
+impl PrState {
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ReviewRec {
+    pub id: u64,
+    pub user: String,
+    /// APPROVED, CHANGES_REQUESTED, COMMENTED or DISMISSED.
+    pub state: String,
+    pub body: String,
+    pub commit_id: String,
+    pub submitted_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StatusRec {
+    pub id: u64,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: Option<String>,
+    pub target_url: Option<String>,
+    pub creator: String,
+    pub created_at: String,
+}
