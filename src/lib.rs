@@ -5,10 +5,12 @@
 //! to the outside world; `runtime` is the one driver that connects them;
 //! `http` is the web face. `fakehub` is a fake GitHub for tests and the demo.
 
+pub mod app;
 pub mod config;
 pub mod core;
 pub mod executor;
 pub mod fakehub;
+pub mod http;
 pub mod forge;
 pub mod results;
 pub mod runtime;

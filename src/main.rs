@@ -1,1 +1,119 @@
-fn main() {}
+//! The `sluice` command: parse arguments, load the configuration, start.
+
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, LogFormat, Secrets};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A merge-queue bot: only a tested pair lands.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bot.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an offline demo: a fake GitHub with a sample repository, sluice
+    /// with the local executor and local results, and a few PRs.
+    Demo {
+        /// Where the demo keeps its repositories, workspaces and results.
+        #[arg(long, default_value = "sluice-demo")]
+        dir: PathBuf,
+        /// Keep serving after the demo, so the links can be browsed.
+        #[arg(long)]
+        keep_running: bool,
+        /// Port sluice listens on.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} repositories)", config.display(), c.repos.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let secrets = match Secrets::from_env() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(config.server.log_format);
+            run(async move {
+                let adapters = sluice::app::adapters_from_config(&config, &secrets)?;
+                let running = sluice::app::start(config, secrets, adapters, None).await?;
+                let stop = running.shutdown_handle();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = stop.send(true);
+                });
+                running.wait().await;
+                Ok(())
+            })
+        }
+        Command::Demo {
+            dir,
+            keep_running,
+            port,
+        } => {
+            init_logs(LogFormat::Human);
+            run(sluice::demo::run(dir, keep_running, port))
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Assembles sluice from its configuration: adapters, driver, HTTP server.
+
+use crate::config::{Config, ExecutorKind, ResultsKind, Secrets};
+use crate::executor::local::LocalExecutor;
+use crate::forge::github::GitHub;
+use crate::http::{self, DeliveryLog, HttpContext};
+use crate::results::fs::FsResults;
+use crate::runtime::{self, Adapters, Shared};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A running sluice.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and the driver and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server or the driver ends (they end on shutdown).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// The adapters the configuration names.
+pub fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<Adapters> {
+    let forge = GitHub::new(&config.github, secrets.github_token.clone())?;
+    let executor = match config.executor.kind {
+        ExecutorKind::Local => LocalExecutor::new(&config.executor),
+    };
+    let results = match config.results.kind {
+        ResultsKind::Local => FsResults::new(config.results.dir.clone(), &config.server.public_url),
+    };
+    Ok(Adapters {
+        forge: Arc::new(forge),
+        executor: Arc::new(executor),
+        results: Arc::new(results),
+    })
+}
+
+/// Starts sluice with the given adapters; `listen` overrides the configured
+/// address (tests pass 127.0.0.1:0).
+pub async fn start(
+    config: Config,
+    secrets: Secrets,
+    adapters: Adapters,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let (shared, driver) = runtime::build(config.clone(), adapters.clone());
+    let (shutdown, rx) = watch::channel(false);
+    let ctx = Arc::new(HttpContext {
+        shared: shared.clone(),
+        results: adapters.results.clone(),
+        webhook_secret: secrets.webhook_secret.clone().into_bytes(),
+        api_token: secrets.api_token.clone(),
+        results_dir: match config.results.kind {
+            ResultsKind::Local => Some(config.results.dir.clone()),
+        },
+        deliveries: Mutex::new(DeliveryLog::default()),
+    });
+    let mut server_rx = rx.clone();
+    let (addr, server) = http::serve(ctx, listen.unwrap_or(config.server.listen), async move {
+        let _ = server_rx.wait_for(|stop| *stop).await;
+    })
+    .await?;
+    let driver = tokio::spawn(driver.run(rx));
+    tracing::info!(%addr, repos = config.repos.len(), "sluice is listening");
+    Ok(Running {
+        addr,
+        shared,
+        shutdown,
+        tasks: vec![server, driver],
+    })
+}

@@ -1,0 +1,417 @@
+//! The web face: the webhook endpoint, the JSON endpoints, result pages,
+//! health and metrics. Handlers verify, parse and enqueue; they never wait on
+//! GitHub or a job. Every error is a JSON `{"error": "..."}` with the right
+//! 4xx.
+
+mod deliveries;
+
+use crate::core::{Answer, Event, PrKey, PrView, RepoName};
+use crate::forge::webhook::{self, Delivery};
+use crate::results::ResultsStore;
+use crate::runtime::history::HistoryFilter;
+use crate::runtime::metrics::{Metrics, WebhookLabels};
+use crate::runtime::{Input, Shared};
+use bytes::Bytes;
+pub use deliveries::DeliveryLog;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc::error::TrySendError, oneshot};
+use tracing::{info, warn};
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+/// GitHub's own cap on a webhook payload.
+pub const MAX_WEBHOOK_BYTES: u64 = 25 * 1024 * 1024;
+/// Requests to /retest and /try-merge are tiny.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// How long /retest and /try-merge wait for the core's answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct HttpContext {
+    pub shared: Arc<Shared>,
+    pub results: Arc<dyn ResultsStore>,
+    pub webhook_secret: Vec<u8>,
+    pub api_token: Option<String>,
+    /// Served under /results/ when results are stored locally.
+    pub results_dir: Option<PathBuf>,
+    pub deliveries: Mutex<DeliveryLog>,
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Error {
+        error: String,
+    }
+    warp::reply::with_status(
+        warp::reply::json(&Error {
+            error: message.into(),
+        }),
+        status,
+    )
+    .into_response()
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// All routes. Each path is matched before its method, so a wrong method on
+/// a known path is a 405 and an unknown path a 404.
+pub fn routes(
+    ctx: Arc<HttpContext>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with = move || {
+        let ctx = ctx.clone();
+        warp::any().map(move || ctx.clone())
+    };
+
+    let webhook = warp::path!("webhook")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_WEBHOOK_BYTES))
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .and(with())
+        .map(|headers, body, ctx: Arc<HttpContext>| on_webhook(&ctx, &headers, body));
+
+    let views = warp::path!(String)
+        .and(warp::get())
+        .and(with())
+        .and_then(|view: String, ctx: Arc<HttpContext>| async move {
+            match list_view(&ctx, &view) {
+                Some(response) => Ok(response),
+                None => Err(warp::reject::not_found()),
+            }
+        });
+
+    let history = warp::path!("history")
+        .and(warp::get())
+        .and(warp::query::<HistoryFilter>())
+        .and(with())
+        .map(|filter: HistoryFilter, ctx: Arc<HttpContext>| {
+            let entries = ctx
+                .shared
+                .history
+                .read()
+                .map(|h| h.query(&filter))
+                .unwrap_or_default();
+            json(StatusCode::OK, &serde_json::json!({ "entries": entries }))
+        });
+
+    let request = |name: &'static str| {
+        warp::path(name)
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
+            .and(warp::body::bytes())
+            .and(with())
+            .then(move |auth: Option<String>, body: Bytes, ctx: Arc<HttpContext>| async move {
+                on_request(&ctx, name, auth.as_deref(), &body).await
+            })
+    };
+
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
+
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with())
+        .map(|ctx: Arc<HttpContext>| {
+            warp::reply::with_header(
+                ctx.shared.metrics.encode(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        });
+
+    let results = warp::path("results")
+        .and(warp::get())
+        .and(with())
+        .and_then(|ctx: Arc<HttpContext>| async move {
+            match &ctx.results_dir {
+                Some(_) => Ok(()),
+                None => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(warp::path::tail())
+        .and(with())
+        .and_then(|tail: warp::path::Tail, ctx: Arc<HttpContext>| async move {
+            serve_result(&ctx, tail.as_str()).await
+        });
+
+    webhook
+        .or(request("retest"))
+        .unify()
+        .or(request("try-merge"))
+        .unify()
+        .or(history)
+        .unify()
+        .or(health)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(results)
+        .unify()
+        .or(views)
+        .unify()
+        .recover(|r| async move { Ok::<_, Infallible>(rejection(r)) })
+        .unify()
+}
+
+fn rejection(r: Rejection) -> Response {
+    if r.is_not_found() {
+        json_error(StatusCode::NOT_FOUND, "no such endpoint")
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        json_error(StatusCode::LENGTH_REQUIRED, "a Content-Length header is required")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        json_error(StatusCode::BAD_REQUEST, format!("invalid query: {e}"))
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        json_error(StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        json_error(StatusCode::BAD_REQUEST, format!("bad request: {r:?}"))
+    }
+}
+
+fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let event = header(webhook::EVENT_HEADER).unwrap_or("").to_string();
+    let count = |result: &str| {
+        ctx.shared
+            .metrics
+            .webhooks
+            .get_or_create(&WebhookLabels {
+                event: event.clone(),
+                result: result.to_string(),
+            })
+            .inc();
+    };
+    // The signature comes first: nothing unauthenticated is even parsed.
+    if let Err(e) = webhook::verify_signature(&ctx.webhook_secret, &body, header(webhook::SIGNATURE_HEADER)) {
+        count("unauthorized");
+        warn!(error = %e, "webhook with a bad signature");
+        return json_error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    if event.is_empty() {
+        count("bad_request");
+        return json_error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+    }
+    let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
+    if !delivery_id.is_empty() && ctx.deliveries.lock().map(|d| d.seen(&delivery_id)).unwrap_or(false) {
+        count("duplicate");
+        return json(StatusCode::OK, &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }));
+    }
+    let parsed = match webhook::parse_delivery(&event, &body) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            count("bad_request");
+            warn!(error = %e, "malformed webhook");
+            return json_error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let events = match parsed {
+        Delivery::Ping => {
+            count("ping");
+            remember(ctx, &delivery_id);
+            return json(StatusCode::OK, &serde_json::json!({ "status": "pong" }));
+        }
+        Delivery::Ignored { reason } => {
+            count("ignored");
+            remember(ctx, &delivery_id);
+            return json(StatusCode::ACCEPTED, &serde_json::json!({ "status": "ignored", "reason": reason }));
+        }
+        Delivery::Events(events) => events,
+    };
+    let known = {
+        let state = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        events.iter().all(|e| e.repo().is_none_or(|r| state.repo(r).is_some()))
+    };
+    if !known {
+        count("unknown_repository");
+        let repo = events.iter().find_map(|e| e.repo()).map(|r| r.to_string()).unwrap_or_default();
+        info!(%repo, "webhook for a repository sluice does not gate; ignored");
+        remember(ctx, &delivery_id);
+        return json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "status": "ignored", "reason": format!("repository {repo} is not configured") }),
+        );
+    }
+    let n = events.len();
+    for event in events {
+        match ctx.shared.inputs.try_send(Input::Event(event)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                count("overloaded");
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "event queue full; redeliver later");
+            }
+            Err(TrySendError::Closed(_)) => {
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
+            }
+        }
+    }
+    remember(ctx, &delivery_id);
+    count("accepted");
+    json(StatusCode::ACCEPTED, &serde_json::json!({ "status": "accepted", "events": n }))
+}
+
+fn remember(ctx: &HttpContext, delivery_id: &str) {
+    if !delivery_id.is_empty() {
+        if let Ok(mut d) = ctx.deliveries.lock() {
+            d.insert(delivery_id);
+        }
+    }
+}
+
+/// The body of /retest and /try-merge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrRequest {
+    pub repo: String,
+    pub pr: u64,
+}
+
+async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u8]) -> Response {
+    let Some(expected) = &ctx.api_token else {
+        return json_error(StatusCode::UNAUTHORIZED, "no API token is configured (SLUICE_API_TOKEN)");
+    };
+    let given = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let request: PrRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"repo\": \"owner/name\", \"pr\": <number>}}: {e}"),
+            );
+        }
+    };
+    let repo = match RepoName::parse(&request.repo) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let pr = PrKey {
+        repo,
+        number: request.pr,
+    };
+    let id = ctx.shared.request_id();
+    let event = if name == "retest" {
+        Event::Retest { pr: pr.clone(), request: id }
+    } else {
+        Event::TryMerge { pr: pr.clone(), request: id }
+    };
+    let (reply, answer) = oneshot::channel();
+    if ctx
+        .shared
+        .inputs
+        .send_timeout(Input::Request { event, request: id, reply }, ANSWER_TIMEOUT)
+        .await
+        .is_err()
+    {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is busy; try again");
+    }
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(answer)) => answer,
+        _ => return json_error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the queue in time"),
+    };
+    let status = match &answer {
+        Answer::UnknownPr => {
+            return json_error(StatusCode::NOT_FOUND, format!("sluice does not track {pr}"));
+        }
+        Answer::RetestQueued { .. } | Answer::Merging { .. } => StatusCode::ACCEPTED,
+        Answer::CannotTest { .. } | Answer::NotReady { .. } => StatusCode::CONFLICT,
+    };
+    json(status, &answer)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Comparing digests keeps the time independent of where they differ and
+    // of the token's length.
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+/// A PR as the JSON endpoints show it: the core's view plus its result link.
+#[derive(Serialize)]
+pub struct PrJson {
+    #[serde(flatten)]
+    pub view: PrView,
+    pub link: Option<String>,
+}
+
+fn list_view(ctx: &HttpContext, view: &str) -> Option<Response> {
+    let keep: fn(&PrView) -> bool = match view {
+        "status" => |_| true,
+        "ready-for-merge" => PrView::ready_for_merge,
+        "review-status" => |v| v.approved,
+        "passing" => PrView::passing,
+        _ => return None,
+    };
+    let views = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner()).pr_views();
+    let prs: Vec<PrJson> = views
+        .into_iter()
+        .filter(keep)
+        .map(|view| PrJson {
+            link: view.build.as_ref().map(|b| ctx.results.link(&b.result_key)),
+            view,
+        })
+        .collect();
+    Some(json(StatusCode::OK, &serde_json::json!({ "prs": prs })))
+}
+
+async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejection> {
+    let Some(root) = &ctx.results_dir else {
+        return Err(warp::reject::not_found());
+    };
+    // Only plain names: no "..", no absolute parts, no hidden files.
+    let parts: Vec<&str> = tail.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| p.starts_with('.') || p.contains('\\')) {
+        return Ok(json_error(StatusCode::NOT_FOUND, "no such result"));
+    }
+    let mut path = root.clone();
+    for p in &parts {
+        path.push(p);
+    }
+    if path.is_dir() {
+        path.push("index.html");
+    }
+    let content_type = match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        _ => "text/plain; charset=utf-8",
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(warp::reply::with_header(bytes, "content-type", content_type).into_response()),
+        Err(_) => Ok(json_error(StatusCode::NOT_FOUND, "no such result")),
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` resolves; returns the bound
+/// address and the server task.
+pub async fn serve(
+    ctx: Arc<HttpContext>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let server = warp::serve(routes(ctx)).incoming(listener).graceful(shutdown);
+    let task = tokio::spawn(async move { server.run().await });
+    Ok((bound, task))
+}
+
+#[allow(dead_code)]
+fn _assert_metrics_type(_: &Metrics) {}
