@@ -1,0 +1,482 @@
+//! The local executor against real git repositories and real processes.
+
+use sluice::config::ExecutorConfig;
+use sluice::core::{BuildId, Candidate, CandidatePr, Outcome, RepoName, Sha};
+use sluice::executor::local::LocalExecutor;
+use sluice::executor::{Executor, JobResult, JobSpec};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+const SECRETS: [(&str, &str); 3] = [
+    ("GITHUB_TOKEN", "ghp-test-secret-token"),
+    ("SLUICE_API_TOKEN", "api-test-secret-token"),
+    ("SLUICE_WEBHOOK_SECRET", "hook-test-secret"),
+];
+
+/// Puts sluice's secrets into this process's environment, as in
+/// production. Every test calls this before anything else, so the one write
+/// happens before any test runs a process.
+fn setup() {
+    static ENV: Once = Once::new();
+    ENV.call_once(|| {
+        for (name, value) in SECRETS {
+            // SAFETY: every test waits here before it starts a thread or a
+            // process, so nothing reads the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+        }
+    });
+}
+
+/// Runs git for the test's own set-up, ignoring any user configuration.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> Sha {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    Sha::parse(&git(dir, &["rev-parse", "HEAD"])).unwrap()
+}
+
+/// A bare "origin" with a PR branch (adds `head.txt`) and a target branch
+/// that moved on since (adds `target.txt`); with `conflict`, both also
+/// change `common.txt`.
+struct Fixture {
+    tmp: TempDir,
+    head: Sha,
+    target: Sha,
+    head_branch: String,
+}
+
+fn fixture(conflict: bool, head_branch: &str) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = tmp.path().join("origin.git");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&origin).unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    git(&origin, &["init", "-q", "--bare"]);
+    git(
+        &origin,
+        &["config", "uploadpack.allowAnySHA1InWant", "true"],
+    );
+    git(&src, &["init", "-q"]);
+    commit(&src, &[("common.txt", "base\n")], "base");
+    git(&src, &["checkout", "-q", "-b", head_branch]);
+    let mut head_files = vec![("head.txt", "from head\n")];
+    if conflict {
+        head_files.push(("common.txt", "head's version\n"));
+    }
+    let head = commit(&src, &head_files, "head");
+    git(&src, &["checkout", "-q", "main"]);
+    let mut target_files = vec![("target.txt", "from target\n")];
+    if conflict {
+        target_files.push(("common.txt", "target's version\n"));
+    }
+    let target = commit(&src, &target_files, "target");
+    let origin_str = origin.to_str().unwrap();
+    git(&src, &["push", "-q", origin_str, "main", head_branch]);
+    Fixture {
+        tmp,
+        head,
+        target,
+        head_branch: head_branch.to_string(),
+    }
+}
+
+impl Fixture {
+    fn clone_url(&self) -> String {
+        format!("file://{}", self.tmp.path().join("origin.git").display())
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+    fn executor(&self, max_parallel: usize) -> LocalExecutor {
+        LocalExecutor::new(&ExecutorConfig {
+            work_dir: self.work_dir(),
+            max_parallel,
+            git_timeout_secs: 60,
+            ..ExecutorConfig::default()
+        })
+    }
+    fn spec(&self, build: &str, command: &[&str], timeout: Duration) -> JobSpec {
+        JobSpec {
+            build: BuildId::parse(build).unwrap(),
+            candidate: Candidate {
+                repo: RepoName::parse("octo/demo").unwrap(),
+                target_branch: "main".into(),
+                target_sha: self.target.clone(),
+                prs: vec![CandidatePr {
+                    number: 7,
+                    head_sha: self.head.clone(),
+                    head_ref: self.head_branch.clone(),
+                }],
+            },
+            clone_url: self.clone_url(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        }
+    }
+    fn path(&self, name: &str) -> String {
+        self.tmp.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
+const LONG: Duration = Duration::from_secs(120);
+
+async fn next(rx: &mut UnboundedReceiver<JobResult>) -> Option<JobResult> {
+    tokio::time::timeout(Duration::from_secs(120), rx.recv())
+        .await
+        .expect("the job ends")
+}
+
+async fn run(ex: &LocalExecutor, spec: JobSpec) -> (JobResult, String) {
+    let (tx, mut rx) = unbounded_channel();
+    ex.start(spec, tx);
+    let result = next(&mut rx).await.expect("a result");
+    assert!(next(&mut rx).await.is_none(), "exactly one result");
+    let log = String::from_utf8_lossy(&result.log).into_owned();
+    (result, log)
+}
+
+async fn wait_for_file(path: &str) {
+    for _ in 0..600 {
+        if Path::new(path).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never appeared");
+}
+
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name() == name {
+                found.push(path.clone());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.extend(find_named(&path, name));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_passing_command_passes_with_its_output_in_the_log() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let cmd = [
+        "sh",
+        "-c",
+        "echo hello from the test; echo and from stderr >&2",
+    ];
+    let (result, log) = run(&ex, fx.spec("b-pass", &cmd, LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    assert_eq!(result.report.exit_code, Some(0));
+    assert_eq!(result.build.as_str(), "b-pass");
+    for want in [
+        "sluice: fetching ",
+        &format!("sluice: merging target main {} into {}", fx.target, fx.head),
+        "sluice: running [\"sh\", \"-c\",",
+        "hello from the test\n",
+        "and from stderr\n",
+        "sluice: exit code 0 after ",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
+    let r = &result.report;
+    assert!(r.started_at.0 > 1_600_000_000_000 && r.started_at <= r.finished_at);
+    let left: Vec<_> = std::fs::read_dir(fx.work_dir()).unwrap().collect();
+    assert!(left.is_empty(), "workspace left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_with_its_exit_code() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let (result, log) = run(&ex, fx.spec("b-fail", &["sh", "-c", "exit 3"], LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Failed, "{log}");
+    assert_eq!(result.report.exit_code, Some(3));
+    assert_eq!(result.report.detail, "exit code 3");
+    assert!(log.contains("sluice: exit code 3 after "), "{log}");
+}
+
+#[tokio::test]
+async fn a_command_killed_by_a_signal_fails_naming_it() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let (result, log) = run(&ex, fx.spec("b-sig", &["sh", "-c", "kill -9 $$"], LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Failed, "{log}");
+    assert_eq!(result.report.exit_code, None);
+    assert!(result.report.detail.contains("SIGKILL"), "{result:?}");
+}
+
+#[tokio::test]
+async fn the_test_sees_exactly_head_merged_with_target() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let cmd = [
+        "sh",
+        "-c",
+        "cat head.txt target.txt common.txt && git rev-parse HEAD^1 HEAD^2",
+    ];
+    let (result, log) = run(&ex, fx.spec("b-tree", &cmd, LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    let expected = format!("from head\nfrom target\nbase\n{}\n{}\n", fx.head, fx.target);
+    assert!(log.contains(&expected), "{log}");
+}
+
+#[tokio::test]
+async fn a_merge_conflict_fails_without_running_the_test() {
+    setup();
+    let fx = fixture(true, "feature");
+    let ex = fx.executor(2);
+    let (result, log) = run(&ex, fx.spec("b-conflict", &["true"], LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Failed, "{log}");
+    let line = format!(
+        "sluice: merge conflict: head {} does not merge with target main at {}; conflicting files: common.txt",
+        fx.head, fx.target
+    );
+    assert!(log.contains(&line), "{log}");
+    assert!(result.report.detail.contains("common.txt"), "{result:?}");
+    assert!(!log.contains("sluice: running"), "{log}");
+}
+
+#[tokio::test]
+async fn an_unreachable_clone_url_is_an_infrastructure_error() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let mut spec = fx.spec("b-nourl", &["true"], LONG);
+    spec.clone_url = format!("file://{}", fx.path("no-such-repo.git"));
+    let (result, log) = run(&ex, spec).await;
+    assert_eq!(result.report.outcome, Outcome::Error, "{log}");
+    assert!(
+        result.report.detail.contains("git fetch failed"),
+        "{result:?}"
+    );
+    assert!(!log.contains("sluice: running"), "{log}");
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let marker = fx.path("late-write");
+    // The grandchild would write the marker after 4s; the job times out at 2s.
+    let cmd = [
+        "sh",
+        "-c",
+        "(sleep 4; touch \"$1\") & sleep 100",
+        "sh",
+        &marker,
+    ];
+    let (result, log) = run(&ex, fx.spec("b-timeout", &cmd, Duration::from_secs(2))).await;
+    assert_eq!(result.report.outcome, Outcome::Error, "{log}");
+    assert_eq!(result.report.detail, "timed out after 2s");
+    assert!(log.contains("sluice: timed out after 2s"), "{log}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!Path::new(&marker).exists(), "the grandchild survived");
+}
+
+#[tokio::test]
+async fn a_cancelled_job_is_killed_and_reports_nothing() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let started = fx.path("started");
+    let marker = fx.path("late-write");
+    let cmd = [
+        "sh",
+        "-c",
+        "touch \"$1\"; (sleep 3; touch \"$2\") & sleep 100",
+        "sh",
+        &started,
+        &marker,
+    ];
+    let (tx, mut rx) = unbounded_channel();
+    ex.start(fx.spec("b-cancel", &cmd, LONG), tx);
+    wait_for_file(&started).await;
+    ex.cancel(&BuildId::parse("b-cancel").unwrap());
+    assert!(
+        next(&mut rx).await.is_none(),
+        "a cancelled job sent a result"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!Path::new(&marker).exists(), "the grandchild survived");
+    let left: Vec<_> = std::fs::read_dir(fx.work_dir()).unwrap().collect();
+    assert!(left.is_empty(), "workspace left behind: {left:?}");
+    // Unknown ids are ignored.
+    ex.cancel(&BuildId::parse("b-unknown").unwrap());
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_its_turn_can_be_cancelled() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(1);
+    let started = fx.path("started");
+    let (tx_a, mut rx_a) = unbounded_channel();
+    let (tx_b, mut rx_b) = unbounded_channel();
+    let cmd_a = ["sh", "-c", "touch \"$1\"; sleep 100", "sh", &started];
+    ex.start(fx.spec("b-first", &cmd_a, LONG), tx_a);
+    wait_for_file(&started).await;
+    ex.start(fx.spec("b-second", &["true"], LONG), tx_b);
+    ex.cancel(&BuildId::parse("b-second").unwrap());
+    assert!(next(&mut rx_b).await.is_none());
+    ex.cancel(&BuildId::parse("b-first").unwrap());
+    assert!(next(&mut rx_a).await.is_none());
+    assert!(ex.running().is_empty());
+}
+
+#[tokio::test]
+async fn the_job_gets_only_allow_listed_environment() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let (result, log) = run(&ex, fx.spec("b-env", &["env"], LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    for (name, value) in SECRETS {
+        assert_eq!(std::env::var(name).as_deref(), Ok(value));
+        assert!(!log.contains(name), "{name} leaked:\n{log}");
+        assert!(!log.contains(value), "{name}'s value leaked:\n{log}");
+    }
+    for want in [
+        "SLUICE_REPO=octo/demo\n".to_string(),
+        "SLUICE_PR=7\n".into(),
+        format!("SLUICE_HEAD_SHA={}\n", fx.head),
+        "SLUICE_HEAD_REF=feature\n".into(),
+        "SLUICE_TARGET_BRANCH=main\n".into(),
+        format!("SLUICE_TARGET_SHA={}\n", fx.target),
+        "SLUICE_BUILD_ID=b-env\n".into(),
+        "\nPATH=".into(),
+    ] {
+        assert!(log.contains(&want), "{want:?} missing:\n{log}");
+    }
+    let env_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("sluice:") && l.contains('='))
+        .collect();
+    let allowed = ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD"];
+    for line in env_lines {
+        let name = line.split('=').next().unwrap();
+        assert!(
+            allowed.contains(&name) || name.starts_with("SLUICE_"),
+            "unexpected variable {name}:\n{log}"
+        );
+    }
+    let home = log.lines().find_map(|l| l.strip_prefix("HOME=")).unwrap();
+    assert!(home.starts_with(fx.work_dir().to_str().unwrap()), "{home}");
+}
+
+#[tokio::test]
+async fn refs_are_never_run_through_a_shell() {
+    setup();
+    // git refuses spaces in ref names, so the real branch uses ${IFS}.
+    let branch = "$(touch${IFS}pwned)";
+    let fx = fixture(false, branch);
+    let ex = fx.executor(2);
+    let mut spec = fx.spec(
+        "b-pwned",
+        &[
+            "sh",
+            "-c",
+            "printf 'ref=%s\\n' \"$SLUICE_HEAD_REF\" \"$SLUICE_TARGET_BRANCH\"; test ! -e pwned",
+        ],
+        LONG,
+    );
+    spec.candidate.target_branch = "$(touch pwned)".into();
+    let (result, log) = run(&ex, spec).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    assert!(
+        log.contains("ref=$(touch${IFS}pwned)\nref=$(touch pwned)\n"),
+        "{log}"
+    );
+    assert_eq!(find_named(fx.tmp.path(), "pwned"), Vec::<PathBuf>::new());
+    assert!(!Path::new("pwned").exists());
+}
+
+#[tokio::test]
+async fn max_parallel_one_runs_jobs_one_after_the_other() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(1);
+    let script = "date +%s%N > \"$1\"; sleep 1; date +%s%N > \"$2\"";
+    let (tx, mut rx) = unbounded_channel();
+    let files: Vec<[String; 2]> = ["a", "b"]
+        .iter()
+        .map(|j| [fx.path(&format!("{j}-start")), fx.path(&format!("{j}-end"))])
+        .collect();
+    for (j, [start, end]) in ["b-a", "b-b"].iter().zip(&files) {
+        let cmd = ["sh", "-c", script, "sh", start, end];
+        ex.start(fx.spec(j, &cmd, LONG), tx.clone());
+    }
+    drop(tx);
+    for _ in 0..2 {
+        let result = next(&mut rx).await.expect("a result");
+        assert_eq!(result.report.outcome, Outcome::Passed);
+    }
+    let read = |p: &str| -> u128 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+    let [a, b] = [&files[0], &files[1]].map(|[s, e]| (read(s), read(e)));
+    assert!(a.1 <= b.0 || b.1 <= a.0, "jobs overlapped: {a:?} {b:?}");
+}
+
+#[tokio::test]
+async fn a_huge_log_is_truncated_with_a_note() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = LocalExecutor::with_log_cap(
+        &ExecutorConfig {
+            work_dir: fx.work_dir(),
+            ..ExecutorConfig::default()
+        },
+        10_000,
+    );
+    let cmd = ["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' a"];
+    let (result, log) = run(&ex, fx.spec("b-big", &cmd, LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    assert!(
+        log.contains("sluice: log truncated at 10000 bytes"),
+        "{log}"
+    );
+    assert!(log.len() < 20_000);
+    assert!(log.contains("sluice: exit code 0"));
+}
