@@ -8,9 +8,10 @@
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod executor;
 pub mod fakehub;
-pub mod http;
 pub mod forge;
+pub mod http;
 pub mod results;
 pub mod runtime;

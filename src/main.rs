@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A merge-queue bot: only a tested pair lands.")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A merge-queue bot: only a tested pair lands."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,9 +43,9 @@ enum Command {
     },
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Human => builder.init(),
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logs(config.server.log_format);
+            init_logs(config.server.log_format, "info");
             run(async move {
                 let adapters = sluice::app::adapters_from_config(&config, &secrets)?;
                 let running = sluice::app::start(config, secrets, adapters, None).await?;
@@ -95,7 +99,8 @@ fn main() -> ExitCode {
             keep_running,
             port,
         } => {
-            init_logs(LogFormat::Human);
+            // The demo narrates; RUST_LOG=info shows sluice's own log too.
+            init_logs(LogFormat::Human, "warn");
             run(sluice::demo::run(dir, keep_running, port))
         }
     }

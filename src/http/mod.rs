@@ -78,15 +78,14 @@ pub fn routes(
         .and(with())
         .map(|headers, body, ctx: Arc<HttpContext>| on_webhook(&ctx, &headers, body));
 
-    let views = warp::path!(String)
-        .and(warp::get())
-        .and(with())
-        .and_then(|view: String, ctx: Arc<HttpContext>| async move {
+    let views = warp::path!(String).and(warp::get()).and(with()).and_then(
+        |view: String, ctx: Arc<HttpContext>| async move {
             match list_view(&ctx, &view) {
                 Some(response) => Ok(response),
                 None => Err(warp::reject::not_found()),
             }
-        });
+        },
+    );
 
     let history = warp::path!("history")
         .and(warp::get())
@@ -110,26 +109,29 @@ pub fn routes(
             .and(warp::body::content_length_limit(MAX_REQUEST_BYTES))
             .and(warp::body::bytes())
             .and(with())
-            .then(move |auth: Option<String>, body: Bytes, ctx: Arc<HttpContext>| async move {
-                on_request(&ctx, name, auth.as_deref(), &body).await
-            })
+            .then(
+                move |auth: Option<String>, body: Bytes, ctx: Arc<HttpContext>| async move {
+                    on_request(&ctx, name, auth.as_deref(), &body).await
+                },
+            )
     };
 
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| json(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
 
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with())
-        .map(|ctx: Arc<HttpContext>| {
-            warp::reply::with_header(
-                ctx.shared.metrics.encode(),
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .into_response()
-        });
+    let metrics =
+        warp::path!("metrics")
+            .and(warp::get())
+            .and(with())
+            .map(|ctx: Arc<HttpContext>| {
+                warp::reply::with_header(
+                    ctx.shared.metrics.encode(),
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .into_response()
+            });
 
     let results = warp::path("results")
         .and(warp::get())
@@ -172,9 +174,15 @@ fn rejection(r: Rejection) -> Response {
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
         json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
     } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        json_error(StatusCode::LENGTH_REQUIRED, "a Content-Length header is required")
+        json_error(
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required",
+        )
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this endpoint",
+        )
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         json_error(StatusCode::BAD_REQUEST, format!("invalid query: {e}"))
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
@@ -198,7 +206,11 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             .inc();
     };
     // The signature comes first: nothing unauthenticated is even parsed.
-    if let Err(e) = webhook::verify_signature(&ctx.webhook_secret, &body, header(webhook::SIGNATURE_HEADER)) {
+    if let Err(e) = webhook::verify_signature(
+        &ctx.webhook_secret,
+        &body,
+        header(webhook::SIGNATURE_HEADER),
+    ) {
         count("unauthorized");
         warn!(error = %e, "webhook with a bad signature");
         return json_error(StatusCode::UNAUTHORIZED, e.to_string());
@@ -208,9 +220,18 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
         return json_error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     }
     let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
-    if !delivery_id.is_empty() && ctx.deliveries.lock().map(|d| d.seen(&delivery_id)).unwrap_or(false) {
+    if !delivery_id.is_empty()
+        && ctx
+            .deliveries
+            .lock()
+            .map(|d| d.seen(&delivery_id))
+            .unwrap_or(false)
+    {
         count("duplicate");
-        return json(StatusCode::OK, &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }));
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }),
+        );
     }
     let parsed = match webhook::parse_delivery(&event, &body) {
         Ok(parsed) => parsed,
@@ -229,17 +250,26 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
         Delivery::Ignored { reason } => {
             count("ignored");
             remember(ctx, &delivery_id);
-            return json(StatusCode::ACCEPTED, &serde_json::json!({ "status": "ignored", "reason": reason }));
+            return json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "status": "ignored", "reason": reason }),
+            );
         }
         Delivery::Events(events) => events,
     };
     let known = {
         let state = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner());
-        events.iter().all(|e| e.repo().is_none_or(|r| state.repo(r).is_some()))
+        events
+            .iter()
+            .all(|e| e.repo().is_none_or(|r| state.repo(r).is_some()))
     };
     if !known {
         count("unknown_repository");
-        let repo = events.iter().find_map(|e| e.repo()).map(|r| r.to_string()).unwrap_or_default();
+        let repo = events
+            .iter()
+            .find_map(|e| e.repo())
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         info!(%repo, "webhook for a repository sluice does not gate; ignored");
         remember(ctx, &delivery_id);
         return json(
@@ -253,7 +283,10 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 count("overloaded");
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "event queue full; redeliver later");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "event queue full; redeliver later",
+                );
             }
             Err(TrySendError::Closed(_)) => {
                 return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
@@ -262,7 +295,10 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
     }
     remember(ctx, &delivery_id);
     count("accepted");
-    json(StatusCode::ACCEPTED, &serde_json::json!({ "status": "accepted", "events": n }))
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "status": "accepted", "events": n }),
+    )
 }
 
 fn remember(ctx: &HttpContext, delivery_id: &str) {
@@ -283,7 +319,10 @@ pub struct PrRequest {
 
 async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u8]) -> Response {
     let Some(expected) = &ctx.api_token else {
-        return json_error(StatusCode::UNAUTHORIZED, "no API token is configured (SLUICE_API_TOKEN)");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "no API token is configured (SLUICE_API_TOKEN)",
+        );
     };
     let given = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
@@ -308,15 +347,28 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
     };
     let id = ctx.shared.request_id();
     let event = if name == "retest" {
-        Event::Retest { pr: pr.clone(), request: id }
+        Event::Retest {
+            pr: pr.clone(),
+            request: id,
+        }
     } else {
-        Event::TryMerge { pr: pr.clone(), request: id }
+        Event::TryMerge {
+            pr: pr.clone(),
+            request: id,
+        }
     };
     let (reply, answer) = oneshot::channel();
     if ctx
         .shared
         .inputs
-        .send_timeout(Input::Request { event, request: id, reply }, ANSWER_TIMEOUT)
+        .send_timeout(
+            Input::Request {
+                event,
+                request: id,
+                reply,
+            },
+            ANSWER_TIMEOUT,
+        )
         .await
         .is_err()
     {
@@ -324,7 +376,12 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
     }
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(answer)) => answer,
-        _ => return json_error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the queue in time"),
+        _ => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no answer from the queue in time",
+            );
+        }
     };
     let status = match &answer {
         Answer::UnknownPr => {
@@ -341,7 +398,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Comparing digests keeps the time independent of where they differ and
     // of the token's length.
     let (x, y) = (Sha256::digest(a), Sha256::digest(b));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// A PR as the JSON endpoints show it: the core's view plus its result link.
@@ -360,7 +420,12 @@ fn list_view(ctx: &HttpContext, view: &str) -> Option<Response> {
         "passing" => PrView::passing,
         _ => return None,
     };
-    let views = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner()).pr_views();
+    let views = ctx
+        .shared
+        .state
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .pr_views();
     let prs: Vec<PrJson> = views
         .into_iter()
         .filter(keep)
@@ -394,7 +459,9 @@ async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejecti
         _ => "text/plain; charset=utf-8",
     };
     match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok(warp::reply::with_header(bytes, "content-type", content_type).into_response()),
+        Ok(bytes) => {
+            Ok(warp::reply::with_header(bytes, "content-type", content_type).into_response())
+        }
         Err(_) => Ok(json_error(StatusCode::NOT_FOUND, "no such result")),
     }
 }
@@ -408,7 +475,9 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let server = warp::serve(routes(ctx)).incoming(listener).graceful(shutdown);
+    let server = warp::serve(routes(ctx))
+        .incoming(listener)
+        .graceful(shutdown);
     let task = tokio::spawn(async move { server.run().await });
     Ok((bound, task))
 }

@@ -42,7 +42,8 @@ impl History {
 
 fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
     let (repo, prs, shas): (&str, Vec<u64>, Vec<&Sha>) = match entry {
-        HistoryEntry::BuildFinished { candidate, .. } | HistoryEntry::BuildCancelled { candidate, .. } => (
+        HistoryEntry::BuildFinished { candidate, .. }
+        | HistoryEntry::BuildCancelled { candidate, .. } => (
             candidate.repo.as_str(),
             candidate.prs.iter().map(|p| p.number).collect(),
             candidate
@@ -53,7 +54,10 @@ fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
                 .collect(),
         ),
         HistoryEntry::Merged {
-            pr, pair, merge_sha, ..
+            pr,
+            pair,
+            merge_sha,
+            ..
         } => (
             pr.repo.as_str(),
             vec![pr.number],

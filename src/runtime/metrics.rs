@@ -44,18 +44,42 @@ impl Default for Metrics {
             builds_running: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("webhook_deliveries", "Webhook deliveries by event and result", m.webhooks.clone());
-        registry.register("events", "Events handled by the core, by kind", m.events.clone());
-        registry.register("builds_finished", "Builds finished, by outcome", m.builds_finished.clone());
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by event and result",
+            m.webhooks.clone(),
+        );
+        registry.register(
+            "events",
+            "Events handled by the core, by kind",
+            m.events.clone(),
+        );
+        registry.register(
+            "builds_finished",
+            "Builds finished, by outcome",
+            m.builds_finished.clone(),
+        );
         registry.register("merges", "Merge calls, by result", m.merges.clone());
-        registry.register("forge_errors", "Failed forge calls, by operation", m.forge_errors.clone());
+        registry.register(
+            "forge_errors",
+            "Failed forge calls, by operation",
+            m.forge_errors.clone(),
+        );
         registry.register(
             "reconcile_drift",
             "Differences a re-read of GitHub found that no webhook had reported",
             m.reconcile_drift.clone(),
         );
-        registry.register("prs_tracked", "Open PRs sluice tracks", m.prs_tracked.clone());
-        registry.register("builds_running", "Builds running now", m.builds_running.clone());
+        registry.register(
+            "prs_tracked",
+            "Open PRs sluice tracks",
+            m.prs_tracked.clone(),
+        );
+        registry.register(
+            "builds_running",
+            "Builds running now",
+            m.builds_running.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -68,7 +92,9 @@ impl Metrics {
     }
     pub fn count(family: &Family<KindLabel, Counter>, kind: &str) {
         family
-            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
             .inc();
     }
 }

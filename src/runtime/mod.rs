@@ -99,7 +99,11 @@ pub fn build(config: Arc<Config>, adapters: Adapters) -> (Arc<Shared>, Driver) {
         next_request: AtomicU64::new(1),
     });
     let (status_tx, status_rx) = mpsc::unbounded_channel();
-    tokio::spawn(status_writer(adapters.forge.clone(), status_rx, shared.clone()));
+    tokio::spawn(status_writer(
+        adapters.forge.clone(),
+        status_rx,
+        shared.clone(),
+    ));
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         config,
@@ -134,8 +138,11 @@ impl Driver {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         let interval = self.config.reconcile.interval_secs;
-        let mut reconcile =
-            tokio::time::interval(Duration::from_secs(if interval == 0 { u64::MAX / 4 } else { interval }));
+        let mut reconcile = tokio::time::interval(Duration::from_secs(if interval == 0 {
+            u64::MAX / 4
+        } else {
+            interval
+        }));
         // The first reconcile runs at once (interval's first tick is immediate).
         loop {
             tokio::select! {
@@ -258,7 +265,9 @@ impl Driver {
                         };
                         info!(%pr, result = kind, "merge finished");
                         Metrics::count(&shared.metrics.merges, kind);
-                        let _ = inputs.send(Input::Event(Event::MergeFinished { pr, pair, result })).await;
+                        let _ = inputs
+                            .send(Input::Event(Event::MergeFinished { pr, pair, result }))
+                            .await;
                     });
                 }
                 Action::FetchReviews { pr } => {
@@ -266,7 +275,9 @@ impl Driver {
                     tokio::spawn(async move {
                         match forge.reviews(&pr).await {
                             Ok(reviews) => {
-                                let _ = inputs.send(Input::Event(Event::Reviews { pr, reviews })).await;
+                                let _ = inputs
+                                    .send(Input::Event(Event::Reviews { pr, reviews }))
+                                    .await;
                             }
                             Err(e) => forge_failed(&shared, "reviews", &e),
                         }
@@ -282,7 +293,9 @@ impl Driver {
                                     .await;
                             }
                             Ok(None) => {
-                                let _ = inputs.send(Input::Event(Event::BranchDeleted { repo, branch })).await;
+                                let _ = inputs
+                                    .send(Input::Event(Event::BranchDeleted { repo, branch }))
+                                    .await;
                             }
                             Err(e) => forge_failed(&shared, "branch", &e),
                         }
@@ -305,7 +318,13 @@ impl Driver {
                     }
                 }
                 Action::Record(entry) => {
-                    if let HistoryEntry::BuildFinished { build, report, current, .. } = &entry {
+                    if let HistoryEntry::BuildFinished {
+                        build,
+                        report,
+                        current,
+                        ..
+                    } = &entry
+                    {
                         info!(%build, outcome = ?report.outcome, current, "build finished");
                     }
                     if let Ok(mut h) = self.shared.history.write() {
@@ -403,7 +422,10 @@ impl Driver {
         for repo in &self.config.repos {
             let name = repo.repo();
             {
-                let mut running = self.reconcile_running.lock().unwrap_or_else(|e| e.into_inner());
+                let mut running = self
+                    .reconcile_running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if !running.insert(name.clone()) {
                     continue; // the previous re-read of this repository is still going
                 }
@@ -414,7 +436,10 @@ impl Driver {
                 if let Err(e) = reconcile(&*forge, &name, &inputs).await {
                     forge_failed(&shared, "reconcile", &e);
                 }
-                running.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
             });
         }
     }
@@ -446,7 +471,9 @@ pub async fn reconcile(
         .await;
     for pr in keys {
         let reviews = forge.reviews(&pr).await?;
-        let _ = inputs.send(Input::Event(Event::Reviews { pr, reviews })).await;
+        let _ = inputs
+            .send(Input::Event(Event::Reviews { pr, reviews }))
+            .await;
     }
     Ok(())
 }
@@ -471,7 +498,10 @@ async fn status_writer(
         }
         let mut newest: Vec<StatusUpdate> = Vec::new();
         for update in batch {
-            match newest.iter_mut().find(|u| u.0 == update.0 && u.1 == update.1) {
+            match newest
+                .iter_mut()
+                .find(|u| u.0 == update.0 && u.1 == update.1)
+            {
                 Some(slot) => *slot = update,
                 None => newest.push(update),
             }

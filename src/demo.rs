@@ -1,0 +1,311 @@
+//! The offline demo, and the stack it runs on: the fake GitHub with a sample
+//! repository, and sluice with the local executor and local results,
+//! wired together over real HTTP. The end-to-end tests use the same stack.
+
+use crate::app::{self, Running};
+use crate::config::{Config, Secrets};
+use crate::core::Sha;
+use crate::fakehub::FakeHub;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEMO_REPO: &str = "octo/demo";
+pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+pub const API_TOKEN: &str = "demo-api-token";
+pub const GITHUB_TOKEN: &str = "demo-github-token";
+
+/// The sample repository's test: fails if any file under src/ says BUG,
+/// sleeps as long as the file `delay` says (so tests can catch a job
+/// running), and prints what it tested.
+pub const CHECK_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+echo "testing $SLUICE_REPO PR $SLUICE_PR: $SLUICE_HEAD_SHA merged with $SLUICE_TARGET_BRANCH@$SLUICE_TARGET_SHA"
+if [ -f delay ]; then sleep "$(cat delay)"; fi
+if grep -rl BUG src/; then echo "found a BUG"; exit 1; fi
+echo "all good"
+"#;
+
+/// The fake GitHub and sluice, connected.
+pub struct Stack {
+    pub hub: FakeHub,
+    pub sluice: Running,
+    pub config: Config,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// A configuration for the demo repository against `hub`.
+pub fn demo_config(hub: &FakeHub, dir: &Path, public_url: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+public_url = "{public_url}"
+
+[github]
+api_url = "{api}"
+clone_base = "{clone}"
+request_timeout_secs = 10
+max_retries = 3
+
+[reconcile]
+interval_secs = 0
+
+[executor]
+work_dir = "{work}"
+max_parallel = 4
+git_timeout_secs = 60
+
+[results]
+dir = "{results}"
+
+[[repos]]
+name = "{DEMO_REPO}"
+test_command = ["sh", "check.sh"]
+required_approvals = 1
+max_concurrent_builds = 2
+job_timeout_secs = 120
+priority_labels = ["priority"]
+"#,
+        api = hub.api_url(),
+        clone = hub.clone_base(),
+        work = dir.join("work").display(),
+        results = dir.join("results").display(),
+    );
+    Config::parse(&text, Path::new("demo.toml")).expect("the demo configuration is valid")
+}
+
+impl Stack {
+    /// Starts the fake GitHub with the sample repository and sluice on
+    /// `listen` (port 0 picks one). `tweak` may change the configuration.
+    pub async fn start(
+        dir: &Path,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(dir)?;
+        let hub = FakeHub::start(&dir.join("github"), Some(GITHUB_TOKEN.into())).await?;
+        hub.create_repo(
+            DEMO_REPO,
+            "main",
+            &[("check.sh", CHECK_SCRIPT), ("src/main.txt", "hello\n")],
+        )
+        .await?;
+        for reviewer in ["alice", "bob"] {
+            hub.set_permission(DEMO_REPO, reviewer, "write");
+        }
+        hub.set_permission(DEMO_REPO, "mallory", "read");
+        // The public URL is only known once bound; bind first, then build.
+        let listener = std::net::TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        drop(listener);
+        let mut config = demo_config(&hub, dir, &format!("http://{addr}"));
+        tweak(&mut config);
+        let secrets = Secrets {
+            github_token: Some(GITHUB_TOKEN.into()),
+            webhook_secret: WEBHOOK_SECRET.into(),
+            api_token: Some(API_TOKEN.into()),
+        };
+        let adapters = app::adapters_from_config(&config, &secrets)?;
+        let sluice = app::start(config.clone(), secrets, adapters, Some(addr)).await?;
+        hub.set_webhook(&format!("{}/webhook", sluice.url()), WEBHOOK_SECRET);
+        Ok(Stack {
+            hub,
+            sluice,
+            config,
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sluice.url())
+    }
+
+    /// GET a JSON endpoint of sluice.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.http.get(self.url(path)).send().await?.json().await?)
+    }
+
+    /// POST /retest or /try-merge with the API token; returns status and body.
+    pub async fn request(&self, path: &str, pr: u64) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .json(&serde_json::json!({ "repo": DEMO_REPO, "pr": pr }))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// Opens a PR from a new branch that writes `files` on top of main.
+    pub async fn open_pr(
+        &self,
+        branch: &str,
+        files: &[(&str, &str)],
+        title: &str,
+    ) -> anyhow::Result<u64> {
+        self.hub
+            .commit(DEMO_REPO, branch, Some("main"), files, title)
+            .await?;
+        self.hub
+            .open_pr(DEMO_REPO, branch, "main", title, "carol")
+            .await
+    }
+
+    /// The latest sluice status of the PR's current head, if any.
+    pub fn status_of(&self, pr: u64) -> Option<crate::fakehub::StatusView> {
+        let head = self.hub.pr(DEMO_REPO, pr)?.head_sha;
+        self.hub
+            .statuses(DEMO_REPO, head.as_str())
+            .into_iter()
+            .rev()
+            .find(|s| s.context == self.config.github.status_context)
+    }
+
+    /// Polls `check` every 50 ms until it holds or `timeout` passes.
+    pub async fn wait_for<F: FnMut(&Stack) -> bool>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check(self) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn head_of(&self, pr: u64) -> Option<Sha> {
+        self.hub.pr(DEMO_REPO, pr).map(|p| p.head_sha)
+    }
+}
+
+/// `sluice demo`: runs the whole flow and prints what happens.
+pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let dir = std::path::absolute(&dir)?;
+    let stack = Stack::start(&dir, ([127, 0, 0, 1], port).into(), |_| {}).await?;
+    println!("\n== sluice demo ==");
+    println!(
+        "fake GitHub: {}   sluice: {}",
+        stack.hub.api_url(),
+        stack.sluice.url()
+    );
+    println!("repository {DEMO_REPO}: main holds check.sh (the test) and src/main.txt\n");
+
+    let a = stack
+        .open_pr(
+            "feature-a",
+            &[("src/a.txt", "feature a\n")],
+            "Add feature A",
+        )
+        .await?;
+    let b = stack
+        .open_pr(
+            "feature-b",
+            &[("src/b.txt", "BUG here\n")],
+            "Add feature B (has a bug)",
+        )
+        .await?;
+    let c = stack
+        .open_pr(
+            "feature-c",
+            &[("src/c.txt", "feature c\n")],
+            "Add feature C",
+        )
+        .await?;
+    println!("opened #{a} (passes), #{b} (fails), #{c} (passes); alice approves all three");
+    for pr in [a, b, c] {
+        stack.hub.review(DEMO_REPO, pr, "alice", "APPROVED").await?;
+    }
+    let merged = |s: &Stack, pr| s.hub.pr(DEMO_REPO, pr).is_some_and(|p| p.merged);
+    stack
+        .wait_for(
+            "#a and #c to merge and #b to fail",
+            Duration::from_secs(120),
+            |s| {
+                merged(s, a)
+                    && merged(s, c)
+                    && s.status_of(b).is_some_and(|st| st.state == "failure")
+            },
+        )
+        .await?;
+
+    println!("\nGET /status, /passing, /ready-for-merge while the failing PR stays open:");
+    for path in ["/status", "/passing", "/ready-for-merge"] {
+        let body = stack.get_json(path).await?;
+        let prs: Vec<String> = body["prs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        format!(
+                            "#{} {} ({})",
+                            p["number"],
+                            p["phase"].as_str().unwrap_or(""),
+                            p["link"].as_str().unwrap_or("-")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "  {path:<17} {}",
+            if prs.is_empty() {
+                "[]".into()
+            } else {
+                prs.join(", ")
+            }
+        );
+    }
+    let (code, body) = stack.request("/try-merge", b).await?;
+    println!("\nPOST /try-merge #{b} -> {code}: {}", body["reasons"]);
+
+    println!("\nmerges GitHub recorded:");
+    for m in stack.hub.merges() {
+        let status = stack
+            .hub
+            .statuses(DEMO_REPO, m.head_sha.as_str())
+            .into_iter()
+            .rev()
+            .find(|s| s.state == "success");
+        println!(
+            "  #{} head {} merged as {}; tested: {}",
+            m.number,
+            m.head_sha.short(),
+            m.merge_sha.short(),
+            status.and_then(|s| s.target_url).unwrap_or_default()
+        );
+    }
+    if let Some(st) = stack.status_of(b) {
+        println!(
+            "  #{b} status: {} \"{}\" {}",
+            st.state,
+            st.description.unwrap_or_default(),
+            st.target_url.unwrap_or_default()
+        );
+    }
+    println!("\nhistory: GET {}", stack.url("/history"));
+    if keep_running {
+        println!(
+            "\nsluice keeps running at {} (Ctrl-C to stop)",
+            stack.sluice.url()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    stack.sluice.stop().await;
+    println!("\ndemo done; files are under {}", dir.display());
+    Ok(())
+}
