@@ -210,7 +210,10 @@ async fn a_passing_command_passes_with_its_output_in_the_log() {
     assert_eq!(result.build.as_str(), "b-pass");
     for want in [
         "sluice: fetching ",
-        &format!("sluice: merging target main {} into {}", fx.target, fx.head),
+        &format!(
+            "sluice: merging target main {} into head {}",
+            fx.target, fx.head
+        ),
         "sluice: running [\"sh\", \"-c\",",
         "hello from the test\n",
         "and from stderr\n",
@@ -479,4 +482,19 @@ async fn a_huge_log_is_truncated_with_a_note() {
     );
     assert!(log.len() < 20_000);
     assert!(log.contains("sluice: exit code 0"));
+}
+
+#[tokio::test]
+async fn a_test_command_that_cannot_start_is_an_error() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    let cmd = ["sluice-no-such-command"];
+    let (result, log) = run(&ex, fx.spec("b-nocmd", &cmd, LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Error, "{log}");
+    assert!(result.report.detail.contains("cannot run"), "{result:?}");
+    assert!(
+        log.contains("sluice: cannot run \"sluice-no-such-command\""),
+        "{log}"
+    );
 }

@@ -289,9 +289,11 @@ impl Shared {
 
         // One PR: check out its head exactly and merge the target into it.
         // Several (a merge train): start from the target, merge them in order.
-        let (base, merges): (&Sha, Vec<(&Sha, String)>) = match c.prs.as_slice() {
+        let (base, base_name, merges): (&Sha, String, Vec<(&Sha, String)>) = match c.prs.as_slice()
+        {
             [only] => (
                 &only.head_sha,
+                format!("head {}", only.head_sha),
                 vec![(
                     &c.target_sha,
                     format!("target {} {}", c.target_branch, c.target_sha),
@@ -299,12 +301,13 @@ impl Shared {
             ),
             prs => (
                 &c.target_sha,
+                format!("target {} {}", c.target_branch, c.target_sha),
                 prs.iter()
                     .map(|p| (&p.head_sha, format!("PR #{} head {}", p.number, p.head_sha)))
                     .collect(),
             ),
         };
-        log.line(&format!("sluice: checking out {base}"));
+        log.line(&format!("sluice: checking out {base_name}"));
         self.git(
             ws,
             log,
@@ -314,7 +317,7 @@ impl Shared {
         )
         .await?;
         for (sha, what) in merges {
-            log.line(&format!("sluice: merging {what} into {base}"));
+            log.line(&format!("sluice: merging {what} into {base_name}"));
             let args = [
                 "-c",
                 "user.name=sluice",
