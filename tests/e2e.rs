@@ -425,8 +425,8 @@ async fn a_hostile_branch_name_runs_nothing_but_the_test() {
         .hub
         .statuses(DEMO_REPO, stack.head_of(pr).unwrap().as_str())
         .into_iter()
-        .filter_map(|s| s.target_url)
-        .last()
+        .rev()
+        .find_map(|s| s.target_url)
         .unwrap();
     let log = stack
         .http
