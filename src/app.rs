@@ -5,6 +5,7 @@ use crate::executor::local::LocalExecutor;
 use crate::forge::github::GitHub;
 use crate::http::{self, DeliveryLog, HttpContext};
 use crate::results::fs::FsResults;
+use crate::runtime::store::Store;
 use crate::runtime::{self, Adapters, Shared};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,7 +69,13 @@ pub async fn start(
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<Running> {
     let config = Arc::new(config);
-    let (shared, driver) = runtime::build(config.clone(), adapters.clone());
+    let (store, recovered) = Store::open(&config.state.dir)
+        .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state.dir.display()))?;
+    let mut deliveries = DeliveryLog::default();
+    for id in &recovered.deliveries {
+        deliveries.insert(id);
+    }
+    let (shared, driver) = runtime::build(config.clone(), adapters.clone(), store, recovered)?;
     let (shutdown, rx) = watch::channel(false);
     let ctx = Arc::new(HttpContext {
         shared: shared.clone(),
@@ -78,7 +85,7 @@ pub async fn start(
         results_dir: match config.results.kind {
             ResultsKind::Local => Some(config.results.dir.clone()),
         },
-        deliveries: Mutex::new(DeliveryLog::default()),
+        deliveries: Mutex::new(deliveries),
     });
     let mut server_rx = rx.clone();
     let (addr, server) = http::serve(ctx, listen.unwrap_or(config.server.listen), async move {

@@ -48,7 +48,24 @@ pub struct Config {
     #[serde(default)]
     pub results: ResultsConfig,
     #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
     pub repos: Vec<RepoConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Where the journal, snapshots and history live (survive restarts).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("sluice-state"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,9 +37,17 @@ pub struct Stack {
 
 /// A configuration for the demo repository against `hub`.
 pub fn demo_config(hub: &FakeHub, dir: &Path, public_url: &str) -> Config {
-    let text = format!(
+    let text = demo_config_toml(hub, dir, public_url);
+    Config::parse(&text, Path::new("demo.toml")).expect("the demo configuration is valid")
+}
+
+/// The demo configuration as TOML, for running sluice as its own process.
+pub fn demo_config_toml(hub: &FakeHub, dir: &Path, public_url: &str) -> String {
+    let listen = public_url.trim_start_matches("http://");
+    format!(
         r#"
 [server]
+listen = "{listen}"
 public_url = "{public_url}"
 
 [github]
@@ -59,6 +67,9 @@ git_timeout_secs = 60
 [results]
 dir = "{results}"
 
+[state]
+dir = "{state}"
+
 [[repos]]
 name = "{DEMO_REPO}"
 test_command = ["sh", "check.sh"]
@@ -71,8 +82,8 @@ priority_labels = ["priority"]
         clone = hub.clone_base(),
         work = dir.join("work").display(),
         results = dir.join("results").display(),
-    );
-    Config::parse(&text, Path::new("demo.toml")).expect("the demo configuration is valid")
+        state = dir.join("state").display(),
+    )
 }
 
 impl Stack {

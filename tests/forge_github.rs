@@ -152,12 +152,7 @@ impl Server {
 }
 
 fn testdata(file: &str) -> String {
-    let shared = Path::new("/work/shared/testdata/github-api");
-    let dir: PathBuf = if shared.is_dir() {
-        shared.to_path_buf()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/github-api")
-    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/github-api");
     std::fs::read_to_string(dir.join(file)).unwrap()
 }
 

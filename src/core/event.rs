@@ -52,6 +52,9 @@ pub enum Event {
     Retest { pr: PrKey, request: RequestId },
     /// Someone asked for a PR to be merged now.
     TryMerge { pr: PrKey, request: RequestId },
+    /// After a restart: builds the state believed running that the executor
+    /// no longer has. They are re-queued; a lost build is not a result.
+    BuildsLost { builds: Vec<BuildId> },
     /// Time passes: retry what waits on a timer.
     Tick,
 }
@@ -71,7 +74,7 @@ impl Event {
             | Event::BranchDeleted { repo, .. }
             | Event::Reconciled { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
-            Event::Tick => None,
+            Event::Tick | Event::BuildsLost { .. } => None,
         }
     }
 }

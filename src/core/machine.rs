@@ -22,6 +22,30 @@ impl State {
     /// Applies one event at time `now` and returns what to do, in order.
     pub fn handle(&mut self, event: Event, now: Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
+        if let Event::BuildsLost { builds } = event {
+            for id in builds {
+                let Some(build) = self.builds.get(&id) else {
+                    continue;
+                };
+                let repo = build.candidate.repo.clone();
+                if let Some(pr) = build
+                    .candidate
+                    .first_pr()
+                    .map(|p| p.number)
+                    .and_then(|n| self.repos.get_mut(&repo)?.prs.get_mut(&n))
+                {
+                    pr.build = None;
+                }
+                self.cancel_build(id, text::lost_on_restart(), now, &mut out);
+            }
+            // The executor no longer has them: nothing to cancel there.
+            out.retain(|a| !matches!(a, Action::CancelBuild { .. }));
+            let names: Vec<RepoName> = self.repos.keys().cloned().collect();
+            for name in names {
+                self.settle(&name, now, &mut out);
+            }
+            return out;
+        }
         let Some(repo) = event.repo().cloned() else {
             // Tick: timers of every repository.
             let names: Vec<RepoName> = self.repos.keys().cloned().collect();
@@ -80,7 +104,9 @@ impl State {
             }
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
-            Event::Tick => unreachable!("Tick has no repository and is handled above"),
+            Event::Tick | Event::BuildsLost { .. } => {
+                unreachable!("handled above: they have no repository")
+            }
         }
         self.settle(&repo, now, &mut out);
         out
@@ -367,7 +393,13 @@ impl State {
                 self.close_pr(&key, now, out);
             }
             MergeResult::HeadMoved => {
-                if repo.prs.contains_key(&key.number) {
+                // Not again for this pair: the re-read brings the new head.
+                if let Some(pr) = repo.prs.get_mut(&key.number) {
+                    pr.merge_block = Some(MergeBlock {
+                        pair,
+                        reason: text::head_moved(),
+                        retry_at: None,
+                    });
                     out.push(Action::FetchPr { pr: key });
                 }
             }

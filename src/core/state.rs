@@ -125,6 +125,55 @@ impl State {
         }
     }
 
+    /// Applies the current configuration to a restored state: new
+    /// repositories are added, policies updated, removed ones dropped (with
+    /// their builds, which the caller cancels).
+    pub fn reconfigure(
+        &mut self,
+        repos: impl IntoIterator<Item = (RepoName, RepoPolicy)>,
+    ) -> Vec<BuildId> {
+        let wanted: BTreeMap<RepoName, RepoPolicy> = repos.into_iter().collect();
+        self.repos.retain(|name, _| wanted.contains_key(name));
+        for (name, policy) in wanted {
+            match self.repos.get_mut(&name) {
+                Some(repo) => repo.policy = policy,
+                None => {
+                    let fresh = State::new([(name.clone(), policy)], &self.build_prefix);
+                    self.repos.extend(fresh.repos);
+                }
+            }
+        }
+        let orphaned: Vec<BuildId> = self
+            .builds
+            .values()
+            .filter(|b| !self.repos.contains_key(&b.candidate.repo))
+            .map(|b| b.id.clone())
+            .collect();
+        for id in &orphaned {
+            self.builds.remove(id);
+        }
+        orphaned
+    }
+
+    /// Merges asked for and not yet answered: (PR, pair, target branch).
+    pub fn merges_in_flight(&self) -> Vec<(PrKey, Pair, String)> {
+        self.repos
+            .iter()
+            .flat_map(|(name, repo)| {
+                repo.merging.iter().map(move |(branch, m)| {
+                    (
+                        PrKey {
+                            repo: name.clone(),
+                            number: m.pr,
+                        },
+                        m.pair.clone(),
+                        branch.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn repo(&self, name: &RepoName) -> Option<&RepoState> {
         self.repos.get(name)
     }

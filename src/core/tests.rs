@@ -472,6 +472,8 @@ fn a_merge_refused_because_the_head_moved_rereads_the_pr() {
         result: MergeResult::HeadMoved,
     });
     assert!(a.contains(&Action::FetchPr { pr: key(1) }));
+    assert!(merges(&a).is_empty(), "not the same merge again");
+    assert!(merges(&bot.ev(Event::Tick)).is_empty());
     // The re-read shows the new head: it is tested, not merged.
     let a = bot.open(1, 0xa2);
     assert!(merges(&a).is_empty());

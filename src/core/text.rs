@@ -84,3 +84,15 @@ pub fn cancelled_retest() -> String {
 pub fn cancelled_closed() -> String {
     "the PR was closed".into()
 }
+
+pub fn lost_on_restart() -> String {
+    "sluice restarted and the executor no longer had it".into()
+}
+
+pub fn interrupted_merge() -> String {
+    "sluice restarted while the merge call was in flight".into()
+}
+
+pub fn head_moved() -> String {
+    "the head moved while merging; waiting for the new head".into()
+}

@@ -85,13 +85,65 @@ impl LocalExecutor {
         }
     }
 
+    /// Kills the process groups of jobs a previous sluice process left
+    /// behind (it was killed before it could) and removes their workspaces.
+    /// Returns how many workspaces were cleaned.
+    pub fn clean_leftovers(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.shared.work_dir) else {
+            return 0;
+        };
+        let mut cleaned = 0;
+        for entry in entries.flatten() {
+            let workspace = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Some(pgid) = std::fs::read_to_string(workspace.join(PGID_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .filter(|id| *id > 1)
+            {
+                // Only if that group's leader still works in this workspace:
+                // a recycled id belongs to someone else.
+                let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).ok();
+                if cwd.is_some_and(|c| c.starts_with(&workspace)) {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+            }
+            make_writable(&workspace);
+            if std::fs::remove_dir_all(&workspace).is_ok() {
+                cleaned += 1;
+            }
+        }
+        cleaned
+    }
+
     /// Builds whose jobs are queued or running.
     pub fn running(&self) -> Vec<BuildId> {
         lock(&self.shared.jobs).keys().cloned().collect()
     }
 }
 
+/// The file in a workspace holding its running command's process group.
+const PGID_FILE: &str = "pgid";
+
 impl Executor for LocalExecutor {
+    /// Local jobs die with the sluice process that ran them (their output
+    /// went to it), so after a restart every build is lost: leftovers are
+    /// killed and all are re-queued.
+    fn recover(
+        &self,
+        running: Vec<(BuildId, crate::core::Candidate)>,
+    ) -> futures::future::BoxFuture<'_, Vec<BuildId>> {
+        Box::pin(async move {
+            let cleaned = self.clean_leftovers();
+            if cleaned > 0 {
+                tracing::info!(cleaned, "removed workspaces left by a previous run");
+            }
+            running.into_iter().map(|(build, _)| build).collect()
+        })
+    }
+
     fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>) {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -625,6 +677,11 @@ async fn run_process(
         // reader sees EOF once every process of the group is gone.
     };
     let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    // Commands run in `<workspace>/repo`; the group id beside it lets a
+    // restarted sluice kill what a killed sluice left running.
+    if let (Some(id), Some(workspace)) = (child.id(), cwd.parent()) {
+        let _ = std::fs::write(workspace.join(PGID_FILE), id.to_string());
+    }
     let mut reader = tokio::spawn(read_into(receiver, log.clone()));
     let ended = tokio::select! {
         status = child.wait() => Ended::Exited(status?),

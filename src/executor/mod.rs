@@ -5,6 +5,7 @@
 pub mod local;
 
 use crate::core::{BuildId, Candidate, JobReport};
+use futures::future::BoxFuture;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -38,4 +39,11 @@ pub trait Executor: Send + Sync {
     fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>);
     /// Stops a job and everything it started. Unknown ids are ignored.
     fn cancel(&self, build: &BuildId);
+    /// After a restart: the builds sluice believed running. Re-adopts what it
+    /// can (their results will be sent on the `done` channel given to later
+    /// `start`s or to the executor at construction) and returns the builds it
+    /// lost, making sure none of them still runs.
+    fn recover(&self, running: Vec<(BuildId, Candidate)>) -> BoxFuture<'_, Vec<BuildId>> {
+        Box::pin(async move { running.into_iter().map(|(build, _)| build).collect() })
+    }
 }

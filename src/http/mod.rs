@@ -78,14 +78,15 @@ pub fn routes(
         .and(with())
         .map(|headers, body, ctx: Arc<HttpContext>| on_webhook(&ctx, &headers, body));
 
-    let views = warp::path!(String).and(warp::get()).and(with()).and_then(
-        |view: String, ctx: Arc<HttpContext>| async move {
-            match list_view(&ctx, &view) {
-                Some(response) => Ok(response),
-                None => Err(warp::reject::not_found()),
-            }
-        },
-    );
+    // The view's name is matched before the method, so that `POST /nope` is
+    // a 404 (unknown path), not a 405.
+    let views = warp::path!(String)
+        .and_then(
+            |view: String| async move { view_filter(&view).ok_or_else(warp::reject::not_found) },
+        )
+        .and(warp::get())
+        .and(with())
+        .map(|keep, ctx: Arc<HttpContext>| list_view(&ctx, keep));
 
     let history = warp::path!("history")
         .and(warp::get())
@@ -306,6 +307,12 @@ fn remember(ctx: &HttpContext, delivery_id: &str) {
         if let Ok(mut d) = ctx.deliveries.lock() {
             d.insert(delivery_id);
         }
+        // Journaled by the driver, so a redelivery after a restart is
+        // still recognised.
+        let _ = ctx
+            .shared
+            .inputs
+            .try_send(Input::Delivery(delivery_id.to_string()));
     }
 }
 
@@ -328,7 +335,14 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    let request: PrRequest = match serde_json::from_slice(body) {
+    // serde would also read a struct from an array (`["o/r", 1]`); only the
+    // documented object is accepted.
+    let parsed = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v.is_object() => serde_json::from_value::<PrRequest>(v).map_err(|e| e.to_string()),
+        Ok(_) => Err("not a JSON object".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let request = match parsed {
         Ok(r) => r,
         Err(e) => {
             return json_error(
@@ -412,7 +426,8 @@ pub struct PrJson {
     pub link: Option<String>,
 }
 
-fn list_view(ctx: &HttpContext, view: &str) -> Option<Response> {
+/// Which PRs the list endpoint `view` shows; None if there is no such view.
+fn view_filter(view: &str) -> Option<fn(&PrView) -> bool> {
     let keep: fn(&PrView) -> bool = match view {
         "status" => |_| true,
         "ready-for-merge" => PrView::ready_for_merge,
@@ -420,6 +435,10 @@ fn list_view(ctx: &HttpContext, view: &str) -> Option<Response> {
         "passing" => PrView::passing,
         _ => return None,
     };
+    Some(keep)
+}
+
+fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
     let views = ctx
         .shared
         .state
@@ -434,7 +453,7 @@ fn list_view(ctx: &HttpContext, view: &str) -> Option<Response> {
             view,
         })
         .collect();
-    Some(json(StatusCode::OK, &serde_json::json!({ "prs": prs })))
+    json(StatusCode::OK, &serde_json::json!({ "prs": prs }))
 }
 
 async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejection> {

@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod metrics;
+pub mod store;
 
 use crate::config::Config;
 use crate::core::{
@@ -20,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{Recovered, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -31,6 +33,8 @@ pub const TICK: Duration = Duration::from_secs(5);
 /// What reaches the driver.
 pub enum Input {
     Event(Event),
+    /// A webhook delivery id was accepted (journaled for restarts).
+    Delivery(String),
     /// A person's request; the answer goes back on `reply`.
     Request {
         event: Event,
@@ -85,16 +89,40 @@ pub fn build_prefix(at: Timestamp) -> String {
 
 /// Creates the shared state and the driver. Run the driver with
 /// `Driver::run`; hand `Shared` to the HTTP server.
-pub fn build(config: Arc<Config>, adapters: Adapters) -> (Arc<Shared>, Driver) {
+pub fn build(
+    config: Arc<Config>,
+    adapters: Adapters,
+    mut store: Store,
+    recovered: Recovered,
+) -> std::io::Result<(Arc<Shared>, Driver)> {
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-    let state = State::new(
-        config.repos.iter().map(|r| (r.repo(), r.policy())),
-        &build_prefix(now()),
-    );
+    let repos = || config.repos.iter().map(|r| (r.repo(), r.policy()));
+    let state = match recovered.state {
+        Some(mut state) => {
+            let dropped = state.reconfigure(repos());
+            for build in &dropped {
+                adapters.executor.cancel(build);
+            }
+            info!(
+                events = recovered.events_replayed,
+                "state restored from the journal"
+            );
+            state
+        }
+        None => {
+            let state = State::new(repos(), &build_prefix(now()));
+            store.initialise(&state)?;
+            state
+        }
+    };
+    let mut history = History::default();
+    for entry in recovered.history {
+        history.push(entry);
+    }
     let shared = Arc::new(Shared {
         inputs: tx,
         state: RwLock::new(state),
-        history: RwLock::new(History::default()),
+        history: RwLock::new(history),
         metrics: Metrics::default(),
         next_request: AtomicU64::new(1),
     });
@@ -115,8 +143,9 @@ pub fn build(config: Arc<Config>, adapters: Adapters) -> (Arc<Shared>, Driver) {
         status_tx,
         replies: HashMap::new(),
         reconcile_running: Arc::new(Mutex::new(BTreeSet::new())),
+        store,
     };
-    (shared, driver)
+    Ok((shared, driver))
 }
 
 type StatusUpdate = (RepoName, crate::core::Sha, CommitStatus);
@@ -131,11 +160,13 @@ pub struct Driver {
     status_tx: mpsc::UnboundedSender<StatusUpdate>,
     replies: HashMap<RequestId, oneshot::Sender<Answer>>,
     reconcile_running: Arc<Mutex<BTreeSet<RepoName>>>,
+    store: Store,
 }
 
 impl Driver {
     /// Runs until `shutdown` becomes true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.recover().await;
         let mut tick = tokio::time::interval(TICK);
         let interval = self.config.reconcile.interval_secs;
         let mut reconcile = tokio::time::interval(Duration::from_secs(if interval == 0 {
@@ -158,9 +189,58 @@ impl Driver {
         info!("driver stopped");
     }
 
+    /// After a restart: builds the executor no longer has are re-queued,
+    /// and merges that were in flight are settled from GitHub's answer.
+    async fn recover(&mut self) {
+        let (running, merges) = {
+            let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+            let running: Vec<(crate::core::BuildId, Candidate)> = state
+                .running_builds()
+                .map(|b| (b.id.clone(), b.candidate.clone()))
+                .collect();
+            (running, state.merges_in_flight())
+        };
+        {
+            let lost = self.adapters.executor.recover(running).await;
+            if !lost.is_empty() {
+                info!(count = lost.len(), "re-queueing builds lost in the restart");
+                self.apply(Event::BuildsLost { builds: lost });
+            }
+        }
+        for (pr, pair, branch) in merges {
+            let (forge, inputs, shared) = self.spawn_parts();
+            tokio::spawn(async move {
+                let result = match forge.get_pr(&pr).await {
+                    Ok(Some(PrFetch::Open(_))) => MergeResult::Failed {
+                        reason: crate::core::text::interrupted_merge(),
+                    },
+                    // Closed: it most likely landed; the branch head says where.
+                    Ok(Some(PrFetch::Closed)) | Ok(None) => {
+                        match forge.branch_head(&pr.repo, &branch).await {
+                            Ok(Some(merge_sha)) => MergeResult::Merged { merge_sha },
+                            Ok(None) => MergeResult::Refused {
+                                reason: format!("the target branch {branch} is gone"),
+                            },
+                            Err(e) => return forge_failed(&shared, "merge_recovery", &e),
+                        }
+                    }
+                    Err(e) => return forge_failed(&shared, "merge_recovery", &e),
+                };
+                let _ = inputs
+                    .send(Input::Event(Event::MergeFinished { pr, pair, result }))
+                    .await;
+            });
+        }
+    }
+
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Event(event) => self.apply(event),
+            Input::Delivery(id) => {
+                if let Err(e) = self.store.append_delivery(&id) {
+                    warn!(error = %e, "cannot journal a delivery id");
+                }
+            }
             Input::Request {
                 event,
                 request,
@@ -180,7 +260,6 @@ impl Driver {
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
         if let Event::Reconciled { .. } = &event {
-            let before = self.shared.state.read().map(|s| s.clone()).ok();
             let actions = self.handle(event);
             let drift = actions
                 .iter()
@@ -190,7 +269,6 @@ impl Driver {
                 self.shared.metrics.reconcile_drift.inc_by(drift as u64);
                 info!(drift, "reconcile found differences no webhook reported");
             }
-            drop(before);
             self.execute(actions);
         } else {
             let actions = self.handle(event);
@@ -198,9 +276,17 @@ impl Driver {
         }
     }
 
-    fn handle(&self, event: Event) -> Vec<Action> {
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        let at = now();
+        // Write-ahead: the event is on disk before anything is done about it.
+        if let Err(e) = self.store.append_event(at, &event) {
+            warn!(error = %e, "cannot journal an event; it will be lost on a restart");
+        }
         let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
-        let actions = state.handle(event, now());
+        let actions = state.handle(event, at);
+        if let Err(e) = self.store.maybe_snapshot(&state) {
+            warn!(error = %e, "cannot write a snapshot");
+        }
         let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
         self.shared.metrics.prs_tracked.set(prs as i64);
         self.shared
@@ -326,6 +412,9 @@ impl Driver {
                     } = &entry
                     {
                         info!(%build, outcome = ?report.outcome, current, "build finished");
+                    }
+                    if let Err(e) = self.store.append_history(&entry) {
+                        warn!(error = %e, "cannot write history");
                     }
                     if let Ok(mut h) = self.shared.history.write() {
                         h.push(entry);
@@ -528,6 +617,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::MergeFinished { .. } => "merge_finished",
         Event::Retest { .. } => "retest",
         Event::TryMerge { .. } => "try_merge",
+        Event::BuildsLost { .. } => "builds_lost",
         Event::Tick => "tick",
     }
 }
