@@ -11,7 +11,7 @@ use sluice::forge::github::GitHub;
 use sluice::forge::{CommitStatus, Forge, ForgeError, PrFetch};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warp::Filter;

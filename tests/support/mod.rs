@@ -1,0 +1,184 @@
+//! sluice as a real process against the fake GitHub: for tests that kill
+//! it (SIGKILL) and start it again.
+#![allow(dead_code)]
+
+use sluice::demo::{
+    API_TOKEN, CHECK_SCRIPT, DEMO_REPO, GITHUB_TOKEN, WEBHOOK_SECRET, demo_config_toml,
+};
+use sluice::fakehub::FakeHub;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct World {
+    pub hub: FakeHub,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub sluice: Option<Child>,
+    pub starts: u32,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl World {
+    /// The fake GitHub with the demo repository, and a config for sluice
+    /// with a `reconcile_secs` re-read interval.
+    pub async fn new(dir: &Path, reconcile_secs: u64, max_concurrent: usize) -> World {
+        let hub = FakeHub::start(&dir.join("github"), Some(GITHUB_TOKEN.into()))
+            .await
+            .unwrap();
+        hub.create_repo(
+            DEMO_REPO,
+            "main",
+            &[("check.sh", CHECK_SCRIPT), ("src/main.txt", "hi\n")],
+        )
+        .await
+        .unwrap();
+        for reviewer in ["alice", "bob"] {
+            hub.set_permission(DEMO_REPO, reviewer, "write");
+        }
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let toml = demo_config_toml(&hub, dir, &url)
+            .replace(
+                "interval_secs = 0",
+                &format!("interval_secs = {reconcile_secs}"),
+            )
+            .replace(
+                "max_concurrent_builds = 2",
+                &format!("max_concurrent_builds = {max_concurrent}"),
+            );
+        let config = dir.join("sluice.toml");
+        std::fs::write(&config, toml).unwrap();
+        hub.set_webhook(&format!("{url}/webhook"), WEBHOOK_SECRET);
+        World {
+            hub,
+            dir: dir.to_path_buf(),
+            config,
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            sluice: None,
+            starts: 0,
+        }
+    }
+
+    /// Starts `sluice serve` and waits until it answers /healthz.
+    pub async fn start(&mut self) {
+        assert!(self.sluice.is_none(), "already running");
+        let log =
+            std::fs::File::create(self.dir.join(format!("sluice-{}.log", self.starts))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("GITHUB_TOKEN", GITHUB_TOKEN)
+            .env("SLUICE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("SLUICE_API_TOKEN", API_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.sluice = Some(child);
+        self.starts += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice did not start; see {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flushing, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.sluice.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn status_of(&self, pr: u64) -> Option<sluice::fakehub::StatusView> {
+        let head = self.hub.pr(DEMO_REPO, pr)?.head_sha;
+        self.hub
+            .statuses(DEMO_REPO, head.as_str())
+            .into_iter()
+            .last()
+    }
+
+    pub fn merged(&self, pr: u64) -> bool {
+        self.hub.pr(DEMO_REPO, pr).is_some_and(|p| p.merged)
+    }
+
+    pub async fn open_pr(&self, branch: &str, files: &[(&str, &str)]) -> u64 {
+        self.hub
+            .commit(DEMO_REPO, branch, Some("main"), files, branch)
+            .await
+            .unwrap();
+        self.hub
+            .open_pr(DEMO_REPO, branch, "main", branch, "carol")
+            .await
+            .unwrap()
+    }
+
+    /// Polls `check` until it holds, failing after `secs`.
+    pub async fn wait(&self, what: &str, secs: u64, mut check: impl FnMut(&World) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !check(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Finished builds of a PR, from /history (newest first).
+    pub async fn builds_of(&self, pr: u64) -> Vec<serde_json::Value> {
+        let history = self.get(&format!("/history?pr={pr}")).await;
+        history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "build_finished")
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
