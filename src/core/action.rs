@@ -39,6 +39,8 @@ pub enum Action {
     Reply { request: RequestId, answer: Answer },
     /// Something worth keeping in the history.
     Record(HistoryEntry),
+    /// A re-read of the forge found facts no webhook had reported.
+    Drift { repo: RepoName, differences: u32 },
 }
 
 /// The answer to `retest` or `try-merge`.

@@ -237,13 +237,16 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
+        // Differences no webhook reported: lost deliveries made visible.
+        let mut drift = 0u32;
         // A fact learnt after the re-read started is newer than the re-read.
         for (branch, sha) in branches {
-            let newer = self.repos[name]
-                .branches
-                .get(&branch)
-                .is_some_and(|b| b.learnt_at.is_some_and(|t| t >= started_at));
+            let known = self.repos[name].branches.get(&branch);
+            let newer = known.is_some_and(|b| b.learnt_at.is_some_and(|t| t >= started_at));
             if !newer {
+                if known.is_none_or(|b| b.sha != sha) {
+                    drift += 1;
+                }
                 self.set_branch(name, branch, sha, now);
             }
         }
@@ -255,6 +258,7 @@ impl State {
             .filter(|pr| !listed.contains(&pr.snapshot.key.number) && pr.first_seen < started_at)
             .map(|pr| pr.snapshot.key.number)
             .collect();
+        drift += gone.len() as u32;
         for number in gone {
             self.close_pr(
                 &PrKey {
@@ -281,7 +285,17 @@ impl State {
             {
                 continue;
             }
+            let differs = repo.prs.get(&number).is_none_or(|pr| {
+                pr.snapshot.head_sha != snap.head_sha || pr.snapshot.base_ref != snap.base_ref
+            });
+            drift += u32::from(differs);
             self.apply_snapshot(snap, now, out);
+        }
+        if drift > 0 {
+            out.push(Action::Drift {
+                repo: name.clone(),
+                differences: drift,
+            });
         }
     }
 

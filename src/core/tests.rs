@@ -656,6 +656,11 @@ fn reconcile_heals_lost_deliveries_but_keeps_newer_facts() {
         branches: vec![("main".into(), sha(0x101))],
     });
     assert!(bot.state.pr(&key(2)).is_none(), "closed PR forgotten");
+    // main moved, #2 closed, #3 opened; #1's newer push is not drift.
+    assert!(a.contains(&Action::Drift {
+        repo: repo_name(),
+        differences: 3
+    }));
     assert_eq!(bot.view(1).head_sha, sha(0xb1), "newer push kept");
     assert_eq!(bot.view(3).target_sha, Some(sha(0x101)));
     assert!(!started(&a).is_empty());

@@ -259,21 +259,8 @@ impl Driver {
     fn apply(&mut self, event: Event) {
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
-        if let Event::Reconciled { .. } = &event {
-            let actions = self.handle(event);
-            let drift = actions
-                .iter()
-                .filter(|a| matches!(a, Action::StartBuild { .. } | Action::CancelBuild { .. }))
-                .count();
-            if drift > 0 {
-                self.shared.metrics.reconcile_drift.inc_by(drift as u64);
-                info!(drift, "reconcile found differences no webhook reported");
-            }
-            self.execute(actions);
-        } else {
-            let actions = self.handle(event);
-            self.execute(actions);
-        }
+        let actions = self.handle(event);
+        self.execute(actions);
     }
 
     fn handle(&mut self, event: Event) -> Vec<Action> {
@@ -402,6 +389,13 @@ impl Driver {
                     if let Some(reply) = self.replies.remove(&request) {
                         let _ = reply.send(answer);
                     }
+                }
+                Action::Drift { repo, differences } => {
+                    info!(%repo, differences, "reconcile found differences no webhook reported");
+                    self.shared
+                        .metrics
+                        .reconcile_drift
+                        .inc_by(u64::from(differences));
                 }
                 Action::Record(entry) => {
                     if let HistoryEntry::BuildFinished {
