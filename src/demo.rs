@@ -203,9 +203,18 @@ impl Stack {
 
 /// `sluice demo`: runs the whole flow and prints what happens.
 pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<()> {
+    // Only a directory an earlier demo made is cleared.
+    const MARKER: &str = ".sluice-demo";
     if dir.exists() {
+        anyhow::ensure!(
+            dir.join(MARKER).exists(),
+            "{} exists and was not made by `sluice demo`; pick another --dir",
+            dir.display()
+        );
         std::fs::remove_dir_all(&dir)?;
     }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(MARKER), "made by `sluice demo`; removed by the next run\n")?;
     let dir = std::path::absolute(&dir)?;
     let stack = Stack::start(&dir, ([127, 0, 0, 1], port).into(), |_| {}).await?;
     println!("\n== sluice demo ==");
