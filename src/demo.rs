@@ -263,6 +263,14 @@ pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<
         )
         .await?;
 
+    // GitHub answered the merges; give sluice the moment to hear it.
+    for _ in 0..100 {
+        let status = stack.get_json("/status").await?;
+        if status["prs"].as_array().is_some_and(|prs| prs.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!("\nGET /status, /passing, /ready-for-merge while the failing PR stays open:");
     for path in ["/status", "/passing", "/ready-for-merge"] {
         let body = stack.get_json(path).await?;
