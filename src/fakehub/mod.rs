@@ -12,12 +12,14 @@
 //! # let _ = n; Ok(()) }
 //! ```
 
+mod chaos;
 mod git;
 mod hooks;
 mod server;
 mod shapes;
 mod state;
 
+pub use chaos::{Chaos, ChaosStats, DeliveryFate, Dice, MAX_HOLD, MAX_HOLD_BEHIND, REORDER_RATE};
 pub use hooks::{DeliveryView, signature};
 
 use crate::core::{MergeMethod, RepoName, Sha};
@@ -65,6 +67,9 @@ pub(crate) struct Inner {
     deliveries: Mutex<Vec<DeliveryView>>,
     merges: Mutex<Vec<MergeRecord>>,
     faults: Mutex<Vec<Fault>>,
+    /// Seeded chaos, when on.
+    chaos: Mutex<Option<chaos::Dice>>,
+    counters: chaos::Counters,
     queue: mpsc::UnboundedSender<hooks::Job>,
     pending: AtomicUsize,
     idle: Notify,
@@ -245,6 +250,8 @@ impl FakeHub {
             deliveries: Mutex::new(Vec::new()),
             merges: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
+            chaos: Mutex::new(None),
+            counters: chaos::Counters::default(),
             queue: tx,
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -742,6 +749,26 @@ impl FakeHub {
     /// Makes upcoming calls fail, for retry tests.
     pub fn inject_fault(&self, fault: Fault) {
         self.inner.faults.lock().expect("faults").push(fault);
+    }
+
+    /// Turns seeded chaos on (replacing any earlier chaos): from now on
+    /// webhook deliveries are dropped, duplicated and reordered, and API
+    /// calls answer 502, as `chaos` says. Redeliveries and the git
+    /// transport are not affected. Injected [`Fault`]s still apply first.
+    pub fn set_chaos(&self, chaos: Chaos) {
+        *self.inner.chaos.lock().expect("chaos lock") = Some(chaos::Dice::new(chaos));
+    }
+
+    /// Turns chaos off: every delivery is sent once, in order, and no API
+    /// call fails unless a [`Fault`] says so. Deliveries already held back
+    /// are still sent.
+    pub fn clear_chaos(&self) {
+        *self.inner.chaos.lock().expect("chaos lock") = None;
+    }
+
+    /// What chaos and injected faults did so far.
+    pub fn chaos_stats(&self) -> ChaosStats {
+        self.inner.counters.snapshot()
     }
 }
 

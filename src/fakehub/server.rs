@@ -118,6 +118,7 @@ fn take_fault(inner: &Inner, method: &Method, path: &str) -> Option<Reply> {
             && path.starts_with(path_prefix.as_str())
         {
             *times -= 1;
+            super::chaos::Counters::bump(&inner.counters.faults_served);
             let message = match *status {
                 403 | 429 => {
                     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
@@ -137,6 +138,20 @@ fn take_fault(inner: &Inner, method: &Method, path: &str) -> Option<Reply> {
         }
     }
     None
+}
+
+/// Whether chaos answers this call 502.
+fn chaos_error(inner: &Inner) -> bool {
+    let hit = inner
+        .chaos
+        .lock()
+        .expect("chaos lock")
+        .as_mut()
+        .is_some_and(|d| d.api_error());
+    if hit {
+        super::chaos::Counters::bump(&inner.counters.api_errors);
+    }
+    hit
 }
 
 /// Err: the 401 message.
@@ -173,6 +188,9 @@ pub(crate) async fn handle(
 ) -> Reply {
     if let Some(r) = take_fault(inner, method, path) {
         return r;
+    }
+    if chaos_error(inner) {
+        return error(502, "Server Error", "/overview/troubleshooting");
     }
     if let Err(message) = authorized(inner, headers) {
         return error(401, message, "");
