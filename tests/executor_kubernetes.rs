@@ -600,3 +600,41 @@ async fn a_job_deleted_behind_sluices_back_is_an_error() {
     );
     drop(ex);
 }
+
+#[test]
+fn the_kubernetes_section_is_read_and_checked() {
+    use sluice::config::{Config, ExecutorKind};
+    let path = std::path::Path::new("sluice.toml");
+    let text = r#"
+        [executor]
+        kind = "kubernetes"
+        [executor.kubernetes]
+        namespace = "ci"
+        git_image = "alpine/git:2.47.2"
+        default_image = "debian:bookworm"
+        kubeconfig = "/etc/sluice/kubeconfig"
+        schedule_timeout_secs = 120
+        requests = { cpu = "1", memory = "1Gi" }
+        limits = { memory = "4Gi" }
+        [[repos]]
+        name = "octo/demo"
+        test_command = ["cargo", "test"]
+        image = "rust:1.85"
+    "#;
+    let config = Config::parse(text, path).unwrap();
+    assert_eq!(config.executor.kind, ExecutorKind::Kubernetes);
+    let k = &config.executor.kubernetes;
+    assert_eq!(k.namespace, "ci");
+    assert_eq!(k.schedule_timeout_secs, 120);
+    assert_eq!(k.requests["cpu"], "1");
+    assert_eq!(k.limits["memory"], "4Gi");
+    assert_eq!(k.ttl_seconds_after_finished, 3600, "defaults fill the rest");
+    assert_eq!(config.repos[0].image.as_deref(), Some("rust:1.85"));
+
+    let bad = text.replace("namespace = \"ci\"", "namespace = \"Not_A_Label\"");
+    let err = Config::parse(&bad, path).unwrap_err().to_string();
+    assert!(err.contains("executor.kubernetes.namespace"), "{err}");
+    let root = text.replace("schedule_timeout_secs = 120", "run_as_user = 0");
+    let err = Config::parse(&root, path).unwrap_err().to_string();
+    assert!(err.contains("executor.kubernetes.run_as_user"), "{err}");
+}
