@@ -638,3 +638,107 @@ fn the_kubernetes_section_is_read_and_checked() {
     let err = Config::parse(&root, path).unwrap_err().to_string();
     assert!(err.contains("executor.kubernetes.run_as_user"), "{err}");
 }
+
+// ---- end to end: sluice's real kube client over HTTP, through a kubeconfig
+
+mod end_to_end {
+    use super::fake_kube::FakeKube;
+    use sluice::config::ExecutorKind;
+    use sluice::demo::{DEMO_REPO, Stack};
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(90);
+
+    async fn stack(dir: &std::path::Path) -> (Stack, FakeKube) {
+        let fake = FakeKube::new("sluice-e2e").with_kubelet(&dir.join("kubelet"));
+        let kubeconfig = fake.clone().serve_http(dir).await;
+        let stack = Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
+            c.executor.kind = ExecutorKind::Kubernetes;
+            let k = &mut c.executor.kubernetes;
+            k.kubeconfig = Some(kubeconfig);
+            k.namespace = "sluice-e2e".into();
+            k.relist_interval_secs = 2;
+        })
+        .await
+        .expect("stack starts");
+        (stack, fake)
+    }
+
+    fn state_of(stack: &Stack, pr: u64) -> Option<String> {
+        stack.status_of(pr).map(|s| s.state)
+    }
+
+    #[tokio::test]
+    async fn a_passing_pr_is_tested_in_a_job_and_merged_once_approved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stack, fake) = stack(dir.path()).await;
+        let pr = stack
+            .open_pr(
+                "feature",
+                &[("src/feature.txt", "works\n")],
+                "Add a feature",
+            )
+            .await
+            .unwrap();
+        stack
+            .wait_for("success", WAIT, |s| {
+                state_of(s, pr).as_deref() == Some("success")
+            })
+            .await
+            .unwrap();
+        let link = stack.status_of(pr).unwrap().target_url.unwrap();
+        let log = stack
+            .http
+            .get(format!("{link}log.txt"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(log.contains("sluice: workspace ready"), "{log}");
+        assert!(log.contains("all good"), "{log}");
+        assert!(log.contains("sluice: passed: exit code 0"), "{log}");
+        assert!(
+            !fake
+                .requests_to(http::Method::POST, "/namespaces/sluice-e2e/jobs")
+                .is_empty()
+        );
+        stack
+            .hub
+            .review(DEMO_REPO, pr, "alice", "APPROVED")
+            .await
+            .unwrap();
+        stack
+            .wait_for("merge", WAIT, |s| {
+                s.hub.pr(DEMO_REPO, pr).is_some_and(|p| p.merged)
+            })
+            .await
+            .unwrap();
+        stack.sluice.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_pr_gets_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stack, _fake) = stack(dir.path()).await;
+        let pr = stack
+            .open_pr("broken", &[("src/broken.txt", "a BUG\n")], "Break things")
+            .await
+            .unwrap();
+        stack
+            .wait_for("failure", WAIT, |s| {
+                state_of(s, pr).as_deref() == Some("failure")
+            })
+            .await
+            .unwrap();
+        let status = stack.status_of(pr).unwrap();
+        assert!(
+            status
+                .description
+                .unwrap_or_default()
+                .contains("exit code 1")
+        );
+        stack.sluice.stop().await;
+    }
+}

@@ -40,6 +40,10 @@ struct State {
     requests: Vec<Recorded>,
     /// Answers to force for the next requests matching (method, path prefix).
     forced: Vec<(Method, String, u16)>,
+    /// Where the fake kubelet runs jobs, when it runs them.
+    kubelet: Option<std::path::PathBuf>,
+    /// Jobs the kubelet is running; aborting one kills its process.
+    running: HashMap<String, tokio::task::AbortHandle>,
 }
 
 #[derive(Clone)]
@@ -172,6 +176,11 @@ impl FakeKube {
     /// Removes a Job as someone else (or a TTL) would.
     pub fn remove_job(&self, name: &str) {
         let mut st = self.lock();
+        if let Some(run) = st.running.remove(name) {
+            run.abort();
+        }
+        st.pods
+            .retain(|_, p| p["metadata"]["labels"]["job-name"].as_str() != Some(name));
         if let Some(mut job) = st.jobs.remove(name) {
             st.rv += 1;
             let rv = st.rv;
@@ -328,6 +337,11 @@ impl FakeKube {
         job["metadata"]["creationTimestamp"] = json!(now_rfc3339());
         job["status"] = json!({});
         self.insert_job(job);
+        let root = self.lock().kubelet.clone();
+        if let Some(root) = root {
+            let run = tokio::spawn(self.clone().run_job(name.clone(), root.join(&name)));
+            self.lock().running.insert(name.clone(), run.abort_handle());
+        }
         let mut created = self.job(&name).unwrap();
         created["kind"] = json!("Job");
         created["apiVersion"] = json!("batch/v1");
@@ -393,6 +407,189 @@ impl FakeKube {
                 let (parts, body) = res.into_parts();
                 send.send_response(Response::from_parts(parts, kube::client::Body::from(body)));
             });
+        }
+    }
+}
+
+impl FakeKube {
+    /// Makes the fake run the Jobs it is given, as local processes in
+    /// directories under `root`: the init containers, then the test
+    /// container, with exactly the containers' environment (plus PATH), the
+    /// pod's `/sluice` volume mapped to a directory of its own. Pod status,
+    /// logs and the Job's conditions follow, as a cluster would set them.
+    pub fn with_kubelet(self, root: &std::path::Path) -> FakeKube {
+        self.lock().kubelet = Some(root.to_path_buf());
+        self
+    }
+
+    /// Serves the API over HTTP on 127.0.0.1 and writes a kubeconfig for
+    /// it; returns the kubeconfig's path.
+    pub async fn serve_http(self, dir: &std::path::Path) -> std::path::PathBuf {
+        use warp::Filter;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = self.clone();
+        let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+        let route = warp::any()
+            .and(warp::any().map(move || fake.clone()))
+            .and(warp::method())
+            .and(warp::path::full())
+            .and(raw_query)
+            .and(warp::body::bytes())
+            .then(
+                |fake: FakeKube,
+                 method: Method,
+                 path: warp::path::FullPath,
+                 query: String,
+                 body: bytes::Bytes| async move {
+                    let uri = if query.is_empty() {
+                        path.as_str().to_string()
+                    } else {
+                        format!("{}?{query}", path.as_str())
+                    };
+                    let req = Request::builder()
+                        .method(method)
+                        .uri(uri)
+                        .body(body.to_vec())
+                        .unwrap();
+                    fake.handle(req).await
+                },
+            );
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {ns}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            ns = self.namespace
+        );
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, kubeconfig).unwrap();
+        path
+    }
+
+    async fn run_job(self, name: String, root: std::path::PathBuf) {
+        let Some(job) = self.job(&name) else { return };
+        let template = job["spec"]["template"].clone();
+        let pod_name = format!("{name}-fake0");
+        let mut labels = template["metadata"]["labels"].clone();
+        labels["job-name"] = json!(name);
+        labels["batch.kubernetes.io/job-name"] = json!(name);
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": pod_name, "namespace": self.namespace,
+                "labels": labels, "creationTimestamp": now_rfc3339(),
+            },
+            "spec": template["spec"].clone(),
+            "status": {"phase": "Running", "initContainerStatuses": [], "containerStatuses": []},
+        });
+        self.put_pod(pod.clone());
+        std::fs::create_dir_all(&root).unwrap();
+        let deadline = job["spec"]["activeDeadlineSeconds"]
+            .as_u64()
+            .unwrap_or(3600);
+        let inits: Vec<Value> = template["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mains: Vec<Value> = template["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let fake = self.clone();
+        let pod_ref = &mut pod;
+        let run = async move {
+            for (list, containers) in [
+                ("initContainerStatuses", inits),
+                ("containerStatuses", mains),
+            ] {
+                for c in containers {
+                    let cname = c["name"].as_str().unwrap_or("").to_string();
+                    let code = fake.run_container(&pod_name, &c, &root).await;
+                    pod_ref["status"][list].as_array_mut().unwrap().push(json!({
+                        "name": cname, "image": c["image"], "ready": false, "restartCount": 0,
+                        "state": {"terminated": {
+                            "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                            "startedAt": now_rfc3339(), "finishedAt": now_rfc3339(),
+                        }},
+                    }));
+                    if code != 0 {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let passed = tokio::time::timeout(Duration::from_secs(deadline), run).await;
+        let at = now_rfc3339();
+        let cond = |t: &str, reason: &str| {
+            json!({
+                "type": t, "status": "True", "reason": reason, "message": "",
+                "lastProbeTime": at, "lastTransitionTime": at,
+            })
+        };
+        let status = match passed {
+            Ok(true) => {
+                pod["status"]["phase"] = json!("Succeeded");
+                json!({"succeeded": 1, "completionTime": at, "conditions": [
+                    cond("SuccessCriteriaMet", "CompletionsReached"), cond("Complete", "CompletionsReached")]})
+            }
+            Ok(false) => {
+                pod["status"]["phase"] = json!("Failed");
+                json!({"failed": 1, "conditions": [
+                    cond("FailureTarget", "BackoffLimitExceeded"), cond("Failed", "BackoffLimitExceeded")]})
+            }
+            Err(_) => {
+                pod["status"]["phase"] = json!("Failed");
+                json!({"failed": 1, "conditions": [
+                    cond("FailureTarget", "DeadlineExceeded"), cond("Failed", "DeadlineExceeded")]})
+            }
+        };
+        self.put_pod(pod);
+        if self.job(&name).is_some() {
+            self.set_job_status(&name, status);
+        }
+        self.lock().running.remove(&name);
+    }
+
+    /// Runs one container as a local process; its output becomes its log.
+    async fn run_container(&self, pod: &str, c: &Value, root: &std::path::Path) -> i64 {
+        let remap = |v: &str| match v.strip_prefix("/sluice") {
+            Some(rest) => format!("{}{rest}", root.display()),
+            None => v.to_string(),
+        };
+        let argv: Vec<String> = c["command"]
+            .as_array()
+            .into_iter()
+            .chain(c["args"].as_array())
+            .flatten()
+            .map(|a| a.as_str().unwrap_or("").to_string())
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return 128;
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).env_clear().kill_on_drop(true);
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for e in c["env"].as_array().into_iter().flatten() {
+            let value = remap(e["value"].as_str().unwrap_or(""));
+            cmd.env(e["name"].as_str().unwrap_or(""), value);
+        }
+        let cwd = remap(c["workingDir"].as_str().unwrap_or("/sluice"));
+        let _ = std::fs::create_dir_all(&cwd);
+        cmd.current_dir(cwd);
+        let name = c["name"].as_str().unwrap_or("");
+        match cmd.output().await {
+            Ok(out) => {
+                let mut log = out.stdout;
+                log.extend_from_slice(&out.stderr);
+                self.lock()
+                    .logs
+                    .insert((pod.to_string(), name.to_string()), log);
+                i64::from(out.status.code().unwrap_or(137))
+            }
+            Err(e) => {
+                self.set_log(pod, name, &format!("cannot run {program}: {e}\n"));
+                128
+            }
         }
     }
 }
