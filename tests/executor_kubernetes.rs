@@ -641,15 +641,17 @@ fn the_kubernetes_section_is_read_and_checked() {
 
 // ---- end to end: sluice's real kube client over HTTP, through a kubeconfig
 
-mod end_to_end {
+mod end_to_end_support {
     use super::fake_kube::FakeKube;
     use sluice::config::ExecutorKind;
-    use sluice::demo::{DEMO_REPO, Stack};
+    use sluice::demo::Stack;
     use std::time::Duration;
 
-    const WAIT: Duration = Duration::from_secs(90);
+    pub const WAIT: Duration = Duration::from_secs(90);
 
-    async fn stack(dir: &std::path::Path) -> (Stack, FakeKube) {
+    /// The demo stack with sluice's Kubernetes executor, connected through
+    /// a kubeconfig to the fake API, whose kubelet runs the Jobs locally.
+    pub async fn stack(dir: &std::path::Path) -> (Stack, FakeKube) {
         let fake = FakeKube::new("sluice-e2e").with_kubelet(&dir.join("kubelet"));
         let kubeconfig = fake.clone().serve_http(dir).await;
         let stack = Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
@@ -664,9 +666,14 @@ mod end_to_end {
         (stack, fake)
     }
 
-    fn state_of(stack: &Stack, pr: u64) -> Option<String> {
+    pub fn state_of(stack: &Stack, pr: u64) -> Option<String> {
         stack.status_of(pr).map(|s| s.state)
     }
+}
+
+mod end_to_end {
+    use super::end_to_end_support::*;
+    use sluice::demo::DEMO_REPO;
 
     #[tokio::test]
     async fn a_passing_pr_is_tested_in_a_job_and_merged_once_approved() {
@@ -739,6 +746,64 @@ mod end_to_end {
                 .unwrap_or_default()
                 .contains("exit code 1")
         );
+        stack.sluice.stop().await;
+    }
+}
+
+mod end_to_end_infra {
+    use super::end_to_end_support::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_evicted_job_is_an_error_retried_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stack, fake) = stack(dir.path()).await;
+        let pr = stack
+            .open_pr(
+                "slow",
+                &[("delay", "3\n"), ("src/slow.txt", "fine\n")],
+                "Slow but fine",
+            )
+            .await
+            .unwrap();
+        let first = loop {
+            if let Some(job) = fake.running_jobs().pop() {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        fake.evict(&first);
+        // The retry runs in a new Job and passes; nothing says "failure".
+        stack
+            .wait_for("success", WAIT, |s| {
+                state_of(s, pr).as_deref() == Some("success")
+            })
+            .await
+            .unwrap();
+        let history = stack
+            .get_json(&format!(
+                "/history?repo={}&pr={pr}",
+                sluice::demo::DEMO_REPO
+            ))
+            .await
+            .unwrap();
+        let outcomes: Vec<String> = history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "build_finished")
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            outcomes.iter().any(|e| e.contains("evicted")),
+            "{outcomes:#?}"
+        );
+        assert!(
+            !outcomes.iter().any(|e| e.contains("\"failed\"")),
+            "{outcomes:#?}"
+        );
+        let creates = fake.requests_to(http::Method::POST, "/namespaces/sluice-e2e/jobs");
+        assert!(creates.len() >= 2, "{}", creates.len());
         stack.sluice.stop().await;
     }
 }

@@ -465,6 +465,41 @@ impl FakeKube {
         path
     }
 
+    /// Names of the Jobs the kubelet is running now.
+    pub fn running_jobs(&self) -> Vec<String> {
+        self.lock().running.keys().cloned().collect()
+    }
+
+    /// Evicts a running Job's pod, as a kubelet short of memory or disk
+    /// would: the process is killed, the pod fails with reason `Evicted`
+    /// and, with backoffLimit 0, the Job fails.
+    pub fn evict(&self, name: &str) {
+        let pod_name = format!("{name}-fake0");
+        {
+            let mut st = self.lock();
+            if let Some(run) = st.running.remove(name) {
+                run.abort();
+            }
+            if let Some(pod) = st.pods.get_mut(&pod_name) {
+                pod["status"]["phase"] = json!("Failed");
+                pod["status"]["reason"] = json!("Evicted");
+                pod["status"]["message"] = json!("The node was low on resource: memory.");
+            }
+        }
+        let at = now_rfc3339();
+        let cond = |t: &str| {
+            json!({
+                "type": t, "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastProbeTime": at, "lastTransitionTime": at,
+            })
+        };
+        self.set_job_status(
+            name,
+            json!({"failed": 1, "conditions": [cond("FailureTarget"), cond("Failed")]}),
+        );
+    }
+
     async fn run_job(self, name: String, root: std::path::PathBuf) {
         let Some(job) = self.job(&name) else { return };
         let template = job["spec"]["template"].clone();
