@@ -1,6 +1,8 @@
 //! Assembles sluice from its configuration: adapters, driver, HTTP server.
 
 use crate::config::{Config, ExecutorKind, ResultsKind, Secrets};
+use crate::executor::Executor;
+use crate::executor::kubernetes::KubernetesExecutor;
 use crate::executor::local::LocalExecutor;
 use crate::forge::github::GitHub;
 use crate::http::{self, DeliveryLog, HttpContext};
@@ -44,18 +46,20 @@ impl Running {
     }
 }
 
-/// The adapters the configuration names.
-pub fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<Adapters> {
+/// The adapters the configuration names. Async because connecting to
+/// Kubernetes reads its configuration; call it inside a tokio runtime.
+pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<Adapters> {
     let forge = GitHub::new(&config.github, secrets.github_token.clone())?;
-    let executor = match config.executor.kind {
-        ExecutorKind::Local => LocalExecutor::new(&config.executor),
+    let executor: Arc<dyn Executor> = match config.executor.kind {
+        ExecutorKind::Local => Arc::new(LocalExecutor::new(&config.executor)),
+        ExecutorKind::Kubernetes => Arc::new(KubernetesExecutor::from_config(config).await?),
     };
     let results = match config.results.kind {
         ResultsKind::Local => FsResults::new(config.results.dir.clone(), &config.server.public_url),
     };
     Ok(Adapters {
         forge: Arc::new(forge),
-        executor: Arc::new(executor),
+        executor,
         results: Arc::new(results),
     })
 }

@@ -143,6 +143,7 @@ impl Default for ReconcileConfig {
 pub enum ExecutorKind {
     #[default]
     Local,
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +156,8 @@ pub struct ExecutorConfig {
     pub max_parallel: usize,
     /// Timeout of each git command a job runs, in seconds.
     pub git_timeout_secs: u64,
+    /// Used when `kind = "kubernetes"`.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -164,6 +167,64 @@ impl Default for ExecutorConfig {
             work_dir: PathBuf::from("sluice-work"),
             max_parallel: 4,
             git_timeout_secs: 300,
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+/// `[executor.kubernetes]`: one batch/v1 Job per build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Namespace the Jobs run in.
+    pub namespace: String,
+    /// A kubeconfig file; without it, the usual inference (KUBECONFIG,
+    /// ~/.kube/config, then the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Image of the init container that fetches and merges (needs `sh` and
+    /// `git`).
+    pub git_image: String,
+    /// Image of the test container, unless a repository sets `image`.
+    pub default_image: String,
+    /// Finished Jobs are deleted by Kubernetes this long after they end.
+    pub ttl_seconds_after_finished: i32,
+    /// A pod not scheduled (or never created) within this is an
+    /// infrastructure error.
+    pub schedule_timeout_secs: u64,
+    /// Seconds between full re-lists of the Jobs, healing missed watch
+    /// events.
+    pub relist_interval_secs: u64,
+    /// Timeout of each Kubernetes API call, in seconds.
+    pub api_timeout_secs: u64,
+    /// The user id the job's containers run as (never root).
+    pub run_as_user: i64,
+    /// Bytes of each container's log read back through the API.
+    pub log_limit_bytes: i64,
+    /// Resource requests and limits of each container
+    /// (`{ cpu = "500m", memory = "1Gi" }`).
+    pub requests: std::collections::BTreeMap<String, String>,
+    pub limits: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            namespace: "sluice-jobs".into(),
+            kubeconfig: None,
+            git_image: "alpine/git:2.47.2".into(),
+            default_image: "debian:bookworm-slim".into(),
+            ttl_seconds_after_finished: 3600,
+            schedule_timeout_secs: 600,
+            relist_interval_secs: 60,
+            api_timeout_secs: 30,
+            run_as_user: 65532,
+            log_limit_bytes: 50 * 1024 * 1024,
+            requests: [("cpu", "500m"), ("memory", "512Mi")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            limits: [("memory", "2Gi")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
         }
     }
 }
@@ -214,6 +275,10 @@ pub struct RepoConfig {
     pub job_timeout_secs: u64,
     #[serde(default = "default_max_infra_retries")]
     pub max_infra_retries: u32,
+    /// Image of the test container on Kubernetes; overrides
+    /// `executor.kubernetes.default_image`.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 fn default_required_approvals() -> u32 {
@@ -227,6 +292,52 @@ fn default_job_timeout_secs() -> u64 {
 }
 fn default_max_infra_retries() -> u32 {
     2
+}
+
+impl KubernetesConfig {
+    fn validate(&self, bad: &dyn Fn(String, &str) -> ConfigError) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("executor.kubernetes.{k}");
+        if !is_dns_label(&self.namespace) {
+            return Err(bad(key("namespace"), "must be a DNS-1123 label"));
+        }
+        for (k, image) in [
+            ("git_image", &self.git_image),
+            ("default_image", &self.default_image),
+        ] {
+            if image.trim().is_empty() {
+                return Err(bad(key(k), "must not be empty"));
+            }
+        }
+        for (k, v) in [
+            ("schedule_timeout_secs", self.schedule_timeout_secs),
+            ("relist_interval_secs", self.relist_interval_secs),
+            ("api_timeout_secs", self.api_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(bad(key(k), "must be > 0"));
+            }
+        }
+        if self.ttl_seconds_after_finished < 0 {
+            return Err(bad(key("ttl_seconds_after_finished"), "must be >= 0"));
+        }
+        if self.run_as_user <= 0 {
+            return Err(bad(key("run_as_user"), "must be a non-root uid (> 0)"));
+        }
+        if self.log_limit_bytes <= 0 {
+            return Err(bad(key("log_limit_bytes"), "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 impl RepoConfig {
@@ -290,6 +401,9 @@ impl Config {
         }
         if self.executor.git_timeout_secs == 0 {
             return Err(bad("executor.git_timeout_secs".into(), "must be > 0"));
+        }
+        if self.executor.kind == ExecutorKind::Kubernetes {
+            self.executor.kubernetes.validate(&bad)?;
         }
         if self.repos.is_empty() {
             return Err(bad(

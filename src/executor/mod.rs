@@ -2,6 +2,7 @@
 //! production. They are told what to run and report what came of it; they
 //! decide nothing.
 
+pub mod kubernetes;
 pub mod local;
 
 use crate::core::{BuildId, Candidate, JobReport};
