@@ -630,11 +630,11 @@ async fn webhook_for_an_unconfigured_repository_is_ignored() {
     elsewhere["pull_request"]["number"] = json!(pr + 100);
     let mut sent = vec![("other repo", "pull_request", bytes(&elsewhere))];
 
-    // GitHub's own example payload (Codertocat/Hello-World), when present.
-    let example = Path::new("/work/shared/testdata/webhooks/pull_request/opened.payload.json");
-    if let Ok(body) = std::fs::read(example) {
-        sent.push(("octokit example", "pull_request", body));
-    }
+    // GitHub's own example payload (for Codertocat/Hello-World).
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/webhooks/pull_request/opened.payload.json");
+    let body = std::fs::read(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    sent.push(("octokit example", "pull_request", body));
     for (what, event, body) in sent {
         let mut hook = Hook::signed(event, &body);
         let id = format!("elsewhere-{what}");
@@ -731,6 +731,41 @@ async fn a_duplicate_delivery_is_applied_once() {
         .collect();
     assert_eq!(deliveries.len(), 2, "{deliveries:?}");
     assert!(deliveries[1].redelivery);
+}
+
+/// As in production, the server runs on a multi-threaded runtime, so copies
+/// are handled in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_copies_of_one_delivery_are_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, pr) = stack_with_passing_pr(dir.path()).await;
+    let (_, opened) = opened_delivery(&stack, pr);
+    // A `synchronize` for the same head: each copy that is applied is one
+    // event for the core.
+    let mut sync = opened.clone();
+    sync["action"] = json!("synchronize");
+    let body = bytes(&sync);
+    let answers = futures::future::join_all((0..32).map(|_| {
+        let mut hook = Hook::signed("pull_request", &body);
+        hook.delivery = Some("one-delivery");
+        let body = body.clone();
+        let stack = &stack;
+        async move {
+            let r = post_webhook(stack, hook, body).await;
+            let status = r.status().as_u16();
+            let answer: Value = r.json().await.expect("JSON answer");
+            (
+                status,
+                answer["status"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|a| a.1 == "accepted").count();
+    let duplicates = answers.iter().filter(|a| a.1 == "duplicate").count();
+    assert_eq!(accepted, 1, "{answers:?}");
+    assert_eq!(duplicates, answers.len() - 1, "{answers:?}");
+    assert_healthy(&stack).await;
 }
 
 // ---- methods and paths ----

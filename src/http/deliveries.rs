@@ -9,11 +9,24 @@ pub const REMEMBERED_DELIVERIES: usize = 100_000;
 pub struct DeliveryLog {
     order: VecDeque<String>,
     ids: HashSet<String>,
+    /// Deliveries being handled now: a copy arriving meanwhile is a
+    /// duplicate too (GitHub may send one delivery twice at once).
+    in_flight: HashSet<String>,
 }
 
 impl DeliveryLog {
     pub fn seen(&self, id: &str) -> bool {
         self.ids.contains(id)
+    }
+    /// Claims `id` for handling: false if it was seen or is being handled.
+    /// Check and claim are one step, so of concurrent copies one wins.
+    pub fn claim(&mut self, id: &str) -> bool {
+        !self.ids.contains(id) && self.in_flight.insert(id.to_string())
+    }
+    /// Ends the handling of a claimed `id`. Unless it was [`Self::insert`]ed
+    /// meanwhile (applied), it is free again.
+    pub fn release(&mut self, id: &str) {
+        self.in_flight.remove(id);
     }
     pub fn insert(&mut self, id: &str) {
         if self.ids.insert(id.to_string()) {
@@ -24,5 +37,23 @@ impl DeliveryLog {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_id_is_taken_until_released() {
+        let mut log = DeliveryLog::default();
+        assert!(log.claim("a"));
+        assert!(!log.claim("a"), "a copy in flight is a duplicate");
+        log.release("a");
+        assert!(log.claim("a"), "a delivery not applied may come again");
+        log.insert("a");
+        log.release("a");
+        assert!(log.seen("a"));
+        assert!(!log.claim("a"));
     }
 }

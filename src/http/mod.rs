@@ -221,19 +221,13 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
         return json_error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     }
     let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
-    if !delivery_id.is_empty()
-        && ctx
-            .deliveries
-            .lock()
-            .map(|d| d.seen(&delivery_id))
-            .unwrap_or(false)
-    {
+    let Some(claim) = Claim::take(ctx, &delivery_id) else {
         count("duplicate");
         return json(
             StatusCode::OK,
             &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }),
         );
-    }
+    };
     let parsed = match webhook::parse_delivery(&event, &body) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -245,12 +239,12 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
     let events = match parsed {
         Delivery::Ping => {
             count("ping");
-            remember(ctx, &delivery_id);
+            claim.applied();
             return json(StatusCode::OK, &serde_json::json!({ "status": "pong" }));
         }
         Delivery::Ignored { reason } => {
             count("ignored");
-            remember(ctx, &delivery_id);
+            claim.applied();
             return json(
                 StatusCode::ACCEPTED,
                 &serde_json::json!({ "status": "ignored", "reason": reason }),
@@ -272,7 +266,7 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             .map(|r| r.to_string())
             .unwrap_or_default();
         info!(%repo, "webhook for a repository sluice does not gate; ignored");
-        remember(ctx, &delivery_id);
+        claim.applied();
         return json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "status": "ignored", "reason": format!("repository {repo} is not configured") }),
@@ -294,12 +288,48 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             }
         }
     }
-    remember(ctx, &delivery_id);
+    claim.applied();
     count("accepted");
     json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "status": "accepted", "events": n }),
     )
+}
+
+/// A delivery id being handled. Dropped without [`Claim::applied`] (a 400,
+/// a 503), the id is free again, so GitHub's redelivery is not refused.
+struct Claim<'a> {
+    ctx: &'a HttpContext,
+    id: &'a str,
+}
+
+impl<'a> Claim<'a> {
+    /// None if the delivery was seen or a copy of it is being handled now.
+    fn take(ctx: &'a HttpContext, id: &'a str) -> Option<Claim<'a>> {
+        let claimed = id.is_empty()
+            || ctx
+                .deliveries
+                .lock()
+                .map(|mut d| d.claim(id))
+                .unwrap_or(true);
+        // Not `then_some`: a Claim built and dropped would release the
+        // copy in flight.
+        claimed.then(|| Claim { ctx, id })
+    }
+
+    /// Remembers the id as seen (before the claim is let go, so no copy
+    /// slips in between).
+    fn applied(self) {
+        remember(self.ctx, self.id);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.ctx.deliveries.lock() {
+            d.release(self.id);
+        }
+    }
 }
 
 fn remember(ctx: &HttpContext, delivery_id: &str) {
