@@ -167,7 +167,7 @@ impl KubernetesExecutor {
     /// Jobs whose results were already sent are left to their TTL.
     pub async fn adopt(
         &self,
-        current: &dyn Fn(&BuildId, &Candidate) -> bool,
+        current: &(dyn Fn(&BuildId, &Candidate) -> bool + Sync),
         done: UnboundedSender<JobResult>,
     ) -> Result<Adoption, KubeError> {
         let shared = &self.shared;
@@ -215,6 +215,39 @@ impl Drop for KubernetesExecutor {
 }
 
 impl Executor for KubernetesExecutor {
+    /// Re-adopts the Jobs of builds the restored state still runs, deletes
+    /// the rest, and reports as lost the builds that have no Job. If the
+    /// Jobs cannot be listed, the builds count as lost only after a few
+    /// tries, so a passing API hiccup does not start duplicates.
+    fn recover(
+        &self,
+        running: Vec<(BuildId, Candidate)>,
+        done: UnboundedSender<JobResult>,
+    ) -> futures::future::BoxFuture<'_, Vec<BuildId>> {
+        Box::pin(async move {
+            let wanted: std::collections::HashSet<BuildId> =
+                running.iter().map(|(b, _)| b.clone()).collect();
+            for attempt in 1..=5u32 {
+                match self.adopt(&|b, _| wanted.contains(b), done.clone()).await {
+                    Ok(adoption) => {
+                        let adopted: std::collections::HashSet<&BuildId> =
+                            adoption.adopted.iter().map(|(b, _)| b).collect();
+                        return running
+                            .iter()
+                            .map(|(b, _)| b.clone())
+                            .filter(|b| !adopted.contains(b))
+                            .collect();
+                    }
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "cannot list Jobs to re-adopt them");
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
+                }
+            }
+            running.into_iter().map(|(b, _)| b).collect()
+        })
+    }
+
     fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>) {
         let shared = &self.shared;
         let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);

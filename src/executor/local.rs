@@ -134,6 +134,7 @@ impl Executor for LocalExecutor {
     fn recover(
         &self,
         running: Vec<(BuildId, crate::core::Candidate)>,
+        _done: UnboundedSender<JobResult>,
     ) -> futures::future::BoxFuture<'_, Vec<BuildId>> {
         Box::pin(async move {
             let cleaned = self.clean_leftovers();

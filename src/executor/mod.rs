@@ -41,10 +41,15 @@ pub trait Executor: Send + Sync {
     /// Stops a job and everything it started. Unknown ids are ignored.
     fn cancel(&self, build: &BuildId);
     /// After a restart: the builds sluice believed running. Re-adopts what it
-    /// can (their results will be sent on the `done` channel given to later
-    /// `start`s or to the executor at construction) and returns the builds it
-    /// lost, making sure none of them still runs.
-    fn recover(&self, running: Vec<(BuildId, Candidate)>) -> BoxFuture<'_, Vec<BuildId>> {
+    /// can (their results will be sent on `done`, as if `start` had been
+    /// called) and returns the builds it lost, making sure none of them still
+    /// runs. The default has nothing to re-adopt.
+    fn recover(
+        &self,
+        running: Vec<(BuildId, Candidate)>,
+        done: UnboundedSender<JobResult>,
+    ) -> BoxFuture<'_, Vec<BuildId>> {
+        let _ = done;
         Box::pin(async move { running.into_iter().map(|(build, _)| build).collect() })
     }
 }

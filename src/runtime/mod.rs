@@ -201,7 +201,11 @@ impl Driver {
             (running, state.merges_in_flight())
         };
         {
-            let lost = self.adapters.executor.recover(running).await;
+            let lost = self
+                .adapters
+                .executor
+                .recover(running, self.jobs_tx.clone())
+                .await;
             if !lost.is_empty() {
                 info!(count = lost.len(), "re-queueing builds lost in the restart");
                 self.apply(Event::BuildsLost { builds: lost });
