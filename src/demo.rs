@@ -106,7 +106,7 @@ impl Stack {
             webhook_secret: WEBHOOK_SECRET.into(),
             api_token: Some(API_TOKEN.into()),
         };
-        let adapters = app::adapters_from_config(&config, &secrets)?;
+        let adapters = app::adapters_from_config(&config, &secrets).await?;
         let sluice = app::start(config.clone(), secrets, adapters, Some(addr)).await?;
         hub.set_webhook(&format!("{}/webhook", sluice.url()), WEBHOOK_SECRET);
         Ok(Stack {

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             };
             init_logs(config.server.log_format, "info");
             run(async move {
-                let adapters = sluice::app::adapters_from_config(&config, &secrets)?;
+                let adapters = sluice::app::adapters_from_config(&config, &secrets).await?;
                 let running = sluice::app::start(config, secrets, adapters, None).await?;
                 let stop = running.shutdown_handle();
                 tokio::spawn(async move {
