@@ -730,3 +730,134 @@ fn config_reads_the_gcs_section_and_checks_it() {
         assert!(err.to_string().contains(key), "{section:?}: {err}");
     }
 }
+
+/// sluice end to end (fake GitHub, real git and test processes) with its
+/// results in the emulator: the status links to the object, which holds the
+/// page, the log and the result.
+#[tokio::test]
+async fn sluice_end_to_end_links_statuses_to_results_in_the_bucket() {
+    use sluice::demo::Stack;
+    let emu = emulator().await;
+    let bucket = unique_bucket();
+    create_bucket(&emu.url, &bucket).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gcs = gcs_config(&emu.url, &bucket);
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |config| {
+        config.results.kind = ResultsKind::Gcs;
+        config.results.gcs = Some(gcs);
+    })
+    .await
+    .expect("stack starts");
+    let pr = stack
+        .open_pr(
+            "feature",
+            &[("src/feature.txt", "works\n")],
+            "Add a feature",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("success", Duration::from_secs(90), |s| {
+            s.status_of(pr).is_some_and(|st| st.state == "success")
+        })
+        .await
+        .unwrap();
+    let link = stack.status_of(pr).unwrap().target_url.expect("a link");
+    let base = format!("{}/{bucket}/{PREFIX}/", emu.url);
+    assert!(
+        link.starts_with(&base) && link.ends_with("/index.html"),
+        "{link}"
+    );
+
+    let get = |url: String| {
+        let http = stack.http.clone();
+        async move {
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{url}");
+            response.text().await.unwrap()
+        }
+    };
+    let html = get(link.clone()).await;
+    assert!(html.contains(": passed</title>"), "{html}");
+    let dir_url = link.trim_end_matches("index.html").to_string();
+    let log = get(format!("{dir_url}log.txt")).await;
+    assert!(log.contains("all good"), "{log}");
+    let result: serde_json::Value =
+        serde_json::from_str(&get(format!("{dir_url}result.json")).await).unwrap();
+    assert_eq!(result["report"]["outcome"], "passed");
+    // Uploaded: nothing left in the spool.
+    let spool = stack.config.results.dir.clone();
+    let left = walk_files(&spool);
+    assert!(left.is_empty(), "left in the spool: {left:?}");
+    stack.sluice.stop().await;
+}
+
+/// GCS down: the build's results stay in the spool and sluice's own
+/// `/results/` page serves them (link = "sluice").
+#[tokio::test]
+async fn sluice_end_to_end_serves_results_from_the_spool_while_gcs_is_down() {
+    use sluice::demo::Stack;
+    let dead = format!("http://127.0.0.1:{}", free_port_to_reuse());
+    let mut gcs = gcs_config(&dead, "some-bucket");
+    gcs.link = GcsLink::Sluice;
+    gcs.upload_retries = 0;
+    gcs.request_timeout_secs = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |config| {
+        config.results.kind = ResultsKind::Gcs;
+        config.results.gcs = Some(gcs);
+    })
+    .await
+    .expect("stack starts");
+    let pr = stack
+        .open_pr(
+            "feature",
+            &[("src/feature.txt", "works\n")],
+            "Add a feature",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("success", Duration::from_secs(90), |s| {
+            s.status_of(pr).is_some_and(|st| st.state == "success")
+        })
+        .await
+        .unwrap();
+    let link = stack.status_of(pr).unwrap().target_url.expect("a link");
+    assert!(
+        link.starts_with(&format!("{}/results/", stack.sluice.url())),
+        "{link}"
+    );
+    let page = stack.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains(": passed</title>"));
+    let log = stack
+        .http
+        .get(format!("{link}log.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    assert!(log.text().await.unwrap().contains("all good"));
+    let names: Vec<String> = walk_files(&stack.config.results.dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"log.txt".to_string()), "{names:?}");
+    stack.sluice.stop().await;
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk_files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
