@@ -6,7 +6,9 @@
 //! `branch_moved` event in the core; 1% are redeliveries of an earlier id,
 //! which must be answered as duplicates and applied zero times.
 
-use sluice::demo::{API_TOKEN, CHECK_SCRIPT, DEMO_REPO, GITHUB_TOKEN, WEBHOOK_SECRET, demo_config_toml};
+use sluice::demo::{
+    API_TOKEN, CHECK_SCRIPT, DEMO_REPO, GITHUB_TOKEN, WEBHOOK_SECRET, demo_config_toml,
+};
 use sluice::fakehub::FakeHub;
 use sluice::forge::webhook::sign;
 use std::process::{Command, Stdio};
@@ -28,13 +30,23 @@ async fn main() -> anyhow::Result<()> {
     let secs = arg("--secs", 60).clamp(1, 120);
     let dir = tempfile::tempdir()?;
     let hub = FakeHub::start(&dir.path().join("github"), Some(GITHUB_TOKEN.into())).await?;
-    hub.create_repo(DEMO_REPO, "main", &[("check.sh", CHECK_SCRIPT)]).await?;
+    hub.create_repo(DEMO_REPO, "main", &[("check.sh", CHECK_SCRIPT)])
+        .await?;
 
     // A real push body from the fake GitHub, as a template.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     hub.set_webhook(&format!("{url}/webhook"), WEBHOOK_SECRET);
-    hub.commit(DEMO_REPO, "template", Some("main"), &[("t", "t")], "template").await?;
+    hub.commit(
+        DEMO_REPO,
+        "template",
+        Some("main"),
+        &[("t", "t")],
+        "template",
+    )
+    .await?;
     hub.idle().await;
     let template: serde_json::Value = serde_json::from_str(
         &hub.deliveries()
@@ -47,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, demo_config_toml(&hub, dir.path(), &url))?;
     let exe = std::env::current_exe()?;
-    let sluice_bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("sluice")).expect("target dir");
+    let sluice_bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("sluice"))
+        .expect("target dir");
     let mut sluice = Command::new(&sluice_bin)
         .args(["serve", "--config"])
         .arg(&config)
@@ -59,10 +75,16 @@ async fn main() -> anyhow::Result<()> {
         .env("SLUICE_API_TOKEN", API_TOKEN)
         .stdin(Stdio::null())
         .spawn()?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(256).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()?;
     let started = Instant::now();
     while http.get(format!("{url}/healthz")).send().await.is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "sluice did not start");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "sluice did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let applied_before = branch_moved(&http, &url).await?;
@@ -76,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
         let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
         // Every 100th delivery repeats an earlier one: same id, same body.
-        let (n, duplicate) = if i % 100 == 99 { (i - 50, true) } else { (i, false) };
+        let (n, duplicate) = if i % 100 == 99 {
+            (i - 50, true)
+        } else {
+            (i, false)
+        };
         let mut body = template.clone();
         body["ref"] = format!("refs/heads/load/{n}").into();
         body["after"] = format!("{:040x}", n + 1).into();
@@ -89,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
                 .post(format!("{url}/webhook"))
                 .header("X-GitHub-Event", "push")
                 .header("X-GitHub-Delivery", format!("load-{n}"))
-                .header("X-Hub-Signature-256", sign(WEBHOOK_SECRET.as_bytes(), &body))
+                .header(
+                    "X-Hub-Signature-256",
+                    sign(WEBHOOK_SECRET.as_bytes(), &body),
+                )
                 .header("Content-Type", "application/json")
                 .body(body)
                 .send()
@@ -127,7 +156,11 @@ async fn main() -> anyhow::Result<()> {
 
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
-    println!("deliveries sent:        {total} in {:.1}s ({:.0}/s)", elapsed.as_secs_f64(), total as f64 / elapsed.as_secs_f64());
+    println!(
+        "deliveries sent:        {total} in {:.1}s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
     println!("accepted (202):         {accepted}");
     println!("duplicates (200):       {duplicates}");
     println!("other answers:          {bad}");
@@ -139,14 +172,22 @@ async fn main() -> anyhow::Result<()> {
         pct(1.0).as_secs_f64() * 1e3
     );
     anyhow::ensure!(bad == 0, "{bad} deliveries were not answered as expected");
-    anyhow::ensure!(applied == accepted && applied_final == accepted, "applied {applied_final} events for {accepted} accepted deliveries");
+    anyhow::ensure!(
+        applied == accepted && applied_final == accepted,
+        "applied {applied_final} events for {accepted} accepted deliveries"
+    );
     println!("ok: every delivery accepted and applied exactly once");
     Ok(())
 }
 
 /// The core's count of `branch_moved` events, from /metrics.
 async fn branch_moved(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
-    let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(metrics
         .lines()
         .find(|l| l.starts_with("sluice_events_total") && l.contains("kind=\"branch_moved\""))

@@ -6,7 +6,9 @@ use crate::executor::kubernetes::KubernetesExecutor;
 use crate::executor::local::LocalExecutor;
 use crate::forge::github::GitHub;
 use crate::http::{self, DeliveryLog, HttpContext};
+use crate::results::ResultsStore;
 use crate::results::fs::FsResults;
+use crate::results::gcs::GcsResults;
 use crate::runtime::store::Store;
 use crate::runtime::{self, Adapters, Shared};
 use std::net::SocketAddr;
@@ -47,20 +49,28 @@ impl Running {
 }
 
 /// The adapters the configuration names. Async because connecting to
-/// Kubernetes reads its configuration; call it inside a tokio runtime.
+/// Kubernetes and GCS reads their configuration; call it inside a tokio
+/// runtime.
 pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<Adapters> {
     let forge = GitHub::new(&config.github, secrets.github_token.clone())?;
     let executor: Arc<dyn Executor> = match config.executor.kind {
         ExecutorKind::Local => Arc::new(LocalExecutor::new(&config.executor)),
         ExecutorKind::Kubernetes => Arc::new(KubernetesExecutor::from_config(config).await?),
     };
-    let results = match config.results.kind {
-        ResultsKind::Local => FsResults::new(config.results.dir.clone(), &config.server.public_url),
+    let results: Arc<dyn ResultsStore> = match (config.results.kind, &config.results.gcs) {
+        (ResultsKind::Gcs, Some(gcs)) => Arc::new(
+            GcsResults::new(gcs, config.results.dir.clone(), &config.server.public_url).await?,
+        ),
+        (ResultsKind::Gcs, None) => anyhow::bail!("results.kind = \"gcs\" needs [results.gcs]"),
+        (ResultsKind::Local, _) => Arc::new(FsResults::new(
+            config.results.dir.clone(),
+            &config.server.public_url,
+        )),
     };
     Ok(Adapters {
         forge: Arc::new(forge),
         executor,
-        results: Arc::new(results),
+        results,
     })
 }
 
@@ -86,8 +96,9 @@ pub async fn start(
         results: adapters.results.clone(),
         webhook_secret: secrets.webhook_secret.clone().into_bytes(),
         api_token: secrets.api_token.clone(),
+        // With GCS results this is the spool: what is not uploaded yet.
         results_dir: match config.results.kind {
-            ResultsKind::Local => Some(config.results.dir.clone()),
+            ResultsKind::Local | ResultsKind::Gcs => Some(config.results.dir.clone()),
         },
         deliveries: Mutex::new(deliveries),
     });

@@ -234,14 +234,19 @@ impl Default for KubernetesConfig {
 pub enum ResultsKind {
     #[default]
     Local,
+    Gcs,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResultsConfig {
     pub kind: ResultsKind,
-    /// Where local results are written; served under `/results/`.
+    /// Where local results are written; served under `/results/`. With
+    /// `kind = "gcs"` this is the spool: results wait here until uploaded
+    /// (keep it on a persistent volume).
     pub dir: PathBuf,
+    /// `[results.gcs]`, needed when `kind = "gcs"`.
+    pub gcs: Option<GcsConfig>,
 }
 
 impl Default for ResultsConfig {
@@ -249,7 +254,110 @@ impl Default for ResultsConfig {
         ResultsConfig {
             kind: ResultsKind::Local,
             dir: PathBuf::from("sluice-results"),
+            gcs: None,
         }
+    }
+}
+
+/// Where commit statuses link to with GCS results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcsLink {
+    /// The object itself: `{public_base}/<bucket>/<prefix>/<path>/index.html`.
+    #[default]
+    Public,
+    /// sluice's own page: `{server.public_url}/results/<path>/`.
+    Sluice,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsConfig {
+    /// The bucket's name (not `gs://...`).
+    pub bucket: String,
+    /// Object names start with `<prefix>/`; empty for the bucket's root.
+    #[serde(default = "default_gcs_prefix")]
+    pub prefix: String,
+    /// Another endpoint than Google's (an emulator); credentials are then
+    /// anonymous. Unset in production: default credentials are used.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub link: GcsLink,
+    /// Base of public object URLs.
+    #[serde(default = "default_gcs_public_base")]
+    pub public_base: String,
+    /// Retries of a failed upload before it is left to the background loop.
+    #[serde(default = "default_gcs_upload_retries")]
+    pub upload_retries: u32,
+    /// Timeout of each call to GCS, in seconds.
+    #[serde(default = "default_gcs_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Seconds between re-uploads of what is left in the spool (0 = never).
+    #[serde(default = "default_gcs_retry_interval_secs")]
+    pub retry_interval_secs: u64,
+}
+
+fn default_gcs_prefix() -> String {
+    "sluice".into()
+}
+fn default_gcs_public_base() -> String {
+    "https://storage.googleapis.com".into()
+}
+fn default_gcs_upload_retries() -> u32 {
+    3
+}
+fn default_gcs_request_timeout_secs() -> u64 {
+    30
+}
+fn default_gcs_retry_interval_secs() -> u64 {
+    60
+}
+
+impl GcsConfig {
+    /// The first key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        let b = &self.bucket;
+        let bucket_ok = (3..=222).contains(&b.len())
+            && b.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.".contains(&c))
+            && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_ok {
+            return Err((
+                "results.gcs.bucket",
+                "must be a bucket name (a-z, 0-9, -, _, .)",
+            ));
+        }
+        let p = &self.prefix;
+        let prefix_ok = p.is_empty()
+            || p.split('/').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('.')
+                    && part
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            });
+        if !prefix_ok {
+            return Err((
+                "results.gcs.prefix",
+                "must be empty or names of a-z, A-Z, 0-9, -, _, . joined by /, without leading or trailing /",
+            ));
+        }
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if self.endpoint.as_deref().is_some_and(|e| !url_ok(e)) {
+            return Err(("results.gcs.endpoint", "must be an http:// or https:// URL"));
+        }
+        if !url_ok(&self.public_base) {
+            return Err((
+                "results.gcs.public_base",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(("results.gcs.request_timeout_secs", "must be > 0"));
+        }
+        Ok(())
     }
 }
 
@@ -404,6 +512,20 @@ impl Config {
         }
         if self.executor.kind == ExecutorKind::Kubernetes {
             self.executor.kubernetes.validate(&bad)?;
+        }
+        match (&self.results.kind, &self.results.gcs) {
+            (ResultsKind::Gcs, None) => {
+                return Err(bad(
+                    "results.gcs".into(),
+                    "kind = \"gcs\" needs a [results.gcs] section with a bucket",
+                ));
+            }
+            (_, Some(gcs)) => {
+                if let Err((key, message)) = gcs.check() {
+                    return Err(bad(key.into(), message));
+                }
+            }
+            (ResultsKind::Local, None) => {}
         }
         if self.repos.is_empty() {
             return Err(bad(

@@ -214,7 +214,10 @@ pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(MARKER), "made by `sluice demo`; removed by the next run\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `sluice demo`; removed by the next run\n",
+    )?;
     let dir = std::path::absolute(&dir)?;
     let stack = Stack::start(&dir, ([127, 0, 0, 1], port).into(), |_| {}).await?;
     println!("\n== sluice demo ==");

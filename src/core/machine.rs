@@ -661,10 +661,10 @@ impl State {
         let ready: Vec<u64> = ready.iter().map(|pr| pr.snapshot.key.number).collect();
         for number in ready {
             // Each merge takes its branch's lock, so re-check.
-            if why_not_mergeable(repo, &repo.prs[&number]).is_empty() {
-                if let Some(merge) = start_merge(repo, number) {
-                    out.push(merge);
-                }
+            if why_not_mergeable(repo, &repo.prs[&number]).is_empty()
+                && let Some(merge) = start_merge(repo, number)
+            {
+                out.push(merge);
             }
         }
     }

@@ -355,10 +355,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } = action
             {
                 let repo = state.repo(&pr.repo).unwrap();
-                if let Some(p) = repo.prs.get(&pr.number) {
-                    if let Some(pair) = repo.current_pair(p) {
-                        rec.passed.remove(&(pr.number, pair));
-                    }
+                if let Some(p) = repo.prs.get(&pr.number)
+                    && let Some(pair) = repo.current_pair(p)
+                {
+                    rec.passed.remove(&(pr.number, pair));
                 }
             }
         }

@@ -320,13 +320,13 @@ impl GitHub {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("bad next-page link {url:?}: {e}"))?;
-        if let Some(authority) = uri.authority() {
-            if Some(authority) != self.base.authority() {
-                return Err(format!(
-                    "next-page link {url:?} points away from {}",
-                    self.base
-                ));
-            }
+        if let Some(authority) = uri.authority()
+            && Some(authority) != self.base.authority()
+        {
+            return Err(format!(
+                "next-page link {url:?} points away from {}",
+                self.base
+            ));
         }
         let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let base_path = self.base.path().trim_end_matches('/');
@@ -339,10 +339,10 @@ impl GitHub {
 
     async fn can_write(&self, repo: &RepoName, user: &str) -> Result<bool, ForgeError> {
         let cache_key = (repo.clone(), user.to_ascii_lowercase());
-        if let Some((at, can)) = self.lock_permissions().get(&cache_key) {
-            if at.elapsed() < PERMISSION_TTL {
-                return Ok(*can);
-            }
+        if let Some((at, can)) = self.lock_permissions().get(&cache_key)
+            && at.elapsed() < PERMISSION_TTL
+        {
+            return Ok(*can);
         }
         #[derive(serde::Deserialize)]
         struct Permission {

@@ -31,10 +31,10 @@ impl DeliveryLog {
     pub fn insert(&mut self, id: &str) {
         if self.ids.insert(id.to_string()) {
             self.order.push_back(id.to_string());
-            if self.order.len() > REMEMBERED_DELIVERIES {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
+            if self.order.len() > REMEMBERED_DELIVERIES
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
             }
         }
     }

@@ -3,6 +3,7 @@
 //! sluice by default, a GCS bucket in production.
 
 pub mod fs;
+pub mod gcs;
 
 use crate::core::{Candidate, JobReport, ResultKey};
 use serde::{Deserialize, Serialize};

@@ -95,10 +95,10 @@ impl World {
         self.starts += 1;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
