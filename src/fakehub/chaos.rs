@@ -107,7 +107,8 @@ pub struct ChaosStats {
     pub deliveries_reordered: u64,
     /// 502s served by chaos.
     pub api_errors: u64,
-    /// Answers served by [`super::Fault::Status`] faults.
+    /// Answers changed by injected faults ([`super::Fault::Status`],
+    /// [`super::Fault::SlowAnswer`]).
     pub faults_served: u64,
 }
 

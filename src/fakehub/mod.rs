@@ -135,6 +135,16 @@ pub enum Fault {
         retry_after: Option<u64>,
         times: u32,
     },
+    /// The next `times` successful calls of `method` (None: any) under
+    /// `path_prefix` are carried out, but their answer is held back for
+    /// `delay` (a client that dies meanwhile never hears that its call took
+    /// effect).
+    SlowAnswer {
+        method: Option<String>,
+        path_prefix: String,
+        delay: std::time::Duration,
+        times: u32,
+    },
     /// The next `times` GETs of this PR report `mergeable: null`
     /// (`mergeable_state: "unknown"`), as while GitHub computes it.
     MergeableUnknown {

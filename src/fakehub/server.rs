@@ -178,7 +178,47 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), &'static str> {
     }
 }
 
+/// Takes a matching [`Fault::SlowAnswer`], if any: how long to hold the
+/// answer back.
+fn take_slow(inner: &Inner, method: &Method, path: &str) -> Option<std::time::Duration> {
+    let mut faults = inner.faults.lock().expect("faults");
+    for f in faults.iter_mut() {
+        if let Fault::SlowAnswer {
+            method: m,
+            path_prefix,
+            delay,
+            times,
+        } = f
+            && *times > 0
+            && m.as_deref().is_none_or(|m| m == method.as_str())
+            && path.starts_with(path_prefix.as_str())
+        {
+            *times -= 1;
+            super::chaos::Counters::bump(&inner.counters.faults_served);
+            return Some(*delay);
+        }
+    }
+    None
+}
+
 pub(crate) async fn handle(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
+    let r = answer(inner, method, path, query, headers, body).await;
+    if r.status().is_success()
+        && let Some(delay) = take_slow(inner, method, path)
+    {
+        tokio::time::sleep(delay).await;
+    }
+    r
+}
+
+async fn answer(
     inner: &Inner,
     method: &Method,
     path: &str,
