@@ -96,10 +96,6 @@ pub async fn start(
         results: adapters.results.clone(),
         webhook_secret: secrets.webhook_secret.clone().into_bytes(),
         api_token: secrets.api_token.clone(),
-        // With GCS results this is the spool: what is not uploaded yet.
-        results_dir: match config.results.kind {
-            ResultsKind::Local | ResultsKind::Gcs => Some(config.results.dir.clone()),
-        },
         deliveries: Mutex::new(deliveries),
     });
     let mut server_rx = rx.clone();

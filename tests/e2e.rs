@@ -137,17 +137,28 @@ async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved(
     let main = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
     assert_eq!(main, merges[0].merge_sha);
 
-    // The history answers "when did this commit land and on which test".
-    let history = stack
-        .get_json(&format!("/history?sha={}", head.short()))
-        .await
-        .unwrap();
-    let landed = history["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "merged")
-        .expect("a merge record");
+    // The history answers "when did this commit land and on which test"
+    // (once sluice has heard GitHub's answer to the merge).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let landed = loop {
+        let history = stack
+            .get_json(&format!("/history?sha={}", head.short()))
+            .await
+            .unwrap();
+        if let Some(entry) = history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "merged")
+        {
+            break entry.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no merge record: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(landed["merge_sha"], main.as_str());
     assert_eq!(landed["approvers"], serde_json::json!(["alice"]));
     stack.sluice.stop().await;

@@ -16,7 +16,6 @@ pub use deliveries::DeliveryLog;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
@@ -37,8 +36,6 @@ pub struct HttpContext {
     pub results: Arc<dyn ResultsStore>,
     pub webhook_secret: Vec<u8>,
     pub api_token: Option<String>,
-    /// Served under /results/ when results are stored locally.
-    pub results_dir: Option<PathBuf>,
     pub deliveries: Mutex<DeliveryLog>,
 }
 
@@ -136,14 +133,6 @@ pub fn routes(
 
     let results = warp::path("results")
         .and(warp::get())
-        .and(with())
-        .and_then(|ctx: Arc<HttpContext>| async move {
-            match &ctx.results_dir {
-                Some(_) => Ok(()),
-                None => Err(warp::reject::not_found()),
-            }
-        })
-        .untuple_one()
         .and(warp::path::tail())
         .and(with())
         .and_then(|tail: warp::path::Tail, ctx: Arc<HttpContext>| async move {
@@ -487,31 +476,18 @@ fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
 }
 
 async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejection> {
-    let Some(root) = &ctx.results_dir else {
-        return Err(warp::reject::not_found());
-    };
-    // Only plain names: no "..", no absolute parts, no hidden files.
-    let parts: Vec<&str> = tail.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.iter().any(|p| p.starts_with('.') || p.contains('\\')) {
-        return Ok(json_error(StatusCode::NOT_FOUND, "no such result"));
-    }
-    let mut path = root.clone();
-    for p in &parts {
-        path.push(p);
-    }
-    if path.is_dir() {
-        path.push("index.html");
-    }
-    let content_type = match path.extension().and_then(|e| e.to_str()) {
-        Some("html") => "text/html; charset=utf-8",
-        Some("json") => "application/json",
-        _ => "text/plain; charset=utf-8",
-    };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            Ok(warp::reply::with_header(bytes, "content-type", content_type).into_response())
+    match ctx.results.read(tail).await {
+        Ok(Some(file)) => {
+            Ok(
+                warp::reply::with_header(file.bytes.to_vec(), "content-type", file.content_type)
+                    .into_response(),
+            )
         }
-        Err(_) => Ok(json_error(StatusCode::NOT_FOUND, "no such result")),
+        Ok(None) => Ok(json_error(StatusCode::NOT_FOUND, "no such result")),
+        Err(e) => {
+            warn!(error = %e, "cannot read a result");
+            Ok(json_error(StatusCode::NOT_FOUND, "no such result"))
+        }
     }
 }
 

@@ -48,6 +48,43 @@ impl FsResults {
 
 #[async_trait::async_trait]
 impl ResultsStore for FsResults {
+    /// Only the three files of a build directory, by plain path parts; the
+    /// resolved path must stay under the results directory.
+    async fn read(&self, tail: &str) -> Result<Option<super::ResultFile>, ResultsError> {
+        let mut parts: Vec<&str> = tail.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| p.starts_with('.') || p.contains('\\')) {
+            return Ok(None);
+        }
+        let file = match parts.last().copied().and_then(super::content_type_of) {
+            Some(_) => parts.pop().unwrap_or("index.html"),
+            None => "index.html",
+        };
+        if parts.len() != 5 {
+            return Ok(None);
+        }
+        let mut path = self.dir.clone();
+        path.extend(&parts);
+        path.push(file);
+        let (Ok(real), Ok(root)) = (
+            std::fs::canonicalize(&path),
+            std::fs::canonicalize(&self.dir),
+        ) else {
+            return Ok(None);
+        };
+        if !real.starts_with(&root) {
+            return Ok(None);
+        }
+        match tokio::fs::read(&real).await {
+            Ok(bytes) => Ok(Some(super::ResultFile {
+                bytes: bytes.into(),
+                content_type: super::content_type_of(file)
+                    .unwrap_or("text/plain")
+                    .to_string(),
+            })),
+            Err(_) => Ok(None),
+        }
+    }
+
     async fn started(&self, key: &ResultKey, candidate: &Candidate) -> Result<(), ResultsError> {
         let page = running_page(key, candidate);
         let (root, dir) = (self.dir.clone(), self.build_dir(key)?);

@@ -62,12 +62,7 @@ pub struct SpoolPass {
     pub left: usize,
 }
 
-/// A result file, from the spool or the bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResultFile {
-    pub bytes: Bytes,
-    pub content_type: String,
-}
+pub use super::ResultFile;
 
 pub struct GcsResults {
     inner: Arc<Inner>,
@@ -407,6 +402,10 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl ResultsStore for GcsResults {
+    async fn read(&self, tail: &str) -> Result<Option<ResultFile>, ResultsError> {
+        self.fetch(tail).await
+    }
+
     async fn started(&self, key: &ResultKey, candidate: &Candidate) -> Result<(), ResultsError> {
         let relative = PathBuf::from(key.relative_path());
         let page = running_page(key, candidate).into_bytes();
