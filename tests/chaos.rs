@@ -399,6 +399,10 @@ async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
     }
     let elapsed = started.elapsed();
     world.hub.clear_chaos();
+    eprintln!(
+        "[{label}] settled in {:.1} s (seed {chaos_seed:?})",
+        elapsed.as_secs_f64()
+    );
 
     // sluice records each merge once GitHub's answer (or a re-read) reaches it.
     let merges = world.hub.merges();
