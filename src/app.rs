@@ -52,6 +52,9 @@ impl Running {
 /// Kubernetes and GCS reads their configuration; call it inside a tokio
 /// runtime.
 pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<Adapters> {
+    // kube and octocrab build rustls on ring, the GCS crates on aws-lc-rs:
+    // with both compiled in, rustls needs to be told which one to use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let forge = GitHub::new(&config.github, secrets.github_token.clone())?;
     let executor: Arc<dyn Executor> = match config.executor.kind {
         ExecutorKind::Local => Arc::new(LocalExecutor::new(&config.executor)),

@@ -86,8 +86,22 @@ fn main() -> ExitCode {
                 let adapters = sluice::app::adapters_from_config(&config, &secrets).await?;
                 let running = sluice::app::start(config, secrets, adapters, None).await?;
                 let stop = running.shutdown_handle();
+                // SIGTERM (Kubernetes, systemd) and SIGINT both stop it.
                 tokio::spawn(async move {
-                    let _ = tokio::signal::ctrl_c().await;
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let mut term = signal(SignalKind::terminate()).ok();
+                    let terminated = async {
+                        match term.as_mut() {
+                            Some(t) => {
+                                t.recv().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminated => {}
+                    }
                     let _ = stop.send(true);
                 });
                 running.wait().await;

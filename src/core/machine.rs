@@ -372,23 +372,31 @@ impl State {
         let Some(repo) = self.repos.get_mut(&key.repo) else {
             return;
         };
-        let branch = repo
+        let in_flight = repo
             .merging
             .iter()
             .find(|(_, m)| m.pr == key.number && m.pair == pair)
-            .map(|(b, _)| b.clone());
-        if let Some(branch) = &branch {
+            .map(|(b, m)| (b.clone(), m.clone()));
+        if let Some((branch, _)) = &in_flight {
             repo.merging.remove(branch);
         }
         match result {
             MergeResult::Merged { merge_sha } => {
-                let pr = repo.prs.get(&key.number);
-                let approvers = pr.map(|p| repo.approval(p).approvers).unwrap_or_default();
-                let title = pr.map(|p| p.snapshot.title.clone()).unwrap_or_default();
-                let build = pr
-                    .and_then(|p| p.results.get(&pair))
-                    .map(|r| r.build.clone());
-                let base = pr.map(|p| p.snapshot.base_ref.clone()).or(branch);
+                // The lock remembers what landed, even if the PR was closed
+                // (GitHub's webhook) before this answer arrived.
+                let (base, build, title, approvers) = match in_flight {
+                    Some((branch, m)) => (Some(branch), Some(m.build), m.title, m.approvers),
+                    None => {
+                        let pr = repo.prs.get(&key.number);
+                        (
+                            pr.map(|p| p.snapshot.base_ref.clone()),
+                            pr.and_then(|p| p.results.get(&pair))
+                                .map(|r| r.build.clone()),
+                            pr.map(|p| p.snapshot.title.clone()).unwrap_or_default(),
+                            pr.map(|p| repo.approval(p).approvers).unwrap_or_default(),
+                        )
+                    }
+                };
                 if let Some(build) = build {
                     out.push(Action::Record(HistoryEntry::Merged {
                         pr: key.clone(),
@@ -630,9 +638,13 @@ impl State {
 
     fn publish_statuses(&mut self, name: &RepoName, out: &mut Vec<Action>) {
         let repo = self.repos.get_mut(name).expect("exists");
+        // A PR being merged keeps its status: the merge moving the target
+        // does not make its tested result "queued" again.
+        let merging: Vec<u64> = repo.merging.values().map(|m| m.pr).collect();
         let desired: Vec<(u64, PublishedStatus)> = repo
             .prs
             .values()
+            .filter(|pr| !merging.contains(&pr.snapshot.key.number))
             .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
             .collect();
         for (number, status) in desired {
@@ -673,7 +685,13 @@ impl State {
 /// A PR needs a build: its pair is known, has no result and no build, and
 /// GitHub has not said it conflicts.
 fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
-    pr.build.is_none()
+    // Being merged: its own merge moving the target must not start a build.
+    let merging = repo
+        .merging
+        .values()
+        .any(|m| m.pr == pr.snapshot.key.number);
+    !merging
+        && pr.build.is_none()
         && pr.snapshot.mergeable != Some(false)
         && repo
             .current_pair(pr)
@@ -734,9 +752,14 @@ fn start_merge(repo: &mut RepoState, number: u64) -> Option<Action> {
         pair: pair.clone(),
         build: result.build.clone(),
     };
-    let base = pr.snapshot.base_ref.clone();
-    repo.merging
-        .insert(base, MergeInFlight { pr: number, pair });
+    let in_flight = MergeInFlight {
+        pr: number,
+        pair,
+        build: result.build.clone(),
+        title: pr.snapshot.title.clone(),
+        approvers: repo.approval(pr).approvers,
+    };
+    repo.merging.insert(pr.snapshot.base_ref.clone(), in_flight);
     Some(action)
 }
 

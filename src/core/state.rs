@@ -41,6 +41,11 @@ pub struct Branch {
 pub struct MergeInFlight {
     pub pr: u64,
     pub pair: Pair,
+    /// What the history records when it lands, kept here because the PR
+    /// itself may be closed (GitHub's webhook) before the answer arrives.
+    pub build: BuildId,
+    pub title: String,
+    pub approvers: Vec<String>,
 }
 
 /// One open pull request.

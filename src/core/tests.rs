@@ -717,3 +717,40 @@ fn several_repositories_and_branches_are_independent() {
         _ => true,
     }));
 }
+
+#[test]
+fn a_merge_answered_after_the_closed_webhook_is_still_recorded_and_moves_the_target() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.open(2, 0xa2);
+    bot.approve(1);
+    let b1 = bot.build_of(1).unwrap();
+    let b2 = bot.build_of(2).unwrap();
+    bot.finish(&b2, Outcome::Passed);
+    assert_eq!(merges(&bot.finish(&b1, Outcome::Passed)).len(), 1);
+    // GitHub's push and closed webhooks overtake the answer to our merge.
+    let a = bot.target("main", 0x101);
+    assert!(
+        !started(&a).iter().any(|(_, c)| c.prs[0].number == 1),
+        "the PR being merged is not tested again"
+    );
+    assert!(
+        !statuses(&a).iter().any(|s| s.0 == sha(0xa1)),
+        "the PR being merged keeps its status"
+    );
+    bot.ev(Event::PrClosed(key(1)));
+    assert!(
+        merges(&bot.approve(2)).is_empty(),
+        "the lock holds until the answer"
+    );
+    let a = bot.merged(1, pair(0xa1, 0x100), 0x101);
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::Record(HistoryEntry::Merged { build, approvers, .. })
+                if *build == b1 && approvers == &vec!["ann".to_string()]
+        )),
+        "{a:?}"
+    );
+    assert_eq!(bot.view(2).target_sha, Some(sha(0x101)), "#2 is stale");
+}

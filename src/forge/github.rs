@@ -444,7 +444,11 @@ impl Forge for GitHub {
         // `state` is the authority: GitHub's own examples pair "open" with a
         // `merged_at`.
         if matches!(body.state, Some(octocrab::models::IssueState::Closed)) {
-            return Ok(Some(PrFetch::Closed));
+            let merge_sha = body
+                .merged_at
+                .and(body.merge_commit_sha.as_deref())
+                .and_then(|s| Sha::parse(s).ok());
+            return Ok(Some(PrFetch::Closed { merge_sha }));
         }
         let snapshot = pr_snapshot(&pr.repo, &body).map_err(|e| ForgeError::Decode {
             what,

@@ -31,7 +31,10 @@ pub enum ForgeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrFetch {
     Open(PrSnapshot),
-    Closed,
+    /// Closed; `merge_sha` is the merge commit if it was merged.
+    Closed {
+        merge_sha: Option<Sha>,
+    },
 }
 
 /// A commit status to write.

@@ -211,21 +211,20 @@ impl Driver {
                 self.apply(Event::BuildsLost { builds: lost });
             }
         }
-        for (pr, pair, branch) in merges {
+        for (pr, pair, _branch) in merges {
             let (forge, inputs, shared) = self.spawn_parts();
             tokio::spawn(async move {
                 let result = match forge.get_pr(&pr).await {
                     Ok(Some(PrFetch::Open(_))) => MergeResult::Failed {
                         reason: crate::core::text::interrupted_merge(),
                     },
-                    // Closed: it most likely landed; the branch head says where.
-                    Ok(Some(PrFetch::Closed)) | Ok(None) => {
-                        match forge.branch_head(&pr.repo, &branch).await {
-                            Ok(Some(merge_sha)) => MergeResult::Merged { merge_sha },
-                            Ok(None) => MergeResult::Refused {
-                                reason: format!("the target branch {branch} is gone"),
-                            },
-                            Err(e) => return forge_failed(&shared, "merge_recovery", &e),
+                    Ok(Some(PrFetch::Closed {
+                        merge_sha: Some(merge_sha),
+                    })) => MergeResult::Merged { merge_sha },
+                    // Closed without merging, or gone: nothing landed.
+                    Ok(Some(PrFetch::Closed { merge_sha: None })) | Ok(None) => {
+                        MergeResult::Refused {
+                            reason: "the PR was closed without being merged".into(),
                         }
                     }
                     Err(e) => return forge_failed(&shared, "merge_recovery", &e),
@@ -383,7 +382,7 @@ impl Driver {
                     tokio::spawn(async move {
                         let event = match forge.get_pr(&pr).await {
                             Ok(Some(PrFetch::Open(snapshot))) => Event::PrUpdated(snapshot),
-                            Ok(Some(PrFetch::Closed)) | Ok(None) => Event::PrClosed(pr),
+                            Ok(Some(PrFetch::Closed { .. })) | Ok(None) => Event::PrClosed(pr),
                             Err(e) => return forge_failed(&shared, "pull_request", &e),
                         };
                         let _ = inputs.send(Input::Event(event)).await;
