@@ -603,7 +603,6 @@ fn alive(pid: i32) -> bool {
 /// sluice before the answer to its own merge call; the PR is forgotten
 /// first, and the merge, once answered, leaves no record in the history.
 #[tokio::test]
-#[ignore = "sluice bug: a merge answered after the PR was forgotten is not recorded (core::machine::on_merge_finished)"]
 async fn a_merge_answered_after_the_closed_webhook_is_still_recorded() {
     let dir = KeepOnPanic(tempfile::tempdir().unwrap());
     let mut world = World::new(dir.0.path(), 0, 2).await;

@@ -233,6 +233,8 @@ fn pushes_to_branches_move_or_delete_them() {
             repo: repo(),
             branch: "feature/x".into(),
             sha: Sha::parse(&sha).unwrap(),
+            // The payload's own `before`, so a late push can be refused.
+            before: Some(Sha::parse("6113728f27ae82c7b1a177c8d03f9e96e0adf246").unwrap()),
         }]
     );
     for (after, deleted) in [("0".repeat(40), true), ("0".repeat(40), false)] {

@@ -19,11 +19,23 @@ pub enum Event {
     ReviewActivity(PrKey),
     /// Every review of a PR, as the forge reports them now.
     Reviews { pr: PrKey, reviews: Vec<ReviewFact> },
-    /// A branch now points at `sha` (a push, our own merge, a re-read).
+    /// A push moved a branch from `before` to `sha`. Pushes can arrive late
+    /// and out of order: one whose `before` is not the head sluice knows is
+    /// not applied; the branch is read again instead. `before: None` applies
+    /// unconditionally.
     BranchMoved {
         repo: RepoName,
         branch: String,
         sha: Sha,
+        before: Option<Sha>,
+    },
+    /// The forge said, in a read that began at `as_of`, where a branch
+    /// points (`None`: no such branch). Facts learnt since `as_of` win.
+    BranchRead {
+        repo: RepoName,
+        branch: String,
+        sha: Option<Sha>,
+        as_of: Timestamp,
     },
     /// A branch was deleted.
     BranchDeleted { repo: RepoName, branch: String },
@@ -71,6 +83,7 @@ impl Event {
             | Event::Retest { pr, .. }
             | Event::TryMerge { pr, .. } => Some(&pr.repo),
             Event::BranchMoved { repo, .. }
+            | Event::BranchRead { repo, .. }
             | Event::BranchDeleted { repo, .. }
             | Event::Reconciled { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),

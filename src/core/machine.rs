@@ -82,7 +82,32 @@ impl State {
                     }
                 }
             }
-            Event::BranchMoved { repo, branch, sha } => self.set_branch(&repo, branch, sha, now),
+            Event::BranchMoved {
+                repo,
+                branch,
+                sha,
+                before,
+            } => self.on_push(&repo, branch, sha, before, now, &mut out),
+            Event::BranchRead {
+                repo,
+                branch,
+                sha,
+                as_of,
+            } => {
+                let newer = self.repos[&repo]
+                    .branches
+                    .get(&branch)
+                    .is_some_and(|b| b.learnt_at.is_some_and(|t| t >= as_of));
+                match sha {
+                    _ if newer => {}
+                    Some(sha) => self.set_branch(&repo, branch, sha, now),
+                    None => {
+                        if let Some(r) = self.repos.get_mut(&repo) {
+                            r.branches.remove(&branch);
+                        }
+                    }
+                }
+            }
             Event::BranchDeleted { repo, branch } => {
                 if let Some(r) = self.repos.get_mut(&repo) {
                     r.branches.remove(&branch);
@@ -185,6 +210,35 @@ impl State {
                 );
                 out.push(Action::FetchReviews { pr: key });
             }
+        }
+    }
+
+    /// A push applies only if it continues from the head sluice knows: a
+    /// late or reordered push must never move a branch back (a merge would
+    /// then be tested against a target that is no longer there).
+    fn on_push(
+        &mut self,
+        repo: &RepoName,
+        branch: String,
+        sha: Sha,
+        before: Option<Sha>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let known = self.repos[repo].branches.get(&branch);
+        let follows = match (&before, known) {
+            (None, _) | (_, None) => true,
+            (_, Some(k)) if k.learnt_at.is_none() => true,
+            (_, Some(k)) if k.sha == sha => return, // a duplicate
+            (Some(before), Some(k)) => k.sha == *before,
+        };
+        if follows {
+            self.set_branch(repo, branch, sha, now);
+        } else {
+            out.push(Action::FetchBranch {
+                repo: repo.clone(),
+                branch,
+            });
         }
     }
 
@@ -397,6 +451,7 @@ impl State {
                         )
                     }
                 };
+                let tested_target = pair.target.clone();
                 if let Some(build) = build {
                     out.push(Action::Record(HistoryEntry::Merged {
                         pr: key.clone(),
@@ -408,9 +463,18 @@ impl State {
                         at: now,
                     }));
                 }
-                // The target moved: every other PR on it is now stale.
+                // The target moved: every other PR on it is now stale. Unless
+                // sluice has heard of a later push already (then it is newer).
                 if let Some(base) = base {
-                    self.set_branch(&key.repo, base, merge_sha, now);
+                    let known = self.repos[&key.repo].branches.get(&base).map(|b| &b.sha);
+                    if known.is_none_or(|k| *k == tested_target) {
+                        self.set_branch(&key.repo, base, merge_sha, now);
+                    } else if known != Some(&merge_sha) {
+                        out.push(Action::FetchBranch {
+                            repo: key.repo.clone(),
+                            branch: base,
+                        });
+                    }
                 }
                 self.close_pr(&key, now, out);
             }

@@ -158,6 +158,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for b in 0..2 {
         state.handle(
             Event::BranchMoved {
+                before: None,
                 repo: repo_name(),
                 branch: branch(b),
                 sha: sha(0x100 + b as u32),
@@ -206,6 +207,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::MoveTarget { base, to } => Event::BranchMoved {
+                before: None,
                 repo: repo_name(),
                 branch: branch(base),
                 sha: sha(0x200 + to),

@@ -48,6 +48,7 @@ impl Bot {
             next_request: 1,
         };
         bot.ev(Event::BranchMoved {
+            before: None,
             repo: repo_name(),
             branch: "main".into(),
             sha: sha(0x100),
@@ -66,6 +67,7 @@ impl Bot {
     }
     fn target(&mut self, branch: &str, to: u32) -> Vec<Action> {
         self.ev(Event::BranchMoved {
+            before: None,
             repo: repo_name(),
             branch: branch.into(),
             sha: sha(to),
@@ -691,6 +693,7 @@ fn several_repositories_and_branches_are_independent() {
     for repo in [repo_name(), other.clone()] {
         state.handle(
             Event::BranchMoved {
+                before: None,
                 repo: repo.clone(),
                 branch: "main".into(),
                 sha: sha(1),
@@ -706,6 +709,7 @@ fn several_repositories_and_branches_are_independent() {
     assert_eq!(state.running_builds().count(), 2, "one per repository");
     let a = state.handle(
         Event::BranchMoved {
+            before: None,
             repo: other,
             branch: "main".into(),
             sha: sha(2),
@@ -753,4 +757,48 @@ fn a_merge_answered_after_the_closed_webhook_is_still_recorded_and_moves_the_tar
         "{a:?}"
     );
     assert_eq!(bot.view(2).target_sha, Some(sha(0x101)), "#2 is stale");
+}
+
+#[test]
+fn a_late_or_reordered_push_never_moves_a_target_back() {
+    let mut bot = Bot::default();
+    let push = |from: u32, to: u32| Event::BranchMoved {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: sha(to),
+        before: Some(sha(from)),
+    };
+    bot.ev(push(0x100, 0x101));
+    bot.ev(push(0x101, 0x102));
+    // The first push again, delivered late: refused, and the branch re-read.
+    let a = bot.ev(push(0x100, 0x101));
+    assert!(a.contains(&Action::FetchBranch {
+        repo: repo_name(),
+        branch: "main".into()
+    }));
+    bot.open(1, 0xa1);
+    assert_eq!(bot.view(1).target_sha, Some(sha(0x102)));
+    // A read that began before the last push cannot undo it either.
+    let as_of = Timestamp(bot.now - 10_000);
+    bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(sha(0x100)),
+        as_of,
+    });
+    assert_eq!(bot.view(1).target_sha, Some(sha(0x102)));
+    // A push that skips one (a lost delivery) is not trusted: re-read.
+    let a = bot.ev(push(0x103, 0x104));
+    assert!(a.contains(&Action::FetchBranch {
+        repo: repo_name(),
+        branch: "main".into()
+    }));
+    assert_eq!(bot.view(1).target_sha, Some(sha(0x102)));
+    let a = bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(sha(0x104)),
+        as_of: Timestamp(bot.now + 1),
+    });
+    assert_eq!(started(&a)[0].1.target_sha, sha(0x104));
 }

@@ -199,10 +199,13 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
                     branch: branch.to_string(),
                 }
             } else {
+                // `before` lets the core refuse a push that arrives late.
+                let before = Sha::parse(&payload.before).ok();
                 Event::BranchMoved {
                     repo,
                     branch: branch.to_string(),
                     sha: after,
+                    before,
                 }
             };
             Ok(Delivery::Events(vec![event]))

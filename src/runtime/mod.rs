@@ -264,6 +264,12 @@ impl Driver {
         Metrics::count(&self.shared.metrics.events, kind);
         let actions = self.handle(event);
         self.execute(actions);
+        // After the actions: the history they wrote is older than the
+        // snapshot, so a kill in between loses nothing the journal had.
+        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.store.maybe_snapshot(&state) {
+            warn!(error = %e, "cannot write a snapshot");
+        }
     }
 
     fn handle(&mut self, event: Event) -> Vec<Action> {
@@ -274,9 +280,6 @@ impl Driver {
         }
         let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
         let actions = state.handle(event, at);
-        if let Err(e) = self.store.maybe_snapshot(&state) {
-            warn!(error = %e, "cannot write a snapshot");
-        }
         let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
         self.shared.metrics.prs_tracked.set(prs as i64);
         self.shared
@@ -362,16 +365,16 @@ impl Driver {
                 Action::FetchBranch { repo, branch } => {
                     let (forge, inputs, shared) = self.spawn_parts();
                     tokio::spawn(async move {
+                        let as_of = now();
                         match forge.branch_head(&repo, &branch).await {
-                            Ok(Some(sha)) => {
-                                let _ = inputs
-                                    .send(Input::Event(Event::BranchMoved { repo, branch, sha }))
-                                    .await;
-                            }
-                            Ok(None) => {
-                                let _ = inputs
-                                    .send(Input::Event(Event::BranchDeleted { repo, branch }))
-                                    .await;
+                            Ok(sha) => {
+                                let read = Event::BranchRead {
+                                    repo,
+                                    branch,
+                                    sha,
+                                    as_of,
+                                };
+                                let _ = inputs.send(Input::Event(read)).await;
                             }
                             Err(e) => forge_failed(&shared, "branch", &e),
                         }
@@ -608,6 +611,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::ReviewActivity(_) => "review_activity",
         Event::Reviews { .. } => "reviews",
         Event::BranchMoved { .. } => "branch_moved",
+        Event::BranchRead { .. } => "branch_read",
         Event::BranchDeleted { .. } => "branch_deleted",
         Event::Reconciled { .. } => "reconciled",
         Event::JobFinished { .. } => "job_finished",

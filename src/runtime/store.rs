@@ -18,7 +18,7 @@
 //! loss may lose the last moments, which the reconcile loop re-reads from
 //! GitHub.
 
-use crate::core::{Event, HistoryEntry, State, Timestamp};
+use crate::core::{Action, Event, HistoryEntry, State, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -42,6 +42,14 @@ enum Line {
         seq: u64,
         id: String,
     },
+}
+
+/// A history entry and the journal sequence number of the event that made
+/// it.
+#[derive(Serialize, Deserialize)]
+struct HistoryLine {
+    seq: u64,
+    entry: HistoryEntry,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +85,7 @@ impl Store {
     /// Opens the state directory and replays what it holds.
     pub fn open(dir: &Path) -> io::Result<(Store, Recovered)> {
         std::fs::create_dir_all(dir)?;
+        let open_append = |p: PathBuf| OpenOptions::new().create(true).append(true).open(p);
         let mut recovered = Recovered::default();
         let mut seq = 0;
         let snapshot_path = dir.join("snapshot.json");
@@ -88,6 +97,19 @@ impl Store {
             recovered.state = Some(snapshot.state);
             recovered.deliveries = snapshot.deliveries;
         }
+        // The history first: its lines carry the sequence number of the
+        // event that made them, so replay can add what a kill cut off.
+        let history_path = dir.join("history.jsonl");
+        let mut history_seq = 0;
+        if history_path.exists() {
+            for line in BufReader::new(File::open(&history_path)?).lines() {
+                if let Ok(h) = serde_json::from_str::<HistoryLine>(&line?) {
+                    history_seq = history_seq.max(h.seq);
+                    recovered.history.push(h.entry);
+                }
+            }
+        }
+        let mut history = open_append(history_path)?;
         let journal_path = dir.join("journal.jsonl");
         if journal_path.exists() {
             for line in BufReader::new(File::open(&journal_path)?).lines() {
@@ -101,8 +123,23 @@ impl Store {
                     Line::Event { seq: s, at, event } if s > seq => {
                         seq = s;
                         if let Some(state) = recovered.state.as_mut() {
-                            let _ = state.handle(event, at);
+                            let actions = state.handle(event, at);
                             recovered.events_replayed += 1;
+                            if s > history_seq {
+                                // Killed before its history was written.
+                                for action in actions {
+                                    if let Action::Record(entry) = action {
+                                        write_line(
+                                            &mut history,
+                                            &HistoryLine {
+                                                seq: s,
+                                                entry: entry.clone(),
+                                            },
+                                        )?;
+                                        recovered.history.push(entry);
+                                    }
+                                }
+                            }
                         }
                     }
                     Line::Delivery { seq: s, id } if s > seq => {
@@ -113,19 +150,10 @@ impl Store {
                 }
             }
         }
-        let history_path = dir.join("history.jsonl");
-        if history_path.exists() {
-            for line in BufReader::new(File::open(&history_path)?).lines() {
-                if let Ok(entry) = serde_json::from_str::<HistoryEntry>(&line?) {
-                    recovered.history.push(entry);
-                }
-            }
-        }
-        let open_append = |p: PathBuf| OpenOptions::new().create(true).append(true).open(p);
         let start = recovered.deliveries.len().saturating_sub(DELIVERIES_KEPT);
         let store = Store {
             journal: open_append(journal_path)?,
-            history: open_append(history_path)?,
+            history,
             dir: dir.to_path_buf(),
             seq,
             since_snapshot: recovered.events_replayed,
@@ -169,8 +197,15 @@ impl Store {
         )
     }
 
+    /// Records a history entry made by the last event appended.
     pub fn append_history(&mut self, entry: &HistoryEntry) -> io::Result<()> {
-        write_line(&mut self.history, entry)
+        write_line(
+            &mut self.history,
+            &HistoryLine {
+                seq: self.seq,
+                entry: entry.clone(),
+            },
+        )
     }
 
     /// Writes a snapshot when enough events have passed since the last.
@@ -229,6 +264,7 @@ mod tests {
 
     fn moved(n: u32) -> Event {
         Event::BranchMoved {
+            before: None,
             repo: RepoName::parse("o/r").unwrap(),
             branch: "main".into(),
             sha: Sha::parse(&format!("{n:040x}")).unwrap(),
@@ -277,5 +313,41 @@ mod tests {
         drop(store);
         let (_, rec) = Store::open(dir.path()).unwrap();
         assert_eq!(rec.state.unwrap(), live);
+    }
+
+    #[test]
+    fn history_cut_off_by_a_kill_is_restored_once_from_the_journal() {
+        use crate::core::{BuildId, Candidate, CandidatePr, JobReport, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        let finished = Event::JobFinished {
+            build: BuildId::parse("x-1").unwrap(),
+            candidate: Candidate {
+                repo: RepoName::parse("o/r").unwrap(),
+                target_branch: "main".into(),
+                target_sha: Sha::parse(&"1".repeat(40)).unwrap(),
+                prs: vec![CandidatePr {
+                    number: 1,
+                    head_sha: Sha::parse(&"2".repeat(40)).unwrap(),
+                    head_ref: "f".into(),
+                }],
+            },
+            report: JobReport {
+                outcome: Outcome::Passed,
+                exit_code: Some(0),
+                detail: "exit code 0".into(),
+                started_at: Timestamp(1),
+                finished_at: Timestamp(2),
+            },
+        };
+        {
+            let (mut store, _) = Store::open(dir.path()).unwrap();
+            store.initialise(&state()).unwrap();
+            // Journaled, then killed before the history line was written.
+            store.append_event(Timestamp(5), &finished).unwrap();
+        }
+        for _ in 0..2 {
+            let (_, rec) = Store::open(dir.path()).unwrap();
+            assert_eq!(rec.history.len(), 1, "restored exactly once");
+        }
     }
 }
