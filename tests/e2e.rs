@@ -453,6 +453,12 @@ async fn a_passing_pr_gets_success_with_a_working_link_and_merges_once_approved(
     };
     assert_eq!(landed["merge_sha"], main.as_str());
     assert_eq!(landed["approvers"], serde_json::json!(["alice"]));
+    assert_eq!(landed["pair"]["head"], head.as_str());
+    assert_eq!(
+        landed["link"],
+        link.as_str(),
+        "the merge record links to the tested build"
+    );
     stack.stop().await;
 }
 

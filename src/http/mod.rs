@@ -5,7 +5,7 @@
 
 mod deliveries;
 
-use crate::core::{Answer, Event, PrKey, PrView, RepoName};
+use crate::core::{Answer, Event, HistoryEntry, PrKey, PrView, RepoName, ResultKey};
 use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
@@ -96,6 +96,10 @@ pub fn routes(
                 .read()
                 .map(|h| h.query(&filter))
                 .unwrap_or_default();
+            let entries: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|entry| with_link(&*ctx.results, entry))
+                .collect();
             json(StatusCode::OK, &serde_json::json!({ "entries": entries }))
         });
 
@@ -443,6 +447,36 @@ pub struct PrJson {
     #[serde(flatten)]
     pub view: PrView,
     pub link: Option<String>,
+}
+
+/// A history entry as JSON, with the link to the results of its build.
+fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Value {
+    let key = match entry {
+        HistoryEntry::BuildFinished {
+            build, candidate, ..
+        }
+        | HistoryEntry::BuildCancelled {
+            build, candidate, ..
+        } => candidate.first_pr().map(|pr| ResultKey {
+            repo: candidate.repo.clone(),
+            pr: pr.number,
+            head: pr.head_sha.clone(),
+            build: build.clone(),
+        }),
+        HistoryEntry::Merged {
+            pr, pair, build, ..
+        } => Some(ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: pair.head.clone(),
+            build: build.clone(),
+        }),
+    };
+    let mut value = serde_json::to_value(entry).unwrap_or_default();
+    if let (Some(key), Some(object)) = (key, value.as_object_mut()) {
+        object.insert("link".into(), results.link(&key).into());
+    }
+    value
 }
 
 /// Which PRs the list endpoint `view` shows; None if there is no such view.
