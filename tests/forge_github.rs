@@ -272,7 +272,10 @@ async fn get_pr_open_closed_and_missing() {
     assert_eq!(open.key, pr(1));
     assert_eq!(open.mergeable, Some(true));
     assert_eq!(open.head_sha, sha(HEAD));
-    assert_eq!(gh.get_pr(&pr(2)).await.unwrap(), Some(PrFetch::Closed));
+    assert!(matches!(
+        gh.get_pr(&pr(2)).await.unwrap(),
+        Some(PrFetch::Closed { .. })
+    ));
     assert_eq!(gh.get_pr(&pr(3)).await.unwrap(), None);
 }
 
