@@ -266,10 +266,14 @@ pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<
         )
         .await?;
 
-    // GitHub answered the merges; give sluice the moment to hear it.
-    for _ in 0..100 {
+    // Each merge moved main, so the failing PR is tested again against the
+    // new head; wait until sluice has settled: only it is left, failed.
+    for _ in 0..1200 {
         let status = stack.get_json("/status").await?;
-        if status["prs"].as_array().is_some_and(|prs| prs.len() == 1) {
+        let settled = status["prs"]
+            .as_array()
+            .is_some_and(|prs| prs.len() == 1 && prs[0]["phase"] == "failed");
+        if settled {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             port,
         } => {
             // The demo narrates; RUST_LOG=info shows sluice's own log too.
-            init_logs(LogFormat::Human, "warn");
+            init_logs(LogFormat::Human, "warn,warp::server=off");
             run(sluice::demo::run(dir, keep_running, port))
         }
     }
