@@ -5,12 +5,17 @@
 
 pub mod history;
 pub mod metrics;
+mod reconcile;
+mod status;
 pub mod store;
+
+pub use reconcile::reconcile;
+use status::status_writer;
 
 use crate::config::Config;
 use crate::core::{
-    Action, Answer, Candidate, Event, HistoryEntry, MergeResult, PrKey, RepoName, RequestId,
-    ResultKey, State, Timestamp,
+    Action, Answer, Candidate, Event, HistoryEntry, MergeResult, RepoName, RequestId, ResultKey,
+    State, Timestamp,
 };
 use crate::executor::{Executor, JobResult, JobSpec};
 use crate::forge::{CommitStatus, Forge, PrFetch};
@@ -148,7 +153,7 @@ pub fn build(
     Ok((shared, driver))
 }
 
-type StatusUpdate = (RepoName, crate::core::Sha, CommitStatus);
+pub(crate) type StatusUpdate = (RepoName, crate::core::Sha, CommitStatus);
 
 pub struct Driver {
     config: Arc<Config>,
@@ -534,73 +539,9 @@ impl Driver {
     }
 }
 
-/// One re-read of a repository: open PRs, their target heads, their reviews.
-pub async fn reconcile(
-    forge: &dyn Forge,
-    repo: &RepoName,
-    inputs: &mpsc::Sender<Input>,
-) -> Result<(), crate::forge::ForgeError> {
-    let started_at = now();
-    let prs = forge.list_open_prs(repo).await?;
-    let bases: BTreeSet<String> = prs.iter().map(|p| p.base_ref.clone()).collect();
-    let mut branches = Vec::new();
-    for base in bases {
-        if let Some(sha) = forge.branch_head(repo, &base).await? {
-            branches.push((base, sha));
-        }
-    }
-    let keys: Vec<PrKey> = prs.iter().map(|p| p.key.clone()).collect();
-    let _ = inputs
-        .send(Input::Event(Event::Reconciled {
-            repo: repo.clone(),
-            started_at,
-            prs,
-            branches,
-        }))
-        .await;
-    for pr in keys {
-        let reviews = forge.reviews(&pr).await?;
-        let _ = inputs
-            .send(Input::Event(Event::Reviews { pr, reviews }))
-            .await;
-    }
-    Ok(())
-}
-
-fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
+pub(crate) fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
     warn!(%error, "GitHub call failed: {what}");
     Metrics::count(&shared.metrics.forge_errors, what);
-}
-
-/// Writes commit statuses in the order the core decided them. Updates that
-/// queue up behind a slow call are coalesced: only the newest status of a
-/// commit is sent.
-async fn status_writer(
-    forge: Arc<dyn Forge>,
-    mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
-    shared: Arc<Shared>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let mut newest: Vec<StatusUpdate> = Vec::new();
-        for update in batch {
-            match newest
-                .iter_mut()
-                .find(|u| u.0 == update.0 && u.1 == update.1)
-            {
-                Some(slot) => *slot = update,
-                None => newest.push(update),
-            }
-        }
-        for (repo, sha, status) in newest {
-            if let Err(e) = forge.set_status(&repo, &sha, &status).await {
-                forge_failed(&shared, "status", &e);
-            }
-        }
-    }
 }
 
 fn event_kind(event: &Event) -> &'static str {
