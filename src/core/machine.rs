@@ -28,14 +28,11 @@ impl State {
                     continue;
                 };
                 let repo = build.candidate.repo.clone();
-                if let Some(pr) = build
-                    .candidate
-                    .first_pr()
-                    .map(|p| p.number)
-                    .and_then(|n| self.repos.get_mut(&repo)?.prs.get_mut(&n))
-                {
+                let number = build.candidate.first_pr().map(|p| p.number);
+                if let Some(pr) = number.and_then(|n| self.repos.get_mut(&repo)?.prs.get_mut(&n)) {
                     pr.build = None;
                 }
+                self.mark(&repo, number);
                 self.cancel_build(id, text::lost_on_restart(), now, &mut out);
             }
             // The executor no longer has them: nothing to cancel there.
@@ -79,6 +76,7 @@ impl State {
                     if p.reviews != latest {
                         p.reviews = latest;
                         p.updated_at = now;
+                        self.mark(&pr.repo, Some(pr.number));
                     }
                 }
             }
@@ -101,18 +99,10 @@ impl State {
                 match sha {
                     _ if newer => {}
                     Some(sha) => self.set_branch(&repo, branch, sha, now),
-                    None => {
-                        if let Some(r) = self.repos.get_mut(&repo) {
-                            r.branches.remove(&branch);
-                        }
-                    }
+                    None => self.remove_branch(&repo, &branch),
                 }
             }
-            Event::BranchDeleted { repo, branch } => {
-                if let Some(r) = self.repos.get_mut(&repo) {
-                    r.branches.remove(&branch);
-                }
-            }
+            Event::BranchDeleted { repo, branch } => self.remove_branch(&repo, &branch),
             Event::Reconciled {
                 repo,
                 started_at,
@@ -141,6 +131,21 @@ impl State {
         self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
     }
 
+    /// Asks the next settle of `repo` to look at PR `number` again.
+    fn mark(&mut self, repo: &RepoName, number: Option<u64>) {
+        if let (Some(r), Some(n)) = (self.repos.get_mut(repo), number) {
+            r.index.dirty.insert(n);
+        }
+    }
+
+    fn remove_branch(&mut self, repo: &RepoName, branch: &str) {
+        if let Some(r) = self.repos.get_mut(repo)
+            && r.branches.remove(branch).is_some()
+        {
+            r.touch_branch(branch);
+        }
+    }
+
     fn on_pr_snapshot(
         &mut self,
         snap: PrSnapshot,
@@ -167,10 +172,12 @@ impl State {
     fn apply_snapshot(&mut self, snap: PrSnapshot, now: Timestamp, out: &mut Vec<Action>) {
         let repo = self.repos.get_mut(&snap.key.repo).expect("caller checked");
         let base = snap.base_ref.clone();
+        let number = snap.key.number;
         match repo.branches.get(&base) {
             Some(_) => {}
             None => {
                 if let Some(hint) = &snap.base_sha {
+                    repo.touch_branch(&base);
                     repo.branches.insert(
                         base.clone(),
                         Branch {
@@ -190,10 +197,12 @@ impl State {
                 if pr.snapshot != snap {
                     pr.snapshot = snap;
                     pr.updated_at = now;
+                    repo.index.dirty.insert(number);
                 }
             }
             None => {
                 let key = snap.key.clone();
+                repo.index.dirty.insert(number);
                 repo.prs.insert(
                     key.number,
                     Pr {
@@ -246,6 +255,9 @@ impl State {
         if let Some(r) = self.repos.get_mut(repo) {
             let known = r.branches.get(&branch);
             if known.is_none_or(|b| b.sha != sha || b.learnt_at.is_none()) {
+                if known.is_none_or(|b| b.sha != sha) {
+                    r.touch_branch(&branch);
+                }
                 r.branches.insert(
                     branch,
                     Branch {
@@ -265,6 +277,9 @@ impl State {
         let Some(pr) = repo.prs.remove(&key.number) else {
             return;
         };
+        // Out of every index at once: nothing may pick a closed PR.
+        repo.refile(key.number);
+        repo.index.dirty.remove(&key.number);
         if let Some(build) = pr.build {
             self.cancel_build(build, text::cancelled_closed(), now, out);
         }
@@ -323,9 +338,19 @@ impl State {
                 out,
             );
         }
-        for snap in prs {
+        for mut snap in prs {
             let repo = self.repos.get_mut(name).expect("caller checked");
             let number = snap.key.number;
+            // GitHub's PR list has no `mergeable`: a conflict a webhook
+            // reported for this head and base stands until GitHub says
+            // otherwise.
+            if let Some(known) = repo.prs.get(&number)
+                && snap.mergeable.is_none()
+                && known.snapshot.head_sha == snap.head_sha
+                && known.snapshot.base_ref == snap.base_ref
+            {
+                snap.mergeable = known.snapshot.mergeable;
+            }
             if let Some(closed_at) = repo.closed.get(&number) {
                 if *closed_at >= started_at {
                     continue; // closed after the re-read started
@@ -382,6 +407,7 @@ impl State {
                 .prs
                 .get(&first.number)
                 .is_some_and(|pr| repo.current_pair(pr).as_ref() == Some(&pair));
+            repo.index.dirty.insert(first.number);
             if let Some(pr) = repo.prs.get_mut(&first.number) {
                 if pr.build.as_ref() == Some(&id) {
                     pr.build = None;
@@ -431,9 +457,11 @@ impl State {
             .iter()
             .find(|(_, m)| m.pr == key.number && m.pair == pair)
             .map(|(b, m)| (b.clone(), m.clone()));
-        if let Some((branch, _)) = &in_flight {
+        if let Some((branch, m)) = &in_flight {
             repo.merging.remove(branch);
+            repo.index.dirty.insert(m.pr);
         }
+        repo.index.dirty.insert(key.number);
         match result {
             MergeResult::Merged { merge_sha } => {
                 // The lock remembers what landed, even if the PR was closed
@@ -538,6 +566,7 @@ impl State {
             });
             return;
         }
+        repo.index.dirty.insert(key.number);
         let pr = repo.prs.get_mut(&key.number).expect("checked above");
         pr.results.remove(&pair);
         pr.infra_errors.remove(&pair);
@@ -571,6 +600,7 @@ impl State {
         };
         // Asking is a reason to try again after a refusal.
         pr.merge_block = None;
+        repo.refile(key.number);
         let pr = &repo.prs[&key.number];
         let reasons = why_not_mergeable(repo, pr);
         if !reasons.is_empty() {
@@ -599,32 +629,66 @@ impl State {
         let Some(repo) = self.repos.get_mut(name) else {
             return;
         };
-        for pr in repo.prs.values_mut() {
-            if pr
-                .merge_block
-                .as_ref()
-                .is_some_and(|b| b.retry_at.is_some_and(|t| t <= now))
-            {
+        let due: Vec<u64> = repo
+            .index
+            .retries
+            .range(..=(now, u64::MAX))
+            .map(|(_, n)| *n)
+            .collect();
+        for number in due {
+            if let Some(pr) = repo.prs.get_mut(&number) {
                 pr.merge_block = None;
             }
+            repo.refile(number);
+            repo.index.dirty.insert(number);
         }
         repo.closed
             .retain(|_, at| now.0 < at.0.saturating_add(CLOSED_MEMORY_MS));
     }
 
-    /// Derives everything from the facts of one repository.
+    /// Derives everything from the facts of one repository, looking only
+    /// at the PRs whose facts changed (the index keeps the rest in order):
+    /// cancel builds whose pair went stale, start builds in queue order up
+    /// to the bound, publish statuses that changed, and merge what is
+    /// approved and passed.
     fn settle(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
-        self.cancel_stale_builds(name, now, out);
-        self.start_builds(name, now, out);
-        self.publish_statuses(name, out);
+        let mut touched =
+            std::mem::take(&mut self.repos.get_mut(name).expect("exists").index.dirty);
+        self.cancel_stale_builds(name, &touched, now, out);
+        let repo = self.repos.get_mut(name).expect("exists");
+        for &number in &touched {
+            repo.refile(number);
+        }
+        touched.extend(self.start_builds(name, now, out));
+        self.publish_statuses(name, &touched, out);
         self.start_merges(name, out);
     }
 
-    fn cancel_stale_builds(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
+    /// Re-derives every PR of every repository, as if each had changed: what
+    /// the incremental settle must already have done (a test oracle).
+    #[cfg(test)]
+    pub(crate) fn settle_everything(&mut self, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        let names: Vec<RepoName> = self.repos.keys().cloned().collect();
+        for name in names {
+            let repo = self.repos.get_mut(&name).expect("exists");
+            repo.index.dirty = repo.prs.keys().copied().collect();
+            self.settle(&name, now, &mut out);
+        }
+        out
+    }
+
+    fn cancel_stale_builds(
+        &mut self,
+        name: &RepoName,
+        touched: &std::collections::BTreeSet<u64>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let repo = &self.repos[name];
-        let stale: Vec<(u64, BuildId)> = repo
-            .prs
-            .values()
+        let stale: Vec<(u64, BuildId)> = touched
+            .iter()
+            .filter_map(|n| repo.prs.get(n))
             .filter_map(|pr| {
                 let id = pr.build.as_ref()?;
                 let tested = self.builds.get(id).and_then(|b| b.candidate.pair());
@@ -644,7 +708,9 @@ impl State {
         }
     }
 
-    fn start_builds(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
+    /// Starts builds for the first waiting PRs, up to the bound; returns
+    /// the PRs it started.
+    fn start_builds(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) -> Vec<u64> {
         let repo = &self.repos[name];
         let running = self
             .builds
@@ -652,21 +718,14 @@ impl State {
             .filter(|b| &b.candidate.repo == name)
             .count();
         let free = repo.policy.max_concurrent_builds.saturating_sub(running);
-        if free == 0 {
-            return;
-        }
-        let mut waiting: Vec<&Pr> = repo
-            .prs
-            .values()
-            .filter(|pr| wants_build(repo, pr))
-            .collect();
-        waiting.sort_by_key(|pr| repo.queue_key(pr));
-        let chosen: Vec<u64> = waiting
+        let chosen: Vec<u64> = repo
+            .index
+            .waiting
             .iter()
             .take(free)
-            .map(|pr| pr.snapshot.key.number)
+            .map(|key| key.3)
             .collect();
-        for number in chosen {
+        for &number in &chosen {
             let id = self.new_build_id();
             let repo = self.repos.get_mut(name).expect("exists");
             let target = repo
@@ -685,6 +744,7 @@ impl State {
                 }],
             };
             pr.build = Some(id.clone());
+            repo.refile(number);
             self.builds.insert(
                 id.clone(),
                 Build {
@@ -698,17 +758,23 @@ impl State {
                 candidate,
             });
         }
+        chosen
     }
 
-    fn publish_statuses(&mut self, name: &RepoName, out: &mut Vec<Action>) {
+    fn publish_statuses(
+        &mut self,
+        name: &RepoName,
+        touched: &std::collections::BTreeSet<u64>,
+        out: &mut Vec<Action>,
+    ) {
         let repo = self.repos.get_mut(name).expect("exists");
         // A PR being merged keeps its status: the merge moving the target
         // does not make its tested result "queued" again.
         let merging: Vec<u64> = repo.merging.values().map(|m| m.pr).collect();
-        let desired: Vec<(u64, PublishedStatus)> = repo
-            .prs
-            .values()
-            .filter(|pr| !merging.contains(&pr.snapshot.key.number))
+        let desired: Vec<(u64, PublishedStatus)> = touched
+            .iter()
+            .filter(|n| !merging.contains(n))
+            .filter_map(|n| repo.prs.get(n))
             .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
             .collect();
         for (number, status) in desired {
@@ -726,20 +792,23 @@ impl State {
         }
     }
 
+    /// For each target branch without a merge in flight, merges the first
+    /// PR that is ready (in queue order across branches).
     fn start_merges(&mut self, name: &RepoName, out: &mut Vec<Action>) {
         let repo = self.repos.get_mut(name).expect("exists");
-        let mut ready: Vec<&Pr> = repo
-            .prs
-            .values()
-            .filter(|pr| why_not_mergeable(repo, pr).is_empty())
+        let mut firsts: Vec<QueueKey> = repo
+            .index
+            .ready
+            .iter()
+            .filter(|(branch, _)| !repo.merging.contains_key(*branch))
+            .filter_map(|(_, set)| set.first().copied())
             .collect();
-        ready.sort_by_key(|pr| repo.queue_key(pr));
-        let ready: Vec<u64> = ready.iter().map(|pr| pr.snapshot.key.number).collect();
-        for number in ready {
-            // Each merge takes its branch's lock, so re-check.
-            if why_not_mergeable(repo, &repo.prs[&number]).is_empty()
-                && let Some(merge) = start_merge(repo, number)
-            {
+        firsts.sort();
+        for key in firsts {
+            let number = key.3;
+            debug_assert!(why_not_mergeable(repo, &repo.prs[&number]).is_empty());
+            if let Some(merge) = start_merge(repo, number) {
+                repo.refile(number);
                 out.push(merge);
             }
         }
@@ -748,7 +817,7 @@ impl State {
 
 /// A PR needs a build: its pair is known, has no result and no build, and
 /// GitHub has not said it conflicts.
-fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
+pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
     // Being merged: its own merge moving the target must not start a build.
     let merging = repo
         .merging
@@ -760,6 +829,27 @@ fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         && repo
             .current_pair(pr)
             .is_some_and(|pair| !pr.results.contains_key(&pair))
+}
+
+/// The PR could merge now, but for its branch's merge lock (the ready
+/// index holds these; `why_not_mergeable` says the same in words).
+pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
+    if pr.snapshot.draft {
+        return false;
+    }
+    let Some(pair) = repo.current_pair(pr) else {
+        return false;
+    };
+    let passed = pr
+        .results
+        .get(&pair)
+        .is_some_and(|r| r.outcome == Outcome::Passed);
+    let blocked = pr.merge_block.as_ref().is_some_and(|b| b.pair == pair);
+    let merging = repo
+        .merging
+        .get(&pr.snapshot.base_ref)
+        .is_some_and(|m| m.pr == pr.snapshot.key.number);
+    passed && !blocked && !merging && repo.approval(pr).approved()
 }
 
 /// Everything that stands between a PR and its merge, in words; empty when
@@ -869,6 +959,6 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             text::retrying(errors + 1, repo.policy.max_infra_retries + 1),
             None,
         ),
-        _ => status(CommitState::Pending, text::queued(base, &pair.target), None),
+        _ => status(CommitState::Pending, text::queued(base), None),
     }
 }

@@ -364,6 +364,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
+        // The incremental settle left nothing a full re-derivation would do,
+        // and its indexes are what the facts give.
+        let mut oracle = state.clone();
+        let missed = oracle.settle_everything(Timestamp(now));
+        prop_assert!(missed.is_empty(), "incremental settle missed {:?}", missed);
+        let mut rebuilt = state.clone();
+        for repo in rebuilt.repos.values_mut() {
+            repo.rebuild_index();
+        }
+        prop_assert_eq!(&rebuilt, &state, "indexes out of step with the facts");
         let mut per_pr: BTreeMap<u64, usize> = BTreeMap::new();
         for candidate in rec.running.values() {
             *per_pr.entry(candidate.prs[0].number).or_default() += 1;

@@ -4,16 +4,76 @@ use super::RepoPolicy;
 use super::approval::{Approval, approval};
 use super::types::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// The whole state of the merge queue.
+/// The whole state of the merge queue. Serialized as its facts only; the
+/// indexes are rebuilt when it is read back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateFacts")]
 pub struct State {
     pub(crate) repos: BTreeMap<RepoName, RepoState>,
     /// Builds running now (started and not finished or cancelled).
     pub(crate) builds: BTreeMap<BuildId, Build>,
     pub(crate) build_prefix: String,
     pub(crate) next_build: u64,
+}
+
+/// [`State`] as stored: the same fields, without derived indexes.
+#[derive(Deserialize)]
+struct StateFacts {
+    repos: BTreeMap<RepoName, RepoState>,
+    builds: BTreeMap<BuildId, Build>,
+    build_prefix: String,
+    next_build: u64,
+}
+
+impl From<StateFacts> for State {
+    fn from(f: StateFacts) -> State {
+        let mut state = State {
+            repos: f.repos,
+            builds: f.builds,
+            build_prefix: f.build_prefix,
+            next_build: f.next_build,
+        };
+        for repo in state.repos.values_mut() {
+            repo.rebuild_index();
+        }
+        state
+    }
+}
+
+/// The order PRs are tested and merged in: priority label, then approved,
+/// then oldest, then number.
+pub type QueueKey = (Reverse<bool>, Reverse<bool>, Timestamp, u64);
+
+/// Derived from a repository's facts so that one event costs what it
+/// touches, not what the repository holds. Never serialized; rebuilt from
+/// the facts (`RepoState::rebuild_index`) and kept in step by `settle`,
+/// which re-files every PR marked dirty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RepoIndex {
+    /// Open PRs by target branch: a moved branch touches only these.
+    pub by_base: BTreeMap<String, BTreeSet<u64>>,
+    /// PRs that want a build, in queue order.
+    pub waiting: BTreeSet<QueueKey>,
+    /// Per target branch, PRs that could merge now but for the branch's
+    /// merge lock, in queue order.
+    pub ready: BTreeMap<String, BTreeSet<QueueKey>>,
+    /// Merge blocks waiting on a timer: (retry at, PR).
+    pub retries: BTreeSet<(Timestamp, u64)>,
+    /// Where each PR is filed, so re-filing removes exactly that.
+    pub filed: BTreeMap<u64, Filed>,
+    /// PRs whose facts changed since the last settle.
+    pub dirty: BTreeSet<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Filed {
+    pub base: String,
+    pub waiting: Option<QueueKey>,
+    pub ready: Option<QueueKey>,
+    pub retry: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +87,8 @@ pub struct RepoState {
     /// At most one merge in flight per target branch: after it lands, every
     /// other PR on the branch is stale.
     pub merging: BTreeMap<String, MergeInFlight>,
+    #[serde(skip)]
+    pub(crate) index: RepoIndex,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,9 +119,12 @@ pub struct Pr {
     pub updated_at: Timestamp,
     /// The latest decisive review of each reviewer.
     pub reviews: BTreeMap<String, ReviewFact>,
-    /// Results of finished builds, by the pair they tested.
+    /// Results of finished builds, by the pair they tested (a list of
+    /// entries when serialized: JSON keys must be strings).
+    #[serde(with = "entries")]
     pub results: BTreeMap<Pair, PairResult>,
     /// Infrastructure errors seen for a pair (retried up to the policy).
+    #[serde(with = "entries")]
     pub infra_errors: BTreeMap<Pair, u32>,
     /// The build running for the current pair.
     pub build: Option<BuildId>,
@@ -120,6 +185,7 @@ impl State {
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
                             merging: BTreeMap::new(),
+                            index: RepoIndex::default(),
                         },
                     )
                 })
@@ -141,7 +207,14 @@ impl State {
         self.repos.retain(|name, _| wanted.contains_key(name));
         for (name, policy) in wanted {
             match self.repos.get_mut(&name) {
-                Some(repo) => repo.policy = policy,
+                Some(repo) if repo.policy != policy => {
+                    repo.policy = policy;
+                    // The policy orders and gates every PR: file them anew,
+                    // and let settle look at each (statuses may change).
+                    repo.rebuild_index();
+                    repo.index.dirty = repo.prs.keys().copied().collect();
+                }
+                Some(_) => {}
                 None => {
                     let fresh = State::new([(name.clone(), policy)], &self.build_prefix);
                     self.repos.extend(fresh.repos);
@@ -225,24 +298,93 @@ impl RepoState {
         )
     }
 
+    /// Re-derives the index from the facts (after a restore or a policy
+    /// change).
+    pub(crate) fn rebuild_index(&mut self) {
+        self.index = RepoIndex::default();
+        let all: Vec<u64> = self.prs.keys().copied().collect();
+        for number in all {
+            self.refile(number);
+        }
+    }
+
+    /// Marks every PR targeting `branch` as changed.
+    pub(crate) fn touch_branch(&mut self, branch: &str) {
+        if let Some(prs) = self.index.by_base.get(branch) {
+            self.index.dirty.extend(prs.iter().copied());
+        }
+    }
+
+    /// Files PR `number` in the indexes as its facts say now (or removes it
+    /// if it is gone).
+    pub(crate) fn refile(&mut self, number: u64) {
+        let old = self.index.filed.remove(&number).unwrap_or_default();
+        let index = &mut self.index;
+        if !old.base.is_empty()
+            && let Some(set) = index.by_base.get_mut(&old.base)
+        {
+            set.remove(&number);
+            if set.is_empty() {
+                index.by_base.remove(&old.base);
+            }
+        }
+        if let Some(key) = old.waiting {
+            index.waiting.remove(&key);
+        }
+        if let Some(key) = old.ready
+            && let Some(set) = index.ready.get_mut(&old.base)
+        {
+            set.remove(&key);
+            if set.is_empty() {
+                index.ready.remove(&old.base);
+            }
+        }
+        if let Some(at) = old.retry {
+            index.retries.remove(&(at, number));
+        }
+        let Some(pr) = self.prs.get(&number) else {
+            return;
+        };
+        let key = self.queue_key(pr);
+        let base = pr.snapshot.base_ref.clone();
+        let filed = Filed {
+            waiting: super::machine::wants_build(self, pr).then_some(key),
+            ready: super::machine::ready_but_for_lock(self, pr).then_some(key),
+            retry: pr.merge_block.as_ref().and_then(|b| b.retry_at),
+            base,
+        };
+        let index = &mut self.index;
+        index
+            .by_base
+            .entry(filed.base.clone())
+            .or_default()
+            .insert(number);
+        if let Some(key) = filed.waiting {
+            index.waiting.insert(key);
+        }
+        if let Some(key) = filed.ready {
+            index
+                .ready
+                .entry(filed.base.clone())
+                .or_default()
+                .insert(key);
+        }
+        if let Some(at) = filed.retry {
+            index.retries.insert((at, number));
+        }
+        index.filed.insert(number, filed);
+    }
+
     /// Tested first: priority label, then approved, then oldest.
-    pub fn queue_key(
-        &self,
-        pr: &Pr,
-    ) -> (
-        std::cmp::Reverse<bool>,
-        std::cmp::Reverse<bool>,
-        Timestamp,
-        u64,
-    ) {
+    pub fn queue_key(&self, pr: &Pr) -> QueueKey {
         let priority = pr
             .snapshot
             .labels
             .iter()
             .any(|l| self.policy.priority_labels.contains(l));
         (
-            std::cmp::Reverse(priority),
-            std::cmp::Reverse(self.approval(pr).approved()),
+            Reverse(priority),
+            Reverse(self.approval(pr).approved()),
             pr.snapshot.created_at,
             pr.snapshot.key.number,
         )
@@ -251,5 +393,28 @@ impl RepoState {
     /// The result for the PR's current pair, if it has one.
     pub fn current_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
         pr.results.get(&self.current_pair(pr)?)
+    }
+}
+
+/// A map serialized as a list of `[key, value]` entries, for keys JSON
+/// cannot hold (structs).
+mod entries {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }

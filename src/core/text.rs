@@ -10,8 +10,10 @@ pub fn conflict(branch: &str) -> String {
     format!("merge conflict with {branch}: merge or rebase it onto {branch}")
 }
 
-pub fn queued(branch: &str, target: &Sha) -> String {
-    format!("queued to test with {branch}@{}", target.short())
+/// Without the target sha: a queued PR whose target moves is still queued,
+/// and its status need not be written again.
+pub fn queued(branch: &str) -> String {
+    format!("queued to test with the head of {branch}")
 }
 
 pub fn retrying(attempt: u32, of: u32) -> String {
