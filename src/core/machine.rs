@@ -808,7 +808,6 @@ impl State {
             let number = key.3;
             debug_assert!(why_not_mergeable(repo, &repo.prs[&number]).is_empty());
             if let Some(merge) = start_merge(repo, number) {
-                repo.refile(number);
                 out.push(merge);
             }
         }
@@ -914,6 +913,8 @@ fn start_merge(repo: &mut RepoState, number: u64) -> Option<Action> {
         approvers: repo.approval(pr).approvers,
     };
     repo.merging.insert(pr.snapshot.base_ref.clone(), in_flight);
+    // It holds the lock now: out of the ready set.
+    repo.refile(number);
     Some(action)
 }
 
