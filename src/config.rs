@@ -58,12 +58,17 @@ pub struct Config {
 pub struct StateConfig {
     /// Where the journal, snapshots and history live (survive restarts).
     pub dir: PathBuf,
+    /// `always`: the journal is fdatasynced before a webhook is answered 202
+    /// (survives a power loss); `never`: written to the kernel first
+    /// (survives a kill of the process, not a power loss).
+    pub fsync: crate::runtime::store::Fsync,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("sluice-state"),
+            fsync: Default::default(),
         }
     }
 }

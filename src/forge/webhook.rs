@@ -4,9 +4,7 @@
 //! layer answers 401 for a [`SignatureError`], 400 for a [`WebhookError`]).
 
 use crate::core::{Event, PrKey, RepoName, Sha};
-use crate::forge::convert::{SnapshotError, pr_snapshot};
 use hmac::{Hmac, Mac};
-use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
 use sha2::Sha256;
 
 /// The header GitHub signs deliveries in.
@@ -97,24 +95,49 @@ fn short(s: &str) -> String {
 }
 
 /// Parses a (verified) delivery of event `event` into core events.
+///
+/// One pass of the JSON parser into [`payload::Payload`], which borrows the
+/// few fields sluice uses and skips the rest without building it (a
+/// delivery's body is mostly URLs and nested users sluice never reads).
+/// The unit tests check it against octocrab's webhook models on every real
+/// payload under `testdata/webhooks/`.
 pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
     let bad = |message: String| WebhookError::BadPayload {
         event: short(event),
         message,
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| WebhookError::InvalidJson {
-            event: short(event),
-            message: e.to_string(),
-        })?;
-    if !value.is_object() {
-        return Err(bad("expected a JSON object".into()));
-    }
+    let value: payload::Payload<'_> = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(WebhookError::InvalidJson {
+                event: short(event),
+                message: e.to_string(),
+            });
+        }
+        Err(e) if e.is_data() && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') => {
+            return Err(bad("expected a JSON object".into()));
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
     let action = || {
         value
-            .get("action")
-            .and_then(|a| a.as_str())
+            .action
+            .as_deref()
             .ok_or_else(|| bad("\"action\" is missing or not a string".into()))
+    };
+    let repo = || {
+        let full_name = value
+            .repository
+            .as_ref()
+            .and_then(|r| r.full_name.as_deref())
+            .ok_or_else(|| bad("repository.full_name is missing".into()))?;
+        RepoName::parse(full_name).map_err(|e| bad(format!("repository.full_name: {e}")))
+    };
+    let pull_request = || {
+        value
+            .pull_request
+            .as_ref()
+            .ok_or_else(|| bad("pull_request is missing".into()))
     };
     match event {
         "ping" => Ok(Delivery::Ping),
@@ -124,10 +147,7 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
                 "opened" | "synchronize" | "ready_for_review" | "converted_to_draft"
                 | "labeled" | "unlabeled" => PrChange::Updated,
                 "edited" => {
-                    let base_changed = value
-                        .get("changes")
-                        .and_then(|c| c.get("base"))
-                        .is_some_and(|b| !b.is_null());
+                    let base_changed = value.changes.as_ref().is_some_and(|c| c.base.is_some());
                     if !base_changed {
                         return Ok(ignored(format!(
                             "pull_request {action} without a base change"
@@ -139,19 +159,15 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
                 "closed" => PrChange::Closed,
                 other => return Ok(ignored(format!("pull_request action {:?}", short(other)))),
             };
-            let parsed = octocrab_event("pull_request", body).map_err(bad)?;
-            let WebhookEventPayload::PullRequest(payload) = &parsed.specific else {
-                return Err(bad("not a pull_request payload".into()));
-            };
-            let repo = repo_of(&parsed).map_err(bad)?;
-            let pr = &payload.pull_request;
+            let repo = repo()?;
+            let pr = pull_request()?;
+            let number = pr
+                .number
+                .ok_or_else(|| bad("pull_request.number is missing".into()))?;
             let event = match kind {
-                PrChange::Closed => Event::PrClosed(PrKey {
-                    repo,
-                    number: pr.number,
-                }),
-                PrChange::Updated => Event::PrUpdated(snapshot(&repo, pr).map_err(bad)?),
-                PrChange::Reopened => Event::PrReopened(snapshot(&repo, pr).map_err(bad)?),
+                PrChange::Closed => Event::PrClosed(PrKey { repo, number }),
+                PrChange::Updated => Event::PrUpdated(pr.snapshot(&repo).map_err(bad)?),
+                PrChange::Reopened => Event::PrReopened(pr.snapshot(&repo).map_err(bad)?),
             };
             Ok(Delivery::Events(vec![event]))
         }
@@ -163,20 +179,19 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
                     short(action)
                 )));
             }
-            let parsed = octocrab_event("pull_request_review", body).map_err(bad)?;
-            let WebhookEventPayload::PullRequestReview(payload) = &parsed.specific else {
-                return Err(bad("not a pull_request_review payload".into()));
-            };
-            let repo = repo_of(&parsed).map_err(bad)?;
+            let repo = repo()?;
+            let number = pull_request()?
+                .number
+                .ok_or_else(|| bad("pull_request.number is missing".into()))?;
             Ok(Delivery::Events(vec![Event::ReviewActivity(PrKey {
                 repo,
-                number: payload.pull_request.number,
+                number,
             })]))
         }
         "push" => {
             let git_ref = value
-                .get("ref")
-                .and_then(|r| r.as_str())
+                .git_ref
+                .as_deref()
                 .ok_or_else(|| bad("\"ref\" is missing or not a string".into()))?;
             let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
                 return Ok(ignored(format!(
@@ -187,20 +202,20 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
             if branch.is_empty() {
                 return Err(bad("\"ref\" names an empty branch".into()));
             }
-            let parsed = octocrab_event("push", body).map_err(bad)?;
-            let WebhookEventPayload::Push(payload) = &parsed.specific else {
-                return Err(bad("not a push payload".into()));
-            };
-            let repo = repo_of(&parsed).map_err(bad)?;
-            let after = Sha::parse(&payload.after).map_err(|e| bad(format!("after: {e}")))?;
-            let event = if payload.deleted || after.is_zero() {
+            let repo = repo()?;
+            let after = value
+                .after
+                .as_deref()
+                .ok_or_else(|| bad("after is missing".into()))?;
+            let after = Sha::parse(after).map_err(|e| bad(format!("after: {e}")))?;
+            let event = if value.deleted.unwrap_or(false) || after.is_zero() {
                 Event::BranchDeleted {
                     repo,
                     branch: branch.to_string(),
                 }
             } else {
                 // `before` lets the core refuse a push that arrives late.
-                let before = Sha::parse(&payload.before).ok();
+                let before = value.before.as_deref().and_then(|b| Sha::parse(b).ok());
                 Event::BranchMoved {
                     repo,
                     branch: branch.to_string(),
@@ -224,24 +239,147 @@ fn ignored(reason: String) -> Delivery {
     Delivery::Ignored { reason }
 }
 
-fn octocrab_event(kind: &str, body: &[u8]) -> Result<WebhookEvent, String> {
-    WebhookEvent::try_from_header_and_body(kind, body).map_err(|e| e.to_string())
-}
+/// The fields of a delivery sluice reads, borrowed from the body where the
+/// JSON holds them unescaped. Everything else is skipped by the parser.
+mod payload {
+    use crate::core::{PrKey, PrSnapshot, RepoName, Sha, Timestamp};
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+    use std::borrow::Cow;
 
-fn repo_of(event: &WebhookEvent) -> Result<RepoName, String> {
-    let full_name = event
-        .repository
-        .as_ref()
-        .and_then(|r| r.full_name.as_deref())
-        .ok_or_else(|| "repository.full_name is missing".to_string())?;
-    RepoName::parse(full_name).map_err(|e| format!("repository.full_name: {e}"))
-}
+    type Str<'a> = Option<Cow<'a, str>>;
 
-fn snapshot(
-    repo: &RepoName,
-    pr: &octocrab::models::pulls::PullRequest,
-) -> Result<crate::core::PrSnapshot, String> {
-    pr_snapshot(repo, pr).map_err(|e: SnapshotError| e.to_string())
+    #[derive(Deserialize)]
+    pub struct Payload<'a> {
+        #[serde(borrow, default)]
+        pub action: Str<'a>,
+        #[serde(borrow, default)]
+        pub repository: Option<Repository<'a>>,
+        #[serde(borrow, default)]
+        pub pull_request: Option<PullRequest<'a>>,
+        #[serde(default)]
+        pub changes: Option<Changes>,
+        #[serde(borrow, default, rename = "ref")]
+        pub git_ref: Str<'a>,
+        #[serde(borrow, default)]
+        pub before: Str<'a>,
+        #[serde(borrow, default)]
+        pub after: Str<'a>,
+        #[serde(default)]
+        pub deleted: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Repository<'a> {
+        #[serde(borrow, default)]
+        pub full_name: Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Changes {
+        #[serde(default)]
+        pub base: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PullRequest<'a> {
+        #[serde(default)]
+        pub number: Option<u64>,
+        #[serde(borrow, default)]
+        pub head: Option<GitRef<'a>>,
+        #[serde(borrow, default)]
+        pub base: Option<GitRef<'a>>,
+        #[serde(borrow, default)]
+        pub title: Str<'a>,
+        #[serde(borrow, default)]
+        pub user: Option<User<'a>>,
+        #[serde(default)]
+        pub draft: Option<bool>,
+        #[serde(default)]
+        pub mergeable: Option<bool>,
+        #[serde(borrow, default)]
+        pub labels: Option<Vec<Label<'a>>>,
+        #[serde(borrow, default)]
+        pub created_at: Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct GitRef<'a> {
+        #[serde(borrow, default, rename = "ref")]
+        pub name: Str<'a>,
+        #[serde(borrow, default)]
+        pub sha: Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct User<'a> {
+        #[serde(borrow, default)]
+        pub login: Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Label<'a> {
+        #[serde(borrow, default)]
+        pub name: Str<'a>,
+    }
+
+    impl PullRequest<'_> {
+        /// The core's snapshot; the same rules as `forge::convert` applies
+        /// to octocrab's model (shas validated, `created_at` required).
+        pub fn snapshot(&self, repo: &RepoName) -> Result<PrSnapshot, String> {
+            let missing = |what: &str| format!("pull_request.{what} is missing");
+            let number = self.number.ok_or_else(|| missing("number"))?;
+            let head = self.head.as_ref().ok_or_else(|| missing("head"))?;
+            let base = self.base.as_ref().ok_or_else(|| missing("base"))?;
+            let head_sha = head.sha.as_deref().ok_or_else(|| missing("head.sha"))?;
+            let head_sha =
+                Sha::parse(head_sha).map_err(|e| format!("pull_request.head.sha: {e}"))?;
+            let base_sha = match base.sha.as_deref() {
+                None | Some("") => None,
+                Some(s) => Some(Sha::parse(s).map_err(|e| format!("pull_request.base.sha: {e}"))?),
+            };
+            let created_at = self
+                .created_at
+                .as_deref()
+                .ok_or_else(|| missing("created_at"))?;
+            let created_at = chrono::DateTime::parse_from_rfc3339(created_at)
+                .map_err(|e| format!("pull_request.created_at: {e}"))?;
+            Ok(PrSnapshot {
+                key: PrKey {
+                    repo: repo.clone(),
+                    number,
+                },
+                head_sha,
+                head_ref: head
+                    .name
+                    .as_deref()
+                    .ok_or_else(|| missing("head.ref"))?
+                    .to_string(),
+                base_ref: base
+                    .name
+                    .as_deref()
+                    .ok_or_else(|| missing("base.ref"))?
+                    .to_string(),
+                base_sha,
+                title: self.title.as_deref().unwrap_or_default().to_string(),
+                author: self
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.login.as_deref())
+                    .unwrap_or_default()
+                    .to_string(),
+                draft: self.draft.unwrap_or(false),
+                mergeable: self.mergeable,
+                labels: self
+                    .labels
+                    .iter()
+                    .flatten()
+                    .filter_map(|l| l.name.as_deref().map(str::to_string))
+                    .collect(),
+                created_at: Timestamp(u64::try_from(created_at.timestamp_millis()).unwrap_or(0)),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +394,57 @@ mod tests {
             verify_signature(b"other", b"{}", Some(&sig)),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    /// octocrab's webhook models, as the reference for what a payload says.
+    fn with_octocrab(event: &str, body: &[u8]) -> Option<Vec<Event>> {
+        use crate::forge::convert::pr_snapshot;
+        use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
+        let parsed = WebhookEvent::try_from_header_and_body(event, body).ok()?;
+        let repo = RepoName::parse(parsed.repository.as_ref()?.full_name.as_deref()?).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let action = value["action"].as_str()?;
+        Some(match parsed.specific {
+            WebhookEventPayload::PullRequest(p) => {
+                let pr = &p.pull_request;
+                match action {
+                    "closed" => vec![Event::PrClosed(PrKey {
+                        repo,
+                        number: pr.number,
+                    })],
+                    "reopened" => vec![Event::PrReopened(pr_snapshot(&repo, pr).ok()?)],
+                    _ => vec![Event::PrUpdated(pr_snapshot(&repo, pr).ok()?)],
+                }
+            }
+            WebhookEventPayload::PullRequestReview(p) => vec![Event::ReviewActivity(PrKey {
+                repo,
+                number: p.pull_request.number,
+            })],
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn the_light_parser_agrees_with_octocrab_on_every_real_payload() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/webhooks");
+        let mut compared = 0;
+        for event in ["pull_request", "pull_request_review"] {
+            for entry in std::fs::read_dir(root.join(event)).unwrap() {
+                let path = entry.unwrap().path();
+                let body = std::fs::read(&path).unwrap();
+                let Some(expected) = with_octocrab(event, &body) else {
+                    continue;
+                };
+                match parse_delivery(event, &body).unwrap() {
+                    Delivery::Events(got) => assert_eq!(got, expected, "{}", path.display()),
+                    // Actions sluice has no use for (assigned, ...).
+                    Delivery::Ignored { .. } => {}
+                    other => panic!("{}: {other:?}", path.display()),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared >= 15, "only {compared} payloads compared");
     }
 
     #[test]

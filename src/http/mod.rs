@@ -10,6 +10,7 @@ use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
 use crate::runtime::metrics::{Metrics, WebhookLabels};
+use crate::runtime::store::Refused;
 use crate::runtime::{Input, Shared};
 use bytes::Bytes;
 pub use deliveries::DeliveryLog;
@@ -18,7 +19,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc::error::TrySendError, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -73,7 +74,9 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::body::bytes())
         .and(with())
-        .map(|headers, body, ctx: Arc<HttpContext>| on_webhook(&ctx, &headers, body));
+        .then(|headers, body, ctx: Arc<HttpContext>| async move {
+            on_webhook(&ctx, &headers, body).await
+        });
 
     // The view's name is matched before the method, so that `POST /nope` is
     // a 404 (unknown path), not a 405.
@@ -186,7 +189,31 @@ fn rejection(r: Rejection) -> Response {
     }
 }
 
-fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -> Response {
+/// Bodies larger than this are verified and parsed on a blocking thread, so
+/// a big delivery never stalls the async workers.
+pub const PARSE_INLINE_BYTES: usize = 64 * 1024;
+/// How long a delivery waits for the journal before it is answered 503.
+pub const JOURNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Verifies and parses a delivery (pure CPU work: HMAC over the body, one
+/// pass of the JSON parser).
+fn verify_and_parse(
+    secret: &[u8],
+    event: &str,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<Result<Delivery, webhook::WebhookError>, webhook::SignatureError> {
+    webhook::verify_signature(secret, body, signature)?;
+    if event.is_empty() {
+        return Ok(Err(webhook::WebhookError::BadPayload {
+            event: String::new(),
+            message: "missing X-GitHub-Event header".into(),
+        }));
+    }
+    Ok(webhook::parse_delivery(event, body))
+}
+
+async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let event = header(webhook::EVENT_HEADER).unwrap_or("").to_string();
     let count = |result: &str| {
@@ -199,20 +226,36 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             })
             .inc();
     };
+    let signature = header(webhook::SIGNATURE_HEADER).map(str::to_string);
     // The signature comes first: nothing unauthenticated is even parsed.
-    if let Err(e) = webhook::verify_signature(
-        &ctx.webhook_secret,
-        &body,
-        header(webhook::SIGNATURE_HEADER),
-    ) {
-        count("unauthorized");
-        warn!(error = %e, "webhook with a bad signature");
-        return json_error(StatusCode::UNAUTHORIZED, e.to_string());
-    }
-    if event.is_empty() {
-        count("bad_request");
-        return json_error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
-    }
+    let checked = if body.len() <= PARSE_INLINE_BYTES {
+        verify_and_parse(&ctx.webhook_secret, &event, signature.as_deref(), &body)
+    } else {
+        let (secret, event, body) = (ctx.webhook_secret.clone(), event.clone(), body.clone());
+        match tokio::task::spawn_blocking(move || {
+            verify_and_parse(&secret, &event, signature.as_deref(), &body)
+        })
+        .await
+        {
+            Ok(checked) => checked,
+            Err(e) => {
+                warn!(error = %e, "webhook parser task failed");
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+        }
+    };
+    let parsed = match checked {
+        Err(e) => {
+            count("unauthorized");
+            warn!(error = %e, "webhook with a bad signature");
+            return json_error(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+        Ok(Err(_)) if event.is_empty() => {
+            count("bad_request");
+            return json_error(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+        }
+        Ok(parsed) => parsed,
+    };
     let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
     let Some(claim) = Claim::take(ctx, &delivery_id) else {
         count("duplicate");
@@ -221,7 +264,7 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
             &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }),
         );
     };
-    let parsed = match webhook::parse_delivery(&event, &body) {
+    let parsed = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
             count("bad_request");
@@ -245,40 +288,55 @@ fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -
         }
         Delivery::Events(events) => events,
     };
-    let known = {
-        let state = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner());
-        events
-            .iter()
-            .all(|e| e.repo().is_none_or(|r| state.repo(r).is_some()))
-    };
-    if !known {
+    let unknown = events
+        .iter()
+        .find_map(|e| e.repo().filter(|r| !ctx.shared.repos.contains(*r)));
+    if let Some(repo) = unknown {
         count("unknown_repository");
-        let repo = events
-            .iter()
-            .find_map(|e| e.repo())
-            .map(|r| r.to_string())
-            .unwrap_or_default();
         info!(%repo, "webhook for a repository sluice does not gate; ignored");
+        let reason = format!("repository {repo} is not configured");
         claim.applied();
         return json(
             StatusCode::ACCEPTED,
-            &serde_json::json!({ "status": "ignored", "reason": format!("repository {repo} is not configured") }),
+            &serde_json::json!({ "status": "ignored", "reason": reason }),
         );
     }
     let n = events.len();
-    for event in events {
-        match ctx.shared.inputs.try_send(Input::Event(event)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                count("overloaded");
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "event queue full; redeliver later",
-                );
-            }
-            Err(TrySendError::Closed(_)) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
-            }
+    let mut inputs: Vec<Input> = events.into_iter().map(Input::Event).collect();
+    if !delivery_id.is_empty() {
+        // Journaled with its events, so a redelivery after a restart is
+        // still recognised.
+        inputs.push(Input::Delivery(delivery_id.clone()));
+    }
+    // Answered only once the events are on disk (group commit).
+    let durable = match ctx.shared.inputs.submit_durable(inputs) {
+        Ok(durable) => durable,
+        Err(Refused::Full) => {
+            count("overloaded");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "event queue full; redeliver later",
+            );
+        }
+        Err(Refused::Closed) => {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
+        }
+    };
+    match tokio::time::timeout(JOURNAL_TIMEOUT, durable).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
+            count("not_journaled");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot write the journal ({error}); redeliver later"),
+            );
+        }
+        Ok(Err(_)) | Err(_) => {
+            count("not_journaled");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal did not answer in time; redeliver later",
+            );
         }
     }
     claim.applied();
@@ -326,16 +384,10 @@ impl Drop for Claim<'_> {
 }
 
 fn remember(ctx: &HttpContext, delivery_id: &str) {
-    if !delivery_id.is_empty() {
-        if let Ok(mut d) = ctx.deliveries.lock() {
-            d.insert(delivery_id);
-        }
-        // Journaled by the driver, so a redelivery after a restart is
-        // still recognised.
-        let _ = ctx
-            .shared
-            .inputs
-            .try_send(Input::Delivery(delivery_id.to_string()));
+    if !delivery_id.is_empty()
+        && let Ok(mut d) = ctx.deliveries.lock()
+    {
+        d.insert(delivery_id);
     }
 }
 
@@ -395,20 +447,15 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
         }
     };
     let (reply, answer) = oneshot::channel();
-    if ctx
-        .shared
-        .inputs
-        .send_timeout(
-            Input::Request {
-                event,
-                request: id,
-                reply,
-            },
-            ANSWER_TIMEOUT,
-        )
-        .await
-        .is_err()
-    {
+    let submitted = ctx.shared.inputs.send(Input::Request {
+        event,
+        request: id,
+        reply,
+    });
+    if !matches!(
+        tokio::time::timeout(ANSWER_TIMEOUT, submitted).await,
+        Ok(Ok(()))
+    ) {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is busy; try again");
     }
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {

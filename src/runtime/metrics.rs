@@ -26,6 +26,7 @@ pub struct Metrics {
     pub merges: Family<KindLabel, Counter>,
     pub forge_errors: Family<KindLabel, Counter>,
     pub reconcile_drift: Counter,
+    pub snapshot_failures: Counter,
     pub prs_tracked: Gauge,
     pub builds_running: Gauge,
 }
@@ -40,6 +41,7 @@ impl Default for Metrics {
             merges: Family::default(),
             forge_errors: Family::default(),
             reconcile_drift: Counter::default(),
+            snapshot_failures: Counter::default(),
             prs_tracked: Gauge::default(),
             builds_running: Gauge::default(),
             registry: Registry::default(),
@@ -48,6 +50,11 @@ impl Default for Metrics {
             "webhook_deliveries",
             "Webhook deliveries by event and result",
             m.webhooks.clone(),
+        );
+        registry.register(
+            "snapshot_failures",
+            "Snapshots that could not be written (retried with backoff)",
+            m.snapshot_failures.clone(),
         );
         registry.register(
             "events",

@@ -26,12 +26,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use store::{Recovered, Store};
+use store::{Inlet, Journaled, Keeper, Recovered, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-/// How many inputs may wait for the driver before webhooks get a 503.
-pub const INPUT_QUEUE: usize = 100_000;
 /// How often the core's timers are checked.
 pub const TICK: Duration = Duration::from_secs(5);
 
@@ -46,11 +44,19 @@ pub enum Input {
         request: RequestId,
         reply: oneshot::Sender<Answer>,
     },
+    /// The driver asked for a snapshot; when this reaches it, it has applied
+    /// every line before. `sealed`: the journal up to here was set aside.
+    Checkpoint {
+        sealed: bool,
+    },
 }
 
 /// What the HTTP side shares with the driver: a way in, and read-only views.
 pub struct Shared {
-    pub inputs: mpsc::Sender<Input>,
+    /// Into the journal, and through it to the driver.
+    pub inputs: Inlet,
+    /// The repositories sluice gates (fixed at start).
+    pub repos: BTreeSet<RepoName>,
     pub state: RwLock<State>,
     pub history: RwLock<History>,
     pub metrics: Metrics,
@@ -100,7 +106,6 @@ pub fn build(
     mut store: Store,
     recovered: Recovered,
 ) -> std::io::Result<(Arc<Shared>, Driver)> {
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let repos = || config.repos.iter().map(|r| (r.repo(), r.policy()));
     let state = match recovered.state {
         Some(mut state) => {
@@ -120,12 +125,14 @@ pub fn build(
             state
         }
     };
+    let (inlet, journaled, keeper) = store.start(config.state.fsync)?;
     let mut history = History::default();
     for entry in recovered.history {
         history.push(entry);
     }
     let shared = Arc::new(Shared {
-        inputs: tx,
+        inputs: inlet,
+        repos: config.repos.iter().map(|r| r.repo()).collect(),
         state: RwLock::new(state),
         history: RwLock::new(history),
         metrics: Metrics::default(),
@@ -142,13 +149,13 @@ pub fn build(
         config,
         adapters,
         shared: shared.clone(),
-        inputs: rx,
+        journaled,
         jobs_tx,
         jobs_rx,
         status_tx,
         replies: HashMap::new(),
         reconcile_running: Arc::new(Mutex::new(BTreeSet::new())),
-        store,
+        keeper,
     };
     Ok((shared, driver))
 }
@@ -159,13 +166,13 @@ pub struct Driver {
     config: Arc<Config>,
     adapters: Adapters,
     shared: Arc<Shared>,
-    inputs: mpsc::Receiver<Input>,
+    journaled: mpsc::Receiver<Journaled>,
     jobs_tx: mpsc::UnboundedSender<JobResult>,
     jobs_rx: mpsc::UnboundedReceiver<JobResult>,
     status_tx: mpsc::UnboundedSender<StatusUpdate>,
     replies: HashMap<RequestId, oneshot::Sender<Answer>>,
     reconcile_running: Arc<Mutex<BTreeSet<RepoName>>>,
-    store: Store,
+    keeper: Keeper,
 }
 
 impl Driver {
@@ -185,9 +192,12 @@ impl Driver {
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break; }
                 }
-                Some(input) = self.inputs.recv() => self.on_input(input),
+                Some(input) = self.journaled.recv() => self.on_input(input),
                 Some(job) = self.jobs_rx.recv() => self.on_job_result(job),
-                _ = tick.tick() => self.apply(Event::Tick),
+                Some(done) = self.keeper.done.recv() => self.on_snapshot(done),
+                // Ticks are skipped when the journal is full: the next one
+                // does the same.
+                _ = tick.tick() => { let _ = self.shared.inputs.try_send(Input::Event(Event::Tick)); }
                 _ = reconcile.tick() => self.start_reconcile(),
             }
         }
@@ -213,7 +223,8 @@ impl Driver {
                 .await;
             if !lost.is_empty() {
                 info!(count = lost.len(), "re-queueing builds lost in the restart");
-                self.apply(Event::BuildsLost { builds: lost });
+                let lost = Input::Event(Event::BuildsLost { builds: lost });
+                let _ = self.shared.inputs.send(lost).await;
             }
         }
         for (pr, pair, _branch) in merges {
@@ -241,60 +252,70 @@ impl Driver {
         }
     }
 
-    fn on_input(&mut self, input: Input) {
+    fn on_input(&mut self, journaled: Journaled) {
+        let Journaled { seq, at, input } = journaled;
         match input {
-            Input::Event(event) => self.apply(event),
-            Input::Delivery(id) => {
-                if let Err(e) = self.store.append_delivery(&id) {
-                    warn!(error = %e, "cannot journal a delivery id");
-                }
-            }
+            Input::Event(event) => self.apply(event, at, seq),
+            Input::Delivery(id) => self.keeper.delivery(id),
             Input::Request {
                 event,
                 request,
                 reply,
             } => {
                 self.replies.insert(request, reply);
-                self.apply(event);
+                self.apply(event, at, seq);
                 // A request the core did not answer (it always does) must not
                 // leave its caller waiting.
                 self.replies.remove(&request);
             }
+            Input::Checkpoint { .. } => {
+                let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+                self.keeper.checkpoint(seq, &state);
+            }
+        }
+        if self.keeper.wants_checkpoint()
+            && self
+                .shared
+                .inputs
+                .try_send(Input::Checkpoint { sealed: false })
+                .is_err()
+        {
+            self.keeper.checkpoint_not_sent();
         }
     }
 
-    /// Feeds one event to the core and carries out the actions.
-    fn apply(&mut self, event: Event) {
+    fn on_snapshot(&mut self, done: Result<u64, String>) {
+        let error = done.as_ref().err().cloned();
+        let first_failure = self.keeper.snapshot_finished(done);
+        if let Some(error) = error {
+            self.shared.metrics.snapshot_failures.inc();
+            if first_failure {
+                warn!(%error, "cannot write a snapshot; the journal is kept and the snapshot retried with backoff");
+            }
+        }
+    }
+
+    /// Feeds one journaled event to the core (at the time it was journaled,
+    /// as a replay will) and carries out the actions.
+    fn apply(&mut self, event: Event, at: Timestamp, seq: u64) {
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
-        let actions = self.handle(event);
-        self.execute(actions);
-        // After the actions: the history they wrote is older than the
-        // snapshot, so a kill in between loses nothing the journal had.
-        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.store.maybe_snapshot(&state) {
-            warn!(error = %e, "cannot write a snapshot");
-        }
+        let actions = {
+            let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            let actions = state.handle(event, at);
+            let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
+            self.shared.metrics.prs_tracked.set(prs as i64);
+            self.shared
+                .metrics
+                .builds_running
+                .set(state.running_builds().count() as i64);
+            actions
+        };
+        self.keeper.applied();
+        self.execute(actions, seq);
     }
 
-    fn handle(&mut self, event: Event) -> Vec<Action> {
-        let at = now();
-        // Write-ahead: the event is on disk before anything is done about it.
-        if let Err(e) = self.store.append_event(at, &event) {
-            warn!(error = %e, "cannot journal an event; it will be lost on a restart");
-        }
-        let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
-        let actions = state.handle(event, at);
-        let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
-        self.shared.metrics.prs_tracked.set(prs as i64);
-        self.shared
-            .metrics
-            .builds_running
-            .set(state.running_builds().count() as i64);
-        actions
-    }
-
-    fn execute(&mut self, actions: Vec<Action>) {
+    fn execute(&mut self, actions: Vec<Action>, seq: u64) {
         for action in actions {
             match action {
                 Action::SetStatus {
@@ -418,7 +439,7 @@ impl Driver {
                     {
                         info!(%build, outcome = ?report.outcome, current, "build finished");
                     }
-                    if let Err(e) = self.store.append_history(&entry) {
+                    if let Err(e) = self.keeper.append_history(seq, &entry) {
                         warn!(error = %e, "cannot write history");
                     }
                     if let Ok(mut h) = self.shared.history.write() {
@@ -429,7 +450,7 @@ impl Driver {
         }
     }
 
-    fn spawn_parts(&self) -> (Arc<dyn Forge>, mpsc::Sender<Input>, Arc<Shared>) {
+    fn spawn_parts(&self) -> (Arc<dyn Forge>, Inlet, Arc<Shared>) {
         (
             self.adapters.forge.clone(),
             self.shared.inputs.clone(),

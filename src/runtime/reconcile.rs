@@ -4,13 +4,12 @@ use super::{Input, now};
 use crate::core::{Event, PrKey, RepoName};
 use crate::forge::Forge;
 use std::collections::BTreeSet;
-use tokio::sync::mpsc;
 
 /// One re-read of a repository: open PRs, their target heads, their reviews.
 pub async fn reconcile(
     forge: &dyn Forge,
     repo: &RepoName,
-    inputs: &mpsc::Sender<Input>,
+    inputs: &super::store::Inlet,
 ) -> Result<(), crate::forge::ForgeError> {
     let started_at = now();
     let prs = forge.list_open_prs(repo).await?;

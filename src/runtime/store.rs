@@ -1,5 +1,6 @@
-//! Durable state: a write-ahead journal of every event the core handles,
-//! replayed at start, plus periodic snapshots so the journal stays short.
+//! Durable state: a write-ahead journal of every input the core handles,
+//! written by one thread with group commit, plus snapshots written in the
+//! background so the journal stays short.
 //!
 //! The core is a pure function of (state, event, now), so replaying the
 //! journal rebuilds exactly the state sluice had: results per pair, running
@@ -7,27 +8,73 @@
 //! the history of builds and merges are kept beside it.
 //!
 //! Files under the state directory:
-//! - `snapshot.json`: the state after event `seq` (written to a temporary
-//!   file, then renamed, so it is always whole);
-//! - `journal.jsonl`: one line per event after the snapshot (a torn last
-//!   line from a crash is ignored);
+//! - `snapshot.json`: the state after line `seq` (written to a temporary
+//!   file, fsynced, then renamed, so it is always whole);
+//! - `journal.jsonl`: one line per event or delivery id (a torn last line
+//!   from a crash is ignored);
+//! - `journal.sealed.jsonl`: the journal up to the snapshot being written;
+//!   deleted once that snapshot is on disk;
 //! - `history.jsonl`: one line per history entry, append-only.
 //!
-//! Each line is written with one `write` before the event is acted on, so it
-//! survives the process being killed. `fsync` runs on snapshots only: a power
-//! loss may lose the last moments, which the reconcile loop re-reads from
-//! GitHub.
+//! The flow: everything that reaches the core is submitted to the journal
+//! thread ([`Inlet`]). It takes every submission waiting, numbers the lines,
+//! writes them with one `write` (and one `fdatasync` under
+//! [`Fsync::Always`]), then acknowledges each submission and forwards its
+//! inputs, in order, to the driver. A webhook is answered 202 only after its
+//! acknowledgement: a 202 means the delivery is on disk. Concurrent
+//! deliveries share one write and one fsync, so durability costs latency in
+//! the order of one fsync, not throughput.
+//!
+//! Snapshots: after [`SNAPSHOT_EVERY`] lines the driver asks for a
+//! checkpoint. The journal thread seals the journal (renames it) and
+//! forwards a checkpoint marker; when the driver reaches the marker it has
+//! applied exactly the sealed lines, so it clones the state and hands it to
+//! the snapshot thread, which writes it and deletes the sealed journal. The
+//! driver never waits on the disk for a snapshot. A failed snapshot keeps
+//! the sealed journal (nothing is lost), is logged once, counted, and
+//! retried with exponential backoff.
 
+use super::Input;
 use crate::core::{Action, Event, HistoryEntry, State, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
-/// Events between snapshots.
+/// Journal lines between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 5_000;
 /// Delivery ids kept across restarts.
 pub const DELIVERIES_KEPT: usize = 100_000;
+/// Submissions waiting for the journal thread before webhooks get a 503.
+pub const SUBMISSIONS_QUEUED: usize = 10_000;
+/// Journaled inputs waiting for the driver before the journal thread waits.
+pub const JOURNALED_QUEUED: usize = 10_000;
+/// Submissions written in one group commit, at most.
+const GROUP_MAX: usize = 4_096;
+/// The longest wait between two attempts at a failed snapshot.
+const SNAPSHOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+const SNAPSHOT: &str = "snapshot.json";
+const JOURNAL: &str = "journal.jsonl";
+const SEALED: &str = "journal.sealed.jsonl";
+const HISTORY: &str = "history.jsonl";
+
+/// When the journal is flushed to the disk itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// `fdatasync` every group commit before anything is acknowledged: a
+    /// 202 survives a power loss.
+    #[default]
+    Always,
+    /// The kernel has every line before it is acknowledged: a 202 survives
+    /// the process being killed, not a power loss (snapshots are still
+    /// fsynced).
+    Never,
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -52,8 +99,15 @@ struct HistoryLine {
     entry: HistoryEntry,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    seq: u64,
+    state: &'a State,
+    deliveries: &'a VecDeque<String>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
     seq: u64,
     state: State,
     deliveries: Vec<String>,
@@ -68,29 +122,34 @@ pub struct Recovered {
     pub events_replayed: u64,
 }
 
+/// The state directory, opened and replayed; [`Store::start`] hands it to
+/// the journal thread and the driver.
 pub struct Store {
     dir: PathBuf,
     journal: File,
     history: File,
     seq: u64,
     since_snapshot: u64,
-    deliveries: std::collections::VecDeque<String>,
+    deliveries: VecDeque<String>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+fn open_append(path: PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 impl Store {
     /// Opens the state directory and replays what it holds.
     pub fn open(dir: &Path) -> io::Result<(Store, Recovered)> {
         std::fs::create_dir_all(dir)?;
-        let open_append = |p: PathBuf| OpenOptions::new().create(true).append(true).open(p);
         let mut recovered = Recovered::default();
         let mut seq = 0;
-        let snapshot_path = dir.join("snapshot.json");
+        let snapshot_path = dir.join(SNAPSHOT);
         if snapshot_path.exists() {
-            let snapshot: Snapshot =
+            let snapshot: SnapshotIn =
                 serde_json::from_reader(BufReader::new(File::open(&snapshot_path)?))
                     .map_err(|e| other(format!("{}: {e}", snapshot_path.display())))?;
             seq = snapshot.seq;
@@ -99,7 +158,7 @@ impl Store {
         }
         // The history first: its lines carry the sequence number of the
         // event that made them, so replay can add what a kill cut off.
-        let history_path = dir.join("history.jsonl");
+        let history_path = dir.join(HISTORY);
         let mut history_seq = 0;
         if history_path.exists() {
             for line in BufReader::new(File::open(&history_path)?).lines() {
@@ -110,10 +169,15 @@ impl Store {
             }
         }
         let mut history = open_append(history_path)?;
-        let journal_path = dir.join("journal.jsonl");
-        if journal_path.exists() {
-            for line in BufReader::new(File::open(&journal_path)?).lines() {
+        let mut lines = 0;
+        for name in [SEALED, JOURNAL] {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            for line in BufReader::new(File::open(&path)?).lines() {
                 let line = line?;
+                lines += 1;
                 // A torn last line (killed mid-write) is not an event.
                 let Ok(entry) = serde_json::from_str::<Line>(&line) else {
                     tracing::warn!("ignoring an unreadable journal line (torn write?)");
@@ -152,11 +216,11 @@ impl Store {
         }
         let start = recovered.deliveries.len().saturating_sub(DELIVERIES_KEPT);
         let store = Store {
-            journal: open_append(journal_path)?,
+            journal: open_append(dir.join(JOURNAL))?,
             history,
             dir: dir.to_path_buf(),
             seq,
-            since_snapshot: recovered.events_replayed,
+            since_snapshot: lines,
             deliveries: recovered.deliveries[start..].iter().cloned().collect(),
         };
         Ok((store, recovered))
@@ -165,81 +229,84 @@ impl Store {
     /// The first state of a fresh store, written so the journal has a base
     /// to replay onto.
     pub fn initialise(&mut self, state: &State) -> io::Result<()> {
-        self.snapshot(state)
+        write_snapshot(&self.dir, self.seq, state, &self.deliveries)
     }
 
-    /// Records an event before it is acted on.
-    pub fn append_event(&mut self, at: Timestamp, event: &Event) -> io::Result<()> {
-        self.seq += 1;
-        self.since_snapshot += 1;
-        let line = Line::Event {
+    /// Starts the journal thread. Returns the way in, the journaled inputs
+    /// for the driver (in journal order), and the driver's side of the
+    /// store.
+    pub fn start(self, fsync: Fsync) -> io::Result<(Inlet, mpsc::Receiver<Journaled>, Keeper)> {
+        let (submit_tx, submit_rx) = mpsc::channel(SUBMISSIONS_QUEUED);
+        let (journaled_tx, journaled_rx) = mpsc::channel(JOURNALED_QUEUED);
+        let writer = JournalWriter {
+            dir: self.dir.clone(),
+            file: self.journal,
             seq: self.seq,
-            at,
-            event: event.clone(),
+            last_at: Timestamp(0),
+            fsync,
         };
-        write_line(&mut self.journal, &line)
+        std::thread::Builder::new()
+            .name("sluice-journal".into())
+            .spawn(move || writer.run(submit_rx, journaled_tx))?;
+        let (snapshot_tx, snapshot_rx) = std::sync::mpsc::channel::<SnapshotJob>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let dir = self.dir.clone();
+        std::thread::Builder::new()
+            .name("sluice-snapshot".into())
+            .spawn(move || {
+                for job in snapshot_rx {
+                    let result = write_snapshot(&dir, job.seq, &job.state, &job.deliveries)
+                        .map(|()| job.seq)
+                        .map_err(|e| e.to_string());
+                    if done_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        let keeper = Keeper {
+            history: self.history,
+            deliveries: self.deliveries,
+            since_snapshot: self.since_snapshot,
+            snapshot_tx,
+            done: done_rx,
+            snapshot: SnapshotProgress::Idle,
+            failures: 0,
+            retry_at: None,
+        };
+        Ok((Inlet { tx: submit_tx }, journaled_rx, keeper))
     }
+}
 
-    /// Records a delivery id, so a redelivery after a restart is still
-    /// recognised.
-    pub fn append_delivery(&mut self, id: &str) -> io::Result<()> {
-        self.seq += 1;
-        if self.deliveries.len() == DELIVERIES_KEPT {
-            self.deliveries.pop_front();
-        }
-        self.deliveries.push_back(id.to_string());
-        write_line(
-            &mut self.journal,
-            &Line::Delivery {
-                seq: self.seq,
-                id: id.to_string(),
+/// Writes `state` as the snapshot after line `seq`, then drops the sealed
+/// journal it covers.
+fn write_snapshot(
+    dir: &Path,
+    seq: u64,
+    state: &State,
+    deliveries: &VecDeque<String>,
+) -> io::Result<()> {
+    let tmp = dir.join("snapshot.json.tmp");
+    {
+        let mut file = io::BufWriter::new(File::create(&tmp)?);
+        serde_json::to_writer(
+            &mut file,
+            &SnapshotOut {
+                seq,
+                state,
+                deliveries,
             },
         )
+        .map_err(other)?;
+        file.flush()?;
+        file.get_ref().sync_all()?;
     }
-
-    /// Records a history entry made by the last event appended.
-    pub fn append_history(&mut self, entry: &HistoryEntry) -> io::Result<()> {
-        write_line(
-            &mut self.history,
-            &HistoryLine {
-                seq: self.seq,
-                entry: entry.clone(),
-            },
-        )
-    }
-
-    /// Writes a snapshot when enough events have passed since the last.
-    pub fn maybe_snapshot(&mut self, state: &State) -> io::Result<()> {
-        if self.since_snapshot >= SNAPSHOT_EVERY {
-            self.snapshot(state)?;
-        }
-        Ok(())
-    }
-
-    fn snapshot(&mut self, state: &State) -> io::Result<()> {
-        let tmp = self.dir.join("snapshot.json.tmp");
-        {
-            let mut file = io::BufWriter::new(File::create(&tmp)?);
-            serde_json::to_writer(
-                &mut file,
-                &Snapshot {
-                    seq: self.seq,
-                    state: state.clone(),
-                    deliveries: self.deliveries.iter().cloned().collect(),
-                },
-            )
-            .map_err(other)?;
-            file.flush()?;
-            file.get_ref().sync_all()?;
-        }
-        std::fs::rename(&tmp, self.dir.join("snapshot.json"))?;
-        // Everything in the journal is now in the snapshot: empty it.
-        File::create(self.dir.join("journal.jsonl"))?;
-        self.journal = OpenOptions::new()
-            .append(true)
-            .open(self.dir.join("journal.jsonl"))?;
-        self.since_snapshot = 0;
-        Ok(())
+    std::fs::rename(&tmp, dir.join(SNAPSHOT))?;
+    // The rename itself must reach the disk before the journal it replaces
+    // is deleted.
+    File::open(dir)?.sync_all()?;
+    match std::fs::remove_file(dir.join(SEALED)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -248,6 +315,328 @@ fn write_line<T: Serialize>(file: &mut File, value: &T) -> io::Result<()> {
     line.push(b'\n');
     // One write per line: a kill leaves at most a torn last line.
     file.write_all(&line)
+}
+
+/// Inputs submitted together, acknowledged once they are on disk.
+pub struct Submission {
+    inputs: Vec<Input>,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// An input as the driver receives it: with its journal sequence number and
+/// the time it was journaled (the core's `now` for it, also on replay).
+pub struct Journaled {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub input: Input,
+}
+
+/// The way into the journal (and through it, to the driver).
+#[derive(Clone)]
+pub struct Inlet {
+    tx: mpsc::Sender<Submission>,
+}
+
+/// Why a submission was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Full,
+    Closed,
+}
+
+impl Inlet {
+    /// Waits for room, then submits (for sluice's own tasks).
+    pub async fn send(&self, input: Input) -> Result<(), Refused> {
+        self.tx
+            .send(Submission {
+                inputs: vec![input],
+                ack: None,
+            })
+            .await
+            .map_err(|_| Refused::Closed)
+    }
+
+    /// Submits if there is room now.
+    pub fn try_send(&self, input: Input) -> Result<(), Refused> {
+        self.try_submit(vec![input], None)
+    }
+
+    /// Submits `inputs` as one; the answer says when they are durable (or
+    /// why they could not be written).
+    pub fn submit_durable(
+        &self,
+        inputs: Vec<Input>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, Refused> {
+        let (ack, done) = oneshot::channel();
+        self.try_submit(inputs, Some(ack))?;
+        Ok(done)
+    }
+
+    fn try_submit(
+        &self,
+        inputs: Vec<Input>,
+        ack: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), Refused> {
+        use mpsc::error::TrySendError;
+        self.tx
+            .try_send(Submission { inputs, ack })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => Refused::Full,
+                TrySendError::Closed(_) => Refused::Closed,
+            })
+    }
+}
+
+/// The journal thread's state.
+struct JournalWriter {
+    dir: PathBuf,
+    file: File,
+    seq: u64,
+    last_at: Timestamp,
+    fsync: Fsync,
+}
+
+impl JournalWriter {
+    fn run(mut self, mut rx: mpsc::Receiver<Submission>, out: mpsc::Sender<Journaled>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(more) => group.push(more),
+                    Err(_) => break,
+                }
+            }
+            for journaled in self.commit(group) {
+                if out.blocking_send(journaled).is_err() {
+                    return; // the driver stopped
+                }
+            }
+        }
+    }
+
+    /// Writes a group of submissions with one write (and one fsync), then
+    /// acknowledges them; returns what to forward to the driver, in order.
+    /// A checkpoint in the group seals the journal after the lines before it.
+    fn commit(&mut self, group: Vec<Submission>) -> Vec<Journaled> {
+        let mut buffer = Vec::new();
+        let mut forward = Vec::new();
+        let mut acks = Vec::new();
+        let mut failed: Option<String> = None;
+        let at = Timestamp(super::now().0.max(self.last_at.0));
+        self.last_at = at;
+        for submission in group {
+            for input in submission.inputs {
+                let line = match &input {
+                    Input::Event(event) | Input::Request { event, .. } => {
+                        self.seq += 1;
+                        Some(serde_json::to_vec(&Line::Event {
+                            seq: self.seq,
+                            at,
+                            event: event.clone(),
+                        }))
+                    }
+                    Input::Delivery(id) => {
+                        self.seq += 1;
+                        Some(serde_json::to_vec(&Line::Delivery {
+                            seq: self.seq,
+                            id: id.clone(),
+                        }))
+                    }
+                    Input::Checkpoint { .. } => {
+                        // Everything before it must be in the sealed file.
+                        if let Err(e) = self.flush(&mut buffer) {
+                            failed.get_or_insert(e.to_string());
+                        }
+                        let sealed = failed.is_none() && self.seal();
+                        forward.push(Journaled {
+                            seq: self.seq,
+                            at,
+                            input: Input::Checkpoint { sealed },
+                        });
+                        continue;
+                    }
+                };
+                match line {
+                    Some(Ok(mut bytes)) => {
+                        bytes.push(b'\n');
+                        buffer.extend_from_slice(&bytes);
+                    }
+                    Some(Err(e)) => {
+                        failed.get_or_insert(e.to_string());
+                    }
+                    None => {}
+                }
+                forward.push(Journaled {
+                    seq: self.seq,
+                    at,
+                    input,
+                });
+            }
+            acks.push(submission.ack);
+        }
+        if let Err(e) = self.flush(&mut buffer) {
+            failed.get_or_insert(e.to_string());
+        }
+        let answer = match &failed {
+            None => Ok(()),
+            Some(error) => {
+                // Not durable: the callers hear so (a webhook gets a 503 and
+                // may be redelivered). The inputs are applied all the same,
+                // as the core takes each fact once however often it comes.
+                tracing::error!(%error, "cannot write the journal");
+                Err(error.clone())
+            }
+        };
+        for ack in acks {
+            if let Some(ack) = ack {
+                let _ = ack.send(answer.clone());
+            }
+        }
+        forward
+    }
+
+    fn flush(&mut self, buffer: &mut Vec<u8>) -> io::Result<()> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(buffer)?;
+        buffer.clear();
+        if self.fsync == Fsync::Always {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Renames the journal to the sealed file and starts a new one, unless a
+    /// sealed file is still waiting for its snapshot.
+    fn seal(&mut self) -> bool {
+        let sealed = self.dir.join(SEALED);
+        if sealed.exists() {
+            return false;
+        }
+        let result = std::fs::rename(self.dir.join(JOURNAL), &sealed)
+            .and_then(|()| open_append(self.dir.join(JOURNAL)));
+        match result {
+            Ok(file) => {
+                self.file = file;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seal the journal for a snapshot");
+                false
+            }
+        }
+    }
+}
+
+struct SnapshotJob {
+    seq: u64,
+    state: State,
+    deliveries: VecDeque<String>,
+}
+
+enum SnapshotProgress {
+    Idle,
+    /// A checkpoint was asked for; its marker has not reached the driver.
+    Asked,
+    /// The snapshot thread is writing.
+    Writing,
+}
+
+/// The driver's side of the store: the history file, the delivery ids, and
+/// when to snapshot.
+pub struct Keeper {
+    history: File,
+    deliveries: VecDeque<String>,
+    since_snapshot: u64,
+    snapshot_tx: std::sync::mpsc::Sender<SnapshotJob>,
+    /// Answers of the snapshot thread: the seq written, or why not.
+    pub done: mpsc::UnboundedReceiver<Result<u64, String>>,
+    snapshot: SnapshotProgress,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Keeper {
+    /// A line was applied.
+    pub fn applied(&mut self) {
+        self.since_snapshot += 1;
+    }
+
+    /// A delivery id was journaled.
+    pub fn delivery(&mut self, id: String) {
+        self.since_snapshot += 1;
+        if self.deliveries.len() == DELIVERIES_KEPT {
+            self.deliveries.pop_front();
+        }
+        self.deliveries.push_back(id);
+    }
+
+    /// Records a history entry made by the event journaled as `seq`.
+    pub fn append_history(&mut self, seq: u64, entry: &HistoryEntry) -> io::Result<()> {
+        write_line(
+            &mut self.history,
+            &HistoryLine {
+                seq,
+                entry: entry.clone(),
+            },
+        )
+    }
+
+    /// Whether to ask for a checkpoint now (and remembers that it did).
+    pub fn wants_checkpoint(&mut self) -> bool {
+        let due = matches!(self.snapshot, SnapshotProgress::Idle)
+            && self.since_snapshot >= SNAPSHOT_EVERY
+            && self.retry_at.is_none_or(|t| Instant::now() >= t);
+        if due {
+            self.snapshot = SnapshotProgress::Asked;
+        }
+        due
+    }
+
+    /// The checkpoint could not be asked for (the journal is busy).
+    pub fn checkpoint_not_sent(&mut self) {
+        self.snapshot = SnapshotProgress::Idle;
+    }
+
+    /// The checkpoint marker reached the driver: `state` is the state after
+    /// line `seq`. Hands a copy to the snapshot thread.
+    pub fn checkpoint(&mut self, seq: u64, state: &State) {
+        let job = SnapshotJob {
+            seq,
+            state: state.clone(),
+            deliveries: self.deliveries.clone(),
+        };
+        self.since_snapshot = 0;
+        self.snapshot = SnapshotProgress::Writing;
+        if self.snapshot_tx.send(job).is_err() {
+            self.snapshot_finished(Err("the snapshot thread stopped".into()));
+        }
+    }
+
+    /// What the snapshot thread answered. Returns true when this is the first
+    /// failure of a streak (worth a log line).
+    pub fn snapshot_finished(&mut self, result: Result<u64, String>) -> bool {
+        self.snapshot = SnapshotProgress::Idle;
+        match result {
+            Ok(_) => {
+                self.failures = 0;
+                self.retry_at = None;
+                false
+            }
+            Err(_) => {
+                self.failures += 1;
+                let wait = Duration::from_secs(1)
+                    .saturating_mul(2u32.saturating_pow(self.failures.min(16) - 1))
+                    .min(SNAPSHOT_BACKOFF_MAX);
+                self.retry_at = Some(Instant::now() + wait);
+                // Lines keep counting: the next attempt is due at once when
+                // the wait is over.
+                self.since_snapshot = SNAPSHOT_EVERY;
+                self.failures == 1
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,48 +660,42 @@ mod tests {
         }
     }
 
+    /// Submits `inputs` through a started store and applies what comes out
+    /// to `live`, as the driver does; returns the keeper.
+    fn drive(dir: &Path, live: &mut State, inputs: Vec<Input>) -> Keeper {
+        let (mut store, _) = Store::open(dir).unwrap();
+        store.initialise(live).unwrap();
+        let (inlet, mut journaled, mut keeper) = store.start(Fsync::Always).unwrap();
+        let n = inputs.len();
+        let ack = inlet.submit_durable(inputs).unwrap();
+        assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+        for _ in 0..n {
+            let j = journaled.blocking_recv().unwrap();
+            if let Input::Event(e) = j.input {
+                live.handle(e, j.at);
+            }
+        }
+        keeper.applied();
+        keeper
+    }
+
     #[test]
     fn replaying_the_journal_rebuilds_the_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut live = state();
-        {
-            let (mut store, rec) = Store::open(dir.path()).unwrap();
-            assert!(rec.state.is_none());
-            store.initialise(&live).unwrap();
-            for n in 1..=3 {
-                store.append_event(Timestamp(n as u64), &moved(n)).unwrap();
-                live.handle(moved(n), Timestamp(n as u64));
-            }
-            store.append_delivery("d-1").unwrap();
-        }
+        let mut inputs: Vec<Input> = (1..=3).map(|n| Input::Event(moved(n))).collect();
+        inputs.push(Input::Delivery("d-1".into()));
+        drop(drive(dir.path(), &mut live, inputs));
         // A torn line at the end, as after a kill mid-write.
         let mut f = OpenOptions::new()
             .append(true)
-            .open(dir.path().join("journal.jsonl"))
+            .open(dir.path().join(JOURNAL))
             .unwrap();
         f.write_all(b"{\"kind\":\"event\",\"seq\":9").unwrap();
         let (_, rec) = Store::open(dir.path()).unwrap();
         assert_eq!(rec.state.unwrap(), live);
         assert_eq!(rec.deliveries, vec!["d-1"]);
         assert_eq!(rec.events_replayed, 3);
-    }
-
-    #[test]
-    fn a_snapshot_replaces_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut live = state();
-        let (mut store, _) = Store::open(dir.path()).unwrap();
-        store.initialise(&live).unwrap();
-        for n in 1..=(SNAPSHOT_EVERY as u32 + 2) {
-            store.append_event(Timestamp(n as u64), &moved(n)).unwrap();
-            live.handle(moved(n), Timestamp(n as u64));
-            store.maybe_snapshot(&live).unwrap();
-        }
-        let journal = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
-        assert!(journal.lines().count() < 5, "journal compacted");
-        drop(store);
-        let (_, rec) = Store::open(dir.path()).unwrap();
-        assert_eq!(rec.state.unwrap(), live);
     }
 
     #[test]
@@ -339,15 +722,34 @@ mod tests {
                 finished_at: Timestamp(2),
             },
         };
-        {
-            let (mut store, _) = Store::open(dir.path()).unwrap();
-            store.initialise(&state()).unwrap();
-            // Journaled, then killed before the history line was written.
-            store.append_event(Timestamp(5), &finished).unwrap();
-        }
+        // Journaled, then killed before the history line was written.
+        drop(drive(
+            dir.path(),
+            &mut state(),
+            vec![Input::Event(finished)],
+        ));
         for _ in 0..2 {
             let (_, rec) = Store::open(dir.path()).unwrap();
             assert_eq!(rec.history.len(), 1, "restored exactly once");
         }
+    }
+
+    #[test]
+    fn a_failed_snapshot_backs_off_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keeper = drive(dir.path(), &mut state(), vec![]);
+        keeper.since_snapshot = SNAPSHOT_EVERY;
+        assert!(keeper.wants_checkpoint());
+        assert!(!keeper.wants_checkpoint(), "one checkpoint at a time");
+        assert!(keeper.snapshot_finished(Err("disk full".into())), "logged");
+        assert!(!keeper.wants_checkpoint(), "backing off");
+        keeper.retry_at = Some(Instant::now());
+        assert!(keeper.wants_checkpoint(), "due after the wait");
+        assert!(
+            !keeper.snapshot_finished(Err("again".into())),
+            "logged once"
+        );
+        assert!(!keeper.snapshot_finished(Ok(7)));
+        assert_eq!(keeper.failures, 0);
     }
 }
