@@ -487,10 +487,8 @@ impl JournalWriter {
                 Err(error.clone())
             }
         };
-        for ack in acks {
-            if let Some(ack) = ack {
-                let _ = ack.send(answer.clone());
-            }
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(answer.clone());
         }
         forward
     }
