@@ -3,7 +3,7 @@
 
 mod support;
 
-use sluice::demo::DEMO_REPO;
+use sluice::demo::{DEMO_REPO, WEBHOOK_SECRET};
 use support::World;
 
 #[tokio::test]
@@ -171,4 +171,103 @@ fn alive(pid: i32) -> bool {
                 .starts_with('Z')
         })
         .unwrap_or(false)
+}
+
+/// A 202 means the delivery is on disk: deliveries stream in from several
+/// connections, sluice is SIGKILLed in the middle, and after the restart
+/// every PR whose delivery was answered 202 is tracked. (GitHub is out of
+/// reach, so nothing but the journal can bring them back.)
+#[tokio::test]
+async fn every_delivery_answered_202_survives_a_kill() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::new(dir.path(), 0, 1).await;
+    // GitHub unreachable: the startup reconcile cannot heal (or close) what
+    // the journal lost.
+    let toml = std::fs::read_to_string(&world.config).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("api_url") {
+                "api_url = \"http://127.0.0.1:9\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&world.config, toml).unwrap();
+    world.start().await;
+    let template: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/webhooks/pull_request/opened.payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let url = format!("{}/webhook", world.url);
+    let senders: Vec<_> = (0..8u64)
+        .map(|lane| {
+            let (template, accepted, url) = (template.clone(), accepted.clone(), url.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0..2_000u64 {
+                    let number = 1 + lane + 8 * i;
+                    let mut body = template.clone();
+                    body["repository"]["full_name"] = DEMO_REPO.into();
+                    body["number"] = number.into();
+                    body["pull_request"]["number"] = number.into();
+                    body["pull_request"]["head"]["sha"] =
+                        format!("{:040x}", 0xbeef_0000 + number).into();
+                    let body = serde_json::to_vec(&body).unwrap();
+                    let signature = sluice::forge::webhook::sign(WEBHOOK_SECRET.as_bytes(), &body);
+                    let sent = http
+                        .post(&url)
+                        .header("X-GitHub-Event", "pull_request")
+                        .header("X-GitHub-Delivery", format!("kill-{number}"))
+                        .header("X-Hub-Signature-256", signature)
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => accepted.lock().unwrap().push(number),
+                        Ok(_) => {}
+                        Err(_) => return, // killed
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill it in the middle of the stream.
+    while accepted.lock().unwrap().len() < 400 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    world.kill();
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    world.start().await;
+    let status = world.get("/status").await;
+    let tracked: std::collections::BTreeSet<u64> = status["prs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    let lost: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|n| !tracked.contains(n))
+        .collect();
+    assert!(accepted.len() >= 400);
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted deliveries lost: {lost:?}",
+        lost.len(),
+        accepted.len()
+    );
 }

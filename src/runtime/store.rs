@@ -750,4 +750,141 @@ mod tests {
         assert!(!keeper.snapshot_finished(Ok(7)));
         assert_eq!(keeper.failures, 0);
     }
+
+    /// Drives the store as the driver does: submit, apply what comes back
+    /// in order, ask for checkpoints and hand them to the snapshot thread.
+    struct Driven {
+        inlet: Inlet,
+        journaled: mpsc::Receiver<Journaled>,
+        keeper: Keeper,
+        live: State,
+        snapshots: u32,
+    }
+
+    impl Driven {
+        fn start(dir: &Path, live: State) -> Driven {
+            let (mut store, _) = Store::open(dir).unwrap();
+            store.initialise(&live).unwrap();
+            let (inlet, journaled, keeper) = store.start(Fsync::Never).unwrap();
+            Driven {
+                inlet,
+                journaled,
+                keeper,
+                live,
+                snapshots: 0,
+            }
+        }
+
+        /// Submits one event; returns the actions the core took for it.
+        fn event(&mut self, event: Event) -> Vec<Action> {
+            let id = format!("d-{}", self.keeper.since_snapshot);
+            let ack = self
+                .inlet
+                .submit_durable(vec![Input::Event(event), Input::Delivery(id)])
+                .unwrap();
+            assert_eq!(ack.blocking_recv().unwrap(), Ok(()));
+            let mut actions = Vec::new();
+            for _ in 0..2 {
+                let j = self.journaled.blocking_recv().unwrap();
+                match j.input {
+                    Input::Event(e) => {
+                        actions = self.live.handle(e, j.at);
+                        self.keeper.applied();
+                    }
+                    Input::Delivery(id) => self.keeper.delivery(id),
+                    _ => unreachable!(),
+                }
+            }
+            if self.keeper.wants_checkpoint() {
+                self.inlet
+                    .try_send(Input::Checkpoint { sealed: false })
+                    .unwrap();
+                let j = self.journaled.blocking_recv().unwrap();
+                assert!(matches!(j.input, Input::Checkpoint { sealed: true }));
+                self.keeper.checkpoint(j.seq, &self.live);
+                let done = self.keeper.done.blocking_recv().unwrap();
+                assert_eq!(done, Ok(j.seq));
+                self.keeper.snapshot_finished(done);
+                self.snapshots += 1;
+            }
+            actions
+        }
+    }
+
+    #[test]
+    fn snapshots_with_results_truncate_the_journal_and_restore_the_same_state() {
+        use crate::core::{JobReport, Outcome, PrKey, PrSnapshot};
+        let dir = tempfile::tempdir().unwrap();
+        let repo = RepoName::parse("o/r").unwrap();
+        let policy = RepoPolicy {
+            max_concurrent_builds: 50,
+            ..RepoPolicy::default()
+        };
+        let mut d = Driven::start(dir.path(), State::new([(repo.clone(), policy)], "t"));
+        d.event(moved(1));
+        let mut n = 0u64;
+        // Open PRs and finish their builds until well past two snapshots.
+        while d.snapshots < 2 || n < 2 * SNAPSHOT_EVERY / 3 {
+            n += 1;
+            let actions = d.event(Event::PrUpdated(PrSnapshot {
+                key: PrKey {
+                    repo: repo.clone(),
+                    number: n,
+                },
+                head_sha: Sha::parse(&format!("{:040x}", 0x1000 + n)).unwrap(),
+                head_ref: format!("f{n}"),
+                base_ref: "main".into(),
+                base_sha: None,
+                title: format!("PR {n}"),
+                author: "a".into(),
+                draft: false,
+                mergeable: None,
+                labels: vec![],
+                created_at: Timestamp(n),
+            }));
+            for action in actions {
+                if let Action::StartBuild { build, candidate } = action {
+                    let outcome = [Outcome::Passed, Outcome::Failed][n as usize % 2];
+                    d.event(Event::JobFinished {
+                        build,
+                        candidate,
+                        report: JobReport {
+                            outcome,
+                            exit_code: Some(n as i32 % 2),
+                            detail: "exit".into(),
+                            started_at: Timestamp(1),
+                            finished_at: Timestamp(2),
+                        },
+                    });
+                }
+            }
+        }
+        let with_results = d
+            .live
+            .repo(&repo)
+            .unwrap()
+            .prs
+            .values()
+            .filter(|p| !p.results.is_empty())
+            .count();
+        assert!(with_results > 1000, "{with_results} PRs with results");
+        // Killed: nothing is shut down cleanly.
+        let live = d.live.clone();
+        std::mem::forget(d);
+        let journal = std::fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
+        assert!(
+            (journal.lines().count() as u64) < 2 * SNAPSHOT_EVERY,
+            "journal truncated: {} lines",
+            journal.lines().count()
+        );
+        assert!(!dir.path().join(SEALED).exists());
+        let (_, rec) = Store::open(dir.path()).unwrap();
+        assert!(rec.events_replayed < 2 * SNAPSHOT_EVERY);
+        assert_eq!(
+            rec.state.unwrap(),
+            live,
+            "recovered state equals the live one"
+        );
+        assert_eq!(rec.deliveries.len() as u64, (n + 1) + with_results as u64);
+    }
 }
