@@ -389,12 +389,12 @@ async fn head_of(inner: &Inner, repo: &str, branch: &str) -> Option<String> {
 }
 
 /// One page of `items` and GitHub's `Link` header for the others.
-fn paginate(
+fn paginate<T>(
     inner: &Inner,
     path: &str,
     q: &[(String, String)],
-    items: Vec<Value>,
-) -> Result<(Vec<Value>, Option<String>), &'static str> {
+    items: Vec<T>,
+) -> Result<(Vec<T>, Option<String>), &'static str> {
     let per_page: usize = match param(q, "per_page").map(str::parse).transpose() {
         Ok(p) => p.unwrap_or(30).clamp(1, 100),
         Err(_) => return Err("Invalid per_page"),
@@ -434,9 +434,21 @@ fn paginate(
 }
 
 fn paged_reply(inner: &Inner, path: &str, q: &[(String, String)], items: Vec<Value>) -> Reply {
+    paged_reply_with(inner, path, q, items, |v| v)
+}
+
+/// A page of `items`, each shaped by `shape` (only the page's are shaped).
+fn paged_reply_with<T>(
+    inner: &Inner,
+    path: &str,
+    q: &[(String, String)],
+    items: Vec<T>,
+    shape: impl FnMut(T) -> Value,
+) -> Reply {
     match paginate(inner, path, q, items) {
         Err(message) => error(422, message, ""),
         Ok((page, link)) => {
+            let page = page.into_iter().map(shape).collect();
             let mut r = reply(200, &Value::Array(page));
             if let Some(link) = link
                 && let Ok(v) = link.parse()
@@ -453,31 +465,28 @@ fn list_pulls(inner: &Inner, repo: &str, path: &str, q: &[(String, String)]) -> 
     if !matches!(state, "open" | "closed" | "all") {
         return error(422, "Validation Failed", "/pulls/pulls#list-pull-requests");
     }
-    let items = {
-        let st = inner.state.lock().expect("state");
-        let Some(r) = st.repos.get(repo) else {
-            return not_found();
-        };
-        let u = inner.urls();
-        let mut prs: Vec<_> = r
-            .prs
-            .values()
-            .filter(|p| match state {
-                "open" => p.open,
-                "closed" => !p.open,
-                _ => true,
-            })
-            .filter(|p| param(q, "base").is_none_or(|b| b == p.base_ref))
-            .collect();
-        // GitHub's default: sort=created, direction=desc.
-        if param(q, "direction") != Some("asc") {
-            prs.reverse();
-        }
-        prs.into_iter()
-            .map(|p| shapes::pull_request(&u, r, p, false, shapes::Mergeable::Unknown))
-            .collect()
+    let st = inner.state.lock().expect("state");
+    let Some(r) = st.repos.get(repo) else {
+        return not_found();
     };
-    paged_reply(inner, path, q, items)
+    let u = inner.urls();
+    let mut prs: Vec<_> = r
+        .prs
+        .values()
+        .filter(|p| match state {
+            "open" => p.open,
+            "closed" => !p.open,
+            _ => true,
+        })
+        .filter(|p| param(q, "base").is_none_or(|b| b == p.base_ref))
+        .collect();
+    // GitHub's default: sort=created, direction=desc.
+    if param(q, "direction") != Some("asc") {
+        prs.reverse();
+    }
+    paged_reply_with(inner, path, q, prs, |p| {
+        shapes::pull_request(&u, r, p, false, shapes::Mergeable::Unknown)
+    })
 }
 
 async fn get_pull(inner: &Inner, repo: &str, number: u64) -> Reply {
