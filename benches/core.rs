@@ -48,7 +48,7 @@ fn main() {
     let mut now = 1_000_000u64;
     let mut running: BTreeMap<BuildId, Candidate> = BTreeMap::new();
     let mut heads: Vec<u64> = vec![0; prs as usize + 1];
-    let mut apply =
+    let apply =
         |state: &mut State, running: &mut BTreeMap<BuildId, Candidate>, event: Event, now: u64| {
             for action in state.handle(event, Timestamp(now)) {
                 match action {

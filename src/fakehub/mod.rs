@@ -12,6 +12,7 @@
 //! # let _ = n; Ok(()) }
 //! ```
 
+mod budget;
 mod chaos;
 mod git;
 mod hooks;
@@ -19,6 +20,7 @@ mod server;
 mod shapes;
 mod state;
 
+pub use budget::{ApiRequest, DEFAULT_RATE_LIMIT, REQUEST_LOG_CAP};
 pub use chaos::{Chaos, ChaosStats, DeliveryFate, Dice, MAX_HOLD, MAX_HOLD_BEHIND, REORDER_RATE};
 pub use hooks::{DeliveryView, signature};
 
@@ -70,6 +72,8 @@ pub(crate) struct Inner {
     /// Seeded chaos, when on.
     chaos: Mutex<Option<chaos::Dice>>,
     counters: chaos::Counters,
+    /// The primary rate limit per token, and the log of API requests.
+    budget: budget::Budget,
     queue: mpsc::UnboundedSender<hooks::Job>,
     pending: AtomicUsize,
     idle: Notify,
@@ -262,6 +266,7 @@ impl FakeHub {
             faults: Mutex::new(Vec::new()),
             chaos: Mutex::new(None),
             counters: chaos::Counters::default(),
+            budget: budget::Budget::default(),
             queue: tx,
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -515,6 +520,97 @@ impl FakeHub {
         Ok(number)
     }
 
+    /// Opens `count` PRs into `base` at once, for tests that need many: each
+    /// from its own new branch `{head}-{number}`, all at the commit branch
+    /// `head` points at. One git call for all the refs; `opened` is sent
+    /// for each. Returns the numbers, oldest first.
+    pub async fn open_prs_bulk(
+        &self,
+        repo: &str,
+        head: &str,
+        base: &str,
+        count: usize,
+        author: &str,
+    ) -> anyhow::Result<Vec<u64>> {
+        let g = self.inner.git(repo)?;
+        let _ops = self.inner.ops.lock().await;
+        let head_sha = g
+            .branch(head)
+            .await?
+            .with_context(|| format!("no branch {head:?} in {repo}"))?;
+        let base_sha = g
+            .branch(base)
+            .await?
+            .with_context(|| format!("no branch {base:?} in {repo}"))?;
+        let range = format!("{base_sha}..{head_sha}");
+        let commits: u64 = g
+            .ok(&["rev-list", "--count", &range, "--"])
+            .await?
+            .parse()
+            .unwrap_or(1);
+        let first = {
+            let st = self.inner.state.lock().expect("state");
+            st.repos
+                .get(repo)
+                .context("no such repository")?
+                .next_number
+        };
+        let numbers: Vec<u64> = (first..first + count as u64).collect();
+        let mut refs = String::new();
+        for n in &numbers {
+            let branch = format!("{head}-{n}");
+            check_branch_name(&branch)?;
+            refs.push_str(&format!("create refs/heads/{branch} {head_sha}\n"));
+            refs.push_str(&format!("update refs/pull/{n}/head {head_sha}\n"));
+        }
+        let out = g
+            .run(&["update-ref", "--stdin"], Some(refs.as_bytes()), &[], None)
+            .await?;
+        if out.code != Some(0) {
+            bail!("git update-ref --stdin failed: {}", out.stderr.trim());
+        }
+        {
+            let mut st = self.inner.state.lock().expect("state");
+            let now = shapes::now_iso();
+            for &number in &numbers {
+                let id = st.fresh_id() + 200_000_000;
+                let r = st.repos.get_mut(repo).context("no such repository")?;
+                r.next_number = number + 1;
+                r.prs.insert(
+                    number,
+                    PrState {
+                        number,
+                        id,
+                        title: format!("Bulk PR {number}"),
+                        body: None,
+                        author: author.to_string(),
+                        head_ref: format!("{head}-{number}"),
+                        head_sha: head_sha.clone(),
+                        base_ref: base.to_string(),
+                        base_sha: base_sha.clone(),
+                        open: true,
+                        merged: false,
+                        merged_by: None,
+                        merge_commit_sha: None,
+                        merged_at: None,
+                        closed_at: None,
+                        created_at: now.clone(),
+                        updated_at: now.clone(),
+                        labels: Vec::new(),
+                        draft: false,
+                        commits,
+                        reviews: Vec::new(),
+                    },
+                );
+            }
+        }
+        for &number in &numbers {
+            self.inner
+                .pr_event(repo, number, "opened", author, json!({}))?;
+        }
+        Ok(numbers)
+    }
+
     /// A review by `reviewer`: "APPROVED", "CHANGES_REQUESTED" or
     /// "COMMENTED". Returns the review id; sends `pull_request_review`
     /// `submitted`.
@@ -542,6 +638,8 @@ impl FakeHub {
                 commit_id: pr.head_sha.clone(),
                 submitted_at: shapes::now_iso(),
             });
+            // As on GitHub, a review is an update of the PR.
+            pr.updated_at = shapes::now_iso();
             Ok(id)
         })?;
         self.inner
@@ -565,6 +663,7 @@ impl FakeHub {
                 .find(|r| r.id == review_id)
                 .context("no such review")?;
             rv.state = "DISMISSED".into();
+            pr.updated_at = shapes::now_iso();
             Ok(())
         })?;
         self.inner
@@ -774,6 +873,45 @@ impl FakeHub {
     /// are still sent.
     pub fn clear_chaos(&self) {
         *self.inner.chaos.lock().expect("chaos lock") = None;
+    }
+
+    /// Every API request the fake answered (the last [`REQUEST_LOG_CAP`]),
+    /// oldest first.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.inner.budget.requests_since(0)
+    }
+
+    /// The `seq` the next API request will get: read the log from here with
+    /// [`FakeHub::requests_since`].
+    pub fn request_mark(&self) -> u64 {
+        self.inner.budget.mark()
+    }
+
+    /// The API requests from `mark` on, oldest first.
+    pub fn requests_since(&self, mark: u64) -> Vec<ApiRequest> {
+        self.inner.budget.requests_since(mark)
+    }
+
+    /// Calls counted against the hub's token (or, without one, against
+    /// calls without a token) in the current hour.
+    pub fn rate_limit_used(&self) -> u64 {
+        self.inner
+            .budget
+            .used(self.inner.token.as_deref().unwrap_or_default())
+    }
+
+    /// `x-ratelimit-remaining` for the hub's token now.
+    pub fn rate_limit_remaining(&self) -> u64 {
+        self.inner
+            .budget
+            .limit()
+            .saturating_sub(self.rate_limit_used())
+    }
+
+    /// Sets the primary rate limit per token and hour (default
+    /// [`DEFAULT_RATE_LIMIT`]), to test what happens when it runs low.
+    pub fn set_rate_limit(&self, limit: u64) {
+        self.inner.budget.set_limit(limit);
     }
 
     /// What chaos and injected faults did so far.

@@ -1,6 +1,7 @@
 //! The REST face of the fake: one catch-all warp route, routed by hand so
 //! unknown paths and methods answer GitHub's JSON 404.
 
+use super::budget;
 use super::shapes::{self, Urls};
 use super::state::StatusRec;
 use super::{Fault, HttpError, Inner};
@@ -46,12 +47,7 @@ fn reply(status: u16, body: &Value) -> Reply {
         "x-github-media-type",
         "github.v3; format=json".parse().expect("header"),
     );
-    h.insert("x-ratelimit-limit", "5000".parse().expect("header"));
-    h.insert("x-ratelimit-remaining", "4999".parse().expect("header"));
-    h.insert("x-ratelimit-used", "1".parse().expect("header"));
-    h.insert("x-ratelimit-resource", "core".parse().expect("header"));
-    let reset = (shapes::now_unix() + 3600).to_string();
-    h.insert("x-ratelimit-reset", reset.parse().expect("header"));
+    // The x-ratelimit-* headers are added in `handle`, from the real counter.
     r
 }
 
@@ -201,6 +197,22 @@ fn take_slow(inner: &Inner, method: &Method, path: &str) -> Option<std::time::Du
     None
 }
 
+/// The token a call is counted against ("" without one); `None` if the call
+/// is refused as unauthorized (GitHub counts those elsewhere).
+fn rate_key(inner: &Inner, headers: &HeaderMap) -> Option<String> {
+    authorized(inner, headers).ok()?;
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let token = given
+        .strip_prefix("Bearer ")
+        .or_else(|| given.strip_prefix("bearer "))
+        .or_else(|| given.strip_prefix("token "))
+        .unwrap_or(given);
+    Some(token.to_string())
+}
+
 pub(crate) async fn handle(
     inner: &Inner,
     method: &Method,
@@ -209,10 +221,41 @@ pub(crate) async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
-    let r = answer(inner, method, path, query, headers, body).await;
-    if r.status().is_success()
-        && let Some(delay) = take_slow(inner, method, path)
-    {
+    let key = rate_key(inner, headers);
+    let exhausted = key.as_deref().is_some_and(|k| inner.budget.exhausted(k));
+    let mut r = if exhausted {
+        error(
+            403,
+            "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for help, please include the request ID.",
+            "/rest/overview/rate-limits-for-the-rest-api",
+        )
+    } else {
+        answer(inner, method, path, query, headers, body).await
+    };
+    let slow = if r.status().is_success() {
+        take_slow(inner, method, path)
+    } else {
+        None
+    };
+    if *method == Method::GET && r.status() == StatusCode::OK {
+        let tag = budget::etag(r.body(), r.headers());
+        if budget::none_match(headers, &tag) {
+            r = budget::not_modified(&tag);
+        } else if let Ok(v) = tag.parse() {
+            r.headers_mut().insert(http::header::ETAG, v);
+        }
+    }
+    // GitHub: a 304 is free when the call was authorized with a header.
+    let free =
+        r.status() == StatusCode::NOT_MODIFIED && headers.contains_key(http::header::AUTHORIZATION);
+    let counted = key.is_some() && !exhausted && !free;
+    if let Some(key) = &key {
+        inner.budget.charge(key, counted, r.headers_mut());
+    }
+    inner
+        .budget
+        .record(method, path, query, r.status().as_u16(), counted);
+    if let Some(delay) = slow {
         tokio::time::sleep(delay).await;
     }
     r
@@ -346,12 +389,12 @@ async fn head_of(inner: &Inner, repo: &str, branch: &str) -> Option<String> {
 }
 
 /// One page of `items` and GitHub's `Link` header for the others.
-fn paginate(
+fn paginate<T>(
     inner: &Inner,
     path: &str,
     q: &[(String, String)],
-    items: Vec<Value>,
-) -> Result<(Vec<Value>, Option<String>), &'static str> {
+    items: Vec<T>,
+) -> Result<(Vec<T>, Option<String>), &'static str> {
     let per_page: usize = match param(q, "per_page").map(str::parse).transpose() {
         Ok(p) => p.unwrap_or(30).clamp(1, 100),
         Err(_) => return Err("Invalid per_page"),
@@ -391,9 +434,21 @@ fn paginate(
 }
 
 fn paged_reply(inner: &Inner, path: &str, q: &[(String, String)], items: Vec<Value>) -> Reply {
+    paged_reply_with(inner, path, q, items, |v| v)
+}
+
+/// A page of `items`, each shaped by `shape` (only the page's are shaped).
+fn paged_reply_with<T>(
+    inner: &Inner,
+    path: &str,
+    q: &[(String, String)],
+    items: Vec<T>,
+    shape: impl FnMut(T) -> Value,
+) -> Reply {
     match paginate(inner, path, q, items) {
         Err(message) => error(422, message, ""),
         Ok((page, link)) => {
+            let page = page.into_iter().map(shape).collect();
             let mut r = reply(200, &Value::Array(page));
             if let Some(link) = link
                 && let Ok(v) = link.parse()
@@ -410,31 +465,28 @@ fn list_pulls(inner: &Inner, repo: &str, path: &str, q: &[(String, String)]) -> 
     if !matches!(state, "open" | "closed" | "all") {
         return error(422, "Validation Failed", "/pulls/pulls#list-pull-requests");
     }
-    let items = {
-        let st = inner.state.lock().expect("state");
-        let Some(r) = st.repos.get(repo) else {
-            return not_found();
-        };
-        let u = inner.urls();
-        let mut prs: Vec<_> = r
-            .prs
-            .values()
-            .filter(|p| match state {
-                "open" => p.open,
-                "closed" => !p.open,
-                _ => true,
-            })
-            .filter(|p| param(q, "base").is_none_or(|b| b == p.base_ref))
-            .collect();
-        // GitHub's default: sort=created, direction=desc.
-        if param(q, "direction") != Some("asc") {
-            prs.reverse();
-        }
-        prs.into_iter()
-            .map(|p| shapes::pull_request(&u, r, p, false, shapes::Mergeable::Unknown))
-            .collect()
+    let st = inner.state.lock().expect("state");
+    let Some(r) = st.repos.get(repo) else {
+        return not_found();
     };
-    paged_reply(inner, path, q, items)
+    let u = inner.urls();
+    let mut prs: Vec<_> = r
+        .prs
+        .values()
+        .filter(|p| match state {
+            "open" => p.open,
+            "closed" => !p.open,
+            _ => true,
+        })
+        .filter(|p| param(q, "base").is_none_or(|b| b == p.base_ref))
+        .collect();
+    // GitHub's default: sort=created, direction=desc.
+    if param(q, "direction") != Some("asc") {
+        prs.reverse();
+    }
+    paged_reply_with(inner, path, q, prs, |p| {
+        shapes::pull_request(&u, r, p, false, shapes::Mergeable::Unknown)
+    })
 }
 
 async fn get_pull(inner: &Inner, repo: &str, number: u64) -> Reply {

@@ -4,29 +4,44 @@
 //! Every call is bounded by the configured timeout and retried (5xx,
 //! timeouts, transport errors, rate limits) with exponential backoff. The
 //! raw octocrab methods are used so status codes and headers stay visible.
+//!
+//! Budget: every GET sluice repeats is conditional (`If-None-Match` with the
+//! `ETag` of the last 200 for that exact path, see [`cache`]); a `304 Not
+//! Modified` is answered from the cache, is never an error and never
+//! retried, and GitHub does not count it against the rate limit. Every
+//! reply's `x-ratelimit-*` headers are recorded ([`Forge::api_budget`]).
+
+mod cache;
 
 use super::convert::pr_snapshot;
-use super::{CommitStatus, Forge, ForgeError, PrFetch};
+use super::{ApiBudget, CommitStatus, Forge, ForgeError, ListedPr, PrFetch};
 use crate::config::GithubConfig;
 use crate::core::{
-    MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha,
+    MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha, Timestamp,
 };
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, Uri};
+pub use cache::ETAG_CACHE_ENTRIES;
+use cache::{Cached, EtagCache};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use octocrab::Octocrab;
 use octocrab::models::pulls::{self, PullRequest, Review};
 use octocrab::models::repos::Branch;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The longest wait between two attempts. A rate limit that asks for more
 /// is not slept through: the call fails and is retried later by its caller.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How long a reviewer's permission is remembered.
+/// How long a reviewer's permission is remembered without asking GitHub;
+/// after that it is asked again, conditionally (a 304 costs nothing).
 pub const PERMISSION_TTL: Duration = Duration::from_secs(300);
+/// How many (repository, reviewer) permissions are remembered; past that,
+/// expired ones go first, then the oldest.
+pub const PERMISSION_ENTRIES: usize = 10_000;
 /// GitHub's limit on a commit status description, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
 /// Stop following `Link: rel="next"` after this many pages.
@@ -42,6 +57,82 @@ pub struct GitHub {
     backoff_base: Duration,
     status_context: String,
     permissions: Mutex<HashMap<(RepoName, String), (Instant, bool)>>,
+    /// ETags and converted answers of repeated GETs (bounded, LRU).
+    etags: Mutex<EtagCache>,
+    budget: Arc<BudgetCell>,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+/// What GitHub's replies said about the rate limit, and what was spent.
+struct BudgetCell {
+    limit: AtomicU64,
+    remaining: AtomicU64,
+    reset: AtomicU64,
+    counted: AtomicU64,
+    not_modified: AtomicU64,
+}
+
+impl BudgetCell {
+    fn new() -> BudgetCell {
+        BudgetCell {
+            limit: AtomicU64::new(UNKNOWN),
+            remaining: AtomicU64::new(UNKNOWN),
+            reset: AtomicU64::new(UNKNOWN),
+            counted: AtomicU64::new(0),
+            not_modified: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one reply. Headers that are missing or not numbers are
+    /// ignored (the last good value stays).
+    fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        if status == StatusCode::NOT_MODIFIED {
+            self.not_modified.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counted.fetch_add(1, Ordering::Relaxed);
+        }
+        for (name, cell) in [
+            ("x-ratelimit-limit", &self.limit),
+            ("x-ratelimit-remaining", &self.remaining),
+            ("x-ratelimit-reset", &self.reset),
+        ] {
+            if let Some(v) = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|v| *v != UNKNOWN)
+            {
+                cell.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> ApiBudget {
+        let known = |cell: &AtomicU64| Some(cell.load(Ordering::Relaxed)).filter(|v| *v != UNKNOWN);
+        ApiBudget {
+            limit: known(&self.limit),
+            remaining: known(&self.remaining),
+            reset_unix: known(&self.reset),
+            counted: self.counted.load(Ordering::Relaxed),
+            not_modified: self.not_modified.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One answer of a conditional GET, fresh or from the cache.
+struct Fetched<V> {
+    value: V,
+    /// `Link: rel="next"`, as sent.
+    next: Option<String>,
+}
+
+/// A review as the cache keeps it: only what sluice reads.
+#[derive(Clone)]
+struct ReviewItem {
+    login: Option<String>,
+    state: ReviewState,
+    id: u64,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -148,6 +239,8 @@ impl GitHub {
             backoff_base: Duration::from_millis(500),
             status_context: config.status_context.clone(),
             permissions: Mutex::new(HashMap::new()),
+            etags: Mutex::new(EtagCache::new(ETAG_CACHE_ENTRIES)),
+            budget: Arc::new(BudgetCell::new()),
         })
     }
 
@@ -165,10 +258,24 @@ impl GitHub {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, ForgeError> {
+        self.call_with(method, path, body, None).await
+    }
+
+    /// [`GitHub::call`] with an `If-None-Match` tag. A 304 is an answer
+    /// like any other here: returned at once, never retried.
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        if_none_match: Option<&HeaderValue>,
+    ) -> Result<Reply, ForgeError> {
         let what = format!("{method} {}", path_only(path));
         let mut attempt: u32 = 0;
         loop {
-            let outcome = tokio::time::timeout(self.timeout, self.send(&method, path, body)).await;
+            let outcome =
+                tokio::time::timeout(self.timeout, self.send(&method, path, body, if_none_match))
+                    .await;
             let outcome = match outcome {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(message)) => Err(ForgeError::Transport {
@@ -258,15 +365,24 @@ impl GitHub {
         method: &Method,
         path: &str,
         body: Option<&serde_json::Value>,
+        if_none_match: Option<&HeaderValue>,
     ) -> Result<Reply, String> {
         let response = match *method {
-            Method::GET => self.client._get(path).await,
+            Method::GET => {
+                let headers = if_none_match.map(|tag| {
+                    let mut h = HeaderMap::new();
+                    h.insert(http::header::IF_NONE_MATCH, tag.clone());
+                    h
+                });
+                self.client._get_with_headers(path, headers).await
+            }
             Method::POST => self.client._post(path, body).await,
             Method::PUT => self.client._put(path, body).await,
             _ => return Err(format!("method {method} is not used")),
         }
         .map_err(|e| error_chain(&e))?;
         let (parts, body) = response.into_parts();
+        self.budget.observe(parts.status, &parts.headers);
         let body = body
             .collect()
             .await
@@ -279,22 +395,92 @@ impl GitHub {
         })
     }
 
-    /// Every item of a paginated list, following `Link: rel="next"`.
-    async fn get_all_pages<T: DeserializeOwned>(
+    /// A GET that sluice repeats: conditional on the `ETag` of the last 200
+    /// for exactly this path; a 304 answers what that 200 was turned into.
+    /// `convert` turns a fresh reply (any status) into the answer; only a
+    /// 200 with an `ETag` is remembered.
+    async fn get_cached<V>(
+        &self,
+        path: &str,
+        convert: impl FnOnce(&Reply) -> Result<V, ForgeError>,
+    ) -> Result<Fetched<V>, ForgeError>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        let cached = self.lock_etags().get(path);
+        let tag = cached.as_ref().map(|c| c.etag.clone());
+        let mut reply = self
+            .call_with(Method::GET, path, None, tag.as_ref())
+            .await?;
+        if reply.status == StatusCode::NOT_MODIFIED {
+            if let Some(c) = &cached
+                && let Some(value) = c.value.downcast_ref::<V>()
+            {
+                return Ok(Fetched {
+                    value: value.clone(),
+                    next: c.next.clone(),
+                });
+            }
+            // A 304 with nothing to stand for: ask once more, unconditionally.
+            reply = self.call(Method::GET, path, None).await?;
+            if reply.status == StatusCode::NOT_MODIFIED {
+                return Err(ForgeError::Decode {
+                    what: format!("GET {}", path_only(path)),
+                    message: "304 Not Modified to a request without If-None-Match".into(),
+                });
+            }
+        }
+        let next = next_link(&reply.headers);
+        let etag = reply.headers.get(http::header::ETAG).cloned();
+        let value = convert(&reply)?;
+        let mut etags = self.lock_etags();
+        match etag {
+            Some(etag) if reply.status == StatusCode::OK => etags.put(
+                path,
+                Cached {
+                    etag,
+                    value: Arc::new(value.clone()),
+                    next: next.clone(),
+                },
+            ),
+            // Gone, or no tag: the old tag must not be sent again.
+            _ => etags.remove(path),
+        }
+        Ok(Fetched { value, next })
+    }
+
+    fn lock_etags(&self) -> std::sync::MutexGuard<'_, EtagCache> {
+        self.etags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every item of a paginated list, following `Link: rel="next"`, each
+    /// page conditional; `item` converts what a page holds.
+    async fn get_all_pages<T, V>(
         &self,
         first: String,
-    ) -> Result<Vec<T>, ForgeError> {
+        item: impl Fn(T) -> Result<V, ForgeError>,
+    ) -> Result<Vec<V>, ForgeError>
+    where
+        T: DeserializeOwned,
+        V: Clone + Send + Sync + 'static,
+    {
         let mut items = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
         while let Some(path) = next.take() {
             let what = format!("GET {}", path_only(&path));
-            let reply = self
-                .call(Method::GET, &path, None)
-                .await?
-                .expect_success(&what)?;
-            let page: Vec<T> = reply.decode(&what)?;
-            items.extend(page);
+            let page = self
+                .get_cached(&path, |reply| {
+                    if !reply.status.is_success() {
+                        return Err(reply.error(&what));
+                    }
+                    let page: Vec<T> = reply.decode(&what)?;
+                    page.into_iter().map(&item).collect::<Result<Vec<V>, _>>()
+                })
+                .await?;
+            items.extend(page.value);
             pages += 1;
             if pages >= MAX_PAGES {
                 return Err(ForgeError::Decode {
@@ -302,7 +488,7 @@ impl GitHub {
                     message: format!("more than {MAX_PAGES} pages"),
                 });
             }
-            next = match next_link(&reply.headers) {
+            next = match page.next {
                 Some(url) => Some(self.relative(&url).map_err(|message| ForgeError::Decode {
                     what: what.clone(),
                     message,
@@ -351,18 +537,34 @@ impl GitHub {
         }
         let path = format!("{}/collaborators/{}/permission", repo_path(repo), enc(user));
         let what = format!("GET {path}");
-        let reply = self.call(Method::GET, &path, None).await?;
-        let can = if reply.status == StatusCode::NOT_FOUND {
-            false
-        } else {
-            let p: Permission = reply.expect_success(&what)?.decode(&what)?;
-            [p.permission, p.role_name]
-                .iter()
-                .flatten()
-                .any(|p| matches!(p.as_str(), "admin" | "maintain" | "write"))
-        };
+        let can = self
+            .get_cached(&path, |reply| {
+                if reply.status == StatusCode::NOT_FOUND {
+                    return Ok(false);
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.error(&what));
+                }
+                let p: Permission = reply.decode(&what)?;
+                Ok([p.permission, p.role_name]
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.as_str(), "admin" | "maintain" | "write")))
+            })
+            .await?
+            .value;
         let mut cache = self.lock_permissions();
-        cache.retain(|_, (at, _)| at.elapsed() < PERMISSION_TTL);
+        if cache.len() >= PERMISSION_ENTRIES {
+            cache.retain(|_, (at, _)| at.elapsed() < PERMISSION_TTL);
+        }
+        if cache.len() >= PERMISSION_ENTRIES
+            && let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            cache.remove(&oldest);
+        }
         cache.insert(cache_key, (Instant::now(), can));
         Ok(can)
     }
@@ -420,41 +622,63 @@ impl GitHub {
 #[async_trait::async_trait]
 impl Forge for GitHub {
     async fn list_open_prs(&self, repo: &RepoName) -> Result<Vec<PrSnapshot>, ForgeError> {
+        Ok(self
+            .list_open_pr_listings(repo)
+            .await?
+            .into_iter()
+            .map(|listed| listed.snapshot)
+            .collect())
+    }
+
+    async fn list_open_pr_listings(&self, repo: &RepoName) -> Result<Vec<ListedPr>, ForgeError> {
         let first = format!("{}/pulls?state=open&per_page=100", repo_path(repo));
         let what = format!("GET {}/pulls", repo_path(repo));
-        let prs: Vec<PullRequest> = self.get_all_pages(first).await?;
-        prs.iter()
-            .map(|pr| {
-                pr_snapshot(repo, pr).map_err(|e| ForgeError::Decode {
-                    what: what.clone(),
-                    message: format!("#{}: {e}", pr.number),
-                })
+        self.get_all_pages(first, |pr: PullRequest| {
+            let snapshot = pr_snapshot(repo, &pr).map_err(|e| ForgeError::Decode {
+                what: what.clone(),
+                message: format!("#{}: {e}", pr.number),
+            })?;
+            let updated_at = pr
+                .updated_at
+                .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+                .map(Timestamp);
+            Ok(ListedPr {
+                snapshot,
+                updated_at,
             })
-            .collect()
+        })
+        .await
     }
 
     async fn get_pr(&self, pr: &PrKey) -> Result<Option<PrFetch>, ForgeError> {
         let path = format!("{}/pulls/{}", repo_path(&pr.repo), pr.number);
         let what = format!("GET {path}");
-        let reply = self.call(Method::GET, &path, None).await?;
-        if reply.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let body: PullRequest = reply.expect_success(&what)?.decode(&what)?;
-        // `state` is the authority: GitHub's own examples pair "open" with a
-        // `merged_at`.
-        if matches!(body.state, Some(octocrab::models::IssueState::Closed)) {
-            let merge_sha = body
-                .merged_at
-                .and(body.merge_commit_sha.as_deref())
-                .and_then(|s| Sha::parse(s).ok());
-            return Ok(Some(PrFetch::Closed { merge_sha }));
-        }
-        let snapshot = pr_snapshot(&pr.repo, &body).map_err(|e| ForgeError::Decode {
-            what,
-            message: e.to_string(),
-        })?;
-        Ok(Some(PrFetch::Open(snapshot)))
+        let fetched = self
+            .get_cached(&path, |reply| {
+                if reply.status == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.error(&what));
+                }
+                let body: PullRequest = reply.decode(&what)?;
+                // `state` is the authority: GitHub's own examples pair "open"
+                // with a `merged_at`.
+                if matches!(body.state, Some(octocrab::models::IssueState::Closed)) {
+                    let merge_sha = body
+                        .merged_at
+                        .and(body.merge_commit_sha.as_deref())
+                        .and_then(|s| Sha::parse(s).ok());
+                    return Ok(Some(PrFetch::Closed { merge_sha }));
+                }
+                let snapshot = pr_snapshot(&pr.repo, &body).map_err(|e| ForgeError::Decode {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok(Some(PrFetch::Open(snapshot)))
+            })
+            .await?;
+        Ok(fetched.value)
     }
 
     async fn reviews(&self, pr: &PrKey) -> Result<Vec<ReviewFact>, ForgeError> {
@@ -463,24 +687,32 @@ impl Forge for GitHub {
             repo_path(&pr.repo),
             pr.number
         );
-        let reviews: Vec<Review> = self.get_all_pages(first).await?;
+        let reviews: Vec<ReviewItem> = self
+            .get_all_pages(first, |review: Review| {
+                Ok(ReviewItem {
+                    login: review.user.map(|u| u.login),
+                    state: review_state(review.state),
+                    id: review.id.into_inner(),
+                })
+            })
+            .await?;
         let mut writers: HashMap<String, bool> = HashMap::new();
         let mut facts = Vec::with_capacity(reviews.len());
         for review in reviews {
             // A review by a deleted account has no user: it cannot count.
-            let Some(user) = review.user else { continue };
-            let can_write = match writers.get(&user.login) {
+            let Some(login) = review.login else { continue };
+            let can_write = match writers.get(&login) {
                 Some(can) => *can,
                 None => {
-                    let can = self.can_write(&pr.repo, &user.login).await?;
-                    writers.insert(user.login.clone(), can);
+                    let can = self.can_write(&pr.repo, &login).await?;
+                    writers.insert(login.clone(), can);
                     can
                 }
             };
             facts.push(ReviewFact {
-                reviewer: user.login,
-                state: review_state(review.state),
-                id: review.id.into_inner(),
+                reviewer: login,
+                state: review.state,
+                id: review.id,
                 can_write,
             });
         }
@@ -490,17 +722,24 @@ impl Forge for GitHub {
     async fn branch_head(&self, repo: &RepoName, branch: &str) -> Result<Option<Sha>, ForgeError> {
         let path = format!("{}/branches/{}", repo_path(repo), enc(branch));
         let what = format!("GET {path}");
-        let reply = self.call(Method::GET, &path, None).await?;
-        if reply.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let body: Branch = reply.expect_success(&what)?.decode(&what)?;
-        Sha::parse(&body.commit.sha)
-            .map(Some)
-            .map_err(|e| ForgeError::Decode {
-                what,
-                message: e.to_string(),
+        let fetched = self
+            .get_cached(&path, |reply| {
+                if reply.status == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.error(&what));
+                }
+                let body: Branch = reply.decode(&what)?;
+                Sha::parse(&body.commit.sha)
+                    .map(Some)
+                    .map_err(|e| ForgeError::Decode {
+                        what: what.clone(),
+                        message: e.to_string(),
+                    })
             })
+            .await?;
+        Ok(fetched.value)
     }
 
     async fn set_status(
@@ -532,6 +771,10 @@ impl Forge for GitHub {
                 reason: e.to_string(),
             },
         }
+    }
+
+    fn api_budget(&self) -> Option<ApiBudget> {
+        Some(self.budget.snapshot())
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub snapshot_failures: Counter,
     pub prs_tracked: Gauge,
     pub builds_running: Gauge,
+    pub github_rate_limit_remaining: Gauge,
+    pub github_rate_limit_limit: Gauge,
+    pub github_rate_limit_reset_seconds: Gauge,
+    pub github_requests: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +48,10 @@ impl Default for Metrics {
             snapshot_failures: Counter::default(),
             prs_tracked: Gauge::default(),
             builds_running: Gauge::default(),
+            github_rate_limit_remaining: Gauge::default(),
+            github_rate_limit_limit: Gauge::default(),
+            github_rate_limit_reset_seconds: Gauge::default(),
+            github_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -86,6 +94,26 @@ impl Default for Metrics {
             "builds_running",
             "Builds running now",
             m.builds_running.clone(),
+        );
+        registry.register(
+            "github_rate_limit_remaining",
+            "x-ratelimit-remaining of GitHub's last reply",
+            m.github_rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "github_rate_limit_limit",
+            "x-ratelimit-limit of GitHub's last reply",
+            m.github_rate_limit_limit.clone(),
+        );
+        registry.register(
+            "github_rate_limit_reset_seconds",
+            "x-ratelimit-reset of GitHub's last reply (Unix seconds)",
+            m.github_rate_limit_reset_seconds.clone(),
+        );
+        registry.register(
+            "github_requests",
+            "GitHub replies: counted against the rate limit, or not_modified (304, free)",
+            m.github_requests.clone(),
         );
         Metrics { registry, ..m }
     }

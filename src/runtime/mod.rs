@@ -9,7 +9,7 @@ mod reconcile;
 mod status;
 pub mod store;
 
-pub use reconcile::reconcile;
+pub use reconcile::{ReconcileMemory, reconcile};
 use status::status_writer;
 
 use crate::config::Config;
@@ -155,6 +155,7 @@ pub fn build(
         status_tx,
         replies: HashMap::new(),
         reconcile_running: Arc::new(Mutex::new(BTreeSet::new())),
+        reconcile_memory: Arc::new(ReconcileMemory::default()),
         keeper,
     };
     Ok((shared, driver))
@@ -172,6 +173,8 @@ pub struct Driver {
     status_tx: mpsc::UnboundedSender<StatusUpdate>,
     replies: HashMap<RequestId, oneshot::Sender<Answer>>,
     reconcile_running: Arc<Mutex<BTreeSet<RepoName>>>,
+    /// What the re-reads saw last, so an idle one reads little.
+    reconcile_memory: Arc<ReconcileMemory>,
     keeper: Keeper,
 }
 
@@ -547,8 +550,9 @@ impl Driver {
             }
             let (forge, inputs, shared) = self.spawn_parts();
             let running = self.reconcile_running.clone();
+            let memory = self.reconcile_memory.clone();
             tokio::spawn(async move {
-                if let Err(e) = reconcile(&*forge, &name, &inputs).await {
+                if let Err(e) = reconcile(&*forge, &name, &inputs, &memory).await {
                     forge_failed(&shared, "reconcile", &e);
                 }
                 running

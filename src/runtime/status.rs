@@ -1,19 +1,88 @@
 //! The status writer: commit statuses, in the order the core decided them.
+//!
+//! A status identical (state, description and link) to the last one written
+//! for that commit is not sent again: the core dedups per PR, this also
+//! covers a PR flipping back to a commit, and the core saying again what it
+//! said before within this process's life. Being the one task that lives as
+//! long as the driver and holds both the forge and the metrics, the writer
+//! also copies the forge's API budget into the metrics.
 
+use super::metrics::{KindLabel, Metrics};
 use super::{Shared, StatusUpdate, forge_failed};
-use crate::forge::Forge;
+use crate::core::{RepoName, Sha};
+use crate::forge::{ApiBudget, CommitStatus, Forge};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// How many commits' last status is remembered (the oldest first
+/// remembered is forgotten first; forgetting costs at most one repeated
+/// write).
+pub const STATUS_MEMORY: usize = 10_000;
+/// How often the forge's API budget is copied into the metrics (also after
+/// every batch of writes).
+pub const BUDGET_MIRROR: Duration = Duration::from_secs(2);
+
+/// The last status written per (repository, commit), bounded.
+struct LastWritten {
+    cap: usize,
+    last: HashMap<(RepoName, Sha), CommitStatus>,
+    order: VecDeque<(RepoName, Sha)>,
+}
+
+impl LastWritten {
+    fn new(cap: usize) -> LastWritten {
+        LastWritten {
+            cap: cap.max(1),
+            last: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn is_repeat(&self, repo: &RepoName, sha: &Sha, status: &CommitStatus) -> bool {
+        self.last
+            .get(&(repo.clone(), sha.clone()))
+            .is_some_and(|last| last == status)
+    }
+
+    fn wrote(&mut self, repo: RepoName, sha: Sha, status: CommitStatus) {
+        let key = (repo, sha);
+        if self.last.insert(key.clone(), status).is_none() {
+            self.order.push_back(key);
+        }
+        while self.last.len() > self.cap {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.last.remove(&oldest);
+        }
+    }
+}
 
 /// Writes commit statuses in the order the core decided them. Updates that
 /// queue up behind a slow call are coalesced: only the newest status of a
-/// commit is sent.
+/// commit is sent, and only if it is not what was last written there.
 pub(super) async fn status_writer(
     forge: Arc<dyn Forge>,
     mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
     shared: Arc<Shared>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut written = LastWritten::new(STATUS_MEMORY);
+    let mut mirrored = ApiBudget::default();
+    let mut mirror = tokio::time::interval(BUDGET_MIRROR);
+    mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let first = tokio::select! {
+            update = rx.recv() => match update {
+                Some(update) => update,
+                None => break,
+            },
+            _ = mirror.tick() => {
+                mirror_budget(&*forge, &shared.metrics, &mut mirrored);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -29,9 +98,177 @@ pub(super) async fn status_writer(
             }
         }
         for (repo, sha, status) in newest {
-            if let Err(e) = forge.set_status(&repo, &sha, &status).await {
-                forge_failed(&shared, "status", &e);
+            if written.is_repeat(&repo, &sha, &status) {
+                continue;
+            }
+            match forge.set_status(&repo, &sha, &status).await {
+                Ok(()) => written.wrote(repo, sha, status),
+                Err(e) => forge_failed(&shared, "status", &e),
             }
         }
+        mirror_budget(&*forge, &shared.metrics, &mut mirrored);
+    }
+}
+
+/// Copies the forge's budget into the gauges, and what it spent since
+/// `last` into the request counters.
+fn mirror_budget(forge: &dyn Forge, metrics: &Metrics, last: &mut ApiBudget) {
+    let Some(budget) = forge.api_budget() else {
+        return;
+    };
+    let gauge = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    if let Some(v) = gauge(budget.remaining) {
+        metrics.github_rate_limit_remaining.set(v);
+    }
+    if let Some(v) = gauge(budget.limit) {
+        metrics.github_rate_limit_limit.set(v);
+    }
+    if let Some(v) = gauge(budget.reset_unix) {
+        metrics.github_rate_limit_reset_seconds.set(v);
+    }
+    for (kind, now, before) in [
+        ("counted", budget.counted, last.counted),
+        ("not_modified", budget.not_modified, last.not_modified),
+    ] {
+        metrics
+            .github_requests
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(now.saturating_sub(before));
+    }
+    *last = budget;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GithubConfig;
+    use crate::core::{CommitState, State};
+    use crate::fakehub::FakeHub;
+    use crate::forge::github::GitHub;
+    use crate::runtime::history::History;
+    use std::sync::RwLock;
+    use std::sync::atomic::AtomicU64;
+
+    fn status(state: CommitState, description: &str, link: Option<&str>) -> CommitStatus {
+        CommitStatus {
+            state,
+            description: description.into(),
+            target_url: link.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn repeats_are_recognised_and_the_memory_is_bounded() {
+        let repo = RepoName::parse("o/r").unwrap();
+        let sha = |c: char| Sha::parse(&c.to_string().repeat(40)).unwrap();
+        let pending = status(CommitState::Pending, "Testing", Some("http://x/1"));
+        let mut w = LastWritten::new(2);
+        assert!(!w.is_repeat(&repo, &sha('a'), &pending));
+        w.wrote(repo.clone(), sha('a'), pending.clone());
+        assert!(w.is_repeat(&repo, &sha('a'), &pending));
+        let other_link = status(CommitState::Pending, "Testing", Some("http://x/2"));
+        assert!(!w.is_repeat(&repo, &sha('a'), &other_link));
+        assert!(!w.is_repeat(&repo, &sha('b'), &pending));
+        w.wrote(repo.clone(), sha('b'), pending.clone());
+        w.wrote(repo.clone(), sha('c'), pending.clone());
+        assert!(!w.is_repeat(&repo, &sha('a'), &pending), "evicted");
+        assert!(w.is_repeat(&repo, &sha('c'), &pending));
+        assert_eq!(w.last.len(), 2);
+        assert_eq!(w.order.len(), 2);
+    }
+
+    /// Real HTTP: the writer, the GitHub adapter and the fake GitHub.
+    #[tokio::test]
+    async fn an_identical_status_for_a_commit_is_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = FakeHub::start(dir.path(), Some("tok".into()))
+            .await
+            .unwrap();
+        let main = hub
+            .create_repo("o/r", "main", &[("a", "a\n")])
+            .await
+            .unwrap();
+        let other = hub
+            .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
+            .await
+            .unwrap();
+        let config = GithubConfig {
+            api_url: hub.api_url(),
+            request_timeout_secs: 5,
+            ..GithubConfig::default()
+        };
+        let forge: Arc<dyn Forge> = Arc::new(GitHub::new(&config, Some("tok".into())).unwrap());
+        let (inputs, _keep) = crate::runtime::store::Inlet::channel(1);
+        let shared = Arc::new(Shared {
+            inputs,
+            repos: Default::default(),
+            state: RwLock::new(State::new(std::iter::empty(), "b")),
+            history: RwLock::new(History::default()),
+            metrics: Metrics::default(),
+            next_request: AtomicU64::new(1),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(status_writer(forge, rx, shared.clone()));
+        let repo = RepoName::parse("o/r").unwrap();
+        let pending = status(CommitState::Pending, "Testing", Some("http://s/1/"));
+        let passed = status(CommitState::Success, "Passed", Some("http://s/1/"));
+        // One update at a time, each followed by a marker on another
+        // commit: once the marker is posted, the update before it was
+        // decided (the writer keeps order).
+        let mut markers = 0;
+        let mut send = |s: &CommitStatus| {
+            tx.send((repo.clone(), main.clone(), s.clone())).unwrap();
+            markers += 1;
+            let marker = status(CommitState::Pending, &format!("marker {markers}"), None);
+            tx.send((repo.clone(), other.clone(), marker)).unwrap();
+            markers
+        };
+        for s in [&pending, &pending, &passed, &passed, &pending] {
+            let n = send(s);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while hub.statuses("o/r", other.as_str()).len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "marker {n} not posted"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let states: Vec<String> = hub
+            .statuses("o/r", main.as_str())
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        // The repeats were skipped; flipping back to pending is a change.
+        assert_eq!(states, vec!["pending", "success", "pending"]);
+        let posts = hub
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.contains(main.as_str()))
+            .count();
+        assert_eq!(posts, 3);
+        // The budget reached the metrics: 8 POSTs counted by the fake.
+        let deadline = tokio::time::Instant::now() + BUDGET_MIRROR * 3;
+        loop {
+            let text = shared.metrics.encode();
+            let remaining = format!(
+                "sluice_github_rate_limit_remaining {}",
+                hub.rate_limit_remaining()
+            );
+            if text.contains(&remaining)
+                && text.contains("sluice_github_rate_limit_limit 5000")
+                && text.contains("sluice_github_requests_total{kind=\"counted\"} 8")
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "metrics: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(hub.rate_limit_used(), 8);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

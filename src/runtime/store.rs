@@ -323,6 +323,12 @@ pub struct Submission {
     ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+impl Submission {
+    pub fn into_inputs(self) -> Vec<Input> {
+        self.inputs
+    }
+}
+
 /// An input as the driver receives it: with its journal sequence number and
 /// the time it was journaled (the core's `now` for it, also on replay).
 pub struct Journaled {
@@ -345,6 +351,13 @@ pub enum Refused {
 }
 
 impl Inlet {
+    /// An inlet and the submissions it receives, for tests of what a task
+    /// sends to the core.
+    pub fn channel(capacity: usize) -> (Inlet, mpsc::Receiver<Submission>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Inlet { tx }, rx)
+    }
+
     /// Waits for room, then submits (for sluice's own tasks).
     pub async fn send(&self, input: Input) -> Result<(), Refused> {
         self.tx
