@@ -121,7 +121,7 @@ fn main() {
         } else if roll < 7 || running.is_empty() {
             kinds[1] += 1;
             review_id += 1;
-            let state = if dice.next() % 4 == 0 {
+            let state = if dice.next().is_multiple_of(4) {
                 ReviewState::Approved
             } else {
                 ReviewState::Commented
@@ -143,7 +143,7 @@ fn main() {
             let pick = (dice.next() % running.len() as u64) as usize;
             let build = running.keys().nth(pick).unwrap().clone();
             let candidate = running.remove(&build).unwrap();
-            let outcome = if dice.next() % 10 == 0 {
+            let outcome = if dice.next().is_multiple_of(10) {
                 Outcome::Failed
             } else {
                 Outcome::Passed
