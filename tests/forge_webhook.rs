@@ -82,7 +82,13 @@ fn every_pull_request_payload_maps_to_its_event() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         let mergeable = v["pull_request"]["mergeable"].as_bool();
         match action {
-            "opened" | "synchronize" | "ready_for_review" | "labeled" | "unlabeled" => {
+            // Opened: no reviews exist yet, so sluice reads none.
+            "opened" => assert_eq!(
+                events(got),
+                vec![Event::PrOpened(expected_snapshot(false, mergeable))],
+                "{file}"
+            ),
+            "synchronize" | "ready_for_review" | "labeled" | "unlabeled" => {
                 assert_eq!(
                     events(got),
                     vec![Event::PrUpdated(expected_snapshot(false, mergeable))],
@@ -120,8 +126,8 @@ fn opened_snapshot_keeps_mergeable_unknown_and_synchronize_too() {
         )
         .unwrap(),
     );
-    let Event::PrUpdated(s) = &got[0] else {
-        panic!()
+    let Event::PrOpened(s) = &got[0] else {
+        panic!("{got:?}")
     };
     assert_eq!(s.mergeable, None);
     let got = events(

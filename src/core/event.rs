@@ -11,6 +11,9 @@ pub enum Event {
     /// A PR was opened, got new commits, had its base changed, was relabelled
     /// or marked ready; or a re-read of the forge says this is how it is.
     PrUpdated(PrSnapshot),
+    /// A PR was just opened (a webhook said so): it has no reviews yet, so
+    /// none are read. Otherwise the same as `PrUpdated`.
+    PrOpened(PrSnapshot),
     /// A closed PR was reopened (a webhook said so explicitly).
     PrReopened(PrSnapshot),
     /// A PR was closed or merged by someone.
@@ -75,7 +78,7 @@ impl Event {
     /// The repository this event is about.
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            Event::PrUpdated(s) | Event::PrReopened(s) => Some(&s.key.repo),
+            Event::PrUpdated(s) | Event::PrOpened(s) | Event::PrReopened(s) => Some(&s.key.repo),
             Event::PrClosed(pr)
             | Event::ReviewActivity(pr)
             | Event::Reviews { pr, .. }

@@ -63,6 +63,14 @@ impl State {
         }
         match event {
             Event::PrUpdated(snapshot) => self.on_pr_snapshot(snapshot, false, now, &mut out),
+            Event::PrOpened(snapshot) => {
+                let fresh = !self.repos[&repo].prs.contains_key(&snapshot.key.number);
+                self.on_pr_snapshot(snapshot, false, now, &mut out);
+                if fresh {
+                    // Nothing to read: a PR just opened has no reviews.
+                    out.retain(|a| !matches!(a, Action::FetchReviews { .. }));
+                }
+            }
             Event::PrReopened(snapshot) => self.on_pr_snapshot(snapshot, true, now, &mut out),
             Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
             Event::ReviewActivity(key) => {
@@ -718,13 +726,18 @@ impl State {
             .filter(|b| &b.candidate.repo == name)
             .count();
         let free = repo.policy.max_concurrent_builds.saturating_sub(running);
-        let chosen: Vec<u64> = repo
-            .index
-            .waiting
-            .iter()
-            .take(free)
-            .map(|key| key.3)
-            .collect();
+        // Unapproved PRs in order, and the first approved PR of each branch
+        // that has no approved PR in flight; then the best of those.
+        let mut next: Vec<QueueKey> = repo.index.waiting.iter().take(free).copied().collect();
+        next.extend(
+            repo.index
+                .waiting_approved
+                .iter()
+                .filter(|(branch, _)| !repo.index.occupied.contains_key(*branch))
+                .filter_map(|(_, keys)| keys.first().copied()),
+        );
+        next.sort();
+        let chosen: Vec<u64> = next.iter().take(free).map(|key| key.3).collect();
         for &number in &chosen {
             let id = self.new_build_id();
             let repo = self.repos.get_mut(name).expect("exists");

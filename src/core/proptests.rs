@@ -182,7 +182,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, &branch(base));
                 s.mergeable = conflict.then_some(false);
                 s.draft = draft;
-                Event::PrUpdated(s)
+                if head % 2 == 0 {
+                    Event::PrOpened(s)
+                } else {
+                    Event::PrUpdated(s)
+                }
             }
             Op::Close { pr } => Event::PrClosed(key(pr)),
             Op::Reviews { pr, ann, bob, eve } => {

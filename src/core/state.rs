@@ -55,8 +55,16 @@ pub type QueueKey = (Reverse<bool>, Reverse<bool>, Timestamp, u64);
 pub(crate) struct RepoIndex {
     /// Open PRs by target branch: a moved branch touches only these.
     pub by_base: BTreeMap<String, BTreeSet<u64>>,
-    /// PRs that want a build, in queue order.
+    /// Unapproved PRs that want a build, in queue order.
     pub waiting: BTreeSet<QueueKey>,
+    /// Per target branch, approved PRs that want a build, in queue order.
+    /// One at a time per branch is tested (see `occupied`).
+    pub waiting_approved: BTreeMap<String, BTreeSet<QueueKey>>,
+    /// Per target branch, the approved PRs being tested against its head,
+    /// passed and waiting to merge, or merging. While a branch has one, the
+    /// next approved PR waits: testing it now would test a target that is
+    /// about to move (the merge train replaces this with speculation).
+    pub occupied: BTreeMap<String, BTreeSet<u64>>,
     /// Per target branch, PRs that could merge now but for the branch's
     /// merge lock, in queue order.
     pub ready: BTreeMap<String, BTreeSet<QueueKey>>,
@@ -72,6 +80,8 @@ pub(crate) struct RepoIndex {
 pub(crate) struct Filed {
     pub base: String,
     pub waiting: Option<QueueKey>,
+    pub waiting_approved: Option<QueueKey>,
+    pub occupies: bool,
     pub ready: Option<QueueKey>,
     pub retry: Option<Timestamp>,
 }
@@ -331,6 +341,12 @@ impl RepoState {
         if let Some(key) = old.waiting {
             index.waiting.remove(&key);
         }
+        if let Some(key) = old.waiting_approved {
+            remove_from(&mut index.waiting_approved, &old.base, &key);
+        }
+        if old.occupies {
+            remove_from(&mut index.occupied, &old.base, &number);
+        }
         if let Some(key) = old.ready
             && let Some(set) = index.ready.get_mut(&old.base)
         {
@@ -346,10 +362,16 @@ impl RepoState {
             return;
         };
         let key = self.queue_key(pr);
+        let approved = key.1.0;
         let base = pr.snapshot.base_ref.clone();
+        let wants_build = super::machine::wants_build(self, pr);
+        let ready = super::machine::ready_but_for_lock(self, pr);
+        let merging = self.merging.get(&base).is_some_and(|m| m.pr == number);
         let filed = Filed {
-            waiting: super::machine::wants_build(self, pr).then_some(key),
-            ready: super::machine::ready_but_for_lock(self, pr).then_some(key),
+            waiting: (wants_build && !approved).then_some(key),
+            waiting_approved: (wants_build && approved).then_some(key),
+            occupies: approved && !pr.snapshot.draft && (pr.build.is_some() || ready || merging),
+            ready: ready.then_some(key),
             retry: pr.merge_block.as_ref().and_then(|b| b.retry_at),
             base,
         };
@@ -361,6 +383,20 @@ impl RepoState {
             .insert(number);
         if let Some(key) = filed.waiting {
             index.waiting.insert(key);
+        }
+        if let Some(key) = filed.waiting_approved {
+            index
+                .waiting_approved
+                .entry(filed.base.clone())
+                .or_default()
+                .insert(key);
+        }
+        if filed.occupies {
+            index
+                .occupied
+                .entry(filed.base.clone())
+                .or_default()
+                .insert(number);
         }
         if let Some(key) = filed.ready {
             index
@@ -393,6 +429,15 @@ impl RepoState {
     /// The result for the PR's current pair, if it has one.
     pub fn current_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
         pr.results.get(&self.current_pair(pr)?)
+    }
+}
+
+fn remove_from<T: Ord>(map: &mut BTreeMap<String, BTreeSet<T>>, key: &str, item: &T) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(key);
+        }
     }
 }
 

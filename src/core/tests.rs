@@ -802,3 +802,67 @@ fn a_late_or_reordered_push_never_moves_a_target_back() {
     });
     assert_eq!(started(&a)[0].1.target_sha, sha(0x104));
 }
+
+#[test]
+fn a_pr_just_opened_reads_no_reviews_but_one_first_seen_otherwise_does() {
+    let mut bot = Bot::default();
+    bot.target("main", 0x100);
+    let a = bot.ev(Event::PrOpened(snap(1, 0xa1, "main")));
+    assert!(!a.iter().any(|x| matches!(x, Action::FetchReviews { .. })));
+    assert_eq!(started(&a).len(), 1, "tested all the same");
+    // First heard of through a later delivery (the opened one was lost).
+    let a = bot.ev(Event::PrUpdated(snap(2, 0xa2, "main")));
+    assert!(a.contains(&Action::FetchReviews { pr: key(2) }));
+    // A reopened PR has its old reviews.
+    bot.ev(Event::PrClosed(key(1)));
+    let a = bot.ev(Event::PrReopened(snap(1, 0xa1, "main")));
+    assert!(a.contains(&Action::FetchReviews { pr: key(1) }));
+}
+
+#[test]
+fn approved_prs_on_one_branch_are_tested_one_at_a_time_and_the_next_follows() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 4,
+        ..RepoPolicy::default()
+    });
+    // Approved while the targets are unknown, so nothing starts early.
+    for n in 1..=3 {
+        bot.ev(Event::PrUpdated(snap(n, 0xa0 + n as u32, "dev")));
+        bot.approve(n);
+    }
+    bot.ev(Event::PrUpdated(snap(4, 0xa4, "next")));
+    bot.approve(4);
+    bot.ev(Event::PrUpdated(snap(5, 0xa5, "dev")));
+    assert_eq!(bot.state.running_builds().count(), 0);
+    bot.target("dev", 0x300);
+    bot.target("next", 0x200);
+    let mut running: Vec<u64> = bot
+        .state
+        .running_builds()
+        .map(|b| b.candidate.prs[0].number)
+        .collect();
+    running.sort();
+    // One approved PR per branch (its pass would make the others stale),
+    // unapproved ones beside them.
+    assert_eq!(running, vec![1, 4, 5]);
+    assert_eq!(bot.view(2).phase, Phase::Queued);
+    assert_eq!(bot.view(3).phase, Phase::Queued);
+    // #1 fails: the next approved PR on main starts at once.
+    let b1 = bot.build_of(1).unwrap();
+    let a = bot.finish(&b1, Outcome::Failed);
+    assert_eq!(started(&a)[0].1.prs[0].number, 2);
+    // #2 passes and merges; #3 waits: it would test a target about to move.
+    let b2 = bot.build_of(2).unwrap();
+    let a = bot.finish(&b2, Outcome::Passed);
+    assert_eq!(merges(&a).len(), 1);
+    assert!(
+        started(&a).is_empty(),
+        "#3 would test a target about to move"
+    );
+    let a = bot.merged(2, pair(0xa2, 0x300), 0x301);
+    // The target moved: #1's failure is stale, and #1 is first in line.
+    let next: Vec<Pair> = started(&a).iter().filter_map(|(_, c)| c.pair()).collect();
+    assert!(next.contains(&pair(0xa1, 0x301)), "{next:?}");
+    assert!(!next.iter().any(|p| p.head == sha(0xa3)), "{next:?}");
+    assert_eq!(bot.view(3).phase, Phase::Queued);
+}

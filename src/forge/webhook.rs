@@ -144,8 +144,9 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
         "pull_request" => {
             let action = action()?;
             let kind = match action {
-                "opened" | "synchronize" | "ready_for_review" | "converted_to_draft"
-                | "labeled" | "unlabeled" => PrChange::Updated,
+                "opened" => PrChange::Opened,
+                "synchronize" | "ready_for_review" | "converted_to_draft" | "labeled"
+                | "unlabeled" => PrChange::Updated,
                 "edited" => {
                     let base_changed = value.changes.as_ref().is_some_and(|c| c.base.is_some());
                     if !base_changed {
@@ -167,6 +168,7 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
             let event = match kind {
                 PrChange::Closed => Event::PrClosed(PrKey { repo, number }),
                 PrChange::Updated => Event::PrUpdated(pr.snapshot(&repo).map_err(bad)?),
+                PrChange::Opened => Event::PrOpened(pr.snapshot(&repo).map_err(bad)?),
                 PrChange::Reopened => Event::PrReopened(pr.snapshot(&repo).map_err(bad)?),
             };
             Ok(Delivery::Events(vec![event]))
@@ -230,6 +232,7 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
 }
 
 enum PrChange {
+    Opened,
     Updated,
     Reopened,
     Closed,
@@ -413,6 +416,7 @@ mod tests {
                         number: pr.number,
                     })],
                     "reopened" => vec![Event::PrReopened(pr_snapshot(&repo, pr).ok()?)],
+                    "opened" => vec![Event::PrOpened(pr_snapshot(&repo, pr).ok()?)],
                     _ => vec![Event::PrUpdated(pr_snapshot(&repo, pr).ok()?)],
                 }
             }

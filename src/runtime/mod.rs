@@ -571,7 +571,8 @@ pub(crate) fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::Fo
 
 fn event_kind(event: &Event) -> &'static str {
     match event {
-        Event::PrUpdated(_) => "pr_updated",
+        // Every PR snapshot a delivery or a read brought, opened or not.
+        Event::PrUpdated(_) | Event::PrOpened(_) => "pr_updated",
         Event::PrReopened(_) => "pr_reopened",
         Event::PrClosed(_) => "pr_closed",
         Event::ReviewActivity(_) => "review_activity",

@@ -20,6 +20,11 @@ use tokio::sync::mpsc;
 /// remembered is forgotten first; forgetting costs at most one repeated
 /// write).
 pub const STATUS_MEMORY: usize = 10_000;
+/// How long a pending status waits before it is written. A newer status of
+/// the same commit within that time replaces it: "queued" then "testing"
+/// then "passed" a moment later cost one write, not three. A final status
+/// (success, failure, error) is written at once.
+pub const PENDING_HOLD: Duration = Duration::from_secs(1);
 /// How often the forge's API budget is copied into the metrics (also after
 /// every batch of writes).
 pub const BUDGET_MIRROR: Duration = Duration::from_secs(2);
@@ -69,10 +74,13 @@ pub(super) async fn status_writer(
     shared: Arc<Shared>,
 ) {
     let mut written = LastWritten::new(STATUS_MEMORY);
+    // Pending statuses not written yet, and when they are due.
+    let mut held: Vec<(StatusUpdate, tokio::time::Instant)> = Vec::new();
     let mut mirrored = ApiBudget::default();
     let mut mirror = tokio::time::interval(BUDGET_MIRROR);
     mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        let due_at = held.iter().map(|(_, at)| *at).min();
         let first = tokio::select! {
             update = rx.recv() => match update {
                 Some(update) => update,
@@ -80,6 +88,15 @@ pub(super) async fn status_writer(
             },
             _ = mirror.tick() => {
                 mirror_budget(&*forge, &shared.metrics, &mut mirrored);
+                continue;
+            }
+            _ = tokio::time::sleep_until(due_at.unwrap_or_else(far_future)), if due_at.is_some() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| *at <= now);
+                held = later;
+                for ((repo, sha, status), _) in due {
+                    write(&*forge, &shared, &mut written, repo, sha, status).await;
+                }
                 continue;
             }
         };
@@ -98,15 +115,43 @@ pub(super) async fn status_writer(
             }
         }
         for (repo, sha, status) in newest {
-            if written.is_repeat(&repo, &sha, &status) {
+            let earlier = held
+                .iter()
+                .position(|((r, s, _), _)| *r == repo && *s == sha)
+                .map(|i| held.remove(i));
+            if status.state == crate::core::CommitState::Pending {
+                // Held; a pending one already waiting keeps its time, so a
+                // stream of changes cannot hold it back for ever.
+                let at = earlier
+                    .map_or_else(|| tokio::time::Instant::now() + PENDING_HOLD, |(_, at)| at);
+                held.push(((repo, sha, status), at));
                 continue;
             }
-            match forge.set_status(&repo, &sha, &status).await {
-                Ok(()) => written.wrote(repo, sha, status),
-                Err(e) => forge_failed(&shared, "status", &e),
-            }
+            write(&*forge, &shared, &mut written, repo, sha, status).await;
         }
         mirror_budget(&*forge, &shared.metrics, &mut mirrored);
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3600)
+}
+
+/// Writes one status unless it is what the commit has already.
+async fn write(
+    forge: &dyn Forge,
+    shared: &Shared,
+    written: &mut LastWritten,
+    repo: RepoName,
+    sha: Sha,
+    status: CommitStatus,
+) {
+    if written.is_repeat(&repo, &sha, &status) {
+        return;
+    }
+    match forge.set_status(&repo, &sha, &status).await {
+        Ok(()) => written.wrote(repo, sha, status),
+        Err(e) => forge_failed(shared, "status", &e),
     }
 }
 
@@ -265,6 +310,24 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(hub.rate_limit_used(), 8);
+        // A pending status replaced within the hold is never written; a
+        // final one is written at once.
+        let testing = status(CommitState::Pending, "Testing again", Some("http://s/2/"));
+        let failed = status(CommitState::Failure, "Failed", Some("http://s/2/"));
+        tx.send((repo.clone(), main.clone(), testing)).unwrap();
+        tx.send((repo.clone(), main.clone(), failed)).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while hub.statuses("o/r", main.as_str()).len() < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "failure not posted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(PENDING_HOLD * 2).await;
+        let states: Vec<String> = hub
+            .statuses("o/r", main.as_str())
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        assert_eq!(states, vec!["pending", "success", "pending", "failure"]);
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), writer)
             .await
