@@ -362,7 +362,9 @@ impl RepoState {
             return;
         };
         let key = self.queue_key(pr);
-        let approved = key.1.0;
+        // A draft cannot land, so it does not wait its turn behind (or hold
+        // up) the approved PRs of its branch.
+        let approved = key.1.0 && !pr.snapshot.draft;
         let base = pr.snapshot.base_ref.clone();
         let wants_build = super::machine::wants_build(self, pr);
         let ready = super::machine::ready_but_for_lock(self, pr);
