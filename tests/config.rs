@@ -7,6 +7,7 @@ use sluice::config::{
     Config, ConfigError, ENV_WEBHOOK_SECRET, ExecutorKind, LogFormat, ResultsKind,
 };
 use sluice::core::MergeMethod;
+use sluice::runtime::store::Fsync;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -65,6 +66,7 @@ fn minimal_config_loads_with_defaults() {
     assert_eq!(c.executor.work_dir, PathBuf::from("sluice-work"));
     assert_eq!(c.results.kind, ResultsKind::Local);
     assert_eq!(c.results.dir, PathBuf::from("sluice-results"));
+    assert_eq!(c.state.fsync, Fsync::Always, "a 202 survives a power loss");
 
     assert_eq!(c.repos.len(), 1);
     let r = &c.repos[0];
@@ -191,6 +193,12 @@ fn wrong_types_are_named() {
         &format!("{MINIMAL}merge_method = \"octopus\"\n"),
         "merge_method",
     );
+    error_naming(
+        &format!("[state]\nfsync = \"sometimes\"\n{MINIMAL}"),
+        "fsync",
+    );
+    let c = parse(&format!("[state]\nfsync = \"never\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.state.fsync, Fsync::Never);
     // `repos` must be an array of tables.
     error_naming("repos = \"octo/demo\"\n", "repos");
 }

@@ -866,3 +866,41 @@ fn approved_prs_on_one_branch_are_tested_one_at_a_time_and_the_next_follows() {
     assert!(!next.iter().any(|p| p.head == sha(0xa3)), "{next:?}");
     assert_eq!(bot.view(3).phase, Phase::Queued);
 }
+
+#[test]
+fn reconcile_keeps_a_known_conflict_unless_github_says_otherwise() {
+    let mut bot = Bot::default();
+    let mut conflicting = snap(1, 0xa1, "main");
+    conflicting.mergeable = Some(false);
+    bot.ev(Event::PrUpdated(conflicting));
+    assert_eq!(bot.view(1).phase, Phase::Conflict);
+    // GitHub's PR list has no `mergeable`: a re-read says nothing about it.
+    let later = Timestamp(bot.now + 10);
+    bot.now += 20;
+    let a = bot.ev(Event::Reconciled {
+        repo: repo_name(),
+        started_at: later,
+        prs: vec![snap(1, 0xa1, "main")],
+        branches: vec![("main".into(), sha(0x100))],
+    });
+    assert!(started(&a).is_empty(), "a known conflict is not tested");
+    assert_eq!(bot.view(1).phase, Phase::Conflict);
+    // A new head is a new question: unknown until GitHub answers.
+    let started_at = Timestamp(bot.now + 10);
+    bot.now += 20;
+    let a = bot.ev(Event::Reconciled {
+        repo: repo_name(),
+        started_at,
+        prs: vec![snap(1, 0xb1, "main")],
+        branches: vec![("main".into(), sha(0x100))],
+    });
+    assert_eq!(started(&a).len(), 1);
+    // And GitHub saying it merges now is heard.
+    let mut fine = snap(1, 0xb1, "main");
+    fine.mergeable = Some(true);
+    bot.ev(Event::PrUpdated(fine));
+    assert_eq!(
+        bot.state.pr(&key(1)).unwrap().snapshot.mergeable,
+        Some(true)
+    );
+}
