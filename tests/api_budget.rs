@@ -504,9 +504,9 @@ async fn metrics_export_the_rate_limit_and_the_calls() {
 /// The other goal: at most 6 REST calls per merged PR when 12
 /// approved PRs drain, counted from the fake's request log. What keeps it
 /// low: no reviews read for a PR just opened, a queued status that does not
-/// change when the target moves, one approved PR per branch in test at a
-/// time, pending statuses held a moment (a newer one replaces them), and
-/// conditional reads. Prints the figure and the calls by kind
+/// change when the target moves, approved PRs held while a merge into their
+/// branch is in flight, pending statuses held a moment (a newer one
+/// replaces them), and conditional reads. Prints the figure and the calls by kind
 /// (`--nocapture`).
 #[tokio::test]
 async fn draining_12_approved_prs_costs_at_most_6_calls_per_merged_pr() {

@@ -667,9 +667,11 @@ impl State {
         for &number in &touched {
             repo.refile(number);
         }
+        // Merges before builds: a merge taking a branch's lock holds back
+        // the approved PRs on it.
+        self.start_merges(name, out);
         touched.extend(self.start_builds(name, now, out));
         self.publish_statuses(name, &touched, out);
-        self.start_merges(name, out);
     }
 
     /// Re-derives every PR of every repository, as if each had changed: what
@@ -726,16 +728,15 @@ impl State {
             .filter(|b| &b.candidate.repo == name)
             .count();
         let free = repo.policy.max_concurrent_builds.saturating_sub(running);
-        // Unapproved PRs in order, and the first approved PR of each branch
-        // that has no approved PR in flight; then the best of those.
+        // The first waiting PRs in queue order; approved ones only on
+        // branches without a merge in flight (they would be tested against
+        // a target about to move, and tested again after it lands).
         let mut next: Vec<QueueKey> = repo.index.waiting.iter().take(free).copied().collect();
-        next.extend(
-            repo.index
-                .waiting_approved
-                .iter()
-                .filter(|(branch, _)| !repo.index.occupied.contains_key(*branch))
-                .filter_map(|(_, keys)| keys.first().copied()),
-        );
+        for (branch, keys) in &repo.index.waiting_approved {
+            if !repo.merging.contains_key(branch) {
+                next.extend(keys.iter().take(free).copied());
+            }
+        }
         next.sort();
         let chosen: Vec<u64> = next.iter().take(free).map(|key| key.3).collect();
         for &number in &chosen {
@@ -781,6 +782,15 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         let repo = self.repos.get_mut(name).expect("exists");
+        Self::publish_in(repo, name, touched, out);
+    }
+
+    fn publish_in(
+        repo: &mut RepoState,
+        name: &RepoName,
+        touched: &std::collections::BTreeSet<u64>,
+        out: &mut Vec<Action>,
+    ) {
         // A PR being merged keeps its status: the merge moving the target
         // does not make its tested result "queued" again.
         let merging: Vec<u64> = repo.merging.values().map(|m| m.pr).collect();
@@ -820,6 +830,10 @@ impl State {
         for key in firsts {
             let number = key.3;
             debug_assert!(why_not_mergeable(repo, &repo.prs[&number]).is_empty());
+            // Its status first: a required status check must see the result
+            // before GitHub is asked to merge.
+            let single = std::collections::BTreeSet::from([number]);
+            Self::publish_in(repo, name, &single, out);
             if let Some(merge) = start_merge(repo, number) {
                 out.push(merge);
             }

@@ -58,13 +58,9 @@ pub(crate) struct RepoIndex {
     /// Unapproved PRs that want a build, in queue order.
     pub waiting: BTreeSet<QueueKey>,
     /// Per target branch, approved PRs that want a build, in queue order.
-    /// One at a time per branch is tested (see `occupied`).
+    /// They wait while a merge into their branch is in flight: the target
+    /// they would be tested against is about to move.
     pub waiting_approved: BTreeMap<String, BTreeSet<QueueKey>>,
-    /// Per target branch, the approved PRs being tested against its head,
-    /// passed and waiting to merge, or merging. While a branch has one, the
-    /// next approved PR waits: testing it now would test a target that is
-    /// about to move (the merge train replaces this with speculation).
-    pub occupied: BTreeMap<String, BTreeSet<u64>>,
     /// Per target branch, PRs that could merge now but for the branch's
     /// merge lock, in queue order.
     pub ready: BTreeMap<String, BTreeSet<QueueKey>>,
@@ -81,7 +77,6 @@ pub(crate) struct Filed {
     pub base: String,
     pub waiting: Option<QueueKey>,
     pub waiting_approved: Option<QueueKey>,
-    pub occupies: bool,
     pub ready: Option<QueueKey>,
     pub retry: Option<Timestamp>,
 }
@@ -344,9 +339,6 @@ impl RepoState {
         if let Some(key) = old.waiting_approved {
             remove_from(&mut index.waiting_approved, &old.base, &key);
         }
-        if old.occupies {
-            remove_from(&mut index.occupied, &old.base, &number);
-        }
         if let Some(key) = old.ready
             && let Some(set) = index.ready.get_mut(&old.base)
         {
@@ -362,17 +354,14 @@ impl RepoState {
             return;
         };
         let key = self.queue_key(pr);
-        // A draft cannot land, so it does not wait its turn behind (or hold
-        // up) the approved PRs of its branch.
+        // A draft cannot land: it need not wait for a merge to be tested.
         let approved = key.1.0 && !pr.snapshot.draft;
         let base = pr.snapshot.base_ref.clone();
         let wants_build = super::machine::wants_build(self, pr);
         let ready = super::machine::ready_but_for_lock(self, pr);
-        let merging = self.merging.get(&base).is_some_and(|m| m.pr == number);
         let filed = Filed {
             waiting: (wants_build && !approved).then_some(key),
             waiting_approved: (wants_build && approved).then_some(key),
-            occupies: approved && !pr.snapshot.draft && (pr.build.is_some() || ready || merging),
             ready: ready.then_some(key),
             retry: pr.merge_block.as_ref().and_then(|b| b.retry_at),
             base,
@@ -392,13 +381,6 @@ impl RepoState {
                 .entry(filed.base.clone())
                 .or_default()
                 .insert(key);
-        }
-        if filed.occupies {
-            index
-                .occupied
-                .entry(filed.base.clone())
-                .or_default()
-                .insert(number);
         }
         if let Some(key) = filed.ready {
             index

@@ -820,51 +820,43 @@ fn a_pr_just_opened_reads_no_reviews_but_one_first_seen_otherwise_does() {
 }
 
 #[test]
-fn approved_prs_on_one_branch_are_tested_one_at_a_time_and_the_next_follows() {
+fn approved_prs_wait_while_a_merge_into_their_branch_is_in_flight() {
     let mut bot = Bot::new(RepoPolicy {
-        max_concurrent_builds: 4,
+        max_concurrent_builds: 1,
         ..RepoPolicy::default()
     });
-    // Approved while the targets are unknown, so nothing starts early.
-    for n in 1..=3 {
-        bot.ev(Event::PrUpdated(snap(n, 0xa0 + n as u32, "dev")));
-        bot.approve(n);
-    }
-    bot.ev(Event::PrUpdated(snap(4, 0xa4, "next")));
-    bot.approve(4);
-    bot.ev(Event::PrUpdated(snap(5, 0xa5, "dev")));
-    assert_eq!(bot.state.running_builds().count(), 0);
-    bot.target("dev", 0x300);
-    bot.target("next", 0x200);
-    let mut running: Vec<u64> = bot
-        .state
-        .running_builds()
-        .map(|b| b.candidate.prs[0].number)
-        .collect();
-    running.sort();
-    // One approved PR per branch (its pass would make the others stale),
-    // unapproved ones beside them.
-    assert_eq!(running, vec![1, 4, 5]);
-    assert_eq!(bot.view(2).phase, Phase::Queued);
-    assert_eq!(bot.view(3).phase, Phase::Queued);
-    // #1 fails: the next approved PR on main starts at once.
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    bot.open(2, 0xa2);
+    bot.approve(2);
+    bot.open(3, 0xa3);
+    // #1 passes and merges: #2 (approved) would be tested against a target
+    // about to move, so the free slot goes to #3 (unapproved).
     let b1 = bot.build_of(1).unwrap();
-    let a = bot.finish(&b1, Outcome::Failed);
-    assert_eq!(started(&a)[0].1.prs[0].number, 2);
-    // #2 passes and merges; #3 waits: it would test a target about to move.
+    let a = bot.finish(&b1, Outcome::Passed);
+    assert_eq!(merges(&a).len(), 1);
+    let s: Vec<u64> = started(&a).iter().map(|(_, c)| c.prs[0].number).collect();
+    assert_eq!(s, vec![3]);
+    assert_eq!(bot.view(2).phase, Phase::Queued);
+    // The merge lands: #2 is tested against the new head.
+    let b3 = bot.build_of(3).unwrap();
+    bot.finish(&b3, Outcome::Passed);
+    let a = bot.merged(1, pair(0xa1, 0x100), 0x101);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa2, 0x101)));
+    // A refused merge releases the branch too.
+    bot.approve(3);
     let b2 = bot.build_of(2).unwrap();
     let a = bot.finish(&b2, Outcome::Passed);
     assert_eq!(merges(&a).len(), 1);
-    assert!(
-        started(&a).is_empty(),
-        "#3 would test a target about to move"
-    );
-    let a = bot.merged(2, pair(0xa2, 0x300), 0x301);
-    // The target moved: #1's failure is stale, and #1 is first in line.
-    let next: Vec<Pair> = started(&a).iter().filter_map(|(_, c)| c.pair()).collect();
-    assert!(next.contains(&pair(0xa1, 0x301)), "{next:?}");
-    assert!(!next.iter().any(|p| p.head == sha(0xa3)), "{next:?}");
-    assert_eq!(bot.view(3).phase, Phase::Queued);
+    assert!(started(&a).is_empty(), "#3 is approved now: it waits");
+    let a = bot.ev(Event::MergeFinished {
+        pr: key(2),
+        pair: pair(0xa2, 0x101),
+        result: MergeResult::Refused {
+            reason: "required status".into(),
+        },
+    });
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa3, 0x101)));
 }
 
 #[test]
