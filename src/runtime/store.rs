@@ -60,6 +60,8 @@ const SNAPSHOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const SNAPSHOT: &str = "snapshot.json";
 const JOURNAL: &str = "journal.jsonl";
 const SEALED: &str = "journal.sealed.jsonl";
+/// The next journal while it is being put in place (never holds a line).
+const NEXT: &str = "journal.next.jsonl";
 const HISTORY: &str = "history.jsonl";
 
 /// When the journal is flushed to the disk itself.
@@ -214,6 +216,8 @@ impl Store {
                 }
             }
         }
+        // Left by a kill in the middle of sealing: it never holds a line.
+        let _ = std::fs::remove_file(dir.join(NEXT));
         let start = recovered.deliveries.len().saturating_sub(DELIVERIES_KEPT);
         let store = Store {
             journal: open_append(dir.join(JOURNAL))?,
@@ -520,19 +524,34 @@ impl JournalWriter {
 
     /// Renames the journal to the sealed file and starts a new one, unless a
     /// sealed file is still waiting for its snapshot.
+    ///
+    /// The new journal is created first under another name, so that at no
+    /// step can lines be written to a file a snapshot will delete.
     fn seal(&mut self) -> bool {
-        let sealed = self.dir.join(SEALED);
+        let (journal, sealed, next) = (
+            self.dir.join(JOURNAL),
+            self.dir.join(SEALED),
+            self.dir.join(NEXT),
+        );
         if sealed.exists() {
             return false;
         }
-        let result = std::fs::rename(self.dir.join(JOURNAL), &sealed)
-            .and_then(|()| open_append(self.dir.join(JOURNAL)));
+        let result = open_append(next.clone()).and_then(|file| {
+            std::fs::rename(&journal, &sealed)?;
+            if let Err(e) = std::fs::rename(&next, &journal) {
+                // Undo: the old journal stays the journal.
+                std::fs::rename(&sealed, &journal)?;
+                return Err(e);
+            }
+            Ok(file)
+        });
         match result {
             Ok(file) => {
                 self.file = file;
                 true
             }
             Err(e) => {
+                let _ = std::fs::remove_file(&next);
                 tracing::warn!(error = %e, "cannot seal the journal for a snapshot");
                 false
             }
@@ -772,6 +791,7 @@ mod tests {
         keeper: Keeper,
         live: State,
         snapshots: u32,
+        failures: u32,
     }
 
     impl Driven {
@@ -785,6 +805,7 @@ mod tests {
                 keeper,
                 live,
                 snapshots: 0,
+                failures: 0,
             }
         }
 
@@ -813,12 +834,15 @@ mod tests {
                     .try_send(Input::Checkpoint { sealed: false })
                     .unwrap();
                 let j = self.journaled.blocking_recv().unwrap();
-                assert!(matches!(j.input, Input::Checkpoint { sealed: true }));
+                assert!(matches!(j.input, Input::Checkpoint { .. }));
                 self.keeper.checkpoint(j.seq, &self.live);
                 let done = self.keeper.done.blocking_recv().unwrap();
-                assert_eq!(done, Ok(j.seq));
+                if done == Ok(j.seq) {
+                    self.snapshots += 1;
+                } else {
+                    self.failures += 1;
+                }
                 self.keeper.snapshot_finished(done);
-                self.snapshots += 1;
             }
             actions
         }
@@ -899,5 +923,38 @@ mod tests {
             "recovered state equals the live one"
         );
         assert_eq!(rec.deliveries.len() as u64, (n + 1) + with_results as u64);
+    }
+
+    #[test]
+    fn a_failed_snapshot_loses_nothing_and_the_next_one_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Driven::start(dir.path(), state());
+        // The snapshot's temporary file cannot be created.
+        std::fs::create_dir(dir.path().join("snapshot.json.tmp")).unwrap();
+        let mut n = 0;
+        while d.failures == 0 {
+            n += 1;
+            d.event(moved(n));
+        }
+        assert!(
+            dir.path().join(SEALED).exists(),
+            "the sealed journal is kept"
+        );
+        let (_, rec) = Store::open(dir.path()).unwrap();
+        assert_eq!(rec.state.unwrap(), d.live, "nothing lost");
+        // The disk is fine again: the next attempt (after the backoff)
+        // writes the snapshot and drops the sealed journal.
+        std::fs::remove_dir(dir.path().join("snapshot.json.tmp")).unwrap();
+        d.keeper.retry_at = Some(Instant::now());
+        while d.snapshots == 0 {
+            n += 1;
+            d.event(moved(n));
+        }
+        assert!(!dir.path().join(SEALED).exists());
+        let live = d.live.clone();
+        std::mem::forget(d);
+        let (_, rec) = Store::open(dir.path()).unwrap();
+        assert!(rec.events_replayed < 10, "{} replayed", rec.events_replayed);
+        assert_eq!(rec.state.unwrap(), live);
     }
 }
