@@ -199,6 +199,7 @@ fn executor(relist_secs: u64) -> (KubernetesExecutor, FakeKube) {
 
 fn candidate() -> Candidate {
     Candidate {
+        car: None,
         repo: RepoName::parse("octo/demo").unwrap(),
         target_branch: "main".into(),
         target_sha: Sha::parse(TARGET).unwrap(),

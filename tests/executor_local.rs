@@ -132,6 +132,7 @@ impl Fixture {
         JobSpec {
             build: BuildId::parse(build).unwrap(),
             candidate: Candidate {
+                car: None,
                 repo: RepoName::parse("octo/demo").unwrap(),
                 target_branch: "main".into(),
                 target_sha: self.target.clone(),
@@ -497,4 +498,27 @@ async fn a_test_command_that_cannot_start_is_an_error() {
         log.contains("sluice: cannot run \"sluice-no-such-command\""),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_train_car_is_checked_out_exactly_and_nothing_is_merged() {
+    setup();
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(2);
+    // The car: a commit sluice built (here the target commit itself).
+    let mut spec = fx.spec(
+        "b-car",
+        &[
+            "sh",
+            "-c",
+            "git rev-parse HEAD && if git rev-parse -q --verify HEAD^2; then echo TWO-PARENTS; fi",
+        ],
+        LONG,
+    );
+    spec.candidate.car = Some(fx.target.clone());
+    let (result, log) = run(&ex, spec).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    assert!(log.contains(&format!("\n{}\n", fx.target)), "{log}");
+    assert!(!log.contains("\nTWO-PARENTS\n"), "{log}");
+    assert!(!log.contains("sluice: merging"), "{log}");
 }

@@ -538,6 +538,7 @@ fn job_spec(build: &str) -> JobSpec {
     JobSpec {
         build: BuildId::parse(build).unwrap(),
         candidate: Candidate {
+            car: None,
             repo: RepoName::parse("octo/demo").unwrap(),
             target_branch: "main".into(),
             target_sha: sha('b'),

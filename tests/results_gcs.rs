@@ -38,6 +38,7 @@ fn key() -> ResultKey {
 
 fn candidate() -> Candidate {
     Candidate {
+        car: None,
         repo: RepoName::parse("octo/demo").unwrap(),
         target_branch: "main".into(),
         target_sha: Sha::parse(&"b".repeat(40)).unwrap(),

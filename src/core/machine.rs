@@ -748,6 +748,7 @@ impl State {
                 .target;
             let pr = repo.prs.get_mut(&number).expect("exists");
             let candidate = Candidate {
+                car: None,
                 repo: name.clone(),
                 target_branch: pr.snapshot.base_ref.clone(),
                 target_sha: target,

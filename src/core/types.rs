@@ -217,6 +217,11 @@ pub struct Candidate {
     pub target_branch: String,
     pub target_sha: Sha,
     pub prs: Vec<CandidatePr>,
+    /// A train car: the commit sluice built from `target_sha` and `prs`,
+    /// which the job checks out exactly (no merging in the job). `None`: a
+    /// PR's own early check (the job merges the target into the head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub car: Option<Sha>,
 }
 
 impl Candidate {

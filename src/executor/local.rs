@@ -325,8 +325,15 @@ impl Shared {
         )
         .await?;
 
-        let mut wanted: Vec<&Sha> = c.prs.iter().map(|p| &p.head_sha).collect();
-        wanted.push(&c.target_sha);
+        // A train car is the commit sluice built: fetched and checked out
+        // exactly, nothing merged here.
+        let mut wanted: Vec<&Sha> = match &c.car {
+            Some(car) => vec![car],
+            None => c.prs.iter().map(|p| &p.head_sha).collect(),
+        };
+        if c.car.is_none() {
+            wanted.push(&c.target_sha);
+        }
         log.line(&format!(
             "sluice: fetching {} from {}",
             wanted
@@ -344,6 +351,10 @@ impl Shared {
         // Several (a merge train): start from the target, merge them in order.
         let (base, base_name, merges): (&Sha, String, Vec<(&Sha, String)>) = match c.prs.as_slice()
         {
+            _ if c.car.is_some() => {
+                let car = c.car.as_ref().expect("checked");
+                (car, format!("car {car}"), Vec::new())
+            }
             [only] => (
                 &only.head_sha,
                 format!("head {}", only.head_sha),

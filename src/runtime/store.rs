@@ -735,6 +735,7 @@ mod tests {
         let finished = Event::JobFinished {
             build: BuildId::parse("x-1").unwrap(),
             candidate: Candidate {
+                car: None,
                 repo: RepoName::parse("o/r").unwrap(),
                 target_branch: "main".into(),
                 target_sha: Sha::parse(&"1".repeat(40)).unwrap(),
