@@ -283,7 +283,11 @@ fn deadline_secs(timeout: std::time::Duration) -> i64 {
 
 /// One PR: check out its head, merge the target. Several (a merge train):
 /// check out the target, merge the heads in order. As the local executor.
+/// A train car: check it out exactly, merge nothing.
 fn checkout_and_merges(c: &Candidate) -> (String, Vec<String>) {
+    if let Some(car) = &c.car {
+        return (car.to_string(), Vec::new());
+    }
     match c.prs.as_slice() {
         [only] => (only.head_sha.to_string(), vec![c.target_sha.to_string()]),
         prs => (
@@ -404,5 +408,28 @@ mod tests {
         assert_eq!(deadline_secs(Duration::from_millis(1500)), 2);
         assert_eq!(deadline_secs(Duration::from_secs(600)), 600);
         assert_eq!(deadline_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_car_is_checked_out_exactly_and_a_pr_merges_its_target() {
+        use crate::core::{CandidatePr, RepoName, Sha};
+        let sha = |c: char| Sha::parse(&c.to_string().repeat(40)).unwrap();
+        let mut c = Candidate {
+            car: None,
+            repo: RepoName::parse("o/r").unwrap(),
+            target_branch: "main".into(),
+            target_sha: sha('1'),
+            prs: vec![CandidatePr {
+                number: 1,
+                head_sha: sha('2'),
+                head_ref: "f".into(),
+            }],
+        };
+        assert_eq!(
+            checkout_and_merges(&c),
+            (sha('2').to_string(), vec![sha('1').to_string()])
+        );
+        c.car = Some(sha('3'));
+        assert_eq!(checkout_and_merges(&c), (sha('3').to_string(), vec![]));
     }
 }
