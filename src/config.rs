@@ -463,6 +463,9 @@ impl RepoConfig {
             max_concurrent_builds: self.max_concurrent_builds,
             max_infra_retries: self.max_infra_retries,
             priority_labels: self.priority_labels.clone(),
+            // Trains are built in the core; their forge side is not wired
+            // to the driver yet (see the README's status).
+            train_depth: 0,
         }
     }
     pub fn job_timeout(&self) -> Duration {

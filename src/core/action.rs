@@ -29,6 +29,28 @@ pub enum Action {
         pair: Pair,
         build: BuildId,
     },
+    /// Build a train car: point the staging ref at `parent`, merge `head`
+    /// into it (answered by `Event::CarBuilt` or `Event::CarConflict`).
+    BuildCar {
+        repo: RepoName,
+        branch: String,
+        car: u64,
+        staging_ref: String,
+        parent: Sha,
+        head: Sha,
+        message: String,
+    },
+    /// Land a passing car: set its `success` status (so a required check
+    /// accepts it), then move `branch` from `from` to `to` by a non-forced
+    /// update (answered by `Event::Landed` or `Event::LandRefused`).
+    Land {
+        repo: RepoName,
+        branch: String,
+        from: Sha,
+        to: Sha,
+        description: String,
+        link: ResultKey,
+    },
     /// Re-read a PR's reviews (answered by `Event::Reviews`).
     FetchReviews { pr: PrKey },
     /// Re-read a branch head (answered by `Event::BranchMoved`).

@@ -67,6 +67,35 @@ pub enum Event {
     Retest { pr: PrKey, request: RequestId },
     /// Someone asked for a PR to be merged now.
     TryMerge { pr: PrKey, request: RequestId },
+    /// A train car's commit was built on `parent` (answers `BuildCar`).
+    CarBuilt {
+        repo: RepoName,
+        branch: String,
+        car: u64,
+        parent: Sha,
+        sha: Sha,
+    },
+    /// A train car's PR does not merge onto the car ahead of it.
+    CarConflict {
+        repo: RepoName,
+        branch: String,
+        car: u64,
+        message: String,
+    },
+    /// The target branch moved to `sha` by our fast-forward (answers `Land`).
+    Landed {
+        repo: RepoName,
+        branch: String,
+        sha: Sha,
+    },
+    /// GitHub did not move the target. `moved`: it is not at the sha the
+    /// car was built on any more (a push raced the landing).
+    LandRefused {
+        repo: RepoName,
+        branch: String,
+        moved: bool,
+        reason: String,
+    },
     /// After a restart: builds the state believed running that the executor
     /// no longer has. They are re-queued; a lost build is not a result.
     BuildsLost { builds: Vec<BuildId> },
@@ -88,7 +117,11 @@ impl Event {
             Event::BranchMoved { repo, .. }
             | Event::BranchRead { repo, .. }
             | Event::BranchDeleted { repo, .. }
-            | Event::Reconciled { repo, .. } => Some(repo),
+            | Event::Reconciled { repo, .. }
+            | Event::CarBuilt { repo, .. }
+            | Event::CarConflict { repo, .. }
+            | Event::Landed { repo, .. }
+            | Event::LandRefused { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
             Event::Tick | Event::BuildsLost { .. } => None,
         }

@@ -121,10 +121,32 @@ impl State {
                 build,
                 candidate,
                 report,
-            } => self.on_job_finished(build, candidate, report, &mut out),
+            } => self.on_job_finished(build, candidate, report, now, &mut out),
             Event::MergeFinished { pr, pair, result } => {
                 self.on_merge_finished(pr, pair, result, now, &mut out)
             }
+            Event::CarBuilt {
+                repo,
+                branch,
+                car,
+                parent,
+                sha,
+            } => self.on_car_built(&repo, &branch, car, &parent, sha),
+            Event::CarConflict {
+                repo,
+                branch,
+                car,
+                message,
+            } => self.on_car_conflict(&repo, &branch, car, message, now, &mut out),
+            Event::Landed { repo, branch, sha } => {
+                self.on_landed(&repo, &branch, sha, now, &mut out)
+            }
+            Event::LandRefused {
+                repo,
+                branch,
+                moved,
+                reason,
+            } => self.on_land_refused(&repo, &branch, moved, reason, now, &mut out),
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
             Event::Tick | Event::BuildsLost { .. } => {
@@ -140,7 +162,7 @@ impl State {
     }
 
     /// Asks the next settle of `repo` to look at PR `number` again.
-    fn mark(&mut self, repo: &RepoName, number: Option<u64>) {
+    pub(crate) fn mark(&mut self, repo: &RepoName, number: Option<u64>) {
         if let (Some(r), Some(n)) = (self.repos.get_mut(repo), number) {
             r.index.dirty.insert(n);
         }
@@ -223,6 +245,8 @@ impl State {
                         build: None,
                         merge_block: None,
                         published: None,
+                        in_train: false,
+                        ejected: None,
                     },
                 );
                 out.push(Action::FetchReviews { pr: key });
@@ -277,7 +301,7 @@ impl State {
         }
     }
 
-    fn close_pr(&mut self, key: &PrKey, now: Timestamp, out: &mut Vec<Action>) {
+    pub(crate) fn close_pr(&mut self, key: &PrKey, now: Timestamp, out: &mut Vec<Action>) {
         let Some(repo) = self.repos.get_mut(&key.repo) else {
             return;
         };
@@ -293,7 +317,13 @@ impl State {
         }
     }
 
-    fn cancel_build(&mut self, id: BuildId, why: String, now: Timestamp, out: &mut Vec<Action>) {
+    pub(crate) fn cancel_build(
+        &mut self,
+        id: BuildId,
+        why: String,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(build) = self.builds.remove(&id) {
             out.push(Action::CancelBuild { build: id.clone() });
             out.push(Action::Record(HistoryEntry::BuildCancelled {
@@ -391,8 +421,28 @@ impl State {
         id: BuildId,
         reported: Candidate,
         report: JobReport,
+        now: Timestamp,
         out: &mut Vec<Action>,
     ) {
+        if reported.car.is_some() {
+            // A train car's test: used only if it is the car's current one.
+            let current = self.builds.remove(&id).is_some()
+                && self.on_car_finished(
+                    &reported.repo,
+                    &reported.target_branch,
+                    &id,
+                    &report,
+                    now,
+                    out,
+                );
+            out.push(Action::Record(HistoryEntry::BuildFinished {
+                build: id,
+                candidate: reported,
+                report,
+                current,
+            }));
+            return;
+        }
         let Some(build) = self.builds.remove(&id) else {
             // Cancelled or unknown: its pair is not current. Recorded only.
             out.push(Action::Record(HistoryEntry::BuildFinished {
@@ -576,9 +626,10 @@ impl State {
         }
         repo.index.dirty.insert(key.number);
         let pr = repo.prs.get_mut(&key.number).expect("checked above");
-        pr.results.remove(&pair);
+        pr.results.retain(|p, _| p.head != pair.head);
         pr.infra_errors.remove(&pair);
         pr.merge_block = None;
+        pr.ejected = None;
         pr.updated_at = now;
         if let Some(build) = pr.build.take() {
             self.cancel_build(build, text::cancelled_retest(), now, out);
@@ -667,9 +718,16 @@ impl State {
         for &number in &touched {
             repo.refile(number);
         }
-        // Merges before builds: a merge taking a branch's lock holds back
-        // the approved PRs on it.
-        self.start_merges(name, out);
+        if repo.trains_on() {
+            // Trains land what they tested; cars get the slots first.
+            self.settle_trains(name, now, out);
+            let repo = self.repos.get_mut(name).expect("exists");
+            touched.extend(std::mem::take(&mut repo.index.dirty));
+        } else {
+            // Merges before builds: a merge taking a branch's lock holds
+            // back the approved PRs on it.
+            self.start_merges(name, out);
+        }
         touched.extend(self.start_builds(name, now, out));
         self.publish_statuses(name, &touched, out);
     }
@@ -702,8 +760,13 @@ impl State {
             .filter_map(|pr| {
                 let id = pr.build.as_ref()?;
                 let tested = self.builds.get(id).and_then(|b| b.candidate.pair());
-                (tested.is_none() || tested != repo.current_pair(pr))
-                    .then(|| (pr.snapshot.key.number, id.clone()))
+                // In train mode a PR's own test is per head: a moved target
+                // does not make it stale.
+                let current = match (&tested, repo.trains_on()) {
+                    (Some(t), true) => t.head == pr.snapshot.head_sha,
+                    _ => tested.is_some() && tested == repo.current_pair(pr),
+                };
+                (!current).then(|| (pr.snapshot.key.number, id.clone()))
             })
             .collect();
         for (number, id) in stale {
@@ -852,10 +915,10 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         .any(|m| m.pr == pr.snapshot.key.number);
     !merging
         && pr.build.is_none()
+        && !pr.in_train
         && pr.snapshot.mergeable != Some(false)
-        && repo
-            .current_pair(pr)
-            .is_some_and(|pair| !pr.results.contains_key(&pair))
+        && repo.current_pair(pr).is_some()
+        && repo.own_result(pr).is_none()
 }
 
 /// The PR could merge now, but for its branch's merge lock (the ready
@@ -867,6 +930,18 @@ pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
     let Some(pair) = repo.current_pair(pr) else {
         return false;
     };
+    if repo.trains_on() {
+        // May enter the train: its own test passed for this head, and it
+        // has not left the train by itself with this head.
+        let passed = repo
+            .own_result(pr)
+            .is_some_and(|r| r.outcome == Outcome::Passed);
+        let ejected = pr
+            .ejected
+            .as_ref()
+            .is_some_and(|e| e.head == pr.snapshot.head_sha);
+        return passed && !ejected && !pr.in_train && repo.approval(pr).approved();
+    }
     let passed = pr
         .results
         .get(&pair)

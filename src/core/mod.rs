@@ -23,6 +23,10 @@ pub struct RepoPolicy {
     pub max_infra_retries: u32,
     /// PRs carrying one of these labels are tested first.
     pub priority_labels: Vec<String>,
+    /// 0: serial mode (each PR merged by GitHub after its own test). More:
+    /// a merge train of this speculation depth (`core/train.rs`).
+    #[serde(default)]
+    pub train_depth: usize,
 }
 
 impl Default for RepoPolicy {
@@ -32,6 +36,7 @@ impl Default for RepoPolicy {
             max_concurrent_builds: 2,
             max_infra_retries: 2,
             priority_labels: Vec::new(),
+            train_depth: 0,
         }
     }
 }
@@ -40,11 +45,13 @@ mod approval;
 mod machine;
 mod state;
 pub mod text;
+mod train;
 mod views;
 
 pub use approval::{Approval, approval, latest_per_reviewer};
 pub use machine::{CLOSED_MEMORY_MS, MERGE_RETRY_MS};
 pub use state::*;
+pub use train::{Car, CarState, Ejection, Landing, Train, staging_ref};
 pub use views::*;
 
 #[cfg(test)]

@@ -92,6 +92,12 @@ pub struct RepoState {
     /// At most one merge in flight per target branch: after it lands, every
     /// other PR on the branch is stale.
     pub merging: BTreeMap<String, MergeInFlight>,
+    /// The merge train of each target branch (train mode).
+    #[serde(default)]
+    pub trains: BTreeMap<String, super::train::Train>,
+    /// The last car id given out.
+    #[serde(default)]
+    pub next_car: u64,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
@@ -138,6 +144,13 @@ pub struct Pr {
     pub merge_block: Option<MergeBlock>,
     /// The status last sent for this PR, so it is sent once per change.
     pub published: Option<PublishedStatus>,
+    /// In its branch's train (train mode).
+    #[serde(default)]
+    pub in_train: bool,
+    /// Why it left the train by itself; it re-enters with a new head or a
+    /// retest.
+    #[serde(default)]
+    pub ejected: Option<super::train::Ejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +203,8 @@ impl State {
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
                             merging: BTreeMap::new(),
+                            trains: BTreeMap::new(),
+                            next_car: 0,
                             index: RepoIndex::default(),
                         },
                     )
@@ -413,6 +428,27 @@ impl RepoState {
     /// The result for the PR's current pair, if it has one.
     pub fn current_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
         pr.results.get(&self.current_pair(pr)?)
+    }
+
+    /// A merge train gates this repository (`train_depth > 0`).
+    pub fn trains_on(&self) -> bool {
+        self.policy.train_depth > 0
+    }
+
+    /// The PR's own test result that counts now: for the current pair in
+    /// serial mode; in train mode, for the current head on any target (the
+    /// train tests what lands; the PR's own test is early feedback, once
+    /// per head), the current target's if there is one.
+    pub fn own_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
+        let current = self.current_result(pr);
+        if current.is_some() || !self.trains_on() {
+            return current;
+        }
+        pr.results
+            .iter()
+            .filter(|(pair, _)| pair.head == pr.snapshot.head_sha)
+            .map(|(_, r)| r)
+            .max_by_key(|r| r.finished_at)
     }
 }
 

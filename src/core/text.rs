@@ -98,3 +98,39 @@ pub fn interrupted_merge() -> String {
 pub fn head_moved() -> String {
     "the head moved while merging; waiting for the new head".into()
 }
+
+pub fn car_conflict(branch: &str, message: &str) -> String {
+    format!("left the train for {branch}: does not merge onto the PRs ahead of it ({message})")
+}
+
+pub fn car_failed(outcome: Outcome, branch: &str, ahead: &[u64], detail: &str) -> String {
+    let with = if ahead.is_empty() {
+        format!("on the head of {branch}")
+    } else {
+        let list: Vec<String> = ahead.iter().map(|n| format!("#{n}")).collect();
+        format!("on the head of {branch} with {}", list.join(", "))
+    };
+    match outcome {
+        Outcome::Error => format!("left the train: infrastructure error {with}: {detail}"),
+        _ => format!("left the train: the car failed {with}: {detail}"),
+    }
+}
+
+pub fn car_passed(branch: &str, prs: &[u64]) -> String {
+    let list: Vec<String> = prs.iter().map(|n| format!("#{n}")).collect();
+    format!("passed: lands on {branch} with {}", list.join(", "))
+}
+
+pub fn in_train(branch: &str, position: usize) -> String {
+    let nth = match position + 1 {
+        1 => "1st".to_string(),
+        2 => "2nd".to_string(),
+        3 => "3rd".to_string(),
+        n => format!("{n}th"),
+    };
+    format!("{nth} in the train for {branch}")
+}
+
+pub fn cancelled_car_rebuilt() -> String {
+    "the car is rebuilt (a PR ahead of it changed or the target moved)".into()
+}

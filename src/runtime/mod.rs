@@ -420,6 +420,14 @@ impl Driver {
                         let _ = inputs.send(Input::Event(event)).await;
                     });
                 }
+                // Train mode is not enabled by any configuration yet: the
+                // forge side of cars and landings is being built.
+                Action::BuildCar { repo, car, .. } => {
+                    warn!(%repo, car, "a train car was asked for, but trains are not wired to GitHub yet");
+                }
+                Action::Land { repo, branch, .. } => {
+                    warn!(%repo, %branch, "a landing was asked for, but trains are not wired to GitHub yet");
+                }
                 Action::Reply { request, answer } => {
                     if let Some(reply) = self.replies.remove(&request) {
                         let _ = reply.send(answer);
@@ -586,6 +594,10 @@ fn event_kind(event: &Event) -> &'static str {
         Event::Retest { .. } => "retest",
         Event::TryMerge { .. } => "try_merge",
         Event::BuildsLost { .. } => "builds_lost",
+        Event::CarBuilt { .. } => "car_built",
+        Event::CarConflict { .. } => "car_conflict",
+        Event::Landed { .. } => "landed",
+        Event::LandRefused { .. } => "land_refused",
         Event::Tick => "tick",
     }
 }
