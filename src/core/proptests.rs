@@ -404,3 +404,303 @@ proptest! {
         run(ops)?;
     }
 }
+
+// ------------------------------------------------------------ merge trains
+
+#[derive(Clone, Debug)]
+enum TrainOp {
+    Open { pr: u64, head: u32 },
+    Review { pr: u64, approve: bool },
+    FinishOwn { pick: usize, outcome: u8 },
+    AnswerCar { pick: usize, conflict: bool },
+    FinishCar { pick: usize, outcome: u8 },
+    AnswerLand { pick: usize },
+    PersonPushes { to: u32 },
+    Close { pr: u64 },
+    Tick,
+}
+
+fn train_op() -> impl Strategy<Value = TrainOp> {
+    prop_oneof![
+        (1..6u64, 0..3u32).prop_map(|(pr, head)| TrainOp::Open { pr, head }),
+        (1..6u64, proptest::bool::weighted(0.85))
+            .prop_map(|(pr, approve)| TrainOp::Review { pr, approve }),
+        (0..8usize, 0..3u8).prop_map(|(pick, outcome)| TrainOp::FinishOwn { pick, outcome }),
+        (0..8usize, proptest::bool::weighted(0.1))
+            .prop_map(|(pick, conflict)| TrainOp::AnswerCar { pick, conflict }),
+        (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
+        (0..4usize).prop_map(|pick| TrainOp::AnswerLand { pick }),
+        (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
+        (1..6u64).prop_map(|pr| TrainOp::Close { pr }),
+        Just(TrainOp::Tick),
+    ]
+}
+
+/// What the harness's own GitHub knows: the target's head, which car
+/// commits exist (each on its parent, with the head merged in), which car
+/// commits passed a test, who approved what.
+#[derive(Default)]
+struct Forge {
+    main: Option<Sha>,
+    /// car sha -> (parent sha, PR number and head merged in)
+    cars: BTreeMap<Sha, (Sha, u64, Sha)>,
+    passed: BTreeSet<Sha>,
+    approved: BTreeSet<u64>,
+    heads: BTreeMap<u64, Sha>,
+    /// BuildCar and Land asked for and not answered.
+    builds_asked: Vec<(u64, Sha, Sha, u64)>,
+    lands_asked: Vec<(Sha, Sha)>,
+    own_running: BTreeMap<BuildId, Candidate>,
+    car_running: BTreeMap<BuildId, Candidate>,
+    next: u32,
+}
+
+/// The PRs of the cars from `to` back to `from`, each a car commit built on
+/// the one before and each tested and passed; fails if `to` is not such a
+/// chain on exactly `from`.
+fn chain(f: &Forge, from: &Sha, to: &Sha) -> Result<Vec<(u64, Sha)>, TestCaseError> {
+    let mut at = to.clone();
+    let mut prs = Vec::new();
+    while at != *from {
+        let Some((parent, pr, head)) = f.cars.get(&at) else {
+            return Err(TestCaseError::fail(format!(
+                "landing {to:?}: {at:?} is not a car built on {from:?}"
+            )));
+        };
+        prop_assert!(f.passed.contains(&at), "landing an untested car {:?}", at);
+        prs.push((*pr, head.clone()));
+        at = parent.clone();
+    }
+    prop_assert!(!prs.is_empty(), "a landing with no PR");
+    Ok(prs)
+}
+
+fn run_train(ops: Vec<TrainOp>) -> Result<(), TestCaseError> {
+    let policy = RepoPolicy {
+        max_concurrent_builds: 3,
+        train_depth: 3,
+        ..RepoPolicy::default()
+    };
+    let mut state = State::new([(repo_name(), policy)], "t");
+    let mut f = Forge {
+        main: Some(sha(0x100)),
+        ..Forge::default()
+    };
+    let mut now = 1_000u64;
+    let mut review_id = 0;
+    let mut events = vec![Event::BranchMoved {
+        before: None,
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: sha(0x100),
+    }];
+    for op in ops {
+        now += 1_000;
+        let event = match op {
+            TrainOp::Open { pr, head } => {
+                let s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
+                f.heads.insert(pr, s.head_sha.clone());
+                Event::PrUpdated(s)
+            }
+            TrainOp::Review { pr, approve } => {
+                review_id += 1;
+                if approve {
+                    f.approved.insert(pr);
+                } else {
+                    f.approved.remove(&pr);
+                }
+                Event::Reviews {
+                    pr: key(pr),
+                    reviews: vec![ReviewFact {
+                        reviewer: "ann".into(),
+                        state: if approve {
+                            ReviewState::Approved
+                        } else {
+                            ReviewState::ChangesRequested
+                        },
+                        id: review_id,
+                        can_write: true,
+                    }],
+                }
+            }
+            TrainOp::FinishOwn { pick, outcome } | TrainOp::FinishCar { pick, outcome } => {
+                let own = matches!(op, TrainOp::FinishOwn { .. });
+                let pool = if own {
+                    &mut f.own_running
+                } else {
+                    &mut f.car_running
+                };
+                if pool.is_empty() {
+                    continue;
+                }
+                let build = pool.keys().nth(pick % pool.len()).unwrap().clone();
+                let candidate = pool.remove(&build).unwrap();
+                let outcome = [
+                    Outcome::Passed,
+                    Outcome::Failed,
+                    Outcome::Error,
+                    Outcome::Passed,
+                ][outcome as usize % 4];
+                if outcome == Outcome::Passed
+                    && let Some(car) = &candidate.car
+                {
+                    f.passed.insert(car.clone());
+                }
+                Event::JobFinished {
+                    build,
+                    candidate,
+                    report: JobReport {
+                        outcome,
+                        exit_code: None,
+                        detail: String::new(),
+                        started_at: Timestamp(now),
+                        finished_at: Timestamp(now),
+                    },
+                }
+            }
+            TrainOp::AnswerCar { pick, conflict } => {
+                if f.builds_asked.is_empty() {
+                    continue;
+                }
+                let (car, parent, head, pr) = f.builds_asked.remove(pick % f.builds_asked.len());
+                if conflict {
+                    Event::CarConflict {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        car,
+                        message: "conflict".into(),
+                    }
+                } else {
+                    f.next += 1;
+                    let built = sha(0x5000_0000 + f.next);
+                    f.cars.insert(built.clone(), (parent.clone(), pr, head));
+                    Event::CarBuilt {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        car,
+                        parent,
+                        sha: built,
+                    }
+                }
+            }
+            TrainOp::AnswerLand { pick } => {
+                if f.lands_asked.is_empty() {
+                    continue;
+                }
+                let (from, to) = f.lands_asked.remove(pick % f.lands_asked.len());
+                // GitHub's compare-and-swap.
+                if f.main.as_ref() != Some(&from) {
+                    Event::LandRefused {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        moved: true,
+                        reason: "Update is not a fast forward".into(),
+                    }
+                } else {
+                    // The target moves only along tested cars built on it.
+                    let prs = chain(&f, &from, &to)?;
+                    f.main = Some(to.clone());
+                    events.push(Event::Landed {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        sha: to.clone(),
+                    });
+                    // GitHub marks merged the PRs whose head is now on main
+                    // (one pushed meanwhile stays open with its new head).
+                    for (pr, head) in prs {
+                        if f.heads.get(&pr) == Some(&head) {
+                            f.heads.remove(&pr);
+                            f.approved.remove(&pr);
+                            events.push(Event::PrClosed(key(pr)));
+                        }
+                    }
+                    events.remove(0)
+                }
+            }
+            TrainOp::PersonPushes { to } => {
+                let new = sha(0x9000 + to + now as u32);
+                let before = f.main.replace(new.clone());
+                Event::BranchMoved {
+                    repo: repo_name(),
+                    branch: "main".into(),
+                    sha: new,
+                    before,
+                }
+            }
+            TrainOp::Close { pr } => {
+                f.heads.remove(&pr);
+                f.approved.remove(&pr);
+                Event::PrClosed(key(pr))
+            }
+            TrainOp::Tick => Event::Tick,
+        };
+        events.push(event);
+        while !events.is_empty() {
+            let event = events.remove(0);
+            let actions = state.handle(event, Timestamp(now));
+            for action in actions {
+                match action {
+                    Action::StartBuild { build, candidate } => {
+                        if candidate.car.is_some() {
+                            f.car_running.insert(build, candidate);
+                        } else {
+                            f.own_running.insert(build, candidate);
+                        }
+                    }
+                    Action::CancelBuild { build } => {
+                        f.own_running.remove(&build);
+                        f.car_running.remove(&build);
+                    }
+                    Action::BuildCar {
+                        car, parent, head, ..
+                    } => {
+                        let pr = f
+                            .heads
+                            .iter()
+                            .find(|(_, h)| **h == head)
+                            .map(|(n, _)| *n)
+                            .unwrap_or(0);
+                        f.builds_asked.push((car, parent, head, pr));
+                    }
+                    Action::Land { from, to, .. } => {
+                        // When asked: on what sluice knows is the head, and
+                        // every PR in it approved, with this head, now.
+                        prop_assert_eq!(
+                            state.repo(&repo_name()).unwrap().branch_head("main"),
+                            Some(&from)
+                        );
+                        for (pr, head) in chain(&f, &from, &to)? {
+                            prop_assert!(f.approved.contains(&pr), "landing unapproved #{}", pr);
+                            prop_assert_eq!(
+                                f.heads.get(&pr),
+                                Some(&head),
+                                "landing an old head of #{}",
+                                pr
+                            );
+                        }
+                        f.lands_asked.push((from, to));
+                    }
+                    Action::Merge { .. } => {
+                        return Err(TestCaseError::fail("a GitHub merge in train mode"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let running = f.own_running.len() + f.car_running.len();
+        prop_assert!(running <= 3, "build budget broken: {}", running);
+        prop_assert_eq!(running, state.running_builds().count());
+        let mut oracle = state.clone();
+        let missed = oracle.settle_everything(Timestamp(now));
+        prop_assert!(missed.is_empty(), "incremental settle missed {:?}", missed);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #[test]
+    fn a_train_only_ever_lands_tested_cars_of_approved_prs(ops in proptest::collection::vec(train_op(), 1..120)) {
+        run_train(ops)?;
+    }
+}

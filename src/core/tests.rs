@@ -896,3 +896,148 @@ fn reconcile_keeps_a_known_conflict_unless_github_says_otherwise() {
         Some(true)
     );
 }
+
+// ---------------------------------------------------------------- trains
+
+fn train_bot(depth: usize) -> Bot {
+    Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: depth,
+        ..RepoPolicy::default()
+    })
+}
+
+fn car_builds(actions: &[Action]) -> Vec<(u64, Sha, Sha)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::BuildCar {
+                car, parent, head, ..
+            } => Some((*car, parent.clone(), head.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lands(actions: &[Action]) -> Vec<(Sha, Sha)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Land { from, to, .. } => Some((from.clone(), to.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A car's commit, as the forge would name it: made from its parent and
+/// the head merged in.
+fn car_sha(parent: &Sha, head: &Sha) -> Sha {
+    let n = u32::from_str_radix(&parent.as_str()[32..], 16).unwrap()
+        ^ u32::from_str_radix(&head.as_str()[32..], 16)
+            .unwrap()
+            .rotate_left(7);
+    sha(0x8000_0000 | (n & 0x7fff_ffff))
+}
+
+impl Bot {
+    /// Answers every BuildCar in `actions` as built; returns the actions
+    /// those answers produced.
+    fn build_cars(&mut self, actions: &[Action]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (car, parent, head) in car_builds(actions) {
+            out.extend(self.ev(Event::CarBuilt {
+                repo: repo_name(),
+                branch: "main".into(),
+                car,
+                sha: car_sha(&parent, &head),
+                parent,
+            }));
+        }
+        out
+    }
+    fn car_tests(&self) -> Vec<(BuildId, Candidate)> {
+        self.state
+            .running_builds()
+            .filter(|b| b.candidate.car.is_some())
+            .map(|b| (b.id.clone(), b.candidate.clone()))
+            .collect()
+    }
+}
+
+#[test]
+fn a_train_lands_exactly_the_tested_car_with_every_pr_ahead_of_it() {
+    let mut bot = train_bot(3);
+    for n in 1..=3 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+        let b = bot.build_of(n).unwrap();
+        bot.finish(&b, Outcome::Passed);
+    }
+    // Each own test passed: all three entered; car 1 is built on main.
+    let train = &bot.state.repo(&repo_name()).unwrap().trains["main"];
+    assert_eq!(train.cars.len(), 3);
+    assert!(merges(&[]).is_empty());
+    // Build the cars one on the other (each answer lets the next build).
+    let mut pending: Vec<Action> = vec![];
+    for _ in 0..3 {
+        let cars: Vec<Action> = bot.state.repo(&repo_name()).unwrap().trains["main"]
+            .cars
+            .iter()
+            .filter_map(|c| match &c.state {
+                CarState::Building { parent } => Some(Action::BuildCar {
+                    repo: repo_name(),
+                    branch: "main".into(),
+                    car: c.id,
+                    staging_ref: staging_ref("main", c.id),
+                    parent: parent.clone(),
+                    head: c.pr.head_sha.clone(),
+                    message: String::new(),
+                }),
+                _ => None,
+            })
+            .collect();
+        pending = bot.build_cars(&cars);
+    }
+    let _ = pending;
+    let tests = bot.car_tests();
+    assert_eq!(tests.len(), 3, "depth 3: all three cars tested at once");
+    // The third car holds all three PRs, on main's head, as one commit.
+    let third = tests.iter().find(|(_, c)| c.prs.len() == 3).unwrap();
+    assert_eq!(third.1.target_sha, sha(0x100));
+    let c1 = car_sha(&sha(0x100), &sha(0xa1));
+    let c2 = car_sha(&c1, &sha(0xa2));
+    let c3 = car_sha(&c2, &sha(0xa3));
+    assert_eq!(third.1.car, Some(c3.clone()));
+    // Cars 2 and 3 pass before car 1: nothing lands until car 1 passes,
+    // then everything at once, to car 3's exact sha.
+    let mut by_len: Vec<(BuildId, Candidate)> = tests.clone();
+    by_len.sort_by_key(|(_, c)| c.prs.len());
+    let a = bot.finish_as(&by_len[2].0, by_len[2].1.clone(), Outcome::Passed);
+    assert!(lands(&a).is_empty());
+    bot.finish_as(&by_len[1].0, by_len[1].1.clone(), Outcome::Passed);
+    let a = bot.finish_as(&by_len[0].0, by_len[0].1.clone(), Outcome::Passed);
+    assert_eq!(lands(&a), vec![(sha(0x100), c3.clone())]);
+    assert!(
+        merges(&a).is_empty(),
+        "no GitHub merge: the target is moved"
+    );
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: c3.clone(),
+    });
+    let landed: Vec<u64> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Record(HistoryEntry::Merged { pr, merge_sha, .. }) if *merge_sha == c3 => {
+                Some(pr.number)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(landed, vec![1, 2, 3]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    let repo = bot.state.repo(&repo_name()).unwrap();
+    assert_eq!(repo.branch_head("main"), Some(&c3));
+    assert!(repo.trains.is_empty());
+}

@@ -247,14 +247,23 @@ impl State {
             self.set_branch_quietly(name, branch, sha.clone(), now);
         }
         for car in landed {
-            self.close_pr(
-                &PrKey {
-                    repo: name.clone(),
-                    number: car.pr.number,
-                },
-                now,
-                out,
-            );
+            let key = PrKey {
+                repo: name.clone(),
+                number: car.pr.number,
+            };
+            let same_head = self
+                .pr(&key)
+                .is_some_and(|p| p.snapshot.head_sha == car.pr.head_sha);
+            if same_head {
+                // Merged: GitHub sees its head on the target (its webhook
+                // says so too; closing now keeps it out of the train).
+                self.close_pr(&key, now, out);
+            } else if let Some(pr) = self.pr_mut_pub(&key) {
+                // Pushed to while landing: what landed was tested; the new
+                // head is tested and enters again.
+                pr.in_train = false;
+                self.mark(&key.repo, Some(key.number));
+            }
         }
     }
 
@@ -288,6 +297,10 @@ impl State {
         } else {
             train.blocked = Some((reason, now.plus_ms(super::MERGE_RETRY_MS)));
         }
+    }
+
+    fn pr_mut_pub(&mut self, key: &PrKey) -> Option<&mut Pr> {
+        self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
     }
 
     fn car_mut(&mut self, repo: &RepoName, branch: &str, car: u64) -> Option<&mut Car> {
@@ -403,6 +416,12 @@ impl State {
                 pr.in_train = false;
                 repo.index.dirty.insert(gone.pr.number);
             }
+        }
+        // PRs that left may be ready again at once (a push back to a head
+        // that passed).
+        let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
+        for number in dirty {
+            repo.refile(number);
         }
         // 3. Who enters: ready PRs in queue order.
         let entering: Vec<u64> = repo
