@@ -466,6 +466,7 @@ impl RepoConfig {
             // Trains are built in the core; their forge side is not wired
             // to the driver yet (see the README's status).
             train_depth: 0,
+            early_test: true,
         }
     }
     pub fn job_timeout(&self) -> Duration {

@@ -15,3 +15,4 @@ pub mod forge;
 pub mod http;
 pub mod results;
 pub mod runtime;
+pub mod sim;

@@ -461,10 +461,12 @@ impl State {
             candidate.pair(),
         ) {
             let max_retries = repo.policy.max_infra_retries;
-            let is_current = repo
-                .prs
-                .get(&first.number)
-                .is_some_and(|pr| repo.current_pair(pr).as_ref() == Some(&pair));
+            // In train mode a PR's own test counts for its head on any
+            // target (the train tests what lands).
+            let is_current = repo.prs.get(&first.number).is_some_and(|pr| {
+                repo.current_pair(pr).as_ref() == Some(&pair)
+                    || (repo.trains_on() && pr.snapshot.head_sha == pair.head)
+            });
             repo.index.dirty.insert(first.number);
             if let Some(pr) = repo.prs.get_mut(&first.number) {
                 if pr.build.as_ref() == Some(&id) {
@@ -913,7 +915,9 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         .merging
         .values()
         .any(|m| m.pr == pr.snapshot.key.number);
-    !merging
+    let early = !repo.trains_on() || repo.policy.early_test;
+    early
+        && !merging
         && pr.build.is_none()
         && !pr.in_train
         && pr.snapshot.mergeable != Some(false)
@@ -933,9 +937,10 @@ pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
     if repo.trains_on() {
         // May enter the train: its own test passed for this head, and it
         // has not left the train by itself with this head.
-        let passed = repo
-            .own_result(pr)
-            .is_some_and(|r| r.outcome == Outcome::Passed);
+        let passed = !repo.policy.early_test
+            || repo
+                .own_result(pr)
+                .is_some_and(|r| r.outcome == Outcome::Passed);
         let ejected = pr
             .ejected
             .as_ref()

@@ -27,6 +27,14 @@ pub struct RepoPolicy {
     /// a merge train of this speculation depth (`core/train.rs`).
     #[serde(default)]
     pub train_depth: usize,
+    /// Train mode: each PR is tested on its own first (early feedback, and
+    /// the gate into the train). Off: PRs enter the train untested.
+    #[serde(default = "yes")]
+    pub early_test: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for RepoPolicy {
@@ -37,6 +45,7 @@ impl Default for RepoPolicy {
             max_infra_retries: 2,
             priority_labels: Vec::new(),
             train_depth: 0,
+            early_test: true,
         }
     }
 }

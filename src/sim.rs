@@ -1,0 +1,302 @@
+//! The queue simulator: the real core (`State::handle`) on a virtual clock,
+//! with no I/O. GitHub and the runners are played here: car commits are
+//! built at once, landings and merges succeed unless the target moved, and
+//! a build takes `test_time` and fails if it holds a failing PR.
+//!
+//! Model: N PRs, all approved at the start, on one branch. In train mode
+//! every PR's own test passes (it is early feedback) and a failing PR is
+//! found by the car that holds it; in serial mode (`depth` 0) a failing PR
+//! fails its own test. Each run reports the drain time in units of the test
+//! time T, builds per merged PR, and PRs merged per T.
+
+use crate::core::*;
+use std::collections::BTreeMap;
+
+/// One simulated run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub prs: u64,
+    /// Which PRs fail (1-based numbers).
+    pub failing: Vec<u64>,
+    /// Builds running at once (the runners).
+    pub runners: usize,
+    /// Speculation depth; 0 is the serial mode.
+    pub depth: usize,
+    /// A test's duration, in milliseconds of virtual time.
+    pub test_ms: u64,
+    /// Train mode: PRs are tested on their own before they enter.
+    pub early_test: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub merged: u64,
+    pub drain_in_t: f64,
+    pub builds: u64,
+    pub builds_per_merged: f64,
+    pub merged_per_t: f64,
+    /// A failing PR landed (must never happen).
+    pub failing_landed: bool,
+}
+
+/// The failing PRs of a run with failure probability `p`, from `seed`.
+pub fn failing(prs: u64, p: f64, seed: u64) -> Vec<u64> {
+    let mut x = seed.max(1);
+    (1..=prs)
+        .filter(|_| {
+            // xorshift64*: deterministic, no dependency.
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+            (r as f64 / (1u64 << 53) as f64) < p
+        })
+        .collect()
+}
+
+/// The closed-form ceiling of speculation along one predicted order:
+/// q(1 − q^R)/p PRs merged per T (q = 1 − p).
+pub fn ceiling(p: f64, runners: usize) -> f64 {
+    if p <= 0.0 {
+        return runners as f64;
+    }
+    let q = 1.0 - p;
+    q * (1.0 - q.powi(runners as i32)) / p
+}
+
+fn sha(n: u64) -> Sha {
+    Sha::parse(&format!("{n:040x}")).expect("hex")
+}
+
+pub fn run(s: &Scenario) -> Outcome {
+    let repo = RepoName::parse("sim/repo").expect("valid");
+    let policy = RepoPolicy {
+        required_approvals: 1,
+        max_concurrent_builds: s.runners.max(1),
+        max_infra_retries: 0,
+        priority_labels: vec![],
+        train_depth: s.depth,
+        early_test: s.early_test,
+    };
+    let mut state = State::new([(repo.clone(), policy)], "sim");
+    let mut now = 0u64;
+    let mut main = sha(0x100);
+    let mut next_sha = 0x1000u64;
+    let mut builds = 0u64;
+    let mut merged: Vec<u64> = Vec::new();
+    // Car commits: sha -> the PRs it holds.
+    let mut cars: BTreeMap<Sha, Vec<u64>> = BTreeMap::new();
+    // Running builds: id -> (ends at, candidate).
+    let mut running: BTreeMap<BuildId, (u64, Candidate)> = BTreeMap::new();
+    let mut queue: Vec<Event> = vec![Event::BranchMoved {
+        repo: repo.clone(),
+        branch: "main".into(),
+        sha: main.clone(),
+        before: None,
+    }];
+    for n in 1..=s.prs {
+        queue.push(Event::PrOpened(PrSnapshot {
+            key: PrKey {
+                repo: repo.clone(),
+                number: n,
+            },
+            head_sha: sha(0x10_0000 + n),
+            head_ref: format!("f{n}"),
+            base_ref: "main".into(),
+            base_sha: None,
+            title: format!("PR {n}"),
+            author: "dev".into(),
+            draft: false,
+            mergeable: None,
+            labels: vec![],
+            created_at: Timestamp(n),
+        }));
+        queue.push(Event::Reviews {
+            pr: PrKey {
+                repo: repo.clone(),
+                number: n,
+            },
+            reviews: vec![ReviewFact {
+                reviewer: "lead".into(),
+                state: ReviewState::Approved,
+                id: n,
+                can_write: true,
+            }],
+        });
+    }
+    let fails = |prs: &[u64]| prs.iter().any(|n| s.failing.contains(n));
+    let limit = s.test_ms * (s.prs + 10) * 4;
+    loop {
+        while !queue.is_empty() {
+            let event = queue.remove(0);
+            for action in state.handle(event, Timestamp(now)) {
+                match action {
+                    Action::StartBuild { build, candidate } => {
+                        builds += 1;
+                        running.insert(build, (now + s.test_ms, candidate));
+                    }
+                    Action::CancelBuild { build } => {
+                        running.remove(&build);
+                    }
+                    Action::BuildCar {
+                        branch,
+                        car,
+                        parent,
+                        head,
+                        ..
+                    } => {
+                        next_sha += 1;
+                        let built = sha(next_sha);
+                        let mut prs = cars.get(&parent).cloned().unwrap_or_default();
+                        prs.push(head_number(&head));
+                        cars.insert(built.clone(), prs);
+                        queue.push(Event::CarBuilt {
+                            repo: repo.clone(),
+                            branch,
+                            car,
+                            parent,
+                            sha: built,
+                        });
+                    }
+                    Action::Land {
+                        branch, from, to, ..
+                    } => {
+                        if from == main {
+                            main = to.clone();
+                            // The car holds every PR since the base it was
+                            // built on; those already on `from` landed before.
+                            let before = cars.get(&from).cloned().unwrap_or_default();
+                            let landed: Vec<u64> = cars
+                                .get(&to)
+                                .cloned()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|n| !before.contains(n))
+                                .collect();
+                            queue.push(Event::Landed {
+                                repo: repo.clone(),
+                                branch,
+                                sha: to,
+                            });
+                            for n in landed {
+                                merged.push(n);
+                            }
+                        } else {
+                            queue.push(Event::LandRefused {
+                                repo: repo.clone(),
+                                branch,
+                                moved: true,
+                                reason: "not a fast forward".into(),
+                            });
+                        }
+                    }
+                    Action::Merge { pr, pair, .. } => {
+                        let result = if pair.target == main {
+                            next_sha += 1;
+                            main = sha(next_sha);
+                            merged.push(pr.number);
+                            MergeResult::Merged {
+                                merge_sha: main.clone(),
+                            }
+                        } else {
+                            MergeResult::Refused {
+                                reason: "base moved".into(),
+                            }
+                        };
+                        queue.push(Event::MergeFinished { pr, pair, result });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // The next build to finish.
+        let Some((id, (at, candidate))) = running
+            .iter()
+            .min_by_key(|(id, (at, _))| (*at, (*id).clone()))
+            .map(|(id, v)| (id.clone(), v.clone()))
+        else {
+            break;
+        };
+        if at > limit {
+            break;
+        }
+        running.remove(&id);
+        now = at;
+        let holds: Vec<u64> = match &candidate.car {
+            Some(car) => cars.get(car).cloned().unwrap_or_default(),
+            None if s.depth > 0 => vec![], // own tests pass in train mode
+            None => candidate.prs.iter().map(|p| p.number).collect(),
+        };
+        let outcome = if fails(&holds) {
+            crate::core::Outcome::Failed
+        } else {
+            crate::core::Outcome::Passed
+        };
+        queue.push(Event::JobFinished {
+            build: id,
+            candidate,
+            report: JobReport {
+                outcome,
+                exit_code: Some(0),
+                detail: String::new(),
+                started_at: Timestamp(now),
+                finished_at: Timestamp(now),
+            },
+        });
+    }
+    let t = (now.max(1)) as f64 / s.test_ms as f64;
+    let n = merged.len() as u64;
+    Outcome {
+        merged: n,
+        drain_in_t: t,
+        builds,
+        builds_per_merged: builds as f64 / n.max(1) as f64,
+        merged_per_t: n as f64 / t,
+        failing_landed: merged.iter().any(|m| s.failing.contains(m)),
+    }
+}
+
+fn head_number(head: &Sha) -> u64 {
+    u64::from_str_radix(&head.as_str()[24..], 16).unwrap_or(0) - 0x10_0000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_train_drains_faster_than_serial_and_never_lands_a_failing_pr() {
+        let failing = vec![3, 7];
+        let serial = run(&Scenario {
+            prs: 12,
+            failing: failing.clone(),
+            runners: 4,
+            depth: 0,
+            test_ms: 3000,
+            early_test: true,
+        });
+        let train = run(&Scenario {
+            prs: 12,
+            failing,
+            runners: 4,
+            depth: 4,
+            test_ms: 3000,
+            early_test: true,
+        });
+        assert_eq!(serial.merged, 10, "{serial:?}");
+        assert_eq!(train.merged, 10, "{train:?}");
+        assert!(!serial.failing_landed && !train.failing_landed);
+        // The goal: within 6 cycles (one of them the PRs' own
+        // tests); serial mode needs 11.
+        assert!(train.drain_in_t <= 6.0, "train {train:?}");
+        assert!(serial.drain_in_t >= 10.0, "serial {serial:?}");
+    }
+
+    #[test]
+    fn the_ceiling_is_the_closed_form() {
+        assert!((ceiling(0.05, 8) - 0.95 * (1.0 - 0.95f64.powi(8)) / 0.05).abs() < 1e-9);
+        assert_eq!(failing(100, 0.0, 1), Vec::<u64>::new());
+        assert_eq!(failing(100, 1.0, 1).len(), 100);
+        assert_eq!(failing(1000, 0.1, 7), failing(1000, 0.1, 7));
+    }
+}
