@@ -36,7 +36,7 @@ pub(crate) struct RefAnswer {
 
 /// What `POST /merges` did.
 pub(crate) enum MergeAnswer {
-    Created(CommitInfo),
+    Created(Box<CommitInfo>),
     NothingToMerge,
 }
 
@@ -259,7 +259,7 @@ impl Inner {
             .commit_info(&new)
             .await?
             .context("the merge commit just written")?;
-        Ok(MergeAnswer::Created(info))
+        Ok(MergeAnswer::Created(Box::new(info)))
     }
 
     /// `POST /repos/{repo}/git/commits` `{message, tree, parents, author?}`.

@@ -76,10 +76,10 @@ fn no_content() -> Reply {
 }
 
 /// A request's JSON object body, or GitHub's 400.
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Reply> {
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, HttpError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(error(400, "Problems parsing JSON", "")),
+        _ => Err(super::http_err(400, "Problems parsing JSON")),
     }
 }
 
@@ -87,19 +87,16 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Reply> {
 fn required_str<'a>(
     map: &'a serde_json::Map<String, Value>,
     key: &str,
-    doc: &str,
-) -> Result<&'a str, Reply> {
+) -> Result<&'a str, HttpError> {
     match map.get(key) {
         Some(Value::String(v)) => Ok(v),
-        None | Some(Value::Null) => Err(error(
+        None | Some(Value::Null) => Err(super::http_err(
             422,
             &format!("Invalid request.\n\n\"{key}\" wasn't supplied."),
-            doc,
         )),
-        Some(other) => Err(error(
+        Some(other) => Err(super::http_err(
             422,
             &format!("Invalid request.\n\nFor 'properties/{key}', {other} is not a string."),
-            doc,
         )),
     }
 }
@@ -720,14 +717,11 @@ async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
     let doc = "/git/refs#create-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
-        Err(r) => return r,
+        Err(e) => return error_at(e, doc),
     };
-    let (refname, sha) = match (
-        required_str(&req, "ref", doc),
-        required_str(&req, "sha", doc),
-    ) {
+    let (refname, sha) = match (required_str(&req, "ref"), required_str(&req, "sha")) {
         (Ok(refname), Ok(sha)) => (refname, sha),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
     match inner.create_ref(repo, refname, sha).await {
         Ok(a) => {
@@ -741,11 +735,11 @@ async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Rep
     let doc = "/git/refs#update-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
-        Err(r) => return r,
+        Err(e) => return error_at(e, doc),
     };
-    let sha = match required_str(&req, "sha", doc) {
+    let sha = match required_str(&req, "sha") {
         Ok(sha) => sha,
-        Err(r) => return r,
+        Err(e) => return error_at(e, doc),
     };
     let force = match req.get("force") {
         None | Some(Value::Null) => false,
@@ -768,14 +762,11 @@ async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
     let doc = "/branches/branches#merge-a-branch";
     let req = match json_object(body) {
         Ok(req) => req,
-        Err(r) => return r,
+        Err(e) => return error_at(e, doc),
     };
-    let (base, head) = match (
-        required_str(&req, "base", doc),
-        required_str(&req, "head", doc),
-    ) {
+    let (base, head) = match (required_str(&req, "base"), required_str(&req, "head")) {
         (Ok(base), Ok(head)) => (base, head),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
     let message = req.get("commit_message").and_then(Value::as_str);
     match inner.merge_branches(repo, base, head, message).await {
@@ -792,14 +783,11 @@ async fn create_commit(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
     let doc = "/git/commits#create-a-commit";
     let req = match json_object(body) {
         Ok(req) => req,
-        Err(r) => return r,
+        Err(e) => return error_at(e, doc),
     };
-    let (message, tree) = match (
-        required_str(&req, "message", doc),
-        required_str(&req, "tree", doc),
-    ) {
+    let (message, tree) = match (required_str(&req, "message"), required_str(&req, "tree")) {
         (Ok(message), Ok(tree)) => (message, tree),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
     let parents: Vec<String> = match req.get("parents") {
         None | Some(Value::Null) => Vec::new(),
