@@ -17,6 +17,23 @@ pub(crate) struct GitOutput {
     pub stderr: String,
 }
 
+/// A commit as `git log` tells it.
+#[derive(Clone, Debug)]
+pub(crate) struct CommitInfo {
+    pub sha: String,
+    pub tree: String,
+    pub parents: Vec<String>,
+    pub author_name: String,
+    pub author_email: String,
+    /// Unix seconds.
+    pub author_at: u64,
+    pub committer_name: String,
+    pub committer_email: String,
+    pub committer_at: u64,
+    /// The whole message, as stored (trailing newline trimmed by git log).
+    pub message: String,
+}
+
 /// Who the fake commits are from.
 #[derive(Clone, Debug)]
 pub(crate) struct Ident {
@@ -205,6 +222,103 @@ impl Git {
             Some(1) => Ok(None),
             _ => bail!("git merge-tree failed: {}", out.stderr.trim()),
         }
+    }
+
+    /// Whether `ancestor` is reachable from `descendant` (a commit is its
+    /// own ancestor).
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> anyhow::Result<bool> {
+        let out = self
+            .run(
+                &["merge-base", "--is-ancestor", ancestor, descendant],
+                None,
+                &[],
+                None,
+            )
+            .await?;
+        match out.code {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!("git merge-base --is-ancestor failed: {}", out.stderr.trim()),
+        }
+    }
+
+    /// The type of an object ("commit", "tree", ...), if it exists. Only
+    /// full hex object ids are looked up.
+    pub async fn object_type(&self, sha: &str) -> anyhow::Result<Option<String>> {
+        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let out = self.run(&["cat-file", "-t", sha], None, &[], None).await?;
+        Ok((out.code == Some(0)).then(|| out.stdout.trim().to_string()))
+    }
+
+    /// What a commit holds, if `sha` is a commit.
+    pub async fn commit_info(&self, sha: &str) -> anyhow::Result<Option<CommitInfo>> {
+        if self.object_type(sha).await?.as_deref() != Some("commit") {
+            return Ok(None);
+        }
+        let out = self
+            .ok(&[
+                "log",
+                "-1",
+                "--format=%H%x00%T%x00%P%x00%an%x00%ae%x00%at%x00%cn%x00%ce%x00%ct%x00%B",
+                sha,
+                "--",
+            ])
+            .await?;
+        let mut p = out.splitn(10, '\0');
+        let mut next = || p.next().unwrap_or_default().to_string();
+        let sha = next();
+        let tree = next();
+        let parents = next().split_whitespace().map(str::to_string).collect();
+        let author_name = next();
+        let author_email = next();
+        let author_at = next().parse().unwrap_or_default();
+        let committer_name = next();
+        let committer_email = next();
+        let committer_at = next().parse().unwrap_or_default();
+        let message = next();
+        Ok(Some(CommitInfo {
+            sha,
+            tree,
+            parents,
+            author_name,
+            author_email,
+            author_at,
+            committer_name,
+            committer_email,
+            committer_at,
+            message,
+        }))
+    }
+
+    /// Every branch as (name, sha), sorted by name.
+    pub async fn branches(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let out = self
+            .ok(&[
+                "for-each-ref",
+                "--sort=refname",
+                "--format=%(refname)%00%(objectname)",
+                "refs/heads/",
+            ])
+            .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let (name, sha) = l.split_once('\0')?;
+                Some((
+                    name.strip_prefix("refs/heads/")?.to_string(),
+                    sha.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Deletes `refname` only if it is still at `old`.
+    pub async fn delete_ref(&self, refname: &str, old: &str) -> anyhow::Result<()> {
+        self.ok(&["update-ref", "-d", refname, old])
+            .await
+            .map(|_| ())
     }
 
     /// The author of a commit, to keep it when a commit is replayed.

@@ -42,6 +42,8 @@ pub(crate) struct Job {
     pub body: Vec<u8>,
     pub redelivery: bool,
     pub reply: Option<oneshot::Sender<Result<u16, String>>>,
+    /// When the event happened (a delivery delay counts from here).
+    pub at: Instant,
 }
 
 /// `sha256=<hex>` of the body, as in `X-Hub-Signature-256`.
@@ -98,7 +100,15 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
                 continue;
             }
         };
-        // Redeliveries (asked for by a test) are never subject to chaos.
+        // Redeliveries (asked for by a test) are never delayed, nor subject
+        // to chaos. The delay counts from the event, so it does not add up
+        // over a queue of deliveries.
+        if job.reply.is_none() {
+            let delay = *inner.delivery_delay.lock().expect("delay lock");
+            if !delay.is_zero() {
+                tokio::time::sleep_until((job.at + delay).into()).await;
+            }
+        }
         let fate = if job.reply.is_some() {
             None
         } else {
@@ -132,6 +142,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>)
                         body: job.body.clone(),
                         redelivery: false,
                         reply: None,
+                        at: job.at,
                     }
                 });
                 if let Some(behind) = hold_behind {

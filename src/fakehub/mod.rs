@@ -16,6 +16,7 @@ mod budget;
 mod chaos;
 mod git;
 mod hooks;
+mod refs;
 mod server;
 mod shapes;
 mod state;
@@ -29,7 +30,7 @@ use anyhow::{Context, anyhow, bail};
 use git::{Git, Ident};
 use serde_json::{Value, json};
 use shapes::{Mergeable, PushCommit, Urls};
-use state::{PrState, RepoState, ReviewRec, State};
+use state::{PrState, Protection, RepoState, ReviewRec, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,9 @@ pub(crate) struct Inner {
     /// The primary rate limit per token, and the log of API requests.
     budget: budget::Budget,
     queue: mpsc::UnboundedSender<hooks::Job>,
+    /// How long each delivery waits after the event before it is sent
+    /// (GitHub's webhook latency); zero by default.
+    delivery_delay: Mutex<std::time::Duration>,
     pending: AtomicUsize,
     idle: Notify,
 }
@@ -268,6 +272,7 @@ impl FakeHub {
             counters: chaos::Counters::default(),
             budget: budget::Budget::default(),
             queue: tx,
+            delivery_delay: Mutex::new(std::time::Duration::ZERO),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
         });
@@ -399,6 +404,7 @@ impl FakeHub {
                 permissions: Default::default(),
                 statuses: Vec::new(),
                 next_number: 1,
+                protections: Default::default(),
             },
         );
         to_sha(&sha)
@@ -412,6 +418,50 @@ impl FakeHub {
             r.permissions
                 .insert(user.to_string(), permission.to_string());
         }
+    }
+
+    /// Protects `branch` with required status checks `contexts` (the
+    /// `sluice` check, say), replacing any rule it had: from now on the
+    /// branch cannot be deleted or force-pushed, and it moves (a ref update,
+    /// a merge, a PR merged into it) only to a commit with a `success`
+    /// status for every one of them. `strict` ("require branches to be up
+    /// to date") is reported as false.
+    pub fn protect_branch(
+        &self,
+        repo: &str,
+        branch: &str,
+        contexts: &[&str],
+    ) -> anyhow::Result<()> {
+        check_branch_name(branch)?;
+        let mut st = self.inner.state.lock().expect("state");
+        let r = st
+            .repos
+            .get_mut(repo)
+            .with_context(|| format!("no repository {repo}"))?;
+        r.protections.insert(
+            branch.to_string(),
+            Protection {
+                strict: false,
+                contexts: contexts.iter().map(|c| c.to_string()).collect(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes the protection of `branch`, if it has one.
+    pub fn unprotect_branch(&self, repo: &str, branch: &str) {
+        let mut st = self.inner.state.lock().expect("state");
+        if let Some(r) = st.repos.get_mut(repo) {
+            r.protections.remove(branch);
+        }
+    }
+
+    /// From now on every delivery is sent `delay` after the event that
+    /// caused it (in order; GitHub's deliveries commonly take hundreds of
+    /// milliseconds), so a client can act before it hears of a push.
+    /// Redeliveries are not delayed. Zero turns it off.
+    pub fn set_delivery_delay(&self, delay: std::time::Duration) {
+        *self.inner.delivery_delay.lock().expect("delay lock") = delay;
     }
 
     /// A new commit on `branch` (created from `from`, a branch name or sha,
@@ -837,6 +887,7 @@ impl FakeHub {
                 body: original.body.into_bytes(),
                 redelivery: true,
                 reply: Some(tx),
+                at: std::time::Instant::now(),
             })
             .map_err(|_| anyhow!("the delivery task has stopped"))?;
         rx.await
@@ -977,6 +1028,7 @@ impl Inner {
             body,
             redelivery: false,
             reply: None,
+            at: std::time::Instant::now(),
         };
         if self.queue.send(job).is_err() {
             self.pending.fetch_sub(1, Ordering::SeqCst);
@@ -1043,8 +1095,11 @@ impl Inner {
         Ok(())
     }
 
-    /// After `branch` moved from `before` to `after`: sends `push`, updates
-    /// PRs whose head or base it is, and sends `synchronize` for heads.
+    /// After `branch` moved from `before` to `after` (all zeros: created,
+    /// or deleted): sends `push`, updates PRs whose head or base it is,
+    /// sends `synchronize` for heads, and, as GitHub does, marks merged
+    /// (and sends `closed` for) every open PR into `branch` whose head is
+    /// now reachable from it.
     async fn branch_moved(
         &self,
         g: &Git,
@@ -1054,18 +1109,42 @@ impl Inner {
         after: &str,
         pusher: &str,
     ) -> anyhow::Result<()> {
-        let created = before.bytes().all(|b| b == b'0');
-        let range = if created {
-            after.to_string()
-        } else {
-            format!("{before}..{after}")
-        };
-        let list = g
-            .ok(&["rev-list", "--reverse", "--max-count=20", &range, "--"])
-            .await?;
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        let created = zero(before);
+        let deleted = zero(after);
         let mut commits = Vec::new();
-        for sha in list.lines().filter(|l| !l.is_empty()) {
-            commits.push(push_commit(g, sha).await?);
+        let mut forced = false;
+        if !deleted {
+            let range = if created {
+                after.to_string()
+            } else {
+                format!("{before}..{after}")
+            };
+            let list = g
+                .ok(&["rev-list", "--reverse", "--max-count=20", &range, "--"])
+                .await?;
+            for sha in list.lines().filter(|l| !l.is_empty()) {
+                commits.push(push_commit(g, sha).await?);
+            }
+            forced = !created && !g.is_ancestor(before, after).await?;
+        }
+        // Open PRs into `branch`, to see which of them it now holds.
+        let into: Vec<(u64, String)> = {
+            let st = self.state.lock().expect("state");
+            let r = st.repos.get(repo).context("no such repository")?;
+            r.prs
+                .values()
+                .filter(|p| p.open && p.base_ref == branch)
+                .map(|p| (p.number, p.head_sha.clone()))
+                .collect()
+        };
+        let mut landed = Vec::new();
+        if !deleted {
+            for (number, head) in into {
+                if g.is_ancestor(&head, after).await? {
+                    landed.push(number);
+                }
+            }
         }
         let synced: Vec<u64> = {
             let mut st = self.state.lock().expect("state");
@@ -1073,18 +1152,36 @@ impl Inner {
             let now = shapes::now_iso();
             let mut synced = Vec::new();
             for pr in r.prs.values_mut().filter(|p| p.open) {
-                if pr.base_ref == branch {
+                if pr.base_ref == branch && !deleted {
                     pr.base_sha = after.to_string();
                 }
-                if pr.head_ref == branch {
+                if landed.contains(&pr.number) {
+                    pr.open = false;
+                    pr.merged = true;
+                    pr.merged_by = Some(pusher.to_string());
+                    pr.merge_commit_sha = Some(after.to_string());
+                    pr.merged_at = Some(now.clone());
+                    pr.closed_at = Some(now.clone());
+                    pr.updated_at = now.clone();
+                    continue;
+                }
+                if pr.head_ref == branch && !deleted {
                     pr.head_sha = after.to_string();
                     pr.commits += 1;
                     pr.updated_at = now.clone();
                     synced.push(pr.number);
                 }
             }
-            let push =
-                shapes::push_payload(&self.urls(), r, branch, before, after, &commits, pusher);
+            let push = shapes::push_payload(
+                &self.urls(),
+                r,
+                branch,
+                before,
+                after,
+                &commits,
+                pusher,
+                forced,
+            );
             drop(st);
             self.enqueue("push", push);
             synced
@@ -1099,6 +1196,9 @@ impl Inner {
                 pusher,
                 json!({"before": before, "after": after}),
             )?;
+        }
+        for number in landed {
+            self.pr_event(repo, number, "closed", pusher, json!({}))?;
         }
         Ok(())
     }
@@ -1187,6 +1287,10 @@ impl Inner {
                 409,
                 "Head branch was modified. Review and try the merge again.",
             ));
+        }
+        // Required status checks are read on the PR's head commit.
+        if let Some(refusal) = self.protection_refusal(repo, &pr.base_ref, &pr.head_sha) {
+            return Err(http_err(405, &refusal));
         }
         let base_before = g
             .branch(&pr.base_ref)

@@ -2,6 +2,8 @@
 //! unknown paths and methods answer GitHub's JSON 404.
 
 use super::budget;
+use super::git::Ident;
+use super::refs::MergeAnswer;
 use super::shapes::{self, Urls};
 use super::state::StatusRec;
 use super::{Fault, HttpError, Inner};
@@ -61,6 +63,42 @@ fn not_found() -> Reply {
 
 fn from_http_error(e: HttpError) -> Reply {
     error(e.status, &e.message, "/pulls/pulls#merge-a-pull-request")
+}
+
+fn error_at(e: HttpError, doc: &str) -> Reply {
+    error(e.status, &e.message, doc)
+}
+
+fn no_content() -> Reply {
+    let mut r = Response::new(Vec::new());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// A request's JSON object body, or GitHub's 400.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, HttpError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(super::http_err(400, "Problems parsing JSON")),
+    }
+}
+
+/// A required string field, or GitHub's 422 for a missing one.
+fn required_str<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, HttpError> {
+    match map.get(key) {
+        Some(Value::String(v)) => Ok(v),
+        None | Some(Value::Null) => Err(super::http_err(
+            422,
+            &format!("Invalid request.\n\n\"{key}\" wasn't supplied."),
+        )),
+        Some(other) => Err(super::http_err(
+            422,
+            &format!("Invalid request.\n\nFor 'properties/{key}', {other} is not a string."),
+        )),
+    }
 }
 
 /// Decodes `%XX` escapes in one path segment.
@@ -317,11 +355,7 @@ async fn answer(
                 st.repos.get(&repo)?.prs.get(&n).map(|p| p.merged)
             });
             match merged {
-                Some(true) => {
-                    let mut r = Response::new(Vec::new());
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                    r
-                }
+                Some(true) => no_content(),
                 _ => not_found(),
             }
         }
@@ -335,6 +369,50 @@ async fn answer(
                 &shapes::permission(&inner.urls(), user, &r.permission(user)),
             )
         }
+        (
+            "GET",
+            [
+                "branches",
+                branch @ ..,
+                "protection",
+                "required_status_checks",
+            ],
+        ) if !branch.is_empty() => {
+            let branch = branch.join("/");
+            required_status_checks(inner, &repo, &branch).await
+        }
+        ("POST", ["git", "refs"]) => create_ref(inner, &repo, body).await,
+        ("GET", ["git", "matching-refs", prefix @ ..]) => {
+            let mut prefix = prefix.join("/");
+            if path.ends_with('/') && !prefix.is_empty() {
+                prefix.push('/');
+            }
+            match inner.matching_refs(&repo, &prefix).await {
+                Ok(refs) => with_repo(inner, &repo, |u, r| {
+                    Value::Array(
+                        refs.iter()
+                            .map(|a| shapes::git_ref(u, r, &a.branch, &a.sha))
+                            .collect(),
+                    )
+                }),
+                Err(e) => error_at(e, "/git/refs#list-matching-references"),
+            }
+        }
+        ("PATCH", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
+            update_ref(inner, &repo, &branch.join("/"), body).await
+        }
+        ("DELETE", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
+            match inner.delete_ref(&repo, &branch.join("/")).await {
+                Ok(()) => no_content(),
+                Err(e) => error_at(e, "/git/refs#delete-a-reference"),
+            }
+        }
+        ("POST", ["merges"]) => merge_branches(inner, &repo, body).await,
+        ("POST", ["git", "commits"]) => create_commit(inner, &repo, body).await,
+        ("GET", ["git", "commits", sha]) => match inner.get_commit(&repo, sha).await {
+            Ok(info) => with_repo(inner, &repo, |u, r| shapes::git_commit(u, r, &info)),
+            Err(e) => error_at(e, "/git/commits#get-a-commit-object"),
+        },
         ("GET", ["branches", branch @ ..]) if !branch.is_empty() => {
             let branch = branch.join("/");
             match head_of(inner, &repo, &branch).await {
@@ -614,4 +692,168 @@ async fn create_status(inner: &Inner, repo: &str, sha: &str, body: &[u8]) -> Rep
     let v = shapes::status(&inner.urls(), r, &rec, true);
     r.statuses.push(rec);
     reply(201, &v)
+}
+
+async fn required_status_checks(inner: &Inner, repo: &str, branch: &str) -> Reply {
+    let doc = "/branches/branch-protection#get-status-checks-protection";
+    if head_of(inner, repo, branch).await.is_none() {
+        return error(404, "Branch not found", doc);
+    }
+    let st = inner.state.lock().expect("state");
+    let Some(r) = st.repos.get(repo) else {
+        return not_found();
+    };
+    match r.protections.get(branch) {
+        None => error(404, "Branch not protected", doc),
+        Some(p) if p.contexts.is_empty() => error(404, "Required status checks not enabled", doc),
+        Some(p) => reply(
+            200,
+            &shapes::required_status_checks(&inner.urls(), r, branch, &p.contexts, p.strict),
+        ),
+    }
+}
+
+async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+    let doc = "/git/refs#create-a-reference";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let (refname, sha) = match (required_str(&req, "ref"), required_str(&req, "sha")) {
+        (Ok(refname), Ok(sha)) => (refname, sha),
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
+    };
+    match inner.create_ref(repo, refname, sha).await {
+        Ok(a) => {
+            with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)).map_status(201)
+        }
+        Err(e) => error_at(e, doc),
+    }
+}
+
+async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Reply {
+    let doc = "/git/refs#update-a-reference";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let sha = match required_str(&req, "sha") {
+        Ok(sha) => sha,
+        Err(e) => return error_at(e, doc),
+    };
+    let force = match req.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return error(
+                422,
+                &format!("Invalid request.\n\nFor 'properties/force', {other} is not a boolean."),
+                doc,
+            );
+        }
+    };
+    match inner.update_ref(repo, branch, sha, force).await {
+        Ok(a) => with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)),
+        Err(e) => error_at(e, doc),
+    }
+}
+
+async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+    let doc = "/branches/branches#merge-a-branch";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let (base, head) = match (required_str(&req, "base"), required_str(&req, "head")) {
+        (Ok(base), Ok(head)) => (base, head),
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
+    };
+    let message = req.get("commit_message").and_then(Value::as_str);
+    match inner.merge_branches(repo, base, head, message).await {
+        Ok(MergeAnswer::Created(info)) => with_repo(inner, repo, |u, r| {
+            shapes::repo_commit(u, r, &info, super::MERGER)
+        })
+        .map_status(201),
+        Ok(MergeAnswer::NothingToMerge) => no_content(),
+        Err(e) => error_at(e, doc),
+    }
+}
+
+async fn create_commit(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+    let doc = "/git/commits#create-a-commit";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let (message, tree) = match (required_str(&req, "message"), required_str(&req, "tree")) {
+        (Ok(message), Ok(tree)) => (message, tree),
+        (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
+    };
+    let parents: Vec<String> = match req.get("parents") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(other) => {
+            return error(
+                422,
+                &format!(
+                    "Invalid request.\n\nFor 'properties/parents', {other} is not an array of strings."
+                ),
+                doc,
+            );
+        }
+    };
+    let author = match req.get("author") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(a)) => {
+            let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_string);
+            match (field("name"), field("email")) {
+                (Some(name), Some(email)) => Some(Ident {
+                    name,
+                    email,
+                    date: field("date"),
+                }),
+                _ => {
+                    return error(
+                        422,
+                        "Invalid request.\n\n\"name\", \"email\" weren't supplied.",
+                        doc,
+                    );
+                }
+            }
+        }
+        Some(_) => {
+            return error(
+                422,
+                "Invalid request.\n\nFor 'properties/author', it is not an object.",
+                doc,
+            );
+        }
+    };
+    match inner
+        .create_commit(repo, message, tree, &parents, author)
+        .await
+    {
+        Ok(info) => with_repo(inner, repo, |u, r| shapes::git_commit(u, r, &info)).map_status(201),
+        Err(e) => error_at(e, doc),
+    }
+}
+
+/// Sets the status of a reply that succeeded (an error stays as it is).
+trait MapStatus {
+    fn map_status(self, status: u16) -> Self;
+}
+
+impl MapStatus for Reply {
+    fn map_status(mut self, status: u16) -> Reply {
+        if self.status().is_success()
+            && let Ok(s) = StatusCode::from_u16(status)
+        {
+            *self.status_mut() = s;
+        }
+        self
+    }
 }

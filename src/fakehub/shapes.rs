@@ -2,6 +2,7 @@
 //! webhook payloads (mirroring the examples in `testdata/github-api/` and
 //! `testdata/webhooks/`). Pure functions of the fake's state.
 
+use super::git::CommitInfo;
 use super::state::{PrState, RepoState, ReviewRec, StatusRec};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -373,6 +374,14 @@ pub(crate) fn combined_status(u: &Urls, r: &RepoState, sha: &str) -> Value {
 
 pub(crate) fn branch(u: &Urls, r: &RepoState, name: &str, sha: &str) -> Value {
     let api = u.repo_api(&r.full_name);
+    let protection = r.protections.get(name);
+    let contexts: Vec<&str> = protection
+        .map(|p| p.contexts.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let checks: Vec<Value> = contexts
+        .iter()
+        .map(|c| json!({"context": c, "app_id": null}))
+        .collect();
     json!({
         "name": name,
         "commit": {
@@ -387,10 +396,14 @@ pub(crate) fn branch(u: &Urls, r: &RepoState, name: &str, sha: &str) -> Value {
             "self": format!("{api}/branches/{name}"),
             "html": format!("{}/tree/{name}", u.repo_html(&r.full_name)),
         },
-        "protected": false,
+        "protected": protection.is_some(),
         "protection": {
-            "enabled": false,
-            "required_status_checks": {"enforcement_level": "off", "contexts": [], "checks": []}
+            "enabled": protection.is_some(),
+            "required_status_checks": {
+                "enforcement_level": if protection.is_some_and(|p| !p.contexts.is_empty()) { "non_admins" } else { "off" },
+                "contexts": contexts,
+                "checks": checks,
+            }
         },
         "protection_url": format!("{api}/branches/{name}/protection"),
     })
@@ -407,6 +420,86 @@ pub(crate) fn git_ref(u: &Urls, r: &RepoState, name: &str, sha: &str) -> Value {
             "sha": sha,
             "url": format!("{api}/git/commits/{sha}"),
         }
+    })
+}
+
+/// `GET /branches/{branch}/protection/required_status_checks`.
+pub(crate) fn required_status_checks(
+    u: &Urls,
+    r: &RepoState,
+    branch: &str,
+    contexts: &[String],
+    strict: bool,
+) -> Value {
+    let url = format!(
+        "{}/branches/{branch}/protection/required_status_checks",
+        u.repo_api(&r.full_name)
+    );
+    json!({
+        "url": url,
+        "strict": strict,
+        "contexts": contexts,
+        "contexts_url": format!("{url}/contexts"),
+        "checks": contexts.iter().map(|c| json!({"context": c, "app_id": null})).collect::<Vec<_>>(),
+    })
+}
+
+fn git_person(name: &str, email: &str, at: u64) -> Value {
+    json!({"name": name, "email": email, "date": iso8601(at)})
+}
+
+fn unsigned() -> Value {
+    json!({"verified": false, "reason": "unsigned", "signature": null, "payload": null, "verified_at": null})
+}
+
+/// A commit of the Git database (`git/commits`), as in `git/get-commit`.
+pub(crate) fn git_commit(u: &Urls, r: &RepoState, c: &CommitInfo) -> Value {
+    let api = u.repo_api(&r.full_name);
+    let html = u.repo_html(&r.full_name);
+    json!({
+        "sha": c.sha,
+        "node_id": node_id("C", user_id(&c.sha)),
+        "url": format!("{api}/git/commits/{}", c.sha),
+        "html_url": format!("{html}/commit/{}", c.sha),
+        "author": git_person(&c.author_name, &c.author_email, c.author_at),
+        "committer": git_person(&c.committer_name, &c.committer_email, c.committer_at),
+        "message": c.message,
+        "tree": {"sha": c.tree, "url": format!("{api}/git/trees/{}", c.tree)},
+        "parents": c.parents.iter().map(|p| json!({
+            "sha": p,
+            "url": format!("{api}/git/commits/{p}"),
+            "html_url": format!("{html}/commit/{p}"),
+        })).collect::<Vec<_>>(),
+        "verification": unsigned(),
+    })
+}
+
+/// A commit as the commits API (and `POST /merges`) answers it.
+pub(crate) fn repo_commit(u: &Urls, r: &RepoState, c: &CommitInfo, login: &str) -> Value {
+    let api = u.repo_api(&r.full_name);
+    let html = u.repo_html(&r.full_name);
+    json!({
+        "url": format!("{api}/commits/{}", c.sha),
+        "sha": c.sha,
+        "node_id": node_id("C", user_id(&c.sha)),
+        "html_url": format!("{html}/commit/{}", c.sha),
+        "comments_url": format!("{api}/commits/{}/comments", c.sha),
+        "commit": {
+            "url": format!("{api}/git/commits/{}", c.sha),
+            "author": git_person(&c.author_name, &c.author_email, c.author_at),
+            "committer": git_person(&c.committer_name, &c.committer_email, c.committer_at),
+            "message": c.message,
+            "tree": {"sha": c.tree, "url": format!("{api}/git/trees/{}", c.tree)},
+            "comment_count": 0,
+            "verification": unsigned(),
+        },
+        "author": user(u, login),
+        "committer": user(u, login),
+        "parents": c.parents.iter().map(|p| json!({
+            "sha": p,
+            "url": format!("{api}/commits/{p}"),
+            "html_url": format!("{html}/commit/{p}"),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -449,6 +542,8 @@ pub(crate) struct PushCommit {
     pub added: Vec<String>,
 }
 
+// One payload, one argument per field it varies in.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn push_payload(
     u: &Urls,
     r: &RepoState,
@@ -457,6 +552,7 @@ pub(crate) fn push_payload(
     after: &str,
     commits: &[PushCommit],
     pusher: &str,
+    forced: bool,
 ) -> Value {
     let commit = |c: &PushCommit| {
         let who =
@@ -491,8 +587,8 @@ pub(crate) fn push_payload(
         "pusher": {"name": pusher, "email": format!("{pusher}@users.noreply.fakehub.invalid")},
         "sender": sender,
         "created": created,
-        "deleted": false,
-        "forced": false,
+        "deleted": after.bytes().all(|b| b == b'0'),
+        "forced": forced,
         "base_ref": null,
         "compare": format!("{}/compare/{}...{}", u.repo_html(&r.full_name), &before[..12.min(before.len())], &after[..12.min(after.len())]),
         "commits": commits.iter().map(commit).collect::<Vec<_>>(),

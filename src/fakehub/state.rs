@@ -27,6 +27,17 @@ pub(crate) struct RepoState {
     pub statuses: Vec<StatusRec>,
     /// PR and issue numbers share one sequence, as on GitHub.
     pub next_number: u64,
+    /// Branch protection rules, by exact branch name.
+    pub protections: BTreeMap<String, Protection>,
+}
+
+/// A protected branch's rule: the status checks it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Protection {
+    /// "Require branches to be up to date before merging".
+    pub strict: bool,
+    /// Required status contexts.
+    pub contexts: Vec<String>,
 }
 
 impl RepoState {

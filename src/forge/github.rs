@@ -12,9 +12,10 @@
 //! reply's `x-ratelimit-*` headers are recorded ([`Forge::api_budget`]).
 
 mod cache;
+mod train;
 
 use super::convert::pr_snapshot;
-use super::{ApiBudget, CommitStatus, Forge, ForgeError, ListedPr, PrFetch};
+use super::{ApiBudget, CarStep, CommitStatus, Forge, ForgeError, ListedPr, PrFetch, RefUpdate};
 use crate::config::GithubConfig;
 use crate::core::{
     MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha, Timestamp,
@@ -378,6 +379,8 @@ impl GitHub {
             }
             Method::POST => self.client._post(path, body).await,
             Method::PUT => self.client._put(path, body).await,
+            Method::PATCH => self.client._patch(path, body).await,
+            Method::DELETE => self.client._delete(path, body).await,
             _ => return Err(format!("method {method} is not used")),
         }
         .map_err(|e| error_chain(&e))?;
@@ -775,6 +778,46 @@ impl Forge for GitHub {
 
     fn api_budget(&self) -> Option<ApiBudget> {
         Some(self.budget.snapshot())
+    }
+
+    async fn put_staging_ref(
+        &self,
+        repo: &RepoName,
+        name: &str,
+        sha: &Sha,
+    ) -> Result<(), ForgeError> {
+        self.put_staging(repo, name, sha).await
+    }
+
+    async fn merge_into_staging(
+        &self,
+        repo: &RepoName,
+        name: &str,
+        head: &Sha,
+        method: MergeMethod,
+        message: &str,
+    ) -> Result<CarStep, ForgeError> {
+        self.merge_step(repo, name, head, method, message).await
+    }
+
+    async fn fast_forward(&self, repo: &RepoName, branch: &str, sha: &Sha) -> RefUpdate {
+        self.move_target(repo, branch, sha).await
+    }
+
+    async fn delete_staging_ref(&self, repo: &RepoName, name: &str) -> Result<(), ForgeError> {
+        self.delete_staging(repo, name).await
+    }
+
+    async fn required_checks(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        self.protection_checks(repo, branch).await
+    }
+
+    async fn staging_refs(&self, repo: &RepoName) -> Result<Vec<(String, Sha)>, ForgeError> {
+        self.list_staging(repo).await
     }
 }
 

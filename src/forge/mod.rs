@@ -23,6 +23,51 @@ pub enum ForgeError {
     Transport { what: String, message: String },
     #[error("{what}: unexpected response: {message}")]
     Decode { what: String, message: String },
+    /// This forge (or this adapter) cannot do what was asked.
+    #[error("{what}: {message}")]
+    Unsupported { what: String, message: String },
+    /// The call was refused before it went out: its input is not allowed
+    /// (a staging ref outside `sluice/`, say).
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+}
+
+/// The prefix of every staging ref sluice builds cars on
+/// (`sluice/<branch>/<car>`); sluice force-moves and deletes only these.
+pub const STAGING_PREFIX: &str = "sluice/";
+
+/// What came of one step of building a car.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CarStep {
+    /// The PR head was merged in; the staging ref is now at `sha`.
+    Merged { sha: Sha },
+    /// The head was already in the staging ref, which stays at `sha`.
+    NothingToMerge { sha: Sha },
+    /// The head does not merge cleanly; the staging ref did not move.
+    Conflict { message: String },
+}
+
+/// What came of moving a target branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefUpdate {
+    /// The branch is now at the sha asked for.
+    Moved,
+    /// The branch moved meanwhile (the sha is not a descendant of its
+    /// head): nothing changed.
+    NotFastForward,
+    /// The forge refused it (branch protection: a required check, say);
+    /// `reason` is the forge's message.
+    Refused { reason: String },
+    /// Anything else (unreachable, timed out, the branch is gone); whether
+    /// the branch moved is not known: read it.
+    Failed { reason: String },
+}
+
+fn unsupported(what: &str) -> ForgeError {
+    ForgeError::Unsupported {
+        what: what.to_string(),
+        message: "not supported by this forge".into(),
+    }
 }
 
 /// A PR as the forge reports it when asked for one.
@@ -108,5 +153,66 @@ pub trait Forge: Send + Sync {
     /// The API budget, if this forge has one and reports it.
     fn api_budget(&self) -> Option<ApiBudget> {
         None
+    }
+
+    // ---- the merge train: cars on staging refs, landed by fast-forward
+
+    /// Points sluice's staging branch `name` (e.g. `sluice/main/7`) at
+    /// `sha`, creating it or moving it with force. Only ever for sluice's
+    /// own refs: a name outside [`STAGING_PREFIX`] is refused.
+    async fn put_staging_ref(
+        &self,
+        repo: &RepoName,
+        name: &str,
+        sha: &Sha,
+    ) -> Result<(), ForgeError> {
+        let _ = (repo, name, sha);
+        Err(unsupported("put_staging_ref"))
+    }
+    /// Merges `head` into staging branch `name`. With
+    /// [`MergeMethod::Squash`] the merge is replaced by one commit with the
+    /// merge's tree, the previous tip as its only parent and `message`, so
+    /// a car holds one commit per PR. `Rebase` is not supported in trains
+    /// yet (an error).
+    async fn merge_into_staging(
+        &self,
+        repo: &RepoName,
+        name: &str,
+        head: &Sha,
+        method: MergeMethod,
+        message: &str,
+    ) -> Result<CarStep, ForgeError> {
+        let _ = (repo, name, head, method, message);
+        Err(unsupported("merge_into_staging"))
+    }
+    /// Moves `branch` to `sha` only if that is a fast-forward (a
+    /// compare-and-swap: if the branch moved, nothing lands).
+    async fn fast_forward(&self, repo: &RepoName, branch: &str, sha: &Sha) -> RefUpdate {
+        let _ = (repo, branch, sha);
+        RefUpdate::Failed {
+            reason: unsupported("fast_forward").to_string(),
+        }
+    }
+    /// Deletes staging branch `name` (gone already is fine).
+    async fn delete_staging_ref(&self, repo: &RepoName, name: &str) -> Result<(), ForgeError> {
+        let _ = (repo, name);
+        Err(unsupported("delete_staging_ref"))
+    }
+    /// The status contexts branch protection requires on `branch`; empty
+    /// if it is not protected, requires none, or its protection cannot be
+    /// read with sluice's token.
+    async fn required_checks(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let _ = (repo, branch);
+        Err(unsupported("required_checks"))
+    }
+    /// sluice's staging refs of the repository, name and sha, sorted by
+    /// name (for recovery after a restart).
+    async fn staging_refs(&self, repo: &RepoName) -> Result<Vec<(String, Sha)>, ForgeError> {
+        let _ = repo;
+        Err(unsupported("staging_refs"))
     }
 }
