@@ -392,6 +392,18 @@ pub struct RepoConfig {
     /// `executor.kubernetes.default_image`.
     #[serde(default)]
     pub image: Option<String>,
+    /// 0: serial mode (GitHub merges each PR after its own test). 1 to 32:
+    /// a merge train that tests up to this many cars at once and lands
+    /// them by fast-forward.
+    #[serde(default)]
+    pub train_depth: usize,
+    /// Train mode: test each PR on its own before it enters the train.
+    #[serde(default = "default_early_test")]
+    pub early_test: bool,
+}
+
+fn default_early_test() -> bool {
+    true
 }
 
 fn default_required_approvals() -> u32 {
@@ -463,10 +475,8 @@ impl RepoConfig {
             max_concurrent_builds: self.max_concurrent_builds,
             max_infra_retries: self.max_infra_retries,
             priority_labels: self.priority_labels.clone(),
-            // Trains are built in the core; their forge side is not wired
-            // to the driver yet (see the README's status).
-            train_depth: 0,
-            early_test: true,
+            train_depth: self.train_depth,
+            early_test: self.early_test,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -562,6 +572,15 @@ impl Config {
             }
             if repo.job_timeout_secs == 0 {
                 return Err(bad(key("job_timeout_secs"), "must be > 0"));
+            }
+            if repo.train_depth > 32 {
+                return Err(bad(key("train_depth"), "must be at most 32"));
+            }
+            if repo.train_depth > 0 && repo.merge_method == MergeMethod::Rebase {
+                return Err(bad(
+                    key("merge_method"),
+                    "\"rebase\" is not supported with a merge train yet: use \"merge\" or \"squash\"",
+                ));
             }
         }
         Ok(())

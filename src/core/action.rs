@@ -48,6 +48,8 @@ pub enum Action {
         branch: String,
         from: Sha,
         to: Sha,
+        /// The last car landing; staging refs of cars up to it can go.
+        through: u64,
         description: String,
         link: ResultKey,
     },

@@ -82,6 +82,13 @@ pub enum Event {
         car: u64,
         message: String,
     },
+    /// The forge could not build a car (an error, not a conflict): it is
+    /// built again.
+    CarBuildFailed {
+        repo: RepoName,
+        branch: String,
+        car: u64,
+    },
     /// The target branch moved to `sha` by our fast-forward (answers `Land`).
     Landed {
         repo: RepoName,
@@ -120,6 +127,7 @@ impl Event {
             | Event::Reconciled { repo, .. }
             | Event::CarBuilt { repo, .. }
             | Event::CarConflict { repo, .. }
+            | Event::CarBuildFailed { repo, .. }
             | Event::Landed { repo, .. }
             | Event::LandRefused { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),

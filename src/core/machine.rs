@@ -28,6 +28,12 @@ impl State {
                     continue;
                 };
                 let repo = build.candidate.repo.clone();
+                if build.candidate.car.is_some() {
+                    let branch = build.candidate.target_branch.clone();
+                    self.car_build_lost(&repo, &branch, &id);
+                    self.builds.remove(&id);
+                    continue;
+                }
                 let number = build.candidate.first_pr().map(|p| p.number);
                 if let Some(pr) = number.and_then(|n| self.repos.get_mut(&repo)?.prs.get_mut(&n)) {
                     pr.build = None;
@@ -88,6 +94,9 @@ impl State {
                     }
                 }
             }
+            // sluice's own staging branches (train cars) are no target.
+            Event::BranchMoved { branch, .. } | Event::BranchDeleted { branch, .. }
+                if branch.starts_with(super::train::STAGING_PREFIX) => {}
             Event::BranchMoved {
                 repo,
                 branch,
@@ -138,6 +147,9 @@ impl State {
                 car,
                 message,
             } => self.on_car_conflict(&repo, &branch, car, message, now, &mut out),
+            Event::CarBuildFailed { repo, branch, car } => {
+                self.on_car_build_failed(&repo, &branch, car)
+            }
             Event::Landed { repo, branch, sha } => {
                 self.on_landed(&repo, &branch, sha, now, &mut out)
             }

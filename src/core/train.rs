@@ -98,6 +98,9 @@ pub struct Ejection {
     pub build: Option<BuildId>,
 }
 
+/// Where sluice's staging branches live (never a target).
+pub const STAGING_PREFIX: &str = "sluice/";
+
 /// The staging ref of a car.
 pub fn staging_ref(branch: &str, car: u64) -> String {
     format!("sluice/{branch}/{car}")
@@ -118,6 +121,67 @@ impl State {
         {
             c.state = CarState::Built { sha };
         }
+    }
+
+    /// The forge could not build a car (not a conflict): it is built again.
+    pub(crate) fn on_car_build_failed(&mut self, repo: &RepoName, branch: &str, car: u64) {
+        let Some(r) = self.repos.get_mut(repo) else {
+            return;
+        };
+        let Some(train) = r.trains.get_mut(branch) else {
+            return;
+        };
+        if let Some(index) = train
+            .cars
+            .iter()
+            .position(|c| c.id == car && matches!(c.state, CarState::Building { .. }))
+        {
+            // Nothing behind it was built on it (it has no commit).
+            reset_from(train, index, &mut r.next_car);
+        }
+    }
+
+    /// After a restart: a car whose test the executor lost is tested again.
+    pub(crate) fn car_build_lost(&mut self, repo: &RepoName, branch: &str, build: &BuildId) {
+        if let Some(car) = self
+            .repos
+            .get_mut(repo)
+            .and_then(|r| r.trains.get_mut(branch))
+            .and_then(|t| {
+                t.cars
+                    .iter_mut()
+                    .find(|c| matches!(&c.state, CarState::Testing { build: b, .. } if b == build))
+            })
+        {
+            let sha = car.state.sha().cloned().expect("testing has a sha");
+            car.state = CarState::Built { sha };
+        }
+    }
+
+    /// The landings and car builds asked for before a restart, whose
+    /// answers were lost with the process: (repo, branch, landing, cars
+    /// building).
+    pub fn train_work_in_flight(&self) -> Vec<(RepoName, String, Option<Landing>, Vec<u64>)> {
+        let mut all = Vec::new();
+        for (name, repo) in &self.repos {
+            for (branch, train) in &repo.trains {
+                let building: Vec<u64> = train
+                    .cars
+                    .iter()
+                    .filter(|c| matches!(c.state, CarState::Building { .. }))
+                    .map(|c| c.id)
+                    .collect();
+                if train.landing.is_some() || !building.is_empty() {
+                    all.push((
+                        name.clone(),
+                        branch.clone(),
+                        train.landing.clone(),
+                        building,
+                    ));
+                }
+            }
+        }
+        all
     }
 
     /// A car's PR does not merge onto the car ahead: it is ejected.
@@ -527,6 +591,7 @@ impl State {
                 branch: branch.to_string(),
                 from: base.clone(),
                 to: sha.clone(),
+                through: last.id,
                 description: text::car_passed(branch, &prs),
                 link: ResultKey {
                     repo: name.clone(),

@@ -18,7 +18,7 @@ use crate::core::{
     State, Timestamp,
 };
 use crate::executor::{Executor, JobResult, JobSpec};
-use crate::forge::{CommitStatus, Forge, PrFetch};
+use crate::forge::{CarStep, CommitStatus, Forge, PrFetch, RefUpdate};
 use crate::results::{BuildRecord, ResultsStore};
 use history::History;
 use metrics::Metrics;
@@ -230,6 +230,41 @@ impl Driver {
                 let _ = self.shared.inputs.send(lost).await;
             }
         }
+        // Train work whose answer died with the old process: a landing is
+        // settled by reading the target; a car being built is built again.
+        let trains = {
+            let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+            state.train_work_in_flight()
+        };
+        for (repo, branch, landing, building) in trains {
+            for car in building {
+                let event = Event::CarBuildFailed {
+                    repo: repo.clone(),
+                    branch: branch.clone(),
+                    car,
+                };
+                let _ = self.shared.inputs.send(Input::Event(event)).await;
+            }
+            let Some(landing) = landing else { continue };
+            let (forge, inputs, shared) = self.spawn_parts();
+            tokio::spawn(async move {
+                let event = match forge.branch_head(&repo, &branch).await {
+                    Ok(Some(head)) if head == landing.to => Event::Landed {
+                        repo,
+                        branch,
+                        sha: landing.to,
+                    },
+                    Ok(head) => Event::LandRefused {
+                        moved: head.as_ref() != Some(&landing.from),
+                        repo,
+                        branch,
+                        reason: crate::core::text::interrupted_merge(),
+                    },
+                    Err(e) => return forge_failed(&shared, "landing_recovery", &e),
+                };
+                let _ = inputs.send(Input::Event(event)).await;
+            });
+        }
         for (pr, pair, _branch) in merges {
             let (forge, inputs, shared) = self.spawn_parts();
             tokio::spawn(async move {
@@ -420,13 +455,79 @@ impl Driver {
                         let _ = inputs.send(Input::Event(event)).await;
                     });
                 }
-                // Train mode is not enabled by any configuration yet: the
-                // forge side of cars and landings is being built.
-                Action::BuildCar { repo, car, .. } => {
-                    warn!(%repo, car, "a train car was asked for, but trains are not wired to GitHub yet");
+                Action::BuildCar {
+                    repo,
+                    branch,
+                    car,
+                    staging_ref,
+                    parent,
+                    head,
+                    message,
+                } => {
+                    let method = self
+                        .config
+                        .repo(&repo)
+                        .map(|r| r.merge_method)
+                        .unwrap_or_default();
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        let event = match build_car(
+                            &*forge,
+                            &repo,
+                            &staging_ref,
+                            &parent,
+                            &head,
+                            method,
+                            &message,
+                        )
+                        .await
+                        {
+                            Ok(CarStep::Merged { sha } | CarStep::NothingToMerge { sha }) => {
+                                Event::CarBuilt {
+                                    repo,
+                                    branch,
+                                    car,
+                                    parent,
+                                    sha,
+                                }
+                            }
+                            Ok(CarStep::Conflict { message }) => Event::CarConflict {
+                                repo,
+                                branch,
+                                car,
+                                message,
+                            },
+                            Err(e) => {
+                                forge_failed(&shared, "car", &e);
+                                // Built again, after a pause.
+                                tokio::time::sleep(CAR_RETRY).await;
+                                Event::CarBuildFailed { repo, branch, car }
+                            }
+                        };
+                        let _ = inputs.send(Input::Event(event)).await;
+                    });
                 }
-                Action::Land { repo, branch, .. } => {
-                    warn!(%repo, %branch, "a landing was asked for, but trains are not wired to GitHub yet");
+                Action::Land {
+                    repo,
+                    branch,
+                    from,
+                    to,
+                    through,
+                    description,
+                    link,
+                } => {
+                    info!(%repo, %branch, %from, %to, "landing");
+                    let status = CommitStatus {
+                        state: crate::core::CommitState::Success,
+                        description,
+                        target_url: Some(self.adapters.results.link(&link)),
+                    };
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        let event =
+                            land(&*forge, &shared, &repo, &branch, &to, through, &status).await;
+                        let _ = inputs.send(Input::Event(event)).await;
+                    });
                 }
                 Action::Reply { request, answer } => {
                     if let Some(reply) = self.replies.remove(&request) {
@@ -572,6 +673,73 @@ impl Driver {
     }
 }
 
+/// How long a car whose build failed (an error, not a conflict) waits.
+const CAR_RETRY: Duration = Duration::from_secs(5);
+
+/// Builds one car: the staging ref at `parent`, `head` merged into it.
+async fn build_car(
+    forge: &dyn Forge,
+    repo: &RepoName,
+    staging_ref: &str,
+    parent: &crate::core::Sha,
+    head: &crate::core::Sha,
+    method: crate::core::MergeMethod,
+    message: &str,
+) -> Result<CarStep, crate::forge::ForgeError> {
+    forge.put_staging_ref(repo, staging_ref, parent).await?;
+    forge
+        .merge_into_staging(repo, staging_ref, head, method, message)
+        .await
+}
+
+/// Lands a car: its success status first (a required check must see it),
+/// then the non-forced move of the target; then the staging refs of the
+/// cars up to it are deleted (car ids grow along a train, so none of them
+/// is in it any more).
+async fn land(
+    forge: &dyn Forge,
+    shared: &Shared,
+    repo: &RepoName,
+    branch: &str,
+    to: &crate::core::Sha,
+    through: u64,
+    status: &CommitStatus,
+) -> Event {
+    if let Err(e) = forge.set_status(repo, to, status).await {
+        forge_failed(shared, "status", &e);
+    }
+    let refused = |moved: bool, reason: String| Event::LandRefused {
+        repo: repo.clone(),
+        branch: branch.to_string(),
+        moved,
+        reason,
+    };
+    let event = match forge.fast_forward(repo, branch, to).await {
+        RefUpdate::Moved => Event::Landed {
+            repo: repo.clone(),
+            branch: branch.to_string(),
+            sha: to.clone(),
+        },
+        RefUpdate::NotFastForward => refused(true, "the target moved".into()),
+        RefUpdate::Refused { reason } | RefUpdate::Failed { reason } => refused(false, reason),
+    };
+    if matches!(event, Event::Landed { .. }) {
+        let prefix = format!("{}{branch}/", crate::core::STAGING_PREFIX);
+        if let Ok(refs) = forge.staging_refs(repo).await {
+            for (name, _) in refs {
+                let done = name
+                    .strip_prefix(&prefix)
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id <= through);
+                if done && let Err(e) = forge.delete_staging_ref(repo, &name).await {
+                    forge_failed(shared, "staging_ref", &e);
+                }
+            }
+        }
+    }
+    event
+}
+
 pub(crate) fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
     warn!(%error, "GitHub call failed: {what}");
     Metrics::count(&shared.metrics.forge_errors, what);
@@ -596,6 +764,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::BuildsLost { .. } => "builds_lost",
         Event::CarBuilt { .. } => "car_built",
         Event::CarConflict { .. } => "car_conflict",
+        Event::CarBuildFailed { .. } => "car_build_failed",
         Event::Landed { .. } => "landed",
         Event::LandRefused { .. } => "land_refused",
         Event::Tick => "tick",

@@ -1,0 +1,203 @@
+//! Merge trains end to end: sluice over real HTTP against the fake GitHub
+//! (real git, real merges of car commits on staging refs, a compare-and-swap
+//! ref update, branch protection with the `sluice` check required), with
+//! real test processes.
+
+use sluice::demo::{DEMO_REPO, Stack};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+async fn train_stack(dir: &std::path::Path, depth: usize) -> Stack {
+    let stack = Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.repos[0].train_depth = depth;
+        c.repos[0].max_concurrent_builds = 4;
+    })
+    .await
+    .unwrap();
+    // As the README advises: sluice is a required check on main.
+    stack
+        .hub
+        .protect_branch(DEMO_REPO, "main", &["sluice"])
+        .unwrap();
+    stack
+}
+
+/// Every commit main's first parents went through since `since`.
+fn first_parents(stack: &Stack, since: &str) -> Vec<String> {
+    let url = stack.hub.clone_url(DEMO_REPO);
+    let dir = url.trim_start_matches("file://");
+    let out = std::process::Command::new("git")
+        .args(["--git-dir", dir, "rev-list", "--first-parent"])
+        .arg(format!("{since}..main"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The car commits sluice tested and saw pass (from its history).
+async fn passed_cars(stack: &Stack) -> BTreeSet<String> {
+    let history = stack.get_json("/history").await.unwrap();
+    history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "build_finished" && e["report"]["outcome"] == "passed")
+        .filter_map(|e| e["candidate"]["car"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_train_lands_exactly_the_tested_cars_and_ejects_the_failing_pr() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = train_stack(dir.path(), 3).await;
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut prs = Vec::new();
+    for i in 0..4 {
+        let content = if i == 2 { "BUG\n" } else { "ok\n" };
+        let n = stack
+            .open_pr(
+                &format!("train-{i}"),
+                &[(&format!("src/train-{i}.txt"), content)],
+                &format!("Train {i}"),
+            )
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push(n);
+    }
+    let good: Vec<u64> = [0, 1, 3].iter().map(|i| prs[*i]).collect();
+    stack
+        .wait_for(
+            "the three passing PRs merged",
+            Duration::from_secs(120),
+            |s| {
+                good.iter()
+                    .all(|n| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+            },
+        )
+        .await
+        .unwrap();
+    let bad = stack.hub.pr(DEMO_REPO, prs[2]).unwrap();
+    assert!(!bad.merged, "the failing PR never lands");
+    // No GitHub merge call: main was moved to the cars.
+    assert!(stack.hub.merges().is_empty(), "{:?}", stack.hub.merges());
+    // Every commit main went through is a car sluice tested and saw pass.
+    let tested = passed_cars(&stack).await;
+    let landed = first_parents(&stack, start.as_str());
+    assert!(!landed.is_empty());
+    for sha in &landed {
+        assert!(
+            tested.contains(sha),
+            "{sha} on main was not a passing car: {tested:?}"
+        );
+    }
+    // The last one carries sluice's success (the required check).
+    let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    assert!(
+        stack
+            .hub
+            .statuses(DEMO_REPO, head.as_str())
+            .iter()
+            .any(|s| s.state == "success"),
+        "main's head has no success status"
+    );
+    let status = stack.status_of(prs[2]);
+    assert!(
+        status.as_ref().is_some_and(|s| s.state == "failure"
+            || s.description
+                .as_deref()
+                .unwrap_or("")
+                .contains("left the train")),
+        "{status:?}"
+    );
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = train_stack(dir.path(), 2).await;
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut prs = Vec::new();
+    for i in 0..2 {
+        let n = stack
+            .open_pr(
+                &format!("race-{i}"),
+                &[(&format!("src/race-{i}.txt"), "ok\n"), ("delay", "2")],
+                &format!("Race {i}"),
+            )
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push(n);
+    }
+    // While the cars are being tested, a person pushes to main.
+    stack
+        .wait_for("a car under test", Duration::from_secs(60), |s| {
+            s.sluice
+                .shared
+                .state
+                .read()
+                .unwrap()
+                .running_builds()
+                .any(|b| b.candidate.car.is_some())
+        })
+        .await
+        .unwrap();
+    // Its webhook reaches sluice only after the car passed: sluice asks to
+    // land on the main it knows, and GitHub's compare-and-swap refuses.
+    stack.hub.set_delivery_delay(Duration::from_secs(5));
+    let person = stack
+        .hub
+        .commit(
+            DEMO_REPO,
+            "main",
+            None,
+            &[("src/person.txt", "pushed\n")],
+            "a direct push",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("both PRs merged", Duration::from_secs(120), |s| {
+            prs.iter()
+                .all(|n| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+        })
+        .await
+        .unwrap();
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("sluice_events_total{kind=\"land_refused\"}") && !l.ends_with(" 0")
+        ),
+        "the race did not happen: {metrics}"
+    );
+    let tested = passed_cars(&stack).await;
+    for sha in first_parents(&stack, start.as_str()) {
+        assert!(
+            sha == person.as_str() || tested.contains(&sha),
+            "{sha} on main is neither the person's push nor a passing car"
+        );
+    }
+    stack.sluice.stop().await;
+}
