@@ -576,10 +576,13 @@ impl Config {
             if repo.train_depth > 32 {
                 return Err(bad(key("train_depth"), "must be at most 32"));
             }
-            if repo.train_depth > 0 && repo.merge_method == MergeMethod::Rebase {
+            // A squashed or rebased car leaves the PR's head off the
+            // target, so GitHub keeps the PR open; closing it with a note
+            // of the landed sha is not built yet.
+            if repo.train_depth > 0 && repo.merge_method != MergeMethod::Merge {
                 return Err(bad(
                     key("merge_method"),
-                    "\"rebase\" is not supported with a merge train yet: use \"merge\" or \"squash\"",
+                    "a merge train lands with \"merge\" only for now (\"squash\" and \"rebase\" are not supported with train_depth > 0 yet)",
                 ));
             }
         }

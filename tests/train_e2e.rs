@@ -201,3 +201,69 @@ async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
     }
     stack.sluice.stop().await;
 }
+
+/// The issue's throughput figure (a benchmark, run by `scripts/bench`): 12
+/// approved PRs with a 3 s test, 2 of them failing, depth 4 and 4 runners.
+/// Prints the time until the 10 passing PRs landed, in CI cycles.
+#[tokio::test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+async fn train_drain_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.repos[0].train_depth = 4;
+        c.repos[0].max_concurrent_builds = 4;
+    })
+    .await
+    .unwrap();
+    let mut prs = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..12 {
+        let content = if i == 3 || i == 8 { "BUG\n" } else { "ok\n" };
+        let n = stack
+            .open_pr(
+                &format!("drain-{i}"),
+                &[(&format!("src/drain-{i}.txt"), content), ("delay", "3")],
+                &format!("Drain {i}"),
+            )
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push((n, i != 3 && i != 8));
+    }
+    let opened = started.elapsed();
+    stack
+        .wait_for("the 10 passing PRs merged", Duration::from_secs(300), |s| {
+            prs.iter()
+                .filter(|(_, good)| *good)
+                .all(|(n, _)| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+        })
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let failing_merged = prs
+        .iter()
+        .filter(|(n, good)| !good && stack.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+        .count();
+    let history = stack.get_json("/history").await.unwrap();
+    let builds = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "build_finished")
+        .count();
+    println!(
+        "train drain: 12 approved PRs (2 failing), 3 s test, depth 4, 4 runners: \
+         10 landed {:.1} s after the first was opened ({:.1} CI cycles; opening took {:.1} s); \
+         {failing_merged} failing landed; {builds} builds finished \
+         (goal: within 6 cycles, 18 s, plus overhead; the early test of each PR is one of them)",
+        took.as_secs_f64(),
+        took.as_secs_f64() / 3.0,
+        opened.as_secs_f64()
+    );
+    assert_eq!(failing_merged, 0);
+    stack.sluice.stop().await;
+}
