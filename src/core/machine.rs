@@ -673,6 +673,24 @@ impl State {
         };
         // Asking is a reason to try again after a refusal.
         pr.merge_block = None;
+        let trains = repo.policy.train_depth > 0;
+        if trains {
+            // The train lands it; asking lets an ejected PR enter again.
+            pr.ejected = None;
+            repo.index.dirty.insert(key.number);
+            repo.refile(key.number);
+            let mut reasons = why_not_mergeable(repo, &repo.prs[&key.number]);
+            if reasons.is_empty() {
+                reasons.push(text::entering_train(
+                    &repo.prs[&key.number].snapshot.base_ref,
+                ));
+            }
+            out.push(Action::Reply {
+                request,
+                answer: Answer::NotReady { pr: key, reasons },
+            });
+            return;
+        }
         repo.refile(key.number);
         let pr = &repo.prs[&key.number];
         let reasons = why_not_mergeable(repo, pr);
@@ -979,9 +997,29 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
     if pr.snapshot.draft {
         reasons.push(text::is_draft());
     }
+    if repo.trains_on() {
+        if let Some(e) = pr
+            .ejected
+            .as_ref()
+            .filter(|e| e.head == pr.snapshot.head_sha)
+        {
+            reasons.push(e.reason.clone());
+        }
+        if let Some(train) = repo.trains.get(base)
+            && let Some(position) = train
+                .cars
+                .iter()
+                .position(|c| c.pr.number == pr.snapshot.key.number)
+        {
+            reasons.push(text::in_train(base, position));
+            if let Some((why, _)) = &train.blocked {
+                reasons.push(text::merge_refused(why));
+            }
+        }
+    }
     match repo.current_pair(pr) {
         None => reasons.push(text::waiting_for_target(base)),
-        Some(pair) => match pr.results.get(&pair) {
+        Some(pair) => match repo.own_result(pr) {
             None if pr.snapshot.mergeable == Some(false) => reasons.push(text::conflict(base)),
             None => reasons.push(text::no_result_yet(pr.build.is_some())),
             Some(r) if r.outcome != Outcome::Passed => {
@@ -1055,7 +1093,33 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
     let Some(pair) = repo.current_pair(pr) else {
         return status(CommitState::Pending, text::waiting_for_target(base), None);
     };
-    if let Some(result) = pr.results.get(&pair) {
+    if repo.trains_on() {
+        if let Some(e) = pr
+            .ejected
+            .as_ref()
+            .filter(|e| e.head == pr.snapshot.head_sha)
+        {
+            return PublishedStatus {
+                sha: pr.snapshot.head_sha.clone(),
+                state: CommitState::Failure,
+                description: e.reason.clone(),
+                link: e.link.clone(),
+            };
+        }
+        if pr.in_train {
+            let position = repo
+                .trains
+                .get(base)
+                .and_then(|t| {
+                    t.cars
+                        .iter()
+                        .position(|c| c.pr.number == pr.snapshot.key.number)
+                })
+                .unwrap_or(0);
+            return status(CommitState::Pending, text::in_train(base, position), None);
+        }
+    }
+    if let Some(result) = repo.own_result(pr) {
         let state = match result.outcome {
             Outcome::Passed => CommitState::Success,
             Outcome::Failed => CommitState::Failure,

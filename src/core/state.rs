@@ -70,6 +70,9 @@ pub(crate) struct RepoIndex {
     pub filed: BTreeMap<u64, Filed>,
     /// PRs whose facts changed since the last settle.
     pub dirty: BTreeSet<u64>,
+    /// Each train's PRs in order as last settled (their statuses name
+    /// their position).
+    pub train_order: BTreeMap<String, Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -325,6 +328,12 @@ impl RepoState {
         let all: Vec<u64> = self.prs.keys().copied().collect();
         for number in all {
             self.refile(number);
+        }
+        for (branch, train) in &self.trains {
+            let order: Vec<u64> = train.cars.iter().map(|c| c.pr.number).collect();
+            if !order.is_empty() {
+                self.index.train_order.insert(branch.clone(), order);
+            }
         }
     }
 

@@ -1041,3 +1041,68 @@ fn a_train_lands_exactly_the_tested_car_with_every_pr_ahead_of_it() {
     assert_eq!(repo.branch_head("main"), Some(&c3));
     assert!(repo.trains.is_empty());
 }
+
+#[test]
+fn a_failing_car_ejects_its_pr_with_a_status_that_says_so_and_the_rest_move_up() {
+    let mut bot = train_bot(2);
+    for n in 1..=2 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+        let b = bot.build_of(n).unwrap();
+        bot.finish(&b, Outcome::Passed);
+    }
+    // Car 1 (#1) is building; answer it, then car 2 (#2) builds on it.
+    let car1 = bot.state.repo(&repo_name()).unwrap().trains["main"].cars[0].id;
+    let a = bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: car1,
+        parent: sha(0x100),
+        sha: sha(0xc1),
+    });
+    let (car2, parent, _) = car_builds(&a)[0].clone();
+    assert_eq!(parent, sha(0xc1), "car 2 is built on car 1");
+    bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: car2,
+        parent,
+        sha: sha(0xc2),
+    });
+    assert_eq!(
+        bot.view(2).waiting_on,
+        vec![text::in_train("main", 1)],
+        "2nd in the train"
+    );
+    let tests = bot.car_tests();
+    let (b1, c1) = tests
+        .iter()
+        .find(|(_, c)| c.prs.len() == 1)
+        .unwrap()
+        .clone();
+    let a = bot.finish_as(&b1, c1, Outcome::Failed);
+    // #1 is out, with a failure status naming the car; #2's car is rebuilt
+    // on main alone, and #2 is now first.
+    let st = statuses(&a);
+    let one = st.iter().find(|s| s.0 == sha(0xa1)).unwrap();
+    assert_eq!(one.1, CommitState::Failure);
+    assert!(one.2.contains("left the train"), "{}", one.2);
+    let rebuilt = car_builds(&a);
+    assert_eq!(rebuilt.len(), 1);
+    assert_eq!(rebuilt[0].1, sha(0x100));
+    assert_eq!(rebuilt[0].2, sha(0xa2));
+    assert!(cancelled(&a).len() == 1, "car 2's test is cancelled");
+    let two = st.iter().find(|s| s.0 == sha(0xa2)).unwrap();
+    assert_eq!(two.2, text::in_train("main", 0));
+    // It does not come back by itself...
+    assert!(bot.state.train_position(&key(1)).is_none());
+    bot.ev(Event::Tick);
+    assert!(bot.state.train_position(&key(1)).is_none());
+    // ...but does when someone asks.
+    let r = bot.request();
+    bot.ev(Event::TryMerge {
+        pr: key(1),
+        request: r,
+    });
+    assert_eq!(bot.state.train_position(&key(1)), Some(1));
+}

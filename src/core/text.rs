@@ -134,3 +134,7 @@ pub fn in_train(branch: &str, position: usize) -> String {
 pub fn cancelled_car_rebuilt() -> String {
     "the car is rebuilt (a PR ahead of it changed or the target moved)".into()
 }
+
+pub fn entering_train(branch: &str) -> String {
+    format!("enters the train for {branch} now")
+}

@@ -95,7 +95,8 @@ pub struct Landing {
 pub struct Ejection {
     pub head: Sha,
     pub reason: String,
-    pub build: Option<BuildId>,
+    /// The failing car's results.
+    pub link: Option<ResultKey>,
 }
 
 /// Where sluice's staging branches live (never a target).
@@ -245,7 +246,16 @@ impl State {
                 let id = car.id;
                 let ahead: Vec<u64> = train.cars[..index].iter().map(|c| c.pr.number).collect();
                 let reason = text::car_failed(outcome, branch, &ahead, &report.detail);
-                self.eject(repo, branch, id, reason, Some(build.clone()), now, out);
+                // Where the driver stored the car's results: under its
+                // first PR.
+                let first = &train.cars[0].pr;
+                let link = ResultKey {
+                    repo: repo.clone(),
+                    pr: first.number,
+                    head: first.head_sha.clone(),
+                    build: build.clone(),
+                };
+                self.eject(repo, branch, id, reason, Some(link), now, out);
             }
         }
         true
@@ -386,7 +396,7 @@ impl State {
         branch: &str,
         car: u64,
         reason: String,
-        build: Option<BuildId>,
+        link: Option<ResultKey>,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
@@ -412,7 +422,7 @@ impl State {
             pr.ejected = Some(Ejection {
                 head: removed.pr.head_sha.clone(),
                 reason,
-                build,
+                link,
             });
             pr.in_train = false;
         }
@@ -521,8 +531,18 @@ impl State {
         for id in cancel {
             self.cancel_build(id, text::cancelled_car_rebuilt(), now, out);
         }
+        // Positions changed: the PRs in the train say so in their status.
+        let repo = self.repos.get_mut(name).expect("exists");
+        let order: Vec<u64> = train.cars.iter().map(|c| c.pr.number).collect();
+        if repo.index.train_order.get(branch) != Some(&order) {
+            repo.index.dirty.extend(order.iter().copied());
+            if order.is_empty() {
+                repo.index.train_order.remove(branch);
+            } else {
+                repo.index.train_order.insert(branch.to_string(), order);
+            }
+        }
         if !train.cars.is_empty() || train.landing.is_some() || train.blocked.is_some() {
-            let repo = self.repos.get_mut(name).expect("exists");
             repo.trains.insert(branch.to_string(), train);
         }
     }
