@@ -156,6 +156,14 @@ async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
         })
         .await
         .unwrap();
+    // GET /queue shows the train: its cars, their PRs and states.
+    let queue = stack.get_json("/queue").await.unwrap();
+    let train = &queue["trains"][0];
+    assert_eq!(train["branch"], "main", "{queue}");
+    assert_eq!(train["base"], start.as_str(), "{queue}");
+    let cars = train["cars"].as_array().unwrap();
+    assert_eq!(cars[0]["pr"], prs[0], "{queue}");
+    assert!(cars.iter().any(|c| c["state"] == "testing"), "{queue}");
     // Its webhook reaches sluice only after the car passed: sluice asks to
     // land on the main it knows, and GitHub's compare-and-swap refuses.
     stack.hub.set_delivery_delay(Duration::from_secs(5));

@@ -2,6 +2,7 @@
 
 use super::machine::why_not_mergeable;
 use super::state::*;
+use super::train::CarState;
 use super::types::*;
 use serde::Serialize;
 
@@ -140,5 +141,73 @@ impl State {
             build,
             waiting_on: why_not_mergeable(repo, pr),
         }
+    }
+}
+
+/// One branch's train, as `GET /queue` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TrainView {
+    pub repo: RepoName,
+    pub branch: String,
+    /// The target sha the first car is built on.
+    pub base: Option<Sha>,
+    pub cars: Vec<CarView>,
+    /// The car sha being landed, if a landing is in flight.
+    pub landing: Option<Sha>,
+    /// Why the last landing was refused (it is retried).
+    pub blocked: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CarView {
+    pub id: u64,
+    /// The PR this car adds (the car holds every PR before it too).
+    pub pr: u64,
+    pub head_sha: Sha,
+    pub title: String,
+    /// `waiting`, `building`, `built`, `testing` or `passed`.
+    pub state: &'static str,
+    pub sha: Option<Sha>,
+    pub build: Option<BuildId>,
+}
+
+impl State {
+    /// Every train, by repository and branch.
+    pub fn queue_view(&self) -> Vec<TrainView> {
+        let mut all = Vec::new();
+        for (name, repo) in &self.repos {
+            for (branch, train) in &repo.trains {
+                all.push(TrainView {
+                    repo: name.clone(),
+                    branch: branch.clone(),
+                    base: train.base.clone(),
+                    landing: train.landing.as_ref().map(|l| l.to.clone()),
+                    blocked: train.blocked.as_ref().map(|(why, _)| why.clone()),
+                    cars: train
+                        .cars
+                        .iter()
+                        .map(|c| {
+                            let (state, build) = match &c.state {
+                                CarState::Waiting => ("waiting", None),
+                                CarState::Building { .. } => ("building", None),
+                                CarState::Built { .. } => ("built", None),
+                                CarState::Testing { build, .. } => ("testing", Some(build.clone())),
+                                CarState::Passed { build, .. } => ("passed", Some(build.clone())),
+                            };
+                            CarView {
+                                id: c.id,
+                                pr: c.pr.number,
+                                head_sha: c.pr.head_sha.clone(),
+                                title: c.title.clone(),
+                                state,
+                                sha: c.state.sha().cloned(),
+                                build,
+                            }
+                        })
+                        .collect(),
+                });
+            }
+        }
+        all
     }
 }

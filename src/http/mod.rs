@@ -88,6 +88,19 @@ pub fn routes(
         .and(with())
         .map(|keep, ctx: Arc<HttpContext>| list_view(&ctx, keep));
 
+    let queue = warp::path!("queue")
+        .and(warp::get())
+        .and(with())
+        .map(|ctx: Arc<HttpContext>| {
+            let queue = ctx
+                .shared
+                .state
+                .read()
+                .map(|s| s.queue_view())
+                .unwrap_or_default();
+            json(StatusCode::OK, &serde_json::json!({ "trains": queue }))
+        });
+
     let history = warp::path!("history")
         .and(warp::get())
         .and(warp::query::<HistoryFilter>())
@@ -152,6 +165,8 @@ pub fn routes(
         .or(request("try-merge"))
         .unify()
         .or(history)
+        .unify()
+        .or(queue)
         .unify()
         .or(health)
         .unify()
