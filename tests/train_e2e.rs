@@ -56,7 +56,8 @@ async fn a_train_lands_exactly_the_tested_cars_and_ejects_the_failing_pr() {
     let stack = train_stack(dir.path(), 3).await;
     let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
     let mut prs = Vec::new();
-    for i in 0..4 {
+    // Six passing PRs and a failing one, with `sluice` a required check.
+    for i in 0..7 {
         let content = if i == 2 { "BUG\n" } else { "ok\n" };
         let n = stack
             .open_pr(
@@ -73,11 +74,11 @@ async fn a_train_lands_exactly_the_tested_cars_and_ejects_the_failing_pr() {
             .unwrap();
         prs.push(n);
     }
-    let good: Vec<u64> = [0, 1, 3].iter().map(|i| prs[*i]).collect();
+    let good: Vec<u64> = [0, 1, 3, 4, 5, 6].iter().map(|i| prs[*i]).collect();
     stack
         .wait_for(
-            "the three passing PRs merged",
-            Duration::from_secs(120),
+            "the six passing PRs merged",
+            Duration::from_secs(180),
             |s| {
                 good.iter()
                     .all(|n| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
