@@ -855,20 +855,31 @@ impl State {
             };
             pr.build = Some(id.clone());
             repo.refile(number);
-            self.builds.insert(
-                id.clone(),
-                Build {
-                    id: id.clone(),
-                    candidate: candidate.clone(),
-                    started_at: now,
-                },
-            );
-            out.push(Action::StartBuild {
-                build: id,
-                candidate,
-            });
+            self.launch(id, candidate, now, out);
         }
         chosen
+    }
+
+    /// Records a build as running and asks for it.
+    pub(crate) fn launch(
+        &mut self,
+        id: BuildId,
+        candidate: Candidate,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.builds.insert(
+            id.clone(),
+            Build {
+                id: id.clone(),
+                candidate: candidate.clone(),
+                started_at: now,
+            },
+        );
+        out.push(Action::StartBuild {
+            build: id,
+            candidate,
+        });
     }
 
     fn publish_statuses(

@@ -270,11 +270,7 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some(train) = self
-            .repos
-            .get_mut(name)
-            .and_then(|r| r.trains.get_mut(branch))
-        else {
+        let Some(train) = self.train_mut(name, branch) else {
             return;
         };
         let Some(landing) = train.landing.take().filter(|l| l.to == sha) else {
@@ -373,6 +369,10 @@ impl State {
         }
     }
 
+    fn train_mut(&mut self, repo: &RepoName, branch: &str) -> Option<&mut Train> {
+        self.repos.get_mut(repo)?.trains.get_mut(branch)
+    }
+
     fn pr_mut_pub(&mut self, key: &PrKey) -> Option<&mut Pr> {
         self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
     }
@@ -400,11 +400,7 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some(train) = self
-            .repos
-            .get_mut(name)
-            .and_then(|r| r.trains.get_mut(branch))
-        else {
+        let Some(train) = self.train_mut(name, branch) else {
             return;
         };
         let Some(index) = train.cars.iter().position(|c| c.id == car) else {
@@ -651,18 +647,7 @@ impl State {
                 sha,
                 build: id.clone(),
             };
-            self.builds.insert(
-                id.clone(),
-                Build {
-                    id: id.clone(),
-                    candidate: candidate.clone(),
-                    started_at: now,
-                },
-            );
-            out.push(Action::StartBuild {
-                build: id,
-                candidate,
-            });
+            self.launch(id, candidate, now, out);
             free -= 1;
         }
     }
