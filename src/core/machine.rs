@@ -12,6 +12,14 @@ use super::state::*;
 use super::text;
 use super::types::*;
 
+/// How sluice heard of a PR's snapshot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Opened,
+    Updated,
+    Reopened,
+}
+
 /// How long a closed PR is remembered, so a late delivery about it is ignored.
 pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 /// How long a merge that failed for a passing reason (timeouts, 5xx) waits
@@ -68,16 +76,15 @@ impl State {
             return out;
         }
         match event {
-            Event::PrUpdated(snapshot) => self.on_pr_snapshot(snapshot, false, now, &mut out),
-            Event::PrOpened(snapshot) => {
-                let fresh = !self.repos[&repo].prs.contains_key(&snapshot.key.number);
-                self.on_pr_snapshot(snapshot, false, now, &mut out);
-                if fresh {
-                    // Nothing to read: a PR just opened has no reviews.
-                    out.retain(|a| !matches!(a, Action::FetchReviews { .. }));
-                }
+            Event::PrUpdated(snapshot) => {
+                self.on_pr_snapshot(snapshot, Heard::Updated, now, &mut out)
             }
-            Event::PrReopened(snapshot) => self.on_pr_snapshot(snapshot, true, now, &mut out),
+            Event::PrOpened(snapshot) => {
+                self.on_pr_snapshot(snapshot, Heard::Opened, now, &mut out)
+            }
+            Event::PrReopened(snapshot) => {
+                self.on_pr_snapshot(snapshot, Heard::Reopened, now, &mut out)
+            }
             Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
             Event::ReviewActivity(key) => {
                 if self.pr(&key).is_some() {
@@ -169,7 +176,7 @@ impl State {
         out
     }
 
-    fn pr_mut(&mut self, key: &PrKey) -> Option<&mut Pr> {
+    pub(crate) fn pr_mut(&mut self, key: &PrKey) -> Option<&mut Pr> {
         self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
     }
 
@@ -191,10 +198,11 @@ impl State {
     fn on_pr_snapshot(
         &mut self,
         snap: PrSnapshot,
-        reopened: bool,
+        heard: Heard,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
+        let reopened = heard == Heard::Reopened;
         let Some(repo) = self.repos.get_mut(&snap.key.repo) else {
             return;
         };
@@ -207,11 +215,19 @@ impl State {
             }
             repo.closed.remove(&number);
         }
-        self.apply_snapshot(snap, now, out);
+        // A PR just opened has no reviews: nothing to read.
+        self.apply_snapshot(snap, now, heard != Heard::Opened, out);
     }
 
-    /// Records what the forge says about an open PR.
-    fn apply_snapshot(&mut self, snap: PrSnapshot, now: Timestamp, out: &mut Vec<Action>) {
+    /// Records what the forge says about an open PR; a PR new to sluice has
+    /// its reviews read if `read_reviews`.
+    fn apply_snapshot(
+        &mut self,
+        snap: PrSnapshot,
+        now: Timestamp,
+        read_reviews: bool,
+        out: &mut Vec<Action>,
+    ) {
         let repo = self.repos.get_mut(&snap.key.repo).expect("caller checked");
         let base = snap.base_ref.clone();
         let number = snap.key.number;
@@ -261,7 +277,9 @@ impl State {
                         ejected: None,
                     },
                 );
-                out.push(Action::FetchReviews { pr: key });
+                if read_reviews {
+                    out.push(Action::FetchReviews { pr: key });
+                }
             }
         }
     }
@@ -295,7 +313,7 @@ impl State {
         }
     }
 
-    fn set_branch(&mut self, repo: &RepoName, branch: String, sha: Sha, now: Timestamp) {
+    pub(crate) fn set_branch(&mut self, repo: &RepoName, branch: String, sha: Sha, now: Timestamp) {
         if let Some(r) = self.repos.get_mut(repo) {
             let known = r.branches.get(&branch);
             if known.is_none_or(|b| b.sha != sha || b.learnt_at.is_none()) {
@@ -418,7 +436,7 @@ impl State {
                 pr.snapshot.head_sha != snap.head_sha || pr.snapshot.base_ref != snap.base_ref
             });
             drift += u32::from(differs);
-            self.apply_snapshot(snap, now, out);
+            self.apply_snapshot(snap, now, true, out);
         }
         if drift > 0 {
             out.push(Action::Drift {

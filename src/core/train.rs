@@ -314,7 +314,7 @@ impl State {
         // it, so they stay as they are.
         let known = self.repos[name].branch_head(branch).cloned();
         if known.as_ref().is_none_or(|k| *k == base) {
-            self.set_branch_quietly(name, branch, sha.clone(), now);
+            self.set_branch(name, branch.to_string(), sha.clone(), now);
         }
         for car in landed {
             let key = PrKey {
@@ -328,7 +328,7 @@ impl State {
                 // Merged: GitHub sees its head on the target (its webhook
                 // says so too; closing now keeps it out of the train).
                 self.close_pr(&key, now, out);
-            } else if let Some(pr) = self.pr_mut_pub(&key) {
+            } else if let Some(pr) = self.pr_mut(&key) {
                 // Pushed to while landing: what landed was tested; the new
                 // head is tested and enters again.
                 pr.in_train = false;
@@ -371,10 +371,6 @@ impl State {
 
     fn train_mut(&mut self, repo: &RepoName, branch: &str) -> Option<&mut Train> {
         self.repos.get_mut(repo)?.trains.get_mut(branch)
-    }
-
-    fn pr_mut_pub(&mut self, key: &PrKey) -> Option<&mut Pr> {
-        self.repos.get_mut(&key.repo)?.prs.get_mut(&key.number)
     }
 
     fn car_mut(&mut self, repo: &RepoName, branch: &str, car: u64) -> Option<&mut Car> {
@@ -649,21 +645,6 @@ impl State {
             };
             self.launch(id, candidate, now, out);
             free -= 1;
-        }
-    }
-
-    /// Moves a branch without marking its PRs stale for their own tests
-    /// (trains test per head, not per target).
-    fn set_branch_quietly(&mut self, repo: &RepoName, branch: &str, sha: Sha, now: Timestamp) {
-        if let Some(r) = self.repos.get_mut(repo) {
-            r.touch_branch(branch);
-            r.branches.insert(
-                branch.to_string(),
-                Branch {
-                    sha,
-                    learnt_at: Some(now),
-                },
-            );
         }
     }
 

@@ -225,6 +225,30 @@ fn view_sha(s: &str) -> Sha {
     Sha::parse(s).unwrap_or_else(|_| Sha::parse(&"0".repeat(40)).expect("zero sha is valid"))
 }
 
+/// A PR's head and base shas, and how many commits it adds.
+async fn pr_range(
+    g: &git::Git,
+    repo: &str,
+    head: &str,
+    base: &str,
+) -> anyhow::Result<(String, String, u64)> {
+    let head_sha = g
+        .branch(head)
+        .await?
+        .with_context(|| format!("no branch {head:?} in {repo}"))?;
+    let base_sha = g
+        .branch(base)
+        .await?
+        .with_context(|| format!("no branch {base:?} in {repo}"))?;
+    let range = format!("{base_sha}..{head_sha}");
+    let commits: u64 = g
+        .ok(&["rev-list", "--count", &range, "--"])
+        .await?
+        .parse()
+        .unwrap_or(1);
+    Ok((head_sha, base_sha, commits))
+}
+
 fn check_branch_name(name: &str) -> anyhow::Result<()> {
     // What `git check-ref-format --branch` refuses, checked without a shell.
     let bad = name.is_empty()
@@ -514,20 +538,7 @@ impl FakeHub {
     ) -> anyhow::Result<u64> {
         let g = self.inner.git(repo)?;
         let _ops = self.inner.ops.lock().await;
-        let head_sha = g
-            .branch(head)
-            .await?
-            .with_context(|| format!("no branch {head:?} in {repo}"))?;
-        let base_sha = g
-            .branch(base)
-            .await?
-            .with_context(|| format!("no branch {base:?} in {repo}"))?;
-        let range = format!("{base_sha}..{head_sha}");
-        let commits: u64 = g
-            .ok(&["rev-list", "--count", &range, "--"])
-            .await?
-            .parse()
-            .unwrap_or(1);
+        let (head_sha, base_sha, commits) = pr_range(&g, repo, head, base).await?;
         let number = {
             let mut st = self.inner.state.lock().expect("state");
             let id = st.fresh_id() + 200_000_000;
@@ -584,20 +595,7 @@ impl FakeHub {
     ) -> anyhow::Result<Vec<u64>> {
         let g = self.inner.git(repo)?;
         let _ops = self.inner.ops.lock().await;
-        let head_sha = g
-            .branch(head)
-            .await?
-            .with_context(|| format!("no branch {head:?} in {repo}"))?;
-        let base_sha = g
-            .branch(base)
-            .await?
-            .with_context(|| format!("no branch {base:?} in {repo}"))?;
-        let range = format!("{base_sha}..{head_sha}");
-        let commits: u64 = g
-            .ok(&["rev-list", "--count", &range, "--"])
-            .await?
-            .parse()
-            .unwrap_or(1);
+        let (head_sha, base_sha, commits) = pr_range(&g, repo, head, base).await?;
         let first = {
             let st = self.inner.state.lock().expect("state");
             st.repos
