@@ -9,6 +9,7 @@
 //! PR; and the goal at p = 0.05, R = 8 (>= 5x serial, within 20% of the
 //! ceiling).
 
+use sluice::core::PrTests;
 use sluice::sim::{Scenario, ceiling, failing, run};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -44,12 +45,12 @@ fn main() {
                     runners,
                     depth: 0,
                     test_ms: 1000,
-                    early_test: true,
+                    pr_tests: PrTests::BeforeApproval,
                 };
                 let s = run(&base);
                 let t = run(&Scenario {
                     depth: runners,
-                    early_test: false,
+                    pr_tests: PrTests::TrainOnly,
                     ..base
                 });
                 assert!(

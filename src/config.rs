@@ -1,7 +1,7 @@
 //! sluice's configuration: one TOML file, secrets from the environment.
 //! Everything is validated at load, and every error names the key at fault.
 
-use crate::core::{MergeMethod, RepoName, RepoPolicy};
+use crate::core::{MergeMethod, PrTests, RepoName, RepoPolicy};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -397,13 +397,10 @@ pub struct RepoConfig {
     /// them by fast-forward.
     #[serde(default)]
     pub train_depth: usize,
-    /// Train mode: test each PR on its own before it enters the train.
-    #[serde(default = "default_early_test")]
-    pub early_test: bool,
-}
-
-fn default_early_test() -> bool {
-    true
+    /// When a PR is tested on its own: `before_approval` (every PR),
+    /// `after_approval`, or `train_only` (only in the train's cars).
+    #[serde(default)]
+    pub pr_tests: PrTests,
 }
 
 fn default_required_approvals() -> u32 {
@@ -476,7 +473,7 @@ impl RepoConfig {
             max_infra_retries: self.max_infra_retries,
             priority_labels: self.priority_labels.clone(),
             train_depth: self.train_depth,
-            early_test: self.early_test,
+            pr_tests: self.pr_tests,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -575,6 +572,12 @@ impl Config {
             }
             if repo.train_depth > 32 {
                 return Err(bad(key("train_depth"), "must be at most 32"));
+            }
+            if repo.train_depth == 0 && repo.pr_tests == PrTests::TrainOnly {
+                return Err(bad(
+                    key("pr_tests"),
+                    "\"train_only\" needs a merge train (train_depth > 0): without one a PR's own test is its only test",
+                ));
             }
             // A squashed or rebased car leaves the PR's head off the
             // target, so GitHub keeps the PR open; closing it with a note

@@ -24,8 +24,8 @@ pub struct Scenario {
     pub depth: usize,
     /// A test's duration, in milliseconds of virtual time.
     pub test_ms: u64,
-    /// Train mode: PRs are tested on their own before they enter.
-    pub early_test: bool,
+    /// When PRs are tested on their own.
+    pub pr_tests: PrTests,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,7 +76,7 @@ pub fn run(s: &Scenario) -> Outcome {
         max_infra_retries: 0,
         priority_labels: vec![],
         train_depth: s.depth,
-        early_test: s.early_test,
+        pr_tests: s.pr_tests,
     };
     let mut state = State::new([(repo.clone(), policy)], "sim");
     let mut now = 0u64;
@@ -273,7 +273,7 @@ mod tests {
             runners: 4,
             depth: 0,
             test_ms: 3000,
-            early_test: true,
+            pr_tests: PrTests::BeforeApproval,
         });
         let train = run(&Scenario {
             prs: 12,
@@ -281,7 +281,7 @@ mod tests {
             runners: 4,
             depth: 4,
             test_ms: 3000,
-            early_test: true,
+            pr_tests: PrTests::BeforeApproval,
         });
         assert_eq!(serial.merged, 10, "{serial:?}");
         assert_eq!(train.merged, 10, "{train:?}");

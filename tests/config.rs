@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use sluice::config::{
     Config, ConfigError, ENV_WEBHOOK_SECRET, ExecutorKind, LogFormat, ResultsKind,
 };
-use sluice::core::MergeMethod;
+use sluice::core::{MergeMethod, PrTests};
 use sluice::runtime::store::Fsync;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -204,9 +204,20 @@ fn wrong_types_are_named() {
         &format!("{MINIMAL}train_depth = 4\nmerge_method = \"squash\"\n"),
         "merge_method",
     );
-    let c = parse(&format!("{MINIMAL}train_depth = 4\nearly_test = false\n")).unwrap();
+    let c = parse(&format!(
+        "{MINIMAL}train_depth = 4\npr_tests = \"train_only\"\n"
+    ))
+    .unwrap();
     assert_eq!(c.repos[0].policy().train_depth, 4);
-    assert!(!c.repos[0].policy().early_test);
+    assert_eq!(c.repos[0].policy().pr_tests, PrTests::TrainOnly);
+    let c = parse(&format!("{MINIMAL}pr_tests = \"after_approval\"\n")).unwrap();
+    assert_eq!(c.repos[0].policy().pr_tests, PrTests::AfterApproval);
+    assert_eq!(
+        parse(MINIMAL).unwrap().repos[0].policy().pr_tests,
+        PrTests::BeforeApproval
+    );
+    error_naming(&format!("{MINIMAL}pr_tests = \"train_only\"\n"), "pr_tests");
+    error_naming(&format!("{MINIMAL}pr_tests = \"sometimes\"\n"), "pr_tests");
     // `repos` must be an array of tables.
     error_naming("repos = \"octo/demo\"\n", "repos");
 }

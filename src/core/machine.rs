@@ -5,6 +5,7 @@
 //! in queue order up to the bound, publish statuses that changed, and merge
 //! what is approved and passed. Handling the same fact twice changes nothing.
 
+use super::PrTests;
 use super::action::*;
 use super::approval::latest_per_reviewer;
 use super::event::Event;
@@ -974,8 +975,12 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         .merging
         .values()
         .any(|m| m.pr == pr.snapshot.key.number);
-    let early = !repo.trains_on() || repo.policy.early_test;
-    early
+    let wanted = match repo.policy.pr_tests {
+        PrTests::BeforeApproval => true,
+        PrTests::AfterApproval => repo.approval(pr).approved(),
+        PrTests::TrainOnly => !repo.trains_on(),
+    };
+    wanted
         && !merging
         && pr.build.is_none()
         && !pr.in_train
@@ -996,7 +1001,7 @@ pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
     if repo.trains_on() {
         // May enter the train: its own test passed for this head, and it
         // has not left the train by itself with this head.
-        let passed = !repo.policy.early_test
+        let passed = repo.policy.pr_tests == PrTests::TrainOnly
             || repo
                 .own_result(pr)
                 .is_some_and(|r| r.outcome == Outcome::Passed);

@@ -27,14 +27,25 @@ pub struct RepoPolicy {
     /// a merge train of this speculation depth (`core/train.rs`).
     #[serde(default)]
     pub train_depth: usize,
-    /// Train mode: each PR is tested on its own first (early feedback, and
-    /// the gate into the train). Off: PRs enter the train untested.
-    #[serde(default = "yes")]
-    pub early_test: bool,
+    /// When a PR gets a test of its own (its head merged with the target).
+    #[serde(default)]
+    pub pr_tests: PrTests,
 }
 
-fn yes() -> bool {
-    true
+/// When a PR is tested on its own, apart from the train's cars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrTests {
+    /// Every open PR, approved or not (early feedback for its author). In
+    /// train mode a PR enters the train once its own test passed.
+    #[default]
+    BeforeApproval,
+    /// Only approved PRs (saves the builds of PRs nobody approved yet). In
+    /// train mode still the gate into the train.
+    AfterApproval,
+    /// Train mode only: no test of its own; approved PRs enter the train
+    /// untested and are tested only in their cars.
+    TrainOnly,
 }
 
 impl Default for RepoPolicy {
@@ -45,7 +56,7 @@ impl Default for RepoPolicy {
             max_infra_retries: 2,
             priority_labels: Vec::new(),
             train_depth: 0,
-            early_test: true,
+            pr_tests: PrTests::BeforeApproval,
         }
     }
 }

@@ -475,10 +475,11 @@ fn chain(f: &Forge, from: &Sha, to: &Sha) -> Result<Vec<(u64, Sha)>, TestCaseErr
     Ok(prs)
 }
 
-fn run_train(ops: Vec<TrainOp>) -> Result<(), TestCaseError> {
+fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> {
     let policy = RepoPolicy {
         max_concurrent_builds: 3,
         train_depth: 3,
+        pr_tests,
         ..RepoPolicy::default()
     };
     let mut state = State::new([(repo_name(), policy)], "t");
@@ -700,7 +701,14 @@ fn run_train(ops: Vec<TrainOp>) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
     #[test]
-    fn a_train_only_ever_lands_tested_cars_of_approved_prs(ops in proptest::collection::vec(train_op(), 1..120)) {
-        run_train(ops)?;
+    fn a_train_only_ever_lands_tested_cars_of_approved_prs(
+        ops in proptest::collection::vec(train_op(), 1..120),
+        pr_tests in prop_oneof![
+            Just(PrTests::BeforeApproval),
+            Just(PrTests::AfterApproval),
+            Just(PrTests::TrainOnly),
+        ],
+    ) {
+        run_train(ops, pr_tests)?;
     }
 }

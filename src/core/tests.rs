@@ -1106,3 +1106,35 @@ fn a_failing_car_ejects_its_pr_with_a_status_that_says_so_and_the_rest_move_up()
     });
     assert_eq!(bot.state.train_position(&key(1)), Some(1));
 }
+
+#[test]
+fn pr_tests_chooses_which_prs_get_a_test_of_their_own() {
+    let bot_with = |pr_tests: PrTests| {
+        Bot::new(RepoPolicy {
+            train_depth: 2,
+            pr_tests,
+            ..RepoPolicy::default()
+        })
+    };
+    // Before approval: tested as soon as it is opened.
+    let mut bot = bot_with(PrTests::BeforeApproval);
+    assert_eq!(started(&bot.open(1, 0xa1)).len(), 1);
+
+    // After approval: nothing until approved, then its own test (not a car).
+    let mut bot = bot_with(PrTests::AfterApproval);
+    assert!(started(&bot.open(1, 0xa1)).is_empty());
+    let a = bot.approve(1);
+    let own = started(&a);
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].1.car, None);
+    assert!(car_builds(&a).is_empty(), "enters the train once it passed");
+    let a = bot.finish(&own[0].0, Outcome::Passed);
+    assert_eq!(car_builds(&a).len(), 1);
+
+    // Train only: no test of its own; approval puts it in the train.
+    let mut bot = bot_with(PrTests::TrainOnly);
+    assert!(started(&bot.open(1, 0xa1)).is_empty());
+    let a = bot.approve(1);
+    assert!(started(&a).is_empty());
+    assert_eq!(car_builds(&a).len(), 1);
+}
