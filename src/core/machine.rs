@@ -455,6 +455,13 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
+        if matches!(report.outcome, Outcome::Passed | Outcome::Failed)
+            && self.builds.contains_key(&id)
+            && let Some(repo) = self.repos.get_mut(&reported.repo)
+        {
+            let ms = report.finished_at.0.saturating_sub(report.started_at.0);
+            repo.test_durations.record(ms);
+        }
         if reported.car.is_some() {
             // A train car's test: used only if it is the car's current one.
             let current = self.builds.remove(&id).is_some()
@@ -1040,12 +1047,9 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
             reasons.push(e.reason.clone());
         }
         if let Some(train) = repo.trains.get(base)
-            && let Some(position) = train
-                .cars
-                .iter()
-                .position(|c| c.pr.number == pr.snapshot.key.number)
+            && let Some((position, eta)) = repo.train_spot(pr)
         {
-            reasons.push(text::in_train(base, position));
+            reasons.push(text::in_train(base, position, eta));
             if let Some((why, _)) = &train.blocked {
                 reasons.push(text::merge_refused(why));
             }
@@ -1141,16 +1145,23 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             };
         }
         if pr.in_train {
-            let position = repo
-                .trains
-                .get(base)
-                .and_then(|t| {
-                    t.cars
-                        .iter()
-                        .position(|c| c.pr.number == pr.snapshot.key.number)
-                })
-                .unwrap_or(0);
-            return status(CommitState::Pending, text::in_train(base, position), None);
+            let (position, eta) = repo.train_spot(pr).unwrap_or((0, None));
+            // The ETA is refreshed when the place changes, not whenever the
+            // estimate drifts: a status a minute per PR would spend the
+            // API budget. The JSON views have the live estimate.
+            if let Some(published) = pr.published.as_ref().filter(|p| {
+                p.sha == pr.snapshot.head_sha
+                    && p.state == CommitState::Pending
+                    && p.link.is_none()
+                    && text::is_in_train(&p.description, base, position)
+            }) {
+                return published.clone();
+            }
+            return status(
+                CommitState::Pending,
+                text::in_train(base, position, eta),
+                None,
+            );
         }
     }
     if let Some(result) = repo.own_result(pr) {

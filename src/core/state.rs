@@ -101,6 +101,9 @@ pub struct RepoState {
     /// The last car id given out.
     #[serde(default)]
     pub next_car: u64,
+    /// How long its tests take lately: the train's ETA.
+    #[serde(default)]
+    pub test_durations: super::train::TestDurations,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
@@ -208,6 +211,7 @@ impl State {
                             merging: BTreeMap::new(),
                             trains: BTreeMap::new(),
                             next_car: 0,
+                            test_durations: Default::default(),
                             index: RepoIndex::default(),
                         },
                     )

@@ -101,6 +101,15 @@ impl Bot {
         candidate: Candidate,
         outcome: Outcome,
     ) -> Vec<Action> {
+        self.finish_taking(build, candidate, outcome, 1)
+    }
+    fn finish_taking(
+        &mut self,
+        build: &BuildId,
+        candidate: Candidate,
+        outcome: Outcome,
+        ms: u64,
+    ) -> Vec<Action> {
         self.ev(Event::JobFinished {
             build: build.clone(),
             candidate,
@@ -109,7 +118,7 @@ impl Bot {
                 exit_code: Some(if outcome == Outcome::Passed { 0 } else { 1 }),
                 detail: "exit code 1".into(),
                 started_at: Timestamp(1),
-                finished_at: Timestamp(2),
+                finished_at: Timestamp(1 + ms),
             },
         })
     }
@@ -1071,7 +1080,7 @@ fn a_failing_car_ejects_its_pr_with_a_status_that_says_so_and_the_rest_move_up()
     });
     assert_eq!(
         bot.view(2).waiting_on,
-        vec![text::in_train("main", 1)],
+        vec!["2nd in the train for main, under a minute".to_string()],
         "2nd in the train"
     );
     let tests = bot.car_tests();
@@ -1093,7 +1102,7 @@ fn a_failing_car_ejects_its_pr_with_a_status_that_says_so_and_the_rest_move_up()
     assert_eq!(rebuilt[0].2, sha(0xa2));
     assert!(cancelled(&a).len() == 1, "car 2's test is cancelled");
     let two = st.iter().find(|s| s.0 == sha(0xa2)).unwrap();
-    assert_eq!(two.2, text::in_train("main", 0));
+    assert_eq!(two.2, "1st in the train for main, under a minute");
     // It does not come back by itself...
     assert!(bot.state.train_position(&key(1)).is_none());
     bot.ev(Event::Tick);
@@ -1137,4 +1146,70 @@ fn pr_tests_chooses_which_prs_get_a_test_of_their_own() {
     let a = bot.approve(1);
     assert!(started(&a).is_empty());
     assert_eq!(car_builds(&a).len(), 1);
+}
+
+#[test]
+fn a_pr_in_the_train_says_its_place_and_when_it_should_land() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: 2,
+        ..RepoPolicy::default()
+    });
+    let five_min = 5 * 60_000;
+    for n in 1..=3 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+    }
+    // Until a test finished there is no estimate.
+    assert_eq!(bot.view(1).eta_secs, None);
+    let mut all = Vec::new();
+    for n in 1..=3 {
+        let b = bot.build_of(n).unwrap();
+        let candidate = bot.state.builds[&b].candidate.clone();
+        all.extend(bot.finish_taking(&b, candidate, Outcome::Passed, five_min));
+    }
+    // Build every car: two are tested at once, the third waits for a slot.
+    for _ in 0..3 {
+        all = bot.build_cars(&all);
+    }
+    assert_eq!(bot.car_tests().len(), 2);
+    // Cars 1 and 2 end in about 5 min; car 3 starts when car 1 lands.
+    assert_eq!(
+        bot.view(1).waiting_on[0],
+        "1st in the train for main, about 5 min"
+    );
+    assert_eq!(
+        bot.view(3).waiting_on[0],
+        "3rd in the train for main, about 10 min"
+    );
+    // Its status said so when it entered (and is not re-sent as the
+    // estimate drifts).
+    let published = bot.state.pr(&key(3)).unwrap().published.clone().unwrap();
+    assert_eq!(
+        published.description,
+        "3rd in the train for main, about 10 min"
+    );
+    let view = bot.view(3);
+    assert_eq!(view.train_position, Some(2));
+    let eta = view.eta_secs.unwrap();
+    assert!((9 * 60..=10 * 60).contains(&eta), "{eta}");
+    let queue = bot.state.queue_view();
+    assert_eq!(queue[0].mean_test_secs, Some(300));
+    assert_eq!(queue[0].cars[2].eta_secs, Some(eta));
+}
+
+#[test]
+fn durations_read_as_people_say_them() {
+    assert_eq!(text::about(0), "under a minute");
+    assert_eq!(text::about(61_000), "about 2 min");
+    assert_eq!(text::about(89 * 60_000), "about 89 min");
+    assert_eq!(text::about(90 * 60_000 + 1), "about 2 h");
+    assert_eq!(
+        text::in_train("main", 10, None),
+        "11th in the train for main"
+    );
+    assert_eq!(
+        text::in_train("main", 21, None),
+        "22nd in the train for main"
+    );
 }

@@ -121,14 +121,40 @@ pub fn car_passed(branch: &str, prs: &[u64]) -> String {
     format!("passed: lands on {branch} with {}", list.join(", "))
 }
 
-pub fn in_train(branch: &str, position: usize) -> String {
-    let nth = match position + 1 {
-        1 => "1st".to_string(),
-        2 => "2nd".to_string(),
-        3 => "3rd".to_string(),
-        n => format!("{n}th"),
+/// "2nd in the train for main, about 9 min".
+pub fn in_train(branch: &str, position: usize, eta_ms: Option<u64>) -> String {
+    let n = position + 1;
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
     };
-    format!("{nth} in the train for {branch}")
+    match eta_ms {
+        Some(ms) => format!("{n}{suffix} in the train for {branch}, {}", about(ms)),
+        None => format!("{n}{suffix} in the train for {branch}"),
+    }
+}
+
+/// Whether `description` is `in_train(branch, position, _)`, whatever its
+/// ETA.
+pub fn is_in_train(description: &str, branch: &str, position: usize) -> bool {
+    let place = in_train(branch, position, None);
+    description
+        .strip_prefix(&place)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(", "))
+}
+
+/// A rough duration, rounded up: "under a minute", "about 9 min",
+/// "about 2 h".
+pub fn about(ms: u64) -> String {
+    let minutes = ms.div_ceil(60_000);
+    match minutes {
+        _ if ms < 60_000 => "under a minute".into(),
+        2..=89 => format!("about {minutes} min"),
+        _ => format!("about {} h", minutes.div_ceil(60)),
+    }
 }
 
 pub fn cancelled_car_rebuilt() -> String {

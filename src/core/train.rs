@@ -45,6 +45,73 @@ pub struct Car {
     pub state: CarState,
     /// Infrastructure errors of this car's tests.
     pub errors: u32,
+    /// When it is expected to land, in ms from the train's last settle
+    /// (derived: recomputed at every settle, not stored).
+    #[serde(skip)]
+    pub eta_ms: Option<u64>,
+}
+
+/// The durations of a repository's recent tests (its own tests and cars
+/// alike: the same command), whose mean is the train's ETA.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestDurations {
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl TestDurations {
+    /// Long enough to smooth one odd run, short enough to follow a change.
+    const WINDOW: usize = 20;
+
+    pub fn record(&mut self, ms: u64) {
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms);
+    }
+
+    /// `None` until one test finished.
+    pub fn mean_ms(&self) -> Option<u64> {
+        let n = self.recent.len() as u64;
+        (n > 0).then(|| self.recent.iter().sum::<u64>() / n)
+    }
+}
+
+/// When each car is expected to land, in ms from `now`, if nothing fails:
+/// a car lands when it and every car ahead passed; a car not yet tested
+/// starts when a slot frees, that is when the car `slots` ahead of it
+/// lands. `None` for every car until a test duration is known.
+fn estimate(
+    cars: &mut [Car],
+    mean_ms: Option<u64>,
+    slots: usize,
+    builds: &std::collections::BTreeMap<BuildId, Build>,
+    now: Timestamp,
+) {
+    let Some(mean) = mean_ms else {
+        cars.iter_mut().for_each(|c| c.eta_ms = None);
+        return;
+    };
+    let slots = slots.max(1);
+    let mut etas: Vec<u64> = Vec::with_capacity(cars.len());
+    for (k, car) in cars.iter_mut().enumerate() {
+        let passed_at = match &car.state {
+            CarState::Passed { .. } => 0,
+            CarState::Testing { build, .. } => {
+                let elapsed = builds
+                    .get(build)
+                    .map_or(0, |b| now.0.saturating_sub(b.started_at.0));
+                mean.saturating_sub(elapsed)
+            }
+            _ => {
+                let starts = if k >= slots { etas[k - slots] } else { 0 };
+                starts + mean
+            }
+        };
+        let ahead = etas.last().copied().unwrap_or(0);
+        let eta = passed_at.max(ahead);
+        etas.push(eta);
+        car.eta_ms = Some(eta);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -511,6 +578,7 @@ impl State {
                 title: pr.snapshot.title.clone(),
                 state: CarState::Waiting,
                 errors: 0,
+                eta_ms: None,
             });
         }
         let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
@@ -534,6 +602,14 @@ impl State {
                 repo.index.train_order.insert(branch.to_string(), order);
             }
         }
+        let slots = depth.min(repo.policy.max_concurrent_builds);
+        estimate(
+            &mut train.cars,
+            repo.test_durations.mean_ms(),
+            slots,
+            &self.builds,
+            now,
+        );
         if !train.cars.is_empty() || train.landing.is_some() || train.blocked.is_some() {
             repo.trains.insert(branch.to_string(), train);
         }
@@ -651,12 +727,20 @@ impl State {
     /// A PR's place in its train (0 = first), if it is in one.
     pub fn train_position(&self, key: &PrKey) -> Option<usize> {
         let repo = self.repos.get(&key.repo)?;
-        let pr = repo.prs.get(&key.number)?;
-        repo.trains
-            .get(&pr.snapshot.base_ref)?
-            .cars
+        repo.train_spot(repo.prs.get(&key.number)?)
+            .map(|(at, _)| at)
+    }
+}
+
+impl RepoState {
+    /// A PR's place in its branch's train (0 = first) and when it is
+    /// expected to land (ms from the train's last settle), if it is in one.
+    pub(crate) fn train_spot(&self, pr: &Pr) -> Option<(usize, Option<u64>)> {
+        let cars = &self.trains.get(&pr.snapshot.base_ref)?.cars;
+        let at = cars
             .iter()
-            .position(|c| c.pr.number == key.number)
+            .position(|c| c.pr.number == pr.snapshot.key.number)?;
+        Some((at, cars[at].eta_ms))
     }
 }
 

@@ -53,6 +53,11 @@ pub struct PrView {
     pub build: Option<BuildView>,
     /// Why it is not merging now; empty when it is ready.
     pub waiting_on: Vec<String>,
+    /// Train mode: its place in its branch's train (0 = first).
+    pub train_position: Option<usize>,
+    /// Train mode: when it is expected to land, in seconds from the
+    /// train's last change (from the mean of recent test durations).
+    pub eta_secs: Option<u64>,
 }
 
 impl PrView {
@@ -140,6 +145,8 @@ impl State {
                 .is_some_and(|m| m.pr == pr.snapshot.key.number),
             build,
             waiting_on: why_not_mergeable(repo, pr),
+            train_position: repo.train_spot(pr).map(|(at, _)| at),
+            eta_secs: repo.train_spot(pr).and_then(|(_, eta)| eta).map(secs),
         }
     }
 }
@@ -156,6 +163,8 @@ pub struct TrainView {
     pub landing: Option<Sha>,
     /// Why the last landing was refused (it is retried).
     pub blocked: Option<String>,
+    /// The mean of the repository's recent test durations, the ETA's base.
+    pub mean_test_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -169,6 +178,13 @@ pub struct CarView {
     pub state: &'static str,
     pub sha: Option<Sha>,
     pub build: Option<BuildId>,
+    /// When it is expected to land, in seconds from the train's last
+    /// change; `None` until a test duration is known.
+    pub eta_secs: Option<u64>,
+}
+
+fn secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
 }
 
 impl State {
@@ -183,6 +199,7 @@ impl State {
                     base: train.base.clone(),
                     landing: train.landing.as_ref().map(|l| l.to.clone()),
                     blocked: train.blocked.as_ref().map(|(why, _)| why.clone()),
+                    mean_test_secs: repo.test_durations.mean_ms().map(secs),
                     cars: train
                         .cars
                         .iter()
@@ -202,6 +219,7 @@ impl State {
                                 state,
                                 sha: c.state.sha().cloned(),
                                 build,
+                                eta_secs: c.eta_ms.map(secs),
                             }
                         })
                         .collect(),
