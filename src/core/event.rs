@@ -103,6 +103,23 @@ pub enum Event {
         moved: bool,
         reason: String,
     },
+    /// Required checks other than sluice's have not all succeeded on the
+    /// landing car yet (`pending`: their contexts): nothing was asked of
+    /// GitHub; the landing is tried again after a while.
+    LandWaiting {
+        repo: RepoName,
+        branch: String,
+        pending: Vec<String>,
+    },
+    /// A required check other than sluice's failed on car `car`, the one
+    /// being landed: the car failed.
+    CarCheckFailed {
+        repo: RepoName,
+        branch: String,
+        car: u64,
+        context: String,
+        description: String,
+    },
     /// After a restart: builds the state believed running that the executor
     /// no longer has. They are re-queued; a lost build is not a result.
     BuildsLost { builds: Vec<BuildId> },
@@ -129,7 +146,9 @@ impl Event {
             | Event::CarConflict { repo, .. }
             | Event::CarBuildFailed { repo, .. }
             | Event::Landed { repo, .. }
-            | Event::LandRefused { repo, .. } => Some(repo),
+            | Event::LandRefused { repo, .. }
+            | Event::LandWaiting { repo, .. }
+            | Event::CarCheckFailed { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
             Event::Tick | Event::BuildsLost { .. } => None,
         }

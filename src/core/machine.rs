@@ -26,6 +26,8 @@ pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 /// How long a merge that failed for a passing reason (timeouts, 5xx) waits
 /// before it is tried again.
 pub const MERGE_RETRY_MS: u64 = 60 * 1000;
+/// How often a landing waiting for other required checks looks again.
+pub const CHECKS_POLL_MS: u64 = 15 * 1000;
 
 impl State {
     /// Applies one event at time `now` and returns what to do, in order.
@@ -167,6 +169,20 @@ impl State {
                 moved,
                 reason,
             } => self.on_land_refused(&repo, &branch, moved, reason, now, &mut out),
+            Event::LandWaiting {
+                repo,
+                branch,
+                pending,
+            } => self.on_land_waiting(&repo, &branch, &pending, now),
+            Event::CarCheckFailed {
+                repo,
+                branch,
+                car,
+                context,
+                description,
+            } => {
+                self.on_car_check_failed(&repo, &branch, car, &context, &description, now, &mut out)
+            }
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
             Event::Tick | Event::BuildsLost { .. } => {
@@ -1049,9 +1065,13 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
         if let Some(train) = repo.trains.get(base)
             && let Some((position, eta)) = repo.train_spot(pr)
         {
-            reasons.push(text::in_train(base, position, eta));
-            if let Some((why, _)) = &train.blocked {
-                reasons.push(text::merge_refused(why));
+            if let Some(why) = repo.landing_held(pr) {
+                reasons.push(text::in_train_held(base, position, why));
+            } else {
+                reasons.push(text::in_train(base, position, eta));
+                if let Some((why, _)) = &train.blocked {
+                    reasons.push(why.clone());
+                }
             }
         }
     }
@@ -1146,6 +1166,13 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
         }
         if pr.in_train {
             let (position, eta) = repo.train_spot(pr).unwrap_or((0, None));
+            if let Some(why) = repo.landing_held(pr) {
+                return status(
+                    CommitState::Pending,
+                    text::in_train_held(base, position, why),
+                    None,
+                );
+            }
             // The ETA is refreshed when the place changes, not whenever the
             // estimate drifts: a status a minute per PR would spend the
             // API budget. The JSON views have the live estimate.

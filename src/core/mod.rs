@@ -69,7 +69,7 @@ mod train;
 mod views;
 
 pub use approval::{Approval, approval, latest_per_reviewer};
-pub use machine::{CLOSED_MEMORY_MS, MERGE_RETRY_MS};
+pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, MERGE_RETRY_MS};
 pub use state::*;
 pub use train::{Car, CarState, Ejection, Landing, STAGING_PREFIX, Train, staging_ref};
 pub use views::*;

@@ -409,14 +409,38 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum TrainOp {
-    Open { pr: u64, head: u32 },
-    Review { pr: u64, approve: bool },
-    FinishOwn { pick: usize, outcome: u8 },
-    AnswerCar { pick: usize, conflict: bool },
-    FinishCar { pick: usize, outcome: u8 },
-    AnswerLand { pick: usize },
-    PersonPushes { to: u32 },
-    Close { pr: u64 },
+    Open {
+        pr: u64,
+        head: u32,
+    },
+    Review {
+        pr: u64,
+        approve: bool,
+    },
+    FinishOwn {
+        pick: usize,
+        outcome: u8,
+    },
+    AnswerCar {
+        pick: usize,
+        conflict: bool,
+    },
+    FinishCar {
+        pick: usize,
+        outcome: u8,
+    },
+    /// `gate`: 0 and 1 GitHub answers; 2 other required checks are
+    /// pending; 3 one of them failed.
+    AnswerLand {
+        pick: usize,
+        gate: u8,
+    },
+    PersonPushes {
+        to: u32,
+    },
+    Close {
+        pr: u64,
+    },
     Tick,
 }
 
@@ -429,7 +453,7 @@ fn train_op() -> impl Strategy<Value = TrainOp> {
         (0..8usize, proptest::bool::weighted(0.1))
             .prop_map(|(pick, conflict)| TrainOp::AnswerCar { pick, conflict }),
         (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
-        (0..4usize).prop_map(|pick| TrainOp::AnswerLand { pick }),
+        (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
         (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
         (1..6u64).prop_map(|pr| TrainOp::Close { pr }),
         Just(TrainOp::Tick),
@@ -449,7 +473,7 @@ struct Forge {
     heads: BTreeMap<u64, Sha>,
     /// BuildCar and Land asked for and not answered.
     builds_asked: Vec<(u64, Sha, Sha, u64)>,
-    lands_asked: Vec<(Sha, Sha)>,
+    lands_asked: Vec<(Sha, Sha, u64)>,
     own_running: BTreeMap<BuildId, Candidate>,
     car_running: BTreeMap<BuildId, Candidate>,
     next: u32,
@@ -584,13 +608,27 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
                     }
                 }
             }
-            TrainOp::AnswerLand { pick } => {
+            TrainOp::AnswerLand { pick, gate } => {
                 if f.lands_asked.is_empty() {
                     continue;
                 }
-                let (from, to) = f.lands_asked.remove(pick % f.lands_asked.len());
-                // GitHub's compare-and-swap.
-                if f.main.as_ref() != Some(&from) {
+                let (from, to, through) = f.lands_asked.remove(pick % f.lands_asked.len());
+                if gate == 2 {
+                    Event::LandWaiting {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        pending: vec!["ci".into()],
+                    }
+                } else if gate == 3 {
+                    Event::CarCheckFailed {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        car: through,
+                        context: "ci".into(),
+                        description: String::new(),
+                    }
+                } else if f.main.as_ref() != Some(&from) {
+                    // GitHub's compare-and-swap.
                     Event::LandRefused {
                         repo: repo_name(),
                         branch: "main".into(),
@@ -663,7 +701,9 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
                             .unwrap_or(0);
                         f.builds_asked.push((car, parent, head, pr));
                     }
-                    Action::Land { from, to, .. } => {
+                    Action::Land {
+                        from, to, through, ..
+                    } => {
                         // When asked: on what sluice knows is the head, and
                         // every PR in it approved, with this head, now.
                         prop_assert_eq!(
@@ -679,7 +719,7 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
                                 pr
                             );
                         }
-                        f.lands_asked.push((from, to));
+                        f.lands_asked.push((from, to, through));
                     }
                     Action::Merge { .. } => {
                         return Err(TestCaseError::fail("a GitHub merge in train mode"));
@@ -693,7 +733,19 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
         prop_assert_eq!(running, state.running_builds().count());
         let mut oracle = state.clone();
         let missed = oracle.settle_everything(Timestamp(now));
-        prop_assert!(missed.is_empty(), "incremental settle missed {:?}", missed);
+        prop_assert!(
+            missed.is_empty(),
+            "incremental settle missed {:?}; trains {:?}; published {:?}",
+            missed,
+            state.repo(&repo_name()).unwrap().trains,
+            state
+                .repo(&repo_name())
+                .unwrap()
+                .prs
+                .values()
+                .map(|p| p.published.clone())
+                .collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

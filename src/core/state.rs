@@ -70,9 +70,9 @@ pub(crate) struct RepoIndex {
     pub filed: BTreeMap<u64, Filed>,
     /// PRs whose facts changed since the last settle.
     pub dirty: BTreeSet<u64>,
-    /// Each train's PRs in order as last settled (their statuses name
-    /// their position).
-    pub train_order: BTreeMap<String, Vec<u64>>,
+    /// Each train's PRs in order as last settled, each with whether its
+    /// landing is held (their statuses name their position and that).
+    pub train_order: BTreeMap<String, Vec<(u64, bool)>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -334,7 +334,7 @@ impl RepoState {
             self.refile(number);
         }
         for (branch, train) in &self.trains {
-            let order: Vec<u64> = train.cars.iter().map(|c| c.pr.number).collect();
+            let order = train.status_facts();
             if !order.is_empty() {
                 self.index.train_order.insert(branch.clone(), order);
             }

@@ -1213,3 +1213,116 @@ fn durations_read_as_people_say_them() {
         "22nd in the train for main"
     );
 }
+
+/// Two approved PRs whose own tests passed, both cars built and passed:
+/// returns the actions of the last car's pass (the `Land`).
+fn two_passed_cars(bot: &mut Bot) -> Vec<Action> {
+    let mut all = Vec::new();
+    for n in 1..=2 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+        let b = bot.build_of(n).unwrap();
+        all.extend(bot.finish(&b, Outcome::Passed));
+    }
+    for _ in 0..2 {
+        all = bot.build_cars(&all);
+    }
+    // The second car passes first, so the first one's pass lands both.
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| std::cmp::Reverse(c.prs.len()));
+    let mut last = Vec::new();
+    for (build, candidate) in tests {
+        last = bot.finish_as(&build, candidate, Outcome::Passed);
+    }
+    last
+}
+
+fn train_cars(bot: &Bot) -> Vec<Car> {
+    bot.state.repo(&repo_name()).unwrap().trains["main"]
+        .cars
+        .clone()
+}
+
+#[test]
+fn a_landing_waits_for_the_branchs_other_required_checks_and_says_so() {
+    let mut bot = train_bot(2);
+    let a = two_passed_cars(&mut bot);
+    assert_eq!(lands(&a).len(), 1);
+    let car2 = train_cars(&bot)[1].id;
+    // The driver found "ci/build" required and not passed on car 2.
+    let a = bot.ev(Event::LandWaiting {
+        repo: repo_name(),
+        branch: "main".into(),
+        pending: vec!["ci/build".into()],
+    });
+    assert!(lands(&a).is_empty());
+    let waiting = format!(
+        "waiting for required check \"ci/build\" on sluice/main/{car2} (not passed yet; does your CI run on pushes to sluice/**?)"
+    );
+    let st = statuses(&a);
+    assert_eq!(st.len(), 2, "both PRs say what they wait for: {st:?}");
+    assert_eq!(
+        st[0].2,
+        format!("1st in the train for main, passed; {waiting}")
+    );
+    assert_eq!(
+        bot.view(2).waiting_on,
+        vec![format!("2nd in the train for main, passed; {waiting}")],
+        "the JSON says what the status says"
+    );
+    // Asked again after CHECKS_POLL_MS, not before; the same answer sends
+    // no new status.
+    assert!(lands(&bot.ev(Event::Tick)).is_empty());
+    bot.now += CHECKS_POLL_MS;
+    let a = bot.ev(Event::Tick);
+    assert_eq!(lands(&a).len(), 1);
+    let a = bot.ev(Event::LandWaiting {
+        repo: repo_name(),
+        branch: "main".into(),
+        pending: vec!["ci/build".into()],
+    });
+    assert!(statuses(&a).is_empty(), "{:?}", statuses(&a));
+}
+
+#[test]
+fn a_required_check_failing_on_a_car_ejects_its_pr_and_the_cars_ahead_land() {
+    let mut bot = train_bot(2);
+    two_passed_cars(&mut bot);
+    let cars = train_cars(&bot);
+    bot.ev(Event::LandWaiting {
+        repo: repo_name(),
+        branch: "main".into(),
+        pending: vec!["ci/build".into()],
+    });
+    bot.now += CHECKS_POLL_MS;
+    bot.ev(Event::Tick);
+    let a = bot.ev(Event::CarCheckFailed {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[1].id,
+        context: "ci/build".into(),
+        description: "2 tests failed".into(),
+    });
+    let st = statuses(&a);
+    let two = st.iter().find(|s| s.0 == sha(0xa2)).unwrap();
+    assert_eq!(two.1, CommitState::Failure);
+    assert_eq!(
+        two.2,
+        format!(
+            "left the train for main: required check \"ci/build\" failed on its car sluice/main/{}: 2 tests failed",
+            cars[1].id
+        )
+    );
+    // Car 1 passed and lands at once, alone.
+    let car1 = cars[0].state.sha().unwrap().clone();
+    assert_eq!(lands(&a), vec![(sha(0x100), car1)]);
+    // An answer about a landing no longer asked for changes nothing.
+    let a = bot.ev(Event::CarCheckFailed {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[1].id,
+        context: "ci/build".into(),
+        description: String::new(),
+    });
+    assert!(statuses(&a).is_empty());
+}

@@ -121,8 +121,8 @@ pub fn car_passed(branch: &str, prs: &[u64]) -> String {
     format!("passed: lands on {branch} with {}", list.join(", "))
 }
 
-/// "2nd in the train for main, about 9 min".
-pub fn in_train(branch: &str, position: usize, eta_ms: Option<u64>) -> String {
+/// "1st", "2nd", "11th", ... for place `position` (0 = first).
+fn nth(position: usize) -> String {
     let n = position + 1;
     let suffix = match (n % 10, n % 100) {
         (_, 11..=13) => "th",
@@ -131,19 +131,52 @@ pub fn in_train(branch: &str, position: usize, eta_ms: Option<u64>) -> String {
         (3, _) => "rd",
         _ => "th",
     };
+    format!("{n}{suffix}")
+}
+
+/// "2nd in the train for main, about 9 min".
+pub fn in_train(branch: &str, position: usize, eta_ms: Option<u64>) -> String {
+    let nth = nth(position);
     match eta_ms {
-        Some(ms) => format!("{n}{suffix} in the train for {branch}, {}", about(ms)),
-        None => format!("{n}{suffix} in the train for {branch}"),
+        Some(ms) => format!("{nth} in the train for {branch}, {}", about(ms)),
+        None => format!("{nth} in the train for {branch}"),
     }
+}
+
+/// A PR whose car passed but cannot land yet, and why.
+pub fn in_train_held(branch: &str, position: usize, why: &str) -> String {
+    format!("{} in the train for {branch}, passed; {why}", nth(position))
+}
+
+/// The landing car lacks required checks other than sluice's.
+pub fn waiting_for_checks(pending: &[String], car_ref: &str) -> String {
+    let names: Vec<String> = pending.iter().map(|c| format!("\"{c}\"")).collect();
+    let noun = if names.len() == 1 { "check" } else { "checks" };
+    format!(
+        "waiting for required {noun} {} on {car_ref} (not passed yet; does your CI run on pushes to sluice/**?)",
+        names.join(", ")
+    )
+}
+
+/// A required check other than sluice's failed on a car.
+pub fn car_check_failed(branch: &str, context: &str, car_ref: &str, description: &str) -> String {
+    let detail = if description.is_empty() {
+        String::new()
+    } else {
+        format!(": {description}")
+    };
+    format!(
+        "left the train for {branch}: required check \"{context}\" failed on its car {car_ref}{detail}"
+    )
 }
 
 /// Whether `description` is `in_train(branch, position, _)`, whatever its
 /// ETA.
 pub fn is_in_train(description: &str, branch: &str, position: usize) -> bool {
     let place = in_train(branch, position, None);
-    description
-        .strip_prefix(&place)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(", "))
+    description.strip_prefix(&place).is_some_and(|rest| {
+        rest.is_empty() || rest.starts_with(", about ") || rest == ", under a minute"
+    })
 }
 
 /// A rough duration, rounded up: "under a minute", "about 9 min",

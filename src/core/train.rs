@@ -166,6 +166,25 @@ pub struct Ejection {
     pub link: Option<ResultKey>,
 }
 
+impl Train {
+    /// What the statuses of the PRs in the train say besides the reason:
+    /// each PR in order, with whether its car passed and its landing is
+    /// held. A change here is a change of their statuses.
+    pub(crate) fn status_facts(&self) -> Vec<(u64, bool)> {
+        let held = self.blocked.is_some();
+        let passed = self
+            .cars
+            .iter()
+            .take_while(|c| matches!(c.state, CarState::Passed { .. }))
+            .count();
+        self.cars
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (c.pr.number, held && k < passed))
+            .collect()
+    }
+}
+
 /// Where sluice's staging branches live (never a target).
 pub const STAGING_PREFIX: &str = "sluice/";
 
@@ -432,8 +451,75 @@ impl State {
                 branch: branch.to_string(),
             });
         } else {
-            train.blocked = Some((reason, now.plus_ms(super::MERGE_RETRY_MS)));
+            let why = text::merge_refused(&reason);
+            self.hold_landing(name, branch, why, now.plus_ms(super::MERGE_RETRY_MS));
         }
+    }
+
+    /// Required checks other than sluice's have not passed on the landing
+    /// car yet: it is tried again in `CHECKS_POLL_MS`, and the PRs whose
+    /// cars passed say what they wait for.
+    pub(crate) fn on_land_waiting(
+        &mut self,
+        name: &RepoName,
+        branch: &str,
+        pending: &[String],
+        now: Timestamp,
+    ) {
+        let Some(train) = self.train_mut(name, branch) else {
+            return;
+        };
+        let Some(landing) = train.landing.take() else {
+            return;
+        };
+        let car = staging_ref(branch, landing.through);
+        let why = text::waiting_for_checks(pending, &car);
+        self.hold_landing(name, branch, why, now.plus_ms(super::CHECKS_POLL_MS));
+    }
+
+    /// A required check other than sluice's failed on the landing car: that
+    /// car failed, its PR is ejected; the cars ahead may still land.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_car_check_failed(
+        &mut self,
+        name: &RepoName,
+        branch: &str,
+        car: u64,
+        context: &str,
+        description: &str,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(train) = self.train_mut(name, branch) else {
+            return;
+        };
+        if train.landing.as_ref().is_none_or(|l| l.through != car) {
+            return;
+        }
+        train.landing = None;
+        // What held the landing was about this car: the cars ahead may land
+        // at once.
+        train.blocked = None;
+        let reason =
+            text::car_check_failed(branch, context, &staging_ref(branch, car), description);
+        self.eject(name, branch, car, reason, None, now, out);
+    }
+
+    /// Records why the train's landing waits; the PRs in it say so in their
+    /// status when the reason changes (not at every retry).
+    fn hold_landing(&mut self, name: &RepoName, branch: &str, why: String, retry_at: Timestamp) {
+        let Some(repo) = self.repos.get_mut(name) else {
+            return;
+        };
+        let Some(train) = repo.trains.get_mut(branch) else {
+            return;
+        };
+        if train.blocked.as_ref().is_none_or(|(old, _)| *old != why) {
+            repo.index
+                .dirty
+                .extend(train.cars.iter().map(|c| c.pr.number));
+        }
+        train.blocked = Some((why, retry_at));
     }
 
     fn train_mut(&mut self, repo: &RepoName, branch: &str) -> Option<&mut Train> {
@@ -521,6 +607,7 @@ impl State {
         if train.landing.is_none() && train.base != head {
             cancel.extend(reset_from(&mut train, 0, &mut repo.next_car));
             train.base = head.clone();
+            train.blocked = None;
         }
         // 2. PRs that changed leave; the cars behind them are rebuilt.
         let mut i = 0;
@@ -593,9 +680,9 @@ impl State {
         }
         // Positions changed: the PRs in the train say so in their status.
         let repo = self.repos.get_mut(name).expect("exists");
-        let order: Vec<u64> = train.cars.iter().map(|c| c.pr.number).collect();
+        let order = train.status_facts();
         if repo.index.train_order.get(branch) != Some(&order) {
-            repo.index.dirty.extend(order.iter().copied());
+            repo.index.dirty.extend(order.iter().map(|(n, _)| *n));
             if order.is_empty() {
                 repo.index.train_order.remove(branch);
             } else {
@@ -667,7 +754,8 @@ impl State {
             let CarState::Passed { sha, build } = &last.state else {
                 unreachable!("counted as passed");
             };
-            train.blocked = None;
+            // `blocked` stays until an answer replaces it, so a retry that
+            // meets the same reason changes no status.
             train.landing = Some(Landing {
                 from: base.clone(),
                 to: sha.clone(),
@@ -733,6 +821,17 @@ impl State {
 }
 
 impl RepoState {
+    /// Why the PR's car passed but does not land yet, if so: the train's
+    /// landing is held and the PR is in its passed prefix.
+    pub(crate) fn landing_held(&self, pr: &Pr) -> Option<&str> {
+        let train = self.trains.get(&pr.snapshot.base_ref)?;
+        let (why, _) = train.blocked.as_ref()?;
+        train
+            .status_facts()
+            .contains(&(pr.snapshot.key.number, true))
+            .then_some(why.as_str())
+    }
+
     /// A PR's place in its branch's train (0 = first) and when it is
     /// expected to land (ms from the train's last settle), if it is in one.
     pub(crate) fn train_spot(&self, pr: &Pr) -> Option<(usize, Option<u64>)> {

@@ -429,6 +429,7 @@ impl FakeHub {
                 statuses: Vec::new(),
                 next_number: 1,
                 protections: Default::default(),
+                check_runs: Vec::new(),
             },
         );
         to_sha(&sha)
@@ -469,6 +470,34 @@ impl FakeHub {
                 contexts: contexts.iter().map(|c| c.to_string()).collect(),
             },
         );
+        Ok(())
+    }
+
+    /// A check run reported on `sha` by another app (a CI): `status`
+    /// `queued`, `in_progress` or `completed` with a `conclusion`. A later
+    /// report of the same name replaces it, as a re-run does on GitHub.
+    pub fn report_check_run(
+        &self,
+        repo: &str,
+        sha: &str,
+        name: &str,
+        status: &str,
+        conclusion: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut st = self.inner.state.lock().expect("state");
+        let r = st
+            .repos
+            .get_mut(repo)
+            .with_context(|| format!("no repository {repo}"))?;
+        let id = r.check_runs.len() as u64 + 1;
+        r.check_runs.push(state::CheckRunRec {
+            id,
+            head_sha: sha.to_ascii_lowercase(),
+            name: name.to_string(),
+            status: status.to_string(),
+            conclusion: conclusion.map(String::from),
+            started_at: shapes::now_iso(),
+        });
         Ok(())
     }
 

@@ -58,8 +58,8 @@ fn is_full_sha(s: &str) -> bool {
 
 impl Inner {
     /// Why `branch` may not move to `sha` under its protection, if it may
-    /// not: the required contexts whose latest status on `sha` is not
-    /// `success`, as GitHub words it.
+    /// not: the required contexts with neither a latest status `success`
+    /// nor a passed check run of that name on `sha`, as GitHub words it.
     pub(crate) fn protection_refusal(&self, repo: &str, branch: &str, sha: &str) -> Option<String> {
         let st = self.state.lock().expect("state");
         let r = st.repos.get(repo)?;
@@ -68,12 +68,26 @@ impl Inner {
             .contexts
             .iter()
             .filter(|context| {
-                let latest = r
+                let status = r
                     .statuses
                     .iter()
                     .rev()
                     .find(|s| s.sha.eq_ignore_ascii_case(sha) && &&s.context == context);
-                latest.is_none_or(|s| s.state != "success")
+                // A check run of that name counts too, as on GitHub.
+                let run = r
+                    .check_runs
+                    .iter()
+                    .rev()
+                    .find(|c| c.head_sha.eq_ignore_ascii_case(sha) && &&c.name == context);
+                let status_ok = status.is_some_and(|s| s.state == "success");
+                let run_ok = run.is_some_and(|c| {
+                    c.status == "completed"
+                        && matches!(
+                            c.conclusion.as_deref(),
+                            Some("success" | "neutral" | "skipped")
+                        )
+                });
+                !(status_ok || run_ok)
             })
             .cloned()
             .collect();

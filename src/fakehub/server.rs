@@ -428,6 +428,10 @@ async fn answer(
             }
         }
         ("POST", ["statuses", sha]) => create_status(inner, &repo, sha, body).await,
+        ("GET", ["commits", sha, "check-runs"]) => {
+            let sha = sha.to_ascii_lowercase();
+            with_repo(inner, &repo, |u, r| shapes::check_runs(u, r, &sha))
+        }
         ("GET", ["commits", reference @ .., "status"]) if !reference.is_empty() => {
             let reference = reference.join("/");
             let Ok(g) = inner.git(&repo) else {

@@ -372,6 +372,43 @@ pub(crate) fn combined_status(u: &Urls, r: &RepoState, sha: &str) -> Value {
     })
 }
 
+/// `GET /commits/{sha}/check-runs` (`filter=latest`, GitHub's default):
+/// the latest run of each name.
+pub(crate) fn check_runs(u: &Urls, r: &RepoState, sha: &str) -> Value {
+    let mut latest: Vec<&super::state::CheckRunRec> = Vec::new();
+    for run in r.check_runs.iter().filter(|c| c.head_sha == sha).rev() {
+        if !latest.iter().any(|l| l.name == run.name) {
+            latest.push(run);
+        }
+    }
+    let api = u.repo_api(&r.full_name);
+    let runs: Vec<Value> = latest
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "node_id": format!("CR_{}", c.id),
+                "head_sha": c.head_sha,
+                "name": c.name,
+                "url": format!("{api}/check-runs/{}", c.id),
+                "html_url": format!("{}/runs/{}", u.repo_html(&r.full_name), c.id),
+                "details_url": null,
+                "status": c.status,
+                "conclusion": c.conclusion,
+                "started_at": c.started_at,
+                "completed_at": c.conclusion.as_ref().map(|_| c.started_at.clone()),
+                "external_id": "",
+                "check_suite": {"id": c.id},
+                "output": {"title": null, "summary": null, "text": null,
+                           "annotations_count": 0, "annotations_url": format!("{api}/check-runs/{}/annotations", c.id)},
+                "app": null,
+                "pull_requests": [],
+            })
+        })
+        .collect();
+    json!({"total_count": runs.len(), "check_runs": runs})
+}
+
 pub(crate) fn branch(u: &Urls, r: &RepoState, name: &str, sha: &str) -> Value {
     let api = u.repo_api(&r.full_name);
     let protection = r.protections.get(name);

@@ -29,6 +29,21 @@ pub(crate) struct RepoState {
     pub next_number: u64,
     /// Branch protection rules, by exact branch name.
     pub protections: BTreeMap<String, Protection>,
+    /// Check runs other apps reported (a CI), oldest first.
+    pub check_runs: Vec<CheckRunRec>,
+}
+
+/// A check run as an app reported it on a commit.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckRunRec {
+    pub id: u64,
+    pub head_sha: String,
+    pub name: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// Set when `completed`: `success`, `failure`, `neutral`, ...
+    pub conclusion: Option<String>,
+    pub started_at: String,
 }
 
 /// A protected branch's rule: the status checks it requires.

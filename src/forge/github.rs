@@ -12,6 +12,7 @@
 //! reply's `x-ratelimit-*` headers are recorded ([`Forge::api_budget`]).
 
 mod cache;
+mod checks;
 mod train;
 
 use super::convert::pr_snapshot;
@@ -814,6 +815,18 @@ impl Forge for GitHub {
         branch: &str,
     ) -> Result<Vec<String>, ForgeError> {
         self.protection_checks(repo, branch).await
+    }
+
+    fn status_context(&self) -> &str {
+        &self.status_context
+    }
+
+    async fn commit_checks(
+        &self,
+        repo: &RepoName,
+        sha: &Sha,
+    ) -> Result<Vec<super::CheckReport>, ForgeError> {
+        self.checks_of(repo, sha).await
     }
 
     async fn staging_refs(&self, repo: &RepoName) -> Result<Vec<(String, Sha)>, ForgeError> {

@@ -63,6 +63,25 @@ pub enum RefUpdate {
     Failed { reason: String },
 }
 
+/// What one check (a commit status context or a check run) reported on a
+/// commit, the latest report of its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckReport {
+    pub context: String,
+    pub state: CheckState,
+    pub description: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckState {
+    /// A success (a check run's `neutral` and `skipped` count, as on
+    /// GitHub's protected branches).
+    Passed,
+    /// Queued or running.
+    Pending,
+    Failed,
+}
+
 fn unsupported(what: &str) -> ForgeError {
     ForgeError::Unsupported {
         what: what.to_string(),
@@ -208,6 +227,20 @@ pub trait Forge: Send + Sync {
     ) -> Result<Vec<String>, ForgeError> {
         let _ = (repo, branch);
         Err(unsupported("required_checks"))
+    }
+    /// The context of sluice's own commit statuses (`github.status_context`).
+    fn status_context(&self) -> &str {
+        "sluice"
+    }
+    /// What the checks reported on `sha`: its commit statuses and check
+    /// runs, the latest of each name.
+    async fn commit_checks(
+        &self,
+        repo: &RepoName,
+        sha: &Sha,
+    ) -> Result<Vec<CheckReport>, ForgeError> {
+        let _ = (repo, sha);
+        Err(unsupported("commit_checks"))
     }
     /// sluice's staging refs of the repository, name and sha, sorted by
     /// name (for recovery after a restart).

@@ -705,6 +705,27 @@ async fn land(
     through: u64,
     status: &CommitStatus,
 ) -> Event {
+    // Checks the branch requires besides sluice's must have passed on the
+    // car: GitHub would refuse the move, and sluice can say what is missing.
+    match other_required_checks(forge, shared, repo, branch, to).await {
+        Gate::Open => {}
+        Gate::Waiting(pending) => {
+            return Event::LandWaiting {
+                repo: repo.clone(),
+                branch: branch.to_string(),
+                pending,
+            };
+        }
+        Gate::Failed(report) => {
+            return Event::CarCheckFailed {
+                repo: repo.clone(),
+                branch: branch.to_string(),
+                car: through,
+                context: report.context,
+                description: report.description,
+            };
+        }
+    }
     if let Err(e) = forge.set_status(repo, to, status).await {
         forge_failed(shared, "status", &e);
     }
@@ -740,6 +761,57 @@ async fn land(
     event
 }
 
+/// Whether a car may land as far as the branch's other required checks go.
+enum Gate {
+    Open,
+    /// These have not passed yet (not reported, or still running).
+    Waiting(Vec<String>),
+    Failed(crate::forge::CheckReport),
+}
+
+async fn other_required_checks(
+    forge: &dyn Forge,
+    shared: &Shared,
+    repo: &RepoName,
+    branch: &str,
+    car: &crate::core::Sha,
+) -> Gate {
+    use crate::forge::{CheckState, ForgeError};
+    let own = forge.status_context().to_string();
+    let required: Vec<String> = match forge.required_checks(repo, branch).await {
+        Ok(all) => all.into_iter().filter(|c| *c != own).collect(),
+        Err(ForgeError::Unsupported { .. }) => return Gate::Open,
+        // Not known now: GitHub decides, and a refusal says why.
+        Err(e) => {
+            forge_failed(shared, "required_checks", &e);
+            return Gate::Open;
+        }
+    };
+    if required.is_empty() {
+        return Gate::Open;
+    }
+    let reports = match forge.commit_checks(repo, car).await {
+        Ok(reports) => reports,
+        Err(e) => {
+            forge_failed(shared, "commit_checks", &e);
+            return Gate::Open;
+        }
+    };
+    let mut pending = Vec::new();
+    for context in required {
+        match reports.iter().find(|r| r.context == context) {
+            Some(r) if r.state == CheckState::Passed => {}
+            Some(r) if r.state == CheckState::Failed => return Gate::Failed(r.clone()),
+            _ => pending.push(context),
+        }
+    }
+    if pending.is_empty() {
+        Gate::Open
+    } else {
+        Gate::Waiting(pending)
+    }
+}
+
 pub(crate) fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
     warn!(%error, "GitHub call failed: {what}");
     Metrics::count(&shared.metrics.forge_errors, what);
@@ -767,6 +839,8 @@ fn event_kind(event: &Event) -> &'static str {
         Event::CarBuildFailed { .. } => "car_build_failed",
         Event::Landed { .. } => "landed",
         Event::LandRefused { .. } => "land_refused",
+        Event::LandWaiting { .. } => "land_waiting",
+        Event::CarCheckFailed { .. } => "car_check_failed",
         Event::Tick => "tick",
     }
 }
