@@ -276,3 +276,145 @@ async fn train_drain_figures() {
     assert_eq!(failing_merged, 0);
     stack.sluice.stop().await;
 }
+
+/// `git` on the fake's bare repository, its output lines.
+fn hub_git(stack: &Stack, args: &[&str]) -> Vec<String> {
+    let url = stack.hub.clone_url(DEMO_REPO);
+    let dir = url.trim_start_matches("file://");
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether any status sluice posted on `head` says `text`.
+fn said(stack: &Stack, head: &str, text: &str) -> bool {
+    stack
+        .hub
+        .statuses(DEMO_REPO, head)
+        .iter()
+        .any(|s| s.description.as_deref().unwrap_or("").contains(text))
+}
+
+#[tokio::test]
+async fn a_landing_waits_for_another_required_check_and_a_car_it_fails_is_ejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = train_stack(dir.path(), 3).await;
+    // main also requires "ci/build", a CI that runs on pushes to sluice/**.
+    stack
+        .hub
+        .protect_branch(DEMO_REPO, "main", &["sluice", "ci/build"])
+        .unwrap();
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut prs = Vec::new();
+    for i in 0..3 {
+        // The CI (not sluice's test) fails whatever holds src/ci-fails.txt.
+        let file = if i == 1 {
+            "src/ci-fails.txt"
+        } else {
+            "src/fine.txt"
+        };
+        let n = stack
+            .open_pr(
+                &format!("checks-{i}"),
+                &[(&format!("{file}.{i}"), "ok\n")],
+                &format!("Checks {i}"),
+            )
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push(n);
+    }
+    let heads: Vec<String> = prs
+        .iter()
+        .map(|n| stack.hub.pr(DEMO_REPO, *n).unwrap().head_sha.to_string())
+        .collect();
+    // The CI reports on no car until sluice said what it waits for: a
+    // check that never reports is a visible reason, not a silent stall.
+    stack
+        .wait_for(
+            "a status naming the missing required check",
+            Duration::from_secs(90),
+            |s| {
+                heads
+                    .iter()
+                    .any(|h| said(s, h, "waiting for required check \"ci/build\""))
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        stack.hub.pr(DEMO_REPO, prs[0]).is_some_and(|p| !p.merged),
+        "nothing lands without ci/build"
+    );
+    // From now on the CI reports on every car.
+    let mut reported = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let good = [prs[0], prs[2]];
+    while !good
+        .iter()
+        .all(|n| stack.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+    {
+        if tokio::time::Instant::now() > deadline {
+            let queue = stack.get_json("/queue").await.unwrap();
+            let st: Vec<_> = heads
+                .iter()
+                .map(|h| stack.hub.statuses(DEMO_REPO, h))
+                .collect();
+            panic!("timed out landing: {queue:#}\n{st:#?}\n{reported:?}");
+        }
+        let cars = hub_git(
+            &stack,
+            &[
+                "for-each-ref",
+                "--format=%(objectname)",
+                "refs/heads/sluice/",
+            ],
+        );
+        for car in cars {
+            if reported.insert(car.clone()) {
+                let files = hub_git(&stack, &["ls-tree", "-r", "--name-only", &car]);
+                let fails = files.iter().any(|f| f.starts_with("src/ci-fails.txt"));
+                let conclusion = if fails { "failure" } else { "success" };
+                stack
+                    .hub
+                    .report_check_run(DEMO_REPO, &car, "ci/build", "completed", Some(conclusion))
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The PR whose car the CI failed left the train, saying why.
+    let bad = stack.hub.pr(DEMO_REPO, prs[1]).unwrap();
+    assert!(!bad.merged);
+    let status = stack.status_of(prs[1]).unwrap();
+    assert_eq!(status.state, "failure", "{status:?}");
+    assert!(
+        status
+            .description
+            .as_deref()
+            .unwrap_or("")
+            .contains("required check \"ci/build\" failed"),
+        "{status:?}"
+    );
+    // main moved only to cars sluice tested, each passed by the CI.
+    let tested = passed_cars(&stack).await;
+    let landed = first_parents(&stack, start.as_str());
+    assert!(!landed.is_empty());
+    for sha in &landed {
+        assert!(tested.contains(sha), "{sha} was not a passing car");
+        assert!(reported.contains(sha), "{sha} landed without ci/build");
+    }
+    stack.sluice.stop().await;
+}

@@ -50,6 +50,10 @@ pub enum Action {
         to: Sha,
         /// The last car landing; staging refs of cars up to it can go.
         through: u64,
+        /// Every car landing, in order, id and sha (the last is `to`): a
+        /// required check besides sluice's that fails is blamed on the
+        /// first car it fails on.
+        cars: Vec<(u64, Sha)>,
         description: String,
         link: ResultKey,
     },

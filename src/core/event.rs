@@ -111,8 +111,8 @@ pub enum Event {
         branch: String,
         pending: Vec<String>,
     },
-    /// A required check other than sluice's failed on car `car`, the one
-    /// being landed: the car failed.
+    /// A required check other than sluice's failed on car `car` of the
+    /// landing, and passed on every car ahead of it: the car failed.
     CarCheckFailed {
         repo: RepoName,
         branch: String,

@@ -27,7 +27,7 @@ pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 /// before it is tried again.
 pub const MERGE_RETRY_MS: u64 = 60 * 1000;
 /// How often a landing waiting for other required checks looks again.
-pub const CHECKS_POLL_MS: u64 = 15 * 1000;
+pub const CHECKS_POLL_MS: u64 = 5 * 1000;
 
 impl State {
     /// Applies one event at time `now` and returns what to do, in order.

@@ -477,8 +477,9 @@ impl State {
         self.hold_landing(name, branch, why, now.plus_ms(super::CHECKS_POLL_MS));
     }
 
-    /// A required check other than sluice's failed on the landing car: that
-    /// car failed, its PR is ejected; the cars ahead may still land.
+    /// A required check other than sluice's failed on car `car` of the
+    /// landing, and passed on every car ahead of it: that car failed, its
+    /// PR is ejected; the cars ahead may still land.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_car_check_failed(
         &mut self,
@@ -493,7 +494,12 @@ impl State {
         let Some(train) = self.train_mut(name, branch) else {
             return;
         };
-        if train.landing.as_ref().is_none_or(|l| l.through != car) {
+        // Any car of the landing: the first one the check fails on.
+        let landing_holds = train.landing.as_ref().is_some_and(|l| {
+            let through = train.cars.iter().position(|c| c.id == l.through);
+            through.is_some_and(|last| train.cars[..=last].iter().any(|c| c.id == car))
+        });
+        if !landing_holds {
             return;
         }
         train.landing = None;
@@ -762,12 +768,17 @@ impl State {
                 through: last.id,
             });
             let prs: Vec<u64> = train.cars[..passed].iter().map(|c| c.pr.number).collect();
+            let cars = train.cars[..passed]
+                .iter()
+                .filter_map(|c| Some((c.id, c.state.sha()?.clone())))
+                .collect();
             out.push(Action::Land {
                 repo: name.clone(),
                 branch: branch.to_string(),
                 from: base.clone(),
                 to: sha.clone(),
                 through: last.id,
+                cars,
                 description: text::car_passed(branch, &prs),
                 link: ResultKey {
                     repo: name.clone(),

@@ -512,7 +512,8 @@ impl Driver {
                     branch,
                     from,
                     to,
-                    through,
+                    through: _,
+                    cars,
                     description,
                     link,
                 } => {
@@ -524,8 +525,7 @@ impl Driver {
                     };
                     let (forge, inputs, shared) = self.spawn_parts();
                     tokio::spawn(async move {
-                        let event =
-                            land(&*forge, &shared, &repo, &branch, &to, through, &status).await;
+                        let event = land(&*forge, &shared, &repo, &branch, &cars, &status).await;
                         let _ = inputs.send(Input::Event(event)).await;
                     });
                 }
@@ -701,13 +701,21 @@ async fn land(
     shared: &Shared,
     repo: &RepoName,
     branch: &str,
-    to: &crate::core::Sha,
-    through: u64,
+    cars: &[(u64, crate::core::Sha)],
     status: &CommitStatus,
 ) -> Event {
+    let Some((through, to)) = cars.last() else {
+        return Event::LandRefused {
+            repo: repo.clone(),
+            branch: branch.to_string(),
+            moved: false,
+            reason: "a landing without cars".into(),
+        };
+    };
+    let through = *through;
     // Checks the branch requires besides sluice's must have passed on the
     // car: GitHub would refuse the move, and sluice can say what is missing.
-    match other_required_checks(forge, shared, repo, branch, to).await {
+    match other_required_checks(forge, shared, repo, branch, cars).await {
         Gate::Open => {}
         Gate::Waiting(pending) => {
             return Event::LandWaiting {
@@ -716,11 +724,11 @@ async fn land(
                 pending,
             };
         }
-        Gate::Failed(report) => {
+        Gate::Failed(car, report) => {
             return Event::CarCheckFailed {
                 repo: repo.clone(),
                 branch: branch.to_string(),
-                car: through,
+                car,
                 context: report.context,
                 description: report.description,
             };
@@ -764,19 +772,24 @@ async fn land(
 /// Whether a car may land as far as the branch's other required checks go.
 enum Gate {
     Open,
-    /// These have not passed yet (not reported, or still running).
+    /// These have not passed yet on the last car (not reported, or still
+    /// running).
     Waiting(Vec<String>),
-    Failed(crate::forge::CheckReport),
+    /// It failed on this car, and passed on every car ahead of it.
+    Failed(u64, crate::forge::CheckReport),
 }
 
+/// Reads the last car's checks; only if they did not all pass, the cars
+/// from the front, to blame a failure on the first car it fails on (a car
+/// holds every PR ahead of it).
 async fn other_required_checks(
     forge: &dyn Forge,
     shared: &Shared,
     repo: &RepoName,
     branch: &str,
-    car: &crate::core::Sha,
+    cars: &[(u64, crate::core::Sha)],
 ) -> Gate {
-    use crate::forge::{CheckState, ForgeError};
+    use crate::forge::ForgeError;
     let own = forge.status_context().to_string();
     let required: Vec<String> = match forge.required_checks(repo, branch).await {
         Ok(all) => all.into_iter().filter(|c| *c != own).collect(),
@@ -787,29 +800,64 @@ async fn other_required_checks(
             return Gate::Open;
         }
     };
+    let Some((_, last)) = cars.last() else {
+        return Gate::Open;
+    };
     if required.is_empty() {
         return Gate::Open;
     }
-    let reports = match forge.commit_checks(repo, car).await {
-        Ok(reports) => reports,
+    let (pending, failed) = match car_checks(forge, repo, last, &required).await {
+        Ok(found) => found,
         Err(e) => {
             forge_failed(shared, "commit_checks", &e);
             return Gate::Open;
         }
     };
-    let mut pending = Vec::new();
-    for context in required {
-        match reports.iter().find(|r| r.context == context) {
-            Some(r) if r.state == CheckState::Passed => {}
-            Some(r) if r.state == CheckState::Failed => return Gate::Failed(r.clone()),
-            _ => pending.push(context),
+    if pending.is_empty() && failed.is_none() {
+        return Gate::Open;
+    }
+    for (id, sha) in cars {
+        let found = if sha == last {
+            Ok((pending.clone(), failed.clone()))
+        } else {
+            car_checks(forge, repo, sha, &required).await
+        };
+        match found {
+            Ok((_, Some(report))) => return Gate::Failed(*id, report),
+            Ok((ahead_pending, None)) if ahead_pending.is_empty() => continue,
+            // Not known on this car yet: a failure behind it may be its.
+            Ok(_) => break,
+            Err(e) => {
+                forge_failed(shared, "commit_checks", &e);
+                break;
+            }
         }
     }
-    if pending.is_empty() {
-        Gate::Open
-    } else {
-        Gate::Waiting(pending)
+    let mut waiting = pending;
+    if let Some(report) = failed {
+        waiting.push(report.context);
     }
+    Gate::Waiting(waiting)
+}
+
+/// The required checks not passed yet on `sha`, and the first that failed.
+async fn car_checks(
+    forge: &dyn Forge,
+    repo: &RepoName,
+    sha: &crate::core::Sha,
+    required: &[String],
+) -> Result<(Vec<String>, Option<crate::forge::CheckReport>), crate::forge::ForgeError> {
+    use crate::forge::CheckState;
+    let reports = forge.commit_checks(repo, sha).await?;
+    let mut pending = Vec::new();
+    for context in required {
+        match reports.iter().find(|r| r.context == *context) {
+            Some(r) if r.state == CheckState::Passed => {}
+            Some(r) if r.state == CheckState::Failed => return Ok((pending, Some(r.clone()))),
+            _ => pending.push(context.clone()),
+        }
+    }
+    Ok((pending, None))
 }
 
 pub(crate) fn forge_failed(shared: &Shared, what: &str, error: &crate::forge::ForgeError) {
