@@ -477,6 +477,7 @@ impl RepoConfig {
             priority_labels: self.priority_labels.clone(),
             train_depth: self.train_depth,
             early_test: self.early_test,
+            merge_method: self.merge_method,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -575,15 +576,6 @@ impl Config {
             }
             if repo.train_depth > 32 {
                 return Err(bad(key("train_depth"), "must be at most 32"));
-            }
-            // A squashed or rebased car leaves the PR's head off the
-            // target, so GitHub keeps the PR open; closing it with a note
-            // of the landed sha is not built yet.
-            if repo.train_depth > 0 && repo.merge_method != MergeMethod::Merge {
-                return Err(bad(
-                    key("merge_method"),
-                    "a merge train lands with \"merge\" only for now (\"squash\" and \"rebase\" are not supported with train_depth > 0 yet)",
-                ));
             }
         }
         Ok(())

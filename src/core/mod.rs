@@ -31,6 +31,11 @@ pub struct RepoPolicy {
     /// the gate into the train). Off: PRs enter the train untested.
     #[serde(default = "yes")]
     pub early_test: bool,
+    /// How PRs land. Train mode: with `squash` or `rebase` GitHub cannot
+    /// see a landed PR as merged, so sluice closes it
+    /// (`Action::ClosePr`).
+    #[serde(default)]
+    pub merge_method: MergeMethod,
 }
 
 fn yes() -> bool {
@@ -46,6 +51,7 @@ impl Default for RepoPolicy {
             priority_labels: Vec::new(),
             train_depth: 0,
             early_test: true,
+            merge_method: MergeMethod::Merge,
         }
     }
 }

@@ -29,6 +29,17 @@ pub(crate) struct RepoState {
     pub next_number: u64,
     /// Branch protection rules, by exact branch name.
     pub protections: BTreeMap<String, Protection>,
+    /// Issue comments, by PR number, oldest first.
+    pub comments: BTreeMap<u64, Vec<CommentRec>>,
+}
+
+/// A comment on a PR's conversation (an issue comment).
+#[derive(Debug, Clone)]
+pub(crate) struct CommentRec {
+    pub id: u64,
+    pub user: String,
+    pub body: String,
+    pub created_at: String,
 }
 
 /// A protected branch's rule: the status checks it requires.
