@@ -474,6 +474,7 @@ impl RepoConfig {
             priority_labels: self.priority_labels.clone(),
             train_depth: self.train_depth,
             pr_tests: self.pr_tests,
+            merge_method: self.merge_method,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -577,15 +578,6 @@ impl Config {
                 return Err(bad(
                     key("pr_tests"),
                     "\"train_only\" needs a merge train (train_depth > 0): without one a PR's own test is its only test",
-                ));
-            }
-            // A squashed or rebased car leaves the PR's head off the
-            // target, so GitHub keeps the PR open; closing it with a note
-            // of the landed sha is not built yet.
-            if repo.train_depth > 0 && repo.merge_method != MergeMethod::Merge {
-                return Err(bad(
-                    key("merge_method"),
-                    "a merge train lands with \"merge\" only for now (\"squash\" and \"rebase\" are not supported with train_depth > 0 yet)",
                 ));
             }
         }

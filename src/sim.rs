@@ -77,6 +77,7 @@ pub fn run(s: &Scenario) -> Outcome {
         priority_labels: vec![],
         train_depth: s.depth,
         pr_tests: s.pr_tests,
+        merge_method: Default::default(),
     };
     let mut state = State::new([(repo.clone(), policy)], "sim");
     let mut now = 0u64;

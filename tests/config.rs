@@ -200,10 +200,16 @@ fn wrong_types_are_named() {
     let c = parse(&format!("[state]\nfsync = \"never\"\n{MINIMAL}")).unwrap();
     assert_eq!(c.state.fsync, Fsync::Never);
     error_naming(&format!("{MINIMAL}train_depth = 33\n"), "train_depth");
-    error_naming(
-        &format!("{MINIMAL}train_depth = 4\nmerge_method = \"squash\"\n"),
-        "merge_method",
-    );
+    // Trains take every method: squashed and rebased PRs are closed by
+    // sluice once they land.
+    for method in ["merge", "squash", "rebase"] {
+        let c = parse(&format!(
+            "{MINIMAL}train_depth = 4\nmerge_method = \"{method}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.repos[0].policy().merge_method.as_str(), method);
+        assert_eq!(c.repos[0].policy().train_depth, 4);
+    }
     let c = parse(&format!(
         "{MINIMAL}train_depth = 4\npr_tests = \"train_only\"\n"
     ))

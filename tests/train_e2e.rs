@@ -3,14 +3,20 @@
 //! ref update, branch protection with the `sluice` check required), with
 //! real test processes.
 
+use sluice::core::MergeMethod;
 use sluice::demo::{DEMO_REPO, Stack};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 async fn train_stack(dir: &std::path::Path, depth: usize) -> Stack {
+    train_stack_with(dir, depth, MergeMethod::Merge).await
+}
+
+async fn train_stack_with(dir: &std::path::Path, depth: usize, method: MergeMethod) -> Stack {
     let stack = Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
         c.repos[0].train_depth = depth;
         c.repos[0].max_concurrent_builds = 4;
+        c.repos[0].merge_method = method;
     })
     .await
     .unwrap();
@@ -207,6 +213,126 @@ async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
             sha == person.as_str() || tested.contains(&sha),
             "{sha} on main is neither the person's push nor a passing car"
         );
+    }
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn a_squash_train_lands_one_commit_per_pr_and_closes_each_with_a_comment() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = train_stack_with(dir.path(), 3, MergeMethod::Squash).await;
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut prs = Vec::new();
+    for i in 0..3 {
+        let branch = format!("squash-{i}");
+        let title = format!("Squash {i}");
+        stack
+            .hub
+            .commit(
+                DEMO_REPO,
+                &branch,
+                Some("main"),
+                &[(&format!("src/squash-{i}.txt"), "ok\n")],
+                "first",
+            )
+            .await
+            .unwrap();
+        // A second commit by someone else: credited in the squash commit.
+        stack
+            .hub
+            .commit_as(
+                DEMO_REPO,
+                &branch,
+                None,
+                &[(&format!("src/squash-{i}-more.txt"), "ok\n")],
+                "second",
+                ("Bob Builder", Some("bob@example.invalid")),
+            )
+            .await
+            .unwrap();
+        let n = stack
+            .hub
+            .open_pr(DEMO_REPO, &branch, "main", &title, "carol")
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push((n, title));
+    }
+    stack
+        .wait_for(
+            "the three PRs closed with a comment",
+            Duration::from_secs(180),
+            |s| {
+                prs.iter().all(|(n, _)| {
+                    s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.state == "closed")
+                        && !s.hub.comments(DEMO_REPO, *n).is_empty()
+                })
+            },
+        )
+        .await
+        .unwrap();
+    assert!(stack.hub.merges().is_empty(), "no GitHub merge call");
+    // main went through exactly one new commit per PR, none a merge, each
+    // a car sluice tested and saw pass.
+    let landed = first_parents(&stack, start.as_str());
+    assert_eq!(landed.len(), 3, "{landed:?}");
+    let tested = passed_cars(&stack).await;
+    let url = stack.hub.clone_url(DEMO_REPO);
+    let git_dir = url.trim_start_matches("file://");
+    let show = |format: &str, sha: &str| {
+        let out = std::process::Command::new("git")
+            .args(["--git-dir", git_dir, "log", "-1"])
+            .arg(format!("--format={format}"))
+            .arg(sha)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut subjects = BTreeSet::new();
+    for sha in &landed {
+        assert!(tested.contains(sha), "{sha} on main was not a passing car");
+        assert_eq!(
+            show("%P", sha).split_whitespace().count(),
+            1,
+            "{sha} is not a merge"
+        );
+        assert!(
+            show("%B", sha).contains("Co-authored-by: Bob Builder <bob@example.invalid>"),
+            "{}",
+            show("%B", sha)
+        );
+        subjects.insert(show("%s", sha));
+    }
+    let expected: BTreeSet<String> = prs.iter().map(|(n, t)| format!("{t} (#{n})")).collect();
+    assert_eq!(subjects, expected);
+    for (n, title) in &prs {
+        let view = stack.hub.pr(DEMO_REPO, *n).unwrap();
+        assert!(!view.merged, "closed by sluice, not merged by GitHub");
+        let commit = landed
+            .iter()
+            .find(|sha| show("%s", sha) == format!("{title} (#{n})"))
+            .unwrap();
+        let comments = stack.hub.comments(DEMO_REPO, *n);
+        assert_eq!(comments.len(), 1, "{comments:?}");
+        let body = &comments[0].body;
+        assert!(
+            body.starts_with(&format!(
+                "Landed on `main` as {commit} by sluice (squash, car `sluice/main/"
+            )),
+            "{body}"
+        );
+        // The link goes to the car's test results, which exist.
+        let link = body
+            .split("[tested build](")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap();
+        let page = stack.http.get(link).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{link}");
     }
     stack.sluice.stop().await;
 }

@@ -1,22 +1,25 @@
 //! The forge side of the merge train, over real HTTP against the fake GitHub
 //! (real bare git repositories): building cars on staging refs through
-//! GitHub's merges API, landing them by a non-forced ref update, branch
-//! protection's required checks, staging refs after a restart, and the
-//! fake's new endpoints answering as GitHub does (codes, messages, shapes,
-//! ETags, rate limit).
+//! GitHub's merges API (merge, squash with co-author trailers, rebase
+//! commit by commit), closing squashed or rebased PRs with one comment,
+//! landing them by a non-forced ref update, branch protection's required
+//! checks, staging refs after a restart, and the fake's new endpoints
+//! answering as GitHub does (codes, messages, shapes, ETags, rate limit).
 
 use serde_json::{Value, json};
 use sluice::config::GithubConfig;
 use sluice::core::{CommitState, MergeMethod, MergeResult, PrKey, RepoName, Sha};
 use sluice::fakehub::{FakeHub, Fault};
 use sluice::forge::github::GitHub;
-use sluice::forge::{CarStep, CommitStatus, Forge, ForgeError, PrFetch, RefUpdate};
+use sluice::forge::{CarStep, CommitStatus, Forge, ForgeError, PrClose, PrFetch, RefUpdate};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warp::Filter;
 
 const REPO: &str = "octo/train";
+/// Merge steps do not read the PR's commits: any number will do.
+const ANY_PR: u64 = 0;
 const TOKEN: &str = "train-token";
 
 async fn hub() -> (tempfile::TempDir, FakeHub) {
@@ -224,9 +227,16 @@ async fn a_three_pr_car_is_what_git_merge_gives_with_one_merge_commit_per_pr() {
     for (i, head) in [&a, &b, &c].into_iter().enumerate() {
         let message = format!("Car 1: merge PR {i}");
         let car = merged_sha(
-            gh.merge_into_staging(&repo(), "sluice/main/1", head, MergeMethod::Merge, &message)
-                .await
-                .unwrap(),
+            gh.merge_into_staging(
+                &repo(),
+                "sluice/main/1",
+                ANY_PR,
+                head,
+                MergeMethod::Merge,
+                &message,
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(
             parents_of(&hub, &car).await,
@@ -256,7 +266,14 @@ async fn a_three_pr_car_is_what_git_merge_gives_with_one_merge_commit_per_pr() {
 
     // A head already in the car: nothing to merge, the ref stays.
     let step = gh
-        .merge_into_staging(&repo(), "sluice/main/1", &b, MergeMethod::Merge, "again")
+        .merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &b,
+            MergeMethod::Merge,
+            "again",
+        )
         .await
         .unwrap();
     assert_eq!(step, CarStep::NothingToMerge { sha: tip.clone() });
@@ -267,20 +284,34 @@ async fn a_three_pr_car_is_what_git_merge_gives_with_one_merge_commit_per_pr() {
 async fn a_conflicting_pr_is_a_conflict_and_leaves_the_staging_ref_where_it_was() {
     let (_dir, hub) = hub().await;
     let (_, a) = pr(&hub, "a", &[("README.md", "hello from a\n")]).await;
-    let (_, b) = pr(&hub, "b", &[("README.md", "hello from b\n")]).await;
+    let (nb, b) = pr(&hub, "b", &[("README.md", "hello from b\n")]).await;
     let target = main_head(&hub).await;
     let gh = github(&hub);
     gh.put_staging_ref(&repo(), "sluice/main/1", &target)
         .await
         .unwrap();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &a, MergeMethod::Merge, "a")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &a,
+            MergeMethod::Merge,
+            "a",
+        )
+        .await
+        .unwrap(),
     );
     let mark = hub.request_mark();
     let step = gh
-        .merge_into_staging(&repo(), "sluice/main/1", &b, MergeMethod::Merge, "b")
+        .merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &b,
+            MergeMethod::Merge,
+            "b",
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -289,23 +320,114 @@ async fn a_conflicting_pr_is_a_conflict_and_leaves_the_staging_ref_where_it_was(
             message: "Merge conflict".into()
         }
     );
-    assert_eq!(hub.branch_head(REPO, "sluice/main/1").await, Some(car));
+    assert_eq!(
+        hub.branch_head(REPO, "sluice/main/1").await,
+        Some(car.clone())
+    );
     let calls = hub.requests_since(mark);
     assert_eq!(calls.len(), 1, "a 409 is not retried: {calls:?}");
     assert_eq!(calls[0].status, 409);
 
-    // Squash conflicts alike; the ref does not move.
-    let step = gh
-        .merge_into_staging(&repo(), "sluice/main/1", &b, MergeMethod::Squash, "b")
+    // Squash and rebase conflict alike; the ref does not move.
+    for method in [MergeMethod::Squash, MergeMethod::Rebase] {
+        let step = gh
+            .merge_into_staging(&repo(), "sluice/main/1", nb, &b, method, "b")
+            .await
+            .unwrap();
+        assert!(matches!(step, CarStep::Conflict { .. }), "{step:?}");
+        assert_eq!(
+            hub.branch_head(REPO, "sluice/main/1").await,
+            Some(car.clone())
+        );
+    }
+}
+
+/// One commit of a test PR: files, message, author (name, email; no email:
+/// a login of the fake's).
+type Step<'a> = (
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    (&'a str, Option<&'a str>),
+);
+
+/// A PR from a new branch `branch` (off main) made of `steps`, in order:
+/// its number and head.
+async fn pr_of(hub: &FakeHub, branch: &str, steps: &[Step<'_>]) -> (u64, Sha) {
+    let mut head = None;
+    for (files, message, author) in steps {
+        head = Some(
+            hub.commit_as(REPO, branch, Some("main"), files, message, *author)
+                .await
+                .unwrap(),
+        );
+    }
+    let n = hub
+        .open_pr(REPO, branch, "main", &format!("PR {branch}"), "alice")
         .await
         .unwrap();
-    assert!(matches!(step, CarStep::Conflict { .. }), "{step:?}");
+    (n, head.unwrap())
+}
+
+/// `git log -1 --format=<format> <sha>` in the fake's repository.
+async fn show(hub: &FakeHub, format: &str, sha: &str) -> String {
+    git(
+        None,
+        hub,
+        &["log", "-1", &format!("--format={format}"), sha],
+    )
+    .await
+}
+
+/// The commits of `range`, oldest first.
+async fn commits_in(hub: &FakeHub, range: &str) -> Vec<String> {
+    let out = git(None, hub, &["rev-list", "--reverse", range]).await;
+    out.lines().map(str::to_string).collect()
+}
+
+/// The subjects of the commits of `range`, oldest first.
+async fn subjects(hub: &FakeHub, range: &str) -> Vec<String> {
+    let out = git(None, hub, &["log", "--reverse", "--format=%s", range]).await;
+    out.lines().map(str::to_string).collect()
+}
+
+/// The added and removed lines of a commit's change (what a cherry-pick
+/// keeps; line numbers and blob ids may differ).
+async fn change_of(hub: &FakeHub, sha: &str) -> Vec<String> {
+    let out = git(None, hub, &["diff-tree", "-p", "--no-commit-id", "-r", sha]).await;
+    out.lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
 async fn a_squash_car_holds_one_commit_per_pr_with_the_merged_tree() {
     let (_dir, hub) = hub().await;
-    let (na, a) = pr(&hub, "a", &[("a.txt", "a\n")]).await;
+    let bob = ("Bob Builder", Some("bob@example.invalid"));
+    let (na, a) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("a.txt", "a\n")], "Start a", ("alice", None)),
+            (&[("a.txt", "a\nb\n")], "Bob helps", bob),
+            (
+                &[("a2.txt", "2\n")],
+                "Pair on a\n\nCo-authored-by: Carol <carol@example.invalid>",
+                ("alice", None),
+            ),
+            // The same address in another case is the same person.
+            (
+                &[("a3.txt", "3\n")],
+                "Bob again",
+                ("Bob B.", Some("BOB@example.invalid")),
+            ),
+        ],
+    )
+    .await;
     let (nb, b) = pr(&hub, "b", &[("shared.txt", "zero\none\ntwo\nthree\n")]).await;
     let (nc, c) = pr(&hub, "c", &[("c.txt", "c\n")]).await;
     let target = main_head(&hub).await;
@@ -319,11 +441,13 @@ async fn a_squash_car_holds_one_commit_per_pr_with_the_merged_tree() {
         .unwrap();
     let mut tip = target.clone();
     for (n, head) in [(na, &a), (nb, &b), (nc, &c)] {
-        let message = format!("PR {n} (#{n})\n\nCo-authored-by: alice <alice@example.invalid>");
+        // What the core asks for: the title and number.
+        let message = format!("PR {n} (#{n})");
         let squashed = merged_sha(
             gh.merge_into_staging(
                 &repo(),
                 "sluice/main/1",
+                n,
                 head,
                 MergeMethod::Squash,
                 &message,
@@ -332,49 +456,409 @@ async fn a_squash_car_holds_one_commit_per_pr_with_the_merged_tree() {
             .unwrap(),
         );
         let merged = merged_sha(
-            gh.merge_into_staging(&repo(), "sluice/main/2", head, MergeMethod::Merge, "m")
-                .await
-                .unwrap(),
+            gh.merge_into_staging(
+                &repo(),
+                "sluice/main/2",
+                ANY_PR,
+                head,
+                MergeMethod::Merge,
+                "m",
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(parents_of(&hub, &squashed).await, vec![tip.to_string()]);
         assert_eq!(tree_of(&hub, &squashed).await, tree_of(&hub, &merged).await);
-        assert_eq!(
-            git(None, &hub, &["log", "-1", "--format=%B", squashed.as_str()]).await,
-            message
-        );
+        let body = show(&hub, "%B", squashed.as_str()).await;
+        let subject = show(&hub, "%s", squashed.as_str()).await;
+        assert_eq!(subject, message);
+        if n == na {
+            // Attributed to the first commit's author; every other author
+            // (and co-author) once, first seen first.
+            assert_eq!(
+                body,
+                format!(
+                    "{message}\n\nCo-authored-by: Bob Builder <bob@example.invalid>\n\
+                     Co-authored-by: Carol <carol@example.invalid>"
+                )
+            );
+            assert_eq!(
+                show(&hub, "%an <%ae>", squashed.as_str()).await,
+                "alice <alice@users.noreply.fakehub.invalid>"
+            );
+        } else {
+            // One author: nobody else to credit.
+            assert_eq!(body, message);
+            assert_eq!(show(&hub, "%an", squashed.as_str()).await, "octo");
+        }
         assert_eq!(
             hub.branch_head(REPO, "sluice/main/1").await,
             Some(squashed.clone())
         );
         tip = squashed;
     }
-    let count = git(
-        None,
-        &hub,
-        &["rev-list", "--count", &format!("{target}..{tip}")],
-    )
-    .await;
-    assert_eq!(count, "3", "one commit per PR");
+    assert_eq!(
+        commits_in(&hub, &format!("{target}..{tip}")).await.len(),
+        3,
+        "one commit per PR"
+    );
     assert_eq!(
         tree_of(&hub, &tip).await,
         git_merge_tree(&hub, &target, &[&a, &b, &c]).await
     );
+    assert_eq!(main_head(&hub).await, target, "building never moves main");
+}
 
-    let err = gh
-        .merge_into_staging(&repo(), "sluice/main/1", &a, MergeMethod::Rebase, "r")
+#[tokio::test]
+async fn a_rebase_car_replays_each_commit_with_its_message_and_author() {
+    let (_dir, hub) = hub().await;
+    let bob = ("Bob Builder", Some("bob@example.invalid"));
+    let (na, a) = pr_of(
+        &hub,
+        "a",
+        &[
+            (
+                &[("a.txt", "a\n")],
+                "Add a\n\nWith a body.",
+                ("alice", None),
+            ),
+            (
+                &[("shared.txt", "one\ntwo\nthree\nfour\n")],
+                "Extend shared",
+                bob,
+            ),
+            (&[("a.txt", "a\naa\n")], "Grow a", ("alice", None)),
+        ],
+    )
+    .await;
+    let (nb, b) = pr_of(
+        &hub,
+        "b",
+        &[
+            (&[("b.txt", "b\n")], "Add b", bob),
+            (&[("b/deep.txt", "deep\n")], "Deepen b", ("carol", None)),
+        ],
+    )
+    .await;
+    // main moves on after the PRs branched: the replay is onto it.
+    hub.commit(
+        REPO,
+        "main",
+        None,
+        &[("main.txt", "later\n")],
+        "Later on main",
+    )
+    .await
+    .unwrap();
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
         .await
-        .unwrap_err();
-    assert!(matches!(err, ForgeError::Unsupported { .. }), "{err}");
-    assert!(
-        err.to_string().contains("not supported in trains yet"),
-        "{err}"
+        .unwrap();
+    let mut tip = target.clone();
+    for (n, head) in [(na, &a), (nb, &b)] {
+        let step = gh
+            .merge_into_staging(
+                &repo(),
+                "sluice/main/1",
+                n,
+                head,
+                MergeMethod::Rebase,
+                "not used",
+            )
+            .await
+            .unwrap();
+        let new = merged_sha(step);
+        let originals = commits_in(&hub, &format!("main..{head}")).await;
+        let replayed = commits_in(&hub, &format!("{tip}..{new}")).await;
+        assert_eq!(replayed.len(), originals.len(), "one commit per commit");
+        let mut parent = tip.to_string();
+        for (orig, copy) in originals.iter().zip(&replayed) {
+            assert_ne!(orig, copy);
+            assert_eq!(
+                parents_of(&hub, &Sha::parse(copy).unwrap()).await,
+                vec![parent]
+            );
+            assert_eq!(show(&hub, "%B", copy).await, show(&hub, "%B", orig).await);
+            assert_eq!(
+                show(&hub, "%an <%ae> %at", copy).await,
+                show(&hub, "%an <%ae> %at", orig).await,
+                "the author and the authoring time are kept"
+            );
+            assert_eq!(change_of(&hub, copy).await, change_of(&hub, orig).await);
+            parent = copy.clone();
+        }
+        assert_eq!(
+            hub.branch_head(REPO, "sluice/main/1").await,
+            Some(new.clone())
+        );
+        tip = new;
+    }
+    assert_eq!(
+        tree_of(&hub, &tip).await,
+        git_merge_tree(&hub, &target, &[&a, &b]).await,
+        "the car's tree is what merging the PRs gives"
+    );
+    assert_eq!(main_head(&hub).await, target, "building never moves main");
+}
+
+#[tokio::test]
+async fn a_rebase_conflict_names_the_commit_and_puts_the_ref_back() {
+    let (_dir, hub) = hub().await;
+    let (n, head) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("a.txt", "a\n")], "Clean", ("alice", None)),
+            (
+                &[("README.md", "from the PR\n")],
+                "Clashes",
+                ("alice", None),
+            ),
+            (&[("c.txt", "c\n")], "Never reached", ("alice", None)),
+        ],
+    )
+    .await;
+    hub.commit(
+        REPO,
+        "main",
+        None,
+        &[("README.md", "from main\n")],
+        "Main edits",
+    )
+    .await
+    .unwrap();
+    let target = main_head(&hub).await;
+    let commits = commits_in(&hub, &format!("main..{head}")).await;
+    let clash = Sha::parse(&commits[1]).unwrap();
+    let gh = github(&hub);
+    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
+        .await
+        .unwrap();
+    let step = gh
+        .merge_into_staging(&repo(), "sluice/main/1", n, &head, MergeMethod::Rebase, "")
+        .await
+        .unwrap();
+    let CarStep::Conflict { message } = step else {
+        panic!("expected a conflict, got {step:?}");
+    };
+    assert_eq!(
+        message,
+        format!("its commit {} conflicts: Merge conflict", clash.short())
+    );
+    assert_eq!(
+        hub.branch_head(REPO, "sluice/main/1").await,
+        Some(target),
+        "the staging ref is back where the car began"
+    );
+}
+
+#[tokio::test]
+async fn a_car_holds_the_head_it_was_asked_for_even_if_the_pr_moved_on() {
+    let (_dir, hub) = hub().await;
+    let (n, asked) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("a.txt", "1\n")], "One", ("alice", None)),
+            (&[("a.txt", "2\n")], "Two", ("alice", None)),
+        ],
+    )
+    .await;
+    // A push sluice has not heard of yet.
+    let newer = hub
+        .commit(REPO, "a", None, &[("a.txt", "3\n")], "Three")
+        .await
+        .unwrap();
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    for (i, method) in [MergeMethod::Rebase, MergeMethod::Squash]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("sluice/main/{}", i + 1);
+        gh.put_staging_ref(&repo(), &name, &target).await.unwrap();
+        let car = merged_sha(
+            gh.merge_into_staging(&repo(), &name, n, &asked, method, "A (#1)")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            tree_of(&hub, &car).await,
+            git_merge_tree(&hub, &target, &[&asked]).await,
+            "{method:?}: the tested head, not the newer one"
+        );
+    }
+    // A head GitHub does not list (gone, or not yet): an error, the ref
+    // still where it was put.
+    let stranger = hub
+        .commit(REPO, "elsewhere", Some("main"), &[("x.txt", "x\n")], "x")
+        .await
+        .unwrap();
+    for method in [MergeMethod::Rebase, MergeMethod::Squash] {
+        gh.put_staging_ref(&repo(), "sluice/main/9", &target)
+            .await
+            .unwrap();
+        let err = gh
+            .merge_into_staging(&repo(), "sluice/main/9", n, &stranger, method, "x")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not among the PR's commits"),
+            "{err}"
+        );
+        assert_eq!(
+            hub.branch_head(REPO, "sluice/main/9").await,
+            Some(target.clone())
+        );
+    }
+    assert_eq!(
+        hub.pr(REPO, n).unwrap().head_sha,
+        newer,
+        "the PR did move on"
+    );
+}
+
+#[tokio::test]
+async fn a_change_already_on_the_target_adds_no_commit() {
+    let (_dir, hub) = hub().await;
+    let (na, a) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("dup.txt", "same\n")], "Already there", ("alice", None)),
+            (&[("y.txt", "y\n")], "New", ("alice", None)),
+        ],
+    )
+    .await;
+    let (nb, b) = pr(&hub, "b", &[("dup.txt", "same\n")]).await;
+    // The same content reaches main another way.
+    hub.commit(REPO, "main", None, &[("dup.txt", "same\n")], "Pushed")
+        .await
+        .unwrap();
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    for (i, method) in [MergeMethod::Squash, MergeMethod::Rebase]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("sluice/main/{}", i + 1);
+        gh.put_staging_ref(&repo(), &name, &target).await.unwrap();
+        let step = gh
+            .merge_into_staging(&repo(), &name, nb, &b, method, "B (#2)")
+            .await
+            .unwrap();
+        assert_eq!(
+            step,
+            CarStep::NothingToMerge {
+                sha: target.clone()
+            },
+            "{method:?}"
+        );
+        assert_eq!(hub.branch_head(REPO, &name).await, Some(target.clone()));
+    }
+    // Rebased, the commit that became empty is dropped.
+    gh.put_staging_ref(&repo(), "sluice/main/3", &target)
+        .await
+        .unwrap();
+    let car = merged_sha(
+        gh.merge_into_staging(&repo(), "sluice/main/3", na, &a, MergeMethod::Rebase, "")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(subjects(&hub, &format!("{target}..{car}")).await, ["New"]);
+    assert_eq!(
+        tree_of(&hub, &car).await,
+        git_merge_tree(&hub, &target, &[&a]).await
+    );
+}
+
+#[tokio::test]
+async fn a_rebase_step_whose_answers_were_lost_replays_each_commit_once() {
+    let (_dir, hub) = hub().await;
+    let (n, head) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("a.txt", "1\n")], "One", ("alice", None)),
+            (&[("b.txt", "2\n")], "Two", ("alice", None)),
+            (&[("c.txt", "3\n")], "Three", ("alice", None)),
+        ],
+    )
+    .await;
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
+        .await
+        .unwrap();
+    // The first commit is created, but its answer comes after the client's
+    // 1 s timeout: it is created again (an unreferenced copy is left).
+    hub.inject_fault(Fault::SlowAnswer {
+        method: Some("POST".into()),
+        path_prefix: format!("/repos/{REPO}/git/commits"),
+        delay: Duration::from_millis(1500),
+        times: 1,
+    });
+    let mark = hub.request_mark();
+    let car = merged_sha(
+        gh.merge_into_staging(&repo(), "sluice/main/1", n, &head, MergeMethod::Rebase, "")
+            .await
+            .unwrap(),
+    );
+    let created = hub
+        .requests_since(mark)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/git/commits"))
+        .count();
+    assert_eq!(created, 4, "one commit was created twice");
+    assert_eq!(
+        subjects(&hub, &format!("{target}..{car}")).await,
+        ["One", "Two", "Three"],
+        "each commit once"
+    );
+
+    // Now a lost merge answer, on a car built from scratch.
+    gh.put_staging_ref(&repo(), "sluice/main/2", &target)
+        .await
+        .unwrap();
+    hub.inject_fault(Fault::SlowAnswer {
+        method: Some("POST".into()),
+        path_prefix: format!("/repos/{REPO}/merges"),
+        delay: Duration::from_millis(1500),
+        times: 1,
+    });
+    let mark = hub.request_mark();
+    let car = merged_sha(
+        gh.merge_into_staging(&repo(), "sluice/main/2", n, &head, MergeMethod::Rebase, "")
+            .await
+            .unwrap(),
+    );
+    let merges: Vec<u16> = hub
+        .requests_since(mark)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/merges"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        merges,
+        vec![201, 204, 201, 201],
+        "the first merge took effect, then its retry found it"
+    );
+    assert_eq!(
+        subjects(&hub, &format!("{target}..{car}")).await,
+        ["One", "Two", "Three"],
+        "each commit once"
+    );
+    assert_eq!(
+        tree_of(&hub, &car).await,
+        git_merge_tree(&hub, &target, &[&head]).await
     );
 }
 
 #[tokio::test]
 async fn a_squash_step_whose_merge_answer_was_lost_is_finished_on_retry() {
     let (_dir, hub) = hub().await;
-    let (_, a) = pr(&hub, "a", &[("a.txt", "a\n")]).await;
+    let (na, a) = pr(&hub, "a", &[("a.txt", "a\n")]).await;
     let target = main_head(&hub).await;
     let gh = github(&hub);
     gh.put_staging_ref(&repo(), "sluice/main/1", &target)
@@ -390,9 +874,16 @@ async fn a_squash_step_whose_merge_answer_was_lost_is_finished_on_retry() {
     });
     let mark = hub.request_mark();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &a, MergeMethod::Squash, "A (#1)")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            na,
+            &a,
+            MergeMethod::Squash,
+            "A (#1)",
+        )
+        .await
+        .unwrap(),
     );
     let merges: Vec<u16> = hub
         .requests_since(mark)
@@ -416,6 +907,139 @@ async fn a_squash_step_whose_merge_answer_was_lost_is_finished_on_retry() {
     );
 }
 
+// ------------------------------------------------------------ closing
+
+#[tokio::test]
+async fn a_landed_pr_is_closed_with_one_comment_naming_the_landed_sha() {
+    let (_dir, hub) = hub().await;
+    let got = receiver(&hub).await;
+    let (n, head) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
+    let landed = main_head(&hub).await;
+    let key = PrKey {
+        repo: repo(),
+        number: n,
+    };
+    let gh = github(&hub);
+    let comment = "Landed on `main` as something by sluice";
+    assert_eq!(
+        gh.close_landed_pr(&key, &head, &landed, comment)
+            .await
+            .unwrap(),
+        PrClose::Closed
+    );
+    let view = hub.pr(REPO, n).unwrap();
+    assert_eq!(view.state, "closed");
+    assert!(!view.merged, "closed, not merged: GitHub cannot tell");
+    let comments = hub.comments(REPO, n);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(comments[0].user, sluice::fakehub::MERGER);
+    assert!(comments[0].body.starts_with(comment), "{comments:?}");
+    assert!(
+        comments[0]
+            .body
+            .contains(&format!("<!-- sluice:landed {landed} -->")),
+        "a hidden marker names the landed sha: {comments:?}"
+    );
+    hub.idle().await;
+    let closed: Vec<Value> = got
+        .events("pull_request")
+        .into_iter()
+        .filter(|e| e["action"] == "closed" && e["number"] == n)
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["pull_request"]["merged"], false);
+
+    // Asked again (a retry, a restart): nothing more.
+    assert_eq!(
+        gh.close_landed_pr(&key, &head, &landed, comment)
+            .await
+            .unwrap(),
+        PrClose::AlreadyClosed
+    );
+    assert_eq!(hub.comments(REPO, n).len(), 1);
+}
+
+#[tokio::test]
+async fn a_comment_whose_answer_was_lost_is_not_posted_twice() {
+    let (_dir, hub) = hub().await;
+    let (n, head) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
+    let landed = main_head(&hub).await;
+    let key = PrKey {
+        repo: repo(),
+        number: n,
+    };
+    let gh = github(&hub);
+    // The comment is posted, but its answer comes after the 1 s timeout;
+    // then the next attempt fails outright.
+    let path = format!("/repos/{REPO}/issues/{n}/comments");
+    hub.inject_fault(Fault::SlowAnswer {
+        method: Some("POST".into()),
+        path_prefix: path.clone(),
+        delay: Duration::from_millis(1500),
+        times: 1,
+    });
+    let mark = hub.request_mark();
+    assert_eq!(
+        gh.close_landed_pr(&key, &head, &landed, "Landed")
+            .await
+            .unwrap(),
+        PrClose::Closed
+    );
+    assert_eq!(
+        hub.comments(REPO, n).len(),
+        1,
+        "{:?}",
+        hub.comments(REPO, n)
+    );
+    let posts = hub
+        .requests_since(mark)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .count();
+    assert_eq!(posts, 1, "the comments are read, not posted again");
+
+    // A 502 on the POST: read, then posted once more.
+    let (m, head) = pr(&hub, "two", &[("two.txt", "2\n")]).await;
+    hub.inject_fault(Fault::status(
+        "POST",
+        &format!("/repos/{REPO}/issues/{m}/comments"),
+        502,
+        1,
+    ));
+    let key = PrKey {
+        repo: repo(),
+        number: m,
+    };
+    gh.close_landed_pr(&key, &head, &landed, "Landed")
+        .await
+        .unwrap();
+    assert_eq!(hub.comments(REPO, m).len(), 1);
+}
+
+#[tokio::test]
+async fn a_pr_pushed_to_since_it_landed_is_left_open_without_a_comment() {
+    let (_dir, hub) = hub().await;
+    let (n, landed_head) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
+    let newer = hub
+        .commit(REPO, "one", None, &[("one.txt", "2\n")], "More")
+        .await
+        .unwrap();
+    let gh = github(&hub);
+    let key = PrKey {
+        repo: repo(),
+        number: n,
+    };
+    let landed = main_head(&hub).await;
+    assert_eq!(
+        gh.close_landed_pr(&key, &landed_head, &landed, "Landed")
+            .await
+            .unwrap(),
+        PrClose::HeadMoved { head: newer }
+    );
+    assert_eq!(hub.pr(REPO, n).unwrap().state, "open");
+    assert!(hub.comments(REPO, n).is_empty());
+}
+
 // ------------------------------------------------------------ landing
 
 #[tokio::test]
@@ -431,7 +1055,7 @@ async fn landing_a_car_fast_forwards_main_and_github_marks_its_prs_merged() {
         .await
         .unwrap();
     for h in [&h1, &h2] {
-        gh.merge_into_staging(&repo(), "sluice/main/1", h, MergeMethod::Merge, "m")
+        gh.merge_into_staging(&repo(), "sluice/main/1", ANY_PR, h, MergeMethod::Merge, "m")
             .await
             .unwrap();
     }
@@ -515,9 +1139,16 @@ async fn a_push_that_races_the_landing_makes_it_not_a_fast_forward_and_nothing_l
         .await
         .unwrap();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &h1, MergeMethod::Merge, "m")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &h1,
+            MergeMethod::Merge,
+            "m",
+        )
+        .await
+        .unwrap(),
     );
     let pushed = hub
         .commit(
@@ -560,9 +1191,16 @@ async fn a_fast_forward_is_retried_on_a_502_and_reports_failures() {
         .await
         .unwrap();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &h1, MergeMethod::Merge, "m")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &h1,
+            MergeMethod::Merge,
+            "m",
+        )
+        .await
+        .unwrap(),
     );
     hub.inject_fault(Fault::status(
         "PATCH",
@@ -609,9 +1247,16 @@ async fn a_required_check_refuses_the_landing_until_the_car_has_its_success() {
         .await
         .unwrap();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &h1, MergeMethod::Merge, "m")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &h1,
+            MergeMethod::Merge,
+            "m",
+        )
+        .await
+        .unwrap(),
     );
     let refused = gh.fast_forward(&repo(), "main", &car).await;
     assert_eq!(
@@ -688,9 +1333,16 @@ async fn several_required_checks_are_counted_and_protection_forbids_force() {
         .await
         .unwrap();
     let car = merged_sha(
-        gh.merge_into_staging(&repo(), "sluice/main/1", &h1, MergeMethod::Merge, "m")
-            .await
-            .unwrap(),
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            &h1,
+            MergeMethod::Merge,
+            "m",
+        )
+        .await
+        .unwrap(),
     );
     gh.set_status(&repo(), &car, &success()).await.unwrap();
     assert_eq!(
@@ -806,7 +1458,7 @@ async fn staging_refs_are_listed_moved_and_deleted_and_only_sluices_own() {
         let err = gh.delete_staging_ref(&repo(), name).await.unwrap_err();
         assert!(matches!(err, ForgeError::Invalid { .. }), "{name}: {err}");
         let err = gh
-            .merge_into_staging(&repo(), name, &h1, MergeMethod::Merge, "m")
+            .merge_into_staging(&repo(), name, ANY_PR, &h1, MergeMethod::Merge, "m")
             .await
             .unwrap_err();
         assert!(matches!(err, ForgeError::Invalid { .. }), "{name}: {err}");
@@ -880,6 +1532,19 @@ async fn other_forges_say_the_train_methods_are_not_supported() {
     ));
     assert!(f.staging_refs(&repo()).await.is_err());
     assert!(f.required_checks(&repo(), "main").await.is_err());
+    let key = PrKey {
+        repo: repo(),
+        number: 1,
+    };
+    assert!(matches!(
+        f.close_landed_pr(&key, &sha, &sha, "x").await,
+        Err(ForgeError::Unsupported { .. })
+    ));
+    assert!(matches!(
+        f.merge_into_staging(&repo(), "sluice/main/1", 1, &sha, MergeMethod::Squash, "x")
+            .await,
+        Err(ForgeError::Unsupported { .. })
+    ));
 }
 
 // ------------------------------------------------------------ the fake itself
@@ -913,6 +1578,156 @@ async fn raw(
         serde_json::from_str(&text).unwrap()
     };
     (status, headers, v)
+}
+
+#[tokio::test]
+async fn the_fakes_pr_commits_close_and_comment_endpoints_answer_as_github_does() {
+    let (_dir, hub) = hub().await;
+    let (n, head) = pr_of(
+        &hub,
+        "a",
+        &[
+            (&[("a.txt", "1\n")], "One\n\nBody.", ("alice", None)),
+            (
+                &[("a.txt", "2\n")],
+                "Two",
+                ("Bob", Some("bob@example.invalid")),
+            ),
+            (&[("a.txt", "3\n")], "Three", ("alice", None)),
+        ],
+    )
+    .await;
+    // GET pulls/{n}/commits: oldest first, paginated, the commits API's
+    // shape (octocrab's model parses it).
+    let (status, headers, page) = raw(
+        &hub,
+        "GET",
+        &format!("/pulls/{n}/commits?per_page=2"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let commits: Vec<octocrab::models::repos::RepoCommit> =
+        serde_json::from_value(page.clone()).expect("commits parse");
+    assert_eq!(commits.len(), 2);
+    assert_eq!(commits[0].commit.message, "One\n\nBody.");
+    assert_eq!(page[0]["commit"]["author"]["name"], "alice");
+    assert_eq!(page[0]["author"]["login"], "alice");
+    assert_eq!(page[1]["commit"]["author"]["email"], "bob@example.invalid");
+    assert_eq!(
+        page[1]["author"],
+        Value::Null,
+        "an address GitHub does not know"
+    );
+    assert_eq!(page[1]["parents"][0]["sha"], page[0]["sha"]);
+    let link = headers["link"].to_str().unwrap();
+    assert!(link.contains("rel=\"next\""), "{link}");
+    let (_, _, rest) = raw(
+        &hub,
+        "GET",
+        &format!("/pulls/{n}/commits?per_page=2&page=2"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(rest[0]["sha"], head.as_str(), "the head is last");
+    let (status, _, _) = raw(&hub, "GET", "/pulls/999/commits", None, None).await;
+    assert_eq!(status, 404);
+
+    // POST and GET issues/{n}/comments, in the example's shape.
+    let (status, _, body) = raw(
+        &hub,
+        "POST",
+        &format!("/issues/{n}/comments"),
+        Some(json!({"body": "Me too"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/github-api/issues__create-comment.response.201.default.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for key in example.as_object().unwrap().keys() {
+        assert!(body.get(key).is_some(), "the comment lacks {key:?}: {body}");
+    }
+    let _: octocrab::models::issues::Comment =
+        serde_json::from_value(body.clone()).expect("comment parses");
+    assert_eq!(body["body"], "Me too");
+    assert_eq!(body["user"]["login"], sluice::fakehub::MERGER);
+    let (status, _, list) = raw(&hub, "GET", &format!("/issues/{n}/comments"), None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], body["id"]);
+    let (status, _, e) = raw(
+        &hub,
+        "POST",
+        &format!("/issues/{n}/comments"),
+        Some(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{e}");
+    let (status, _, _) = raw(
+        &hub,
+        "POST",
+        "/issues/999/comments",
+        Some(json!({"body": "x"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // PATCH pulls/{n}: closed, answered with the PR.
+    let (status, _, e) = raw(
+        &hub,
+        "PATCH",
+        &format!("/pulls/{n}"),
+        Some(json!({"state": "shut"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(hub.pr(REPO, n).unwrap().state, "open");
+    let (status, _, pr) = raw(
+        &hub,
+        "PATCH",
+        &format!("/pulls/{n}"),
+        Some(json!({"state": "closed"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{pr}");
+    let parsed: octocrab::models::pulls::PullRequest =
+        serde_json::from_value(pr.clone()).expect("PR parses");
+    assert_eq!(parsed.number, n);
+    assert_eq!(pr["state"], "closed");
+    assert_eq!(pr["merged"], false);
+    assert!(pr["closed_at"].is_string());
+    // Closing what is closed is no change.
+    let (status, _, _) = raw(
+        &hub,
+        "PATCH",
+        &format!("/pulls/{n}"),
+        Some(json!({"state": "closed"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = raw(
+        &hub,
+        "PATCH",
+        "/pulls/999",
+        Some(json!({"state": "closed"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

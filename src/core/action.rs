@@ -37,6 +37,9 @@ pub enum Action {
         car: u64,
         staging_ref: String,
         parent: Sha,
+        /// The car's PR (the forge reads its commits for `squash` and
+        /// `rebase`).
+        pr: u64,
         head: Sha,
         message: String,
     },
@@ -55,6 +58,25 @@ pub enum Action {
         /// first car it fails on.
         cars: Vec<(u64, Sha)>,
         description: String,
+        link: ResultKey,
+    },
+    /// After a `squash` or `rebase` landing, GitHub cannot see the PR as
+    /// merged (its head is not on the target): close it, if `head` is
+    /// still its head, and comment once naming where it landed. No answer
+    /// comes back (the core forgot the PR when it landed).
+    ClosePr {
+        pr: PrKey,
+        /// The head that landed.
+        head: Sha,
+        /// The PR's commit on the target (squash), or the last of its
+        /// replayed commits (rebase): its car's sha.
+        landed: Sha,
+        branch: String,
+        method: MergeMethod,
+        /// The car's staging ref.
+        car: String,
+        /// The car's test, which tested `landed` on exactly what was
+        /// ahead of it.
         link: ResultKey,
     },
     /// Re-read a PR's reviews (answered by `Event::Reviews`).

@@ -30,6 +30,11 @@ pub struct RepoPolicy {
     /// When a PR gets a test of its own (its head merged with the target).
     #[serde(default)]
     pub pr_tests: PrTests,
+    /// How PRs land. Train mode: with `squash` or `rebase` GitHub cannot
+    /// see a landed PR as merged, so sluice closes it
+    /// (`Action::ClosePr`).
+    #[serde(default)]
+    pub merge_method: MergeMethod,
 }
 
 /// When a PR is tested on its own, apart from the train's cars.
@@ -57,6 +62,7 @@ impl Default for RepoPolicy {
             priority_labels: Vec::new(),
             train_depth: 0,
             pr_tests: PrTests::BeforeApproval,
+            merge_method: MergeMethod::Merge,
         }
     }
 }

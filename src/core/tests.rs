@@ -964,6 +964,26 @@ impl Bot {
         }
         out
     }
+    /// A `BuildCar` for each car of main's train being built.
+    fn cars_building(&self) -> Vec<Action> {
+        self.state.repo(&repo_name()).unwrap().trains["main"]
+            .cars
+            .iter()
+            .filter_map(|c| match &c.state {
+                CarState::Building { parent } => Some(Action::BuildCar {
+                    repo: repo_name(),
+                    branch: "main".into(),
+                    car: c.id,
+                    staging_ref: staging_ref("main", c.id),
+                    parent: parent.clone(),
+                    pr: c.pr.number,
+                    head: c.pr.head_sha.clone(),
+                    message: String::new(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
     fn car_tests(&self) -> Vec<(BuildId, Candidate)> {
         self.state
             .running_builds()
@@ -989,22 +1009,7 @@ fn a_train_lands_exactly_the_tested_car_with_every_pr_ahead_of_it() {
     // Build the cars one on the other (each answer lets the next build).
     let mut pending: Vec<Action> = vec![];
     for _ in 0..3 {
-        let cars: Vec<Action> = bot.state.repo(&repo_name()).unwrap().trains["main"]
-            .cars
-            .iter()
-            .filter_map(|c| match &c.state {
-                CarState::Building { parent } => Some(Action::BuildCar {
-                    repo: repo_name(),
-                    branch: "main".into(),
-                    car: c.id,
-                    staging_ref: staging_ref("main", c.id),
-                    parent: parent.clone(),
-                    head: c.pr.head_sha.clone(),
-                    message: String::new(),
-                }),
-                _ => None,
-            })
-            .collect();
+        let cars = bot.cars_building();
         pending = bot.build_cars(&cars);
     }
     let _ = pending;
@@ -1325,4 +1330,108 @@ fn a_required_check_failing_on_a_car_ejects_its_pr_and_the_cars_ahead_land() {
         description: String::new(),
     });
     assert!(statuses(&a).is_empty());
+}
+
+#[test]
+fn a_squashed_or_rebased_landing_closes_its_prs_and_a_merged_one_leaves_that_to_github() {
+    for method in [MergeMethod::Merge, MergeMethod::Squash, MergeMethod::Rebase] {
+        let mut bot = Bot::new(RepoPolicy {
+            max_concurrent_builds: 8,
+            train_depth: 3,
+            merge_method: method,
+            ..RepoPolicy::default()
+        });
+        for n in 1..=3 {
+            bot.open(n, 0xa0 + n as u32);
+            bot.approve(n);
+            let b = bot.build_of(n).unwrap();
+            bot.finish(&b, Outcome::Passed);
+        }
+        for _ in 0..3 {
+            let cars = bot.cars_building();
+            bot.build_cars(&cars);
+        }
+        let mut tests = bot.car_tests();
+        tests.sort_by_key(|(_, c)| c.prs.len());
+        assert_eq!(tests.len(), 3);
+        // The last car passes first: all three land at once.
+        let mut lands_to = Vec::new();
+        for (build, candidate) in tests.iter().rev() {
+            lands_to.extend(lands(&bot.finish_as(
+                build,
+                candidate.clone(),
+                Outcome::Passed,
+            )));
+        }
+        let car = |i: usize| tests[i].1.car.clone().unwrap();
+        let (c1, c2, c3) = (car(0), car(1), car(2));
+        assert_eq!(lands_to, vec![(sha(0x100), c3.clone())]);
+        let ids: Vec<u64> = bot.state.repo(&repo_name()).unwrap().trains["main"]
+            .cars
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        // #3 is pushed to while its car lands: it stays open.
+        bot.ev(Event::PrUpdated(snap(3, 0xd3, "main")));
+        let a = bot.ev(Event::Landed {
+            repo: repo_name(),
+            branch: "main".into(),
+            sha: c3.clone(),
+        });
+        let closes: Vec<&Action> = a
+            .iter()
+            .filter(|x| matches!(x, Action::ClosePr { .. }))
+            .collect();
+        if method == MergeMethod::Merge {
+            assert!(closes.is_empty(), "GitHub marks them merged: {closes:?}");
+            continue;
+        }
+        let expected: Vec<Action> = [(1, c1), (2, c2)]
+            .into_iter()
+            .map(|(n, landed)| Action::ClosePr {
+                pr: key(n),
+                head: sha(0xa0 + n as u32),
+                landed,
+                branch: "main".into(),
+                method,
+                car: staging_ref("main", ids[n as usize - 1]),
+                link: ResultKey {
+                    repo: repo_name(),
+                    pr: n,
+                    head: sha(0xa0 + n as u32),
+                    build: tests[n as usize - 1].0.clone(),
+                },
+            })
+            .collect();
+        assert_eq!(
+            closes,
+            expected.iter().collect::<Vec<_>>(),
+            "{method:?}: each landed PR with its own car's sha and test, not the pushed one"
+        );
+        assert!(bot.state.pr(&key(1)).is_none() && bot.state.pr(&key(2)).is_none());
+        assert!(bot.state.pr(&key(3)).is_some(), "#3 is tested again");
+    }
+}
+
+#[test]
+fn the_landed_comment_names_the_sha_the_car_and_its_test_and_no_name_becomes_markup() {
+    let c = text::landed_comment(
+        "main",
+        &sha(0xabc),
+        MergeMethod::Squash,
+        "sluice/main/7",
+        "https://sluice.example/results/x/",
+    );
+    assert_eq!(
+        c,
+        format!(
+            "Landed on `main` as {} by sluice (squash, car `sluice/main/7`, \
+             [tested build](https://sluice.example/results/x/)). \
+             GitHub does not mark a squashed PR merged, so sluice closed it.",
+            sha(0xabc)
+        )
+    );
+    assert_eq!(text::code("a`b"), "`` a`b ``");
+    assert_eq!(text::code("``x"), "``` ``x ```");
+    assert_eq!(text::code("$(x)"), "`$(x)`");
 }

@@ -197,3 +197,59 @@ pub fn cancelled_car_rebuilt() -> String {
 pub fn entering_train(branch: &str) -> String {
     format!("enters the train for {branch} now")
 }
+
+/// The comment on a PR sluice closed after its squashed or rebased car
+/// landed (GitHub cannot see it merged). The full sha: GitHub links it
+/// and shows it short. Names are put in code spans, so no branch name can
+/// turn into markup.
+pub fn landed_comment(
+    branch: &str,
+    landed: &Sha,
+    method: MergeMethod,
+    car: &str,
+    link: &str,
+) -> String {
+    let how = match method {
+        MergeMethod::Rebase => "rebased",
+        MergeMethod::Squash => "squashed",
+        MergeMethod::Merge => "merged",
+    };
+    format!(
+        "Landed on {} as {landed} by sluice ({}, car {}, [tested build]({link})). \
+         GitHub does not mark a {} PR merged, so sluice closed it.",
+        code(branch),
+        method.as_str(),
+        code(car),
+        how
+    )
+}
+
+/// `s` as a Markdown code span: fenced by more backticks than it holds in
+/// a row, padded so it may start or end with one.
+pub fn code(s: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    if longest == 0 {
+        format!("{fence}{s}{fence}")
+    } else {
+        format!("{fence} {s} {fence}")
+    }
+}
+
+/// A rebased car could not be built: one of its PR's commits conflicts.
+pub fn commit_conflicts(commit: &Sha, message: &str) -> String {
+    format!("its commit {} conflicts: {message}", commit.short())
+}
+
+/// A rebased car could not be built: GitHub lists only `listed` commits of
+/// a PR.
+pub fn too_many_commits(listed: usize) -> String {
+    format!(
+        "it has {listed} commits or more, more than GitHub lists, so sluice cannot replay them: squash it or use merge_method \"merge\""
+    )
+}

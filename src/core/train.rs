@@ -11,7 +11,8 @@
 //! without it, the cars ahead go on. A PR that changes (push, approval,
 //! close, base) leaves the train, and only the cars that held it are
 //! rebuilt. A target that moves under the train (a person's push) rebuilds
-//! every car on the new head.
+//! every car on the new head. With `squash` or `rebase` GitHub cannot see
+//! a landed PR as merged: sluice closes it (`Action::ClosePr`).
 //!
 //! The rule: the target only ever moves to a car's sha, the car was built
 //! on exactly the target's previous sha, it and every car ahead passed, and
@@ -330,17 +331,9 @@ impl State {
             }
             outcome => {
                 let id = car.id;
+                let link = car_results(repo, &car.pr, build);
                 let ahead: Vec<u64> = train.cars[..index].iter().map(|c| c.pr.number).collect();
                 let reason = text::car_failed(outcome, branch, &ahead, &report.detail);
-                // Where the driver stored the car's results: under its
-                // first PR.
-                let first = &train.cars[0].pr;
-                let link = ResultKey {
-                    repo: repo.clone(),
-                    pr: first.number,
-                    head: first.head_sha.clone(),
-                    build: build.clone(),
-                };
                 self.eject(repo, branch, id, reason, Some(link), now, out);
             }
         }
@@ -402,6 +395,7 @@ impl State {
         if known.as_ref().is_none_or(|k| *k == base) {
             self.set_branch(name, branch.to_string(), sha.clone(), now);
         }
+        let method = self.repos[name].policy.merge_method;
         for car in landed {
             let key = PrKey {
                 repo: name.clone(),
@@ -411,8 +405,23 @@ impl State {
                 .pr(&key)
                 .is_some_and(|p| p.snapshot.head_sha == car.pr.head_sha);
             if same_head {
-                // Merged: GitHub sees its head on the target (its webhook
-                // says so too; closing now keeps it out of the train).
+                // Merged. With `merge` GitHub sees its head on the target
+                // (its webhook says so too; closing now keeps it out of
+                // the train); squashed or rebased, its head is not there,
+                // so sluice closes it on GitHub.
+                if method != MergeMethod::Merge
+                    && let CarState::Passed { sha: landed, build } = &car.state
+                {
+                    out.push(Action::ClosePr {
+                        pr: key.clone(),
+                        head: car.pr.head_sha.clone(),
+                        landed: landed.clone(),
+                        branch: branch.to_string(),
+                        method,
+                        car: staging_ref(branch, car.id),
+                        link: car_results(name, &car.pr, build),
+                    });
+                }
                 self.close_pr(&key, now, out);
             } else if let Some(pr) = self.pr_mut(&key) {
                 // Pushed to while landing: what landed was tested; the new
@@ -742,6 +751,7 @@ impl State {
                 car: car.id,
                 staging_ref: staging_ref(branch, car.id),
                 parent,
+                pr: car.pr.number,
                 head: car.pr.head_sha.clone(),
                 message: format!("{} (#{})", car.title, car.pr.number),
             });
@@ -780,12 +790,7 @@ impl State {
                 through: last.id,
                 cars,
                 description: text::car_passed(branch, &prs),
-                link: ResultKey {
-                    repo: name.clone(),
-                    pr: last.pr.number,
-                    head: last.pr.head_sha.clone(),
-                    build: build.clone(),
-                },
+                link: car_results(name, &last.pr, build),
             });
         }
         // Test built cars, first in line first, within the build budget.
@@ -851,6 +856,17 @@ impl RepoState {
             .iter()
             .position(|c| c.pr.number == pr.snapshot.key.number)?;
         Some((at, cars[at].eta_ms))
+    }
+}
+
+/// Where the driver stores a car's test results: under the car's own PR
+/// (`Candidate::results_pr`).
+fn car_results(repo: &RepoName, pr: &CandidatePr, build: &BuildId) -> ResultKey {
+    ResultKey {
+        repo: repo.clone(),
+        pr: pr.number,
+        head: pr.head_sha.clone(),
+        build: build.clone(),
     }
 }
 

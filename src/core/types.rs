@@ -239,6 +239,12 @@ impl Candidate {
     pub fn first_pr(&self) -> Option<&CandidatePr> {
         self.prs.first()
     }
+    /// The PR whose results path holds this build's results: a car's own
+    /// PR (the last one; the cars ahead may land before it is tested, so
+    /// only its own PR names it for good), or the only PR of an own check.
+    pub fn results_pr(&self) -> Option<&CandidatePr> {
+        self.prs.last()
+    }
 }
 
 /// How a build ended.

@@ -43,11 +43,14 @@ pub(crate) struct Ident {
     pub date: Option<String>,
 }
 
+/// The address of the fake's users' commits: `<login>` then this.
+pub(crate) const NOREPLY: &str = "@users.noreply.fakehub.invalid";
+
 impl Ident {
     pub fn user(login: &str) -> Ident {
         Ident {
             name: login.to_string(),
-            email: format!("{login}@users.noreply.fakehub.invalid"),
+            email: format!("{login}{NOREPLY}"),
             date: None,
         }
     }
@@ -257,39 +260,31 @@ impl Git {
         if self.object_type(sha).await?.as_deref() != Some("commit") {
             return Ok(None);
         }
+        let out = self.ok(&["log", "-1", COMMIT_FORMAT, sha, "--"]).await?;
+        Ok(Some(parse_commit(&out)))
+    }
+
+    /// The commits of `range` (`base..head`), oldest first and parents
+    /// before children (`--date-order`), at most `max`; one git call.
+    pub async fn commits_in(&self, range: &str, max: usize) -> anyhow::Result<Vec<CommitInfo>> {
+        let count = format!("--max-count={max}");
         let out = self
             .ok(&[
                 "log",
-                "-1",
-                "--format=%H%x00%T%x00%P%x00%an%x00%ae%x00%at%x00%cn%x00%ce%x00%ct%x00%B",
-                sha,
+                "-z",
+                "--reverse",
+                "--date-order",
+                &count,
+                COMMIT_FORMAT,
+                range,
                 "--",
             ])
             .await?;
-        let mut p = out.splitn(10, '\0');
-        let mut next = || p.next().unwrap_or_default().to_string();
-        let sha = next();
-        let tree = next();
-        let parents = next().split_whitespace().map(str::to_string).collect();
-        let author_name = next();
-        let author_email = next();
-        let author_at = next().parse().unwrap_or_default();
-        let committer_name = next();
-        let committer_email = next();
-        let committer_at = next().parse().unwrap_or_default();
-        let message = next();
-        Ok(Some(CommitInfo {
-            sha,
-            tree,
-            parents,
-            author_name,
-            author_email,
-            author_at,
-            committer_name,
-            committer_email,
-            committer_at,
-            message,
-        }))
+        Ok(out
+            .split('\0')
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| parse_commit(r.trim_start_matches('\n')))
+            .collect())
     }
 
     /// Every branch as (name, sha), sorted by name.
@@ -332,6 +327,29 @@ impl Git {
             email: parts.next().unwrap_or("fakehub@invalid").to_string(),
             date: parts.next().map(str::to_string),
         })
+    }
+}
+
+/// What [`parse_commit`] reads: fields split by US (0x1f), the message
+/// last.
+const COMMIT_FORMAT: &str =
+    "--format=%H%x1f%T%x1f%P%x1f%an%x1f%ae%x1f%at%x1f%cn%x1f%ce%x1f%ct%x1f%B";
+
+/// One commit as [`COMMIT_FORMAT`] prints it.
+fn parse_commit(record: &str) -> CommitInfo {
+    let mut p = record.splitn(10, '\x1f');
+    let mut next = || p.next().unwrap_or_default().to_string();
+    CommitInfo {
+        sha: next(),
+        tree: next(),
+        parents: next().split_whitespace().map(str::to_string).collect(),
+        author_name: next(),
+        author_email: next(),
+        author_at: next().parse().unwrap_or_default(),
+        committer_name: next(),
+        committer_email: next(),
+        committer_at: next().parse().unwrap_or_default(),
+        message: next().trim_end_matches('\n').to_string(),
     }
 }
 

@@ -30,7 +30,7 @@ use anyhow::{Context, anyhow, bail};
 use git::{Git, Ident};
 use serde_json::{Value, json};
 use shapes::{Mergeable, PushCommit, Urls};
-use state::{PrState, Protection, RepoState, ReviewRec, State};
+use state::{CommentRec, PrState, Protection, RepoState, ReviewRec, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,6 +116,13 @@ pub struct StatusView {
     pub context: String,
     pub description: Option<String>,
     pub target_url: Option<String>,
+}
+
+/// One comment on a PR's conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommentView {
+    pub user: String,
+    pub body: String,
 }
 
 /// One successful merge.
@@ -430,6 +437,7 @@ impl FakeHub {
                 next_number: 1,
                 protections: Default::default(),
                 check_runs: Vec::new(),
+                comments: Default::default(),
             },
         );
         to_sha(&sha)
@@ -520,6 +528,7 @@ impl FakeHub {
     /// A new commit on `branch` (created from `from`, a branch name or sha,
     /// if it does not exist) writing `files`. Sends `push`, and
     /// `pull_request` `synchronize` for every open PR whose head is `branch`.
+    /// Its author is the repository's owner.
     pub async fn commit(
         &self,
         repo: &str,
@@ -528,6 +537,30 @@ impl FakeHub {
         files: &[(&str, &str)],
         message: &str,
     ) -> anyhow::Result<Sha> {
+        let owner = repo.split('/').next().unwrap_or("fakehub").to_string();
+        self.commit_as(repo, branch, from, files, message, (&owner, None))
+            .await
+    }
+
+    /// Like [`FakeHub::commit`], by `author`: (name, email); without an
+    /// email, `name` is a login of the fake's (its noreply address).
+    pub async fn commit_as(
+        &self,
+        repo: &str,
+        branch: &str,
+        from: Option<&str>,
+        files: &[(&str, &str)],
+        message: &str,
+        author: (&str, Option<&str>),
+    ) -> anyhow::Result<Sha> {
+        let ident = match author.1 {
+            Some(email) => Ident {
+                name: author.0.to_string(),
+                email: email.to_string(),
+                date: None,
+            },
+            None => Ident::user(author.0),
+        };
         check_branch_name(branch)?;
         let g = self.inner.git(repo)?;
         let _ops = self.inner.ops.lock().await;
@@ -543,15 +576,15 @@ impl FakeHub {
             },
             (None, None) => bail!("branch {branch:?} does not exist in {repo} and no `from`"),
         };
-        let owner = repo.split('/').next().unwrap_or("fakehub").to_string();
+        let pusher = repo.split('/').next().unwrap_or("fakehub").to_string();
         let new = g
-            .commit_files(Some(&parent), files, message, &Ident::user(&owner))
+            .commit_files(Some(&parent), files, message, &ident)
             .await?;
         g.update_ref(&format!("refs/heads/{branch}"), &new, old.as_deref())
             .await?;
         let before = old.unwrap_or_else(|| "0".repeat(40));
         self.inner
-            .branch_moved(&g, repo, branch, &before, &new, &owner)
+            .branch_moved(&g, repo, branch, &before, &new, &pusher)
             .await?;
         to_sha(&new)
     }
@@ -854,6 +887,23 @@ impl FakeHub {
                 .map(|r| (r.id, r.user.clone(), r.state.clone()))
                 .collect(),
         })
+    }
+
+    /// Every comment on PR `number`'s conversation, oldest first.
+    pub fn comments(&self, repo: &str, number: u64) -> Vec<CommentView> {
+        let st = self.inner.state.lock().expect("state");
+        st.repos
+            .get(repo)
+            .and_then(|r| r.comments.get(&number))
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| CommentView {
+                        user: c.user.clone(),
+                        body: c.body.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every status posted for `sha`, oldest first.
@@ -1408,6 +1458,112 @@ impl Inner {
             .await?;
         self.pr_event(repo, number, "closed", MERGER, json!({}))?;
         Ok(new)
+    }
+}
+
+/// GitHub lists at most this many commits of a PR.
+const PR_COMMITS_LISTED: usize = 250;
+
+impl Inner {
+    /// `GET /repos/{repo}/pulls/{n}/commits`: the commits the head adds to
+    /// the base branch (as it is now), oldest first, at most 250.
+    pub(crate) async fn pr_commits(
+        &self,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<git::CommitInfo>, HttpError> {
+        let g = self.git(repo).map_err(|_| http_err(404, "Not Found"))?;
+        let (head, base_ref, base_sha) = {
+            let st = self.state.lock().expect("state");
+            let pr = st
+                .repos
+                .get(repo)
+                .and_then(|r| r.prs.get(&number))
+                .ok_or_else(|| http_err(404, "Not Found"))?;
+            (
+                pr.head_sha.clone(),
+                pr.base_ref.clone(),
+                pr.base_sha.clone(),
+            )
+        };
+        let base = g.branch(&base_ref).await?.unwrap_or(base_sha);
+        Ok(g.commits_in(&format!("{base}..{head}"), PR_COMMITS_LISTED)
+            .await?)
+    }
+
+    /// `PATCH /repos/{repo}/pulls/{n}` `{state: "closed"}` (the only change
+    /// the fake takes besides `title` and `body`); sends `closed`.
+    pub(crate) fn update_pull(
+        &self,
+        repo: &str,
+        number: u64,
+        state: Option<&str>,
+        title: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(), HttpError> {
+        let closing = {
+            let mut st = self.state.lock().expect("state");
+            let pr = st
+                .repos
+                .get_mut(repo)
+                .and_then(|r| r.prs.get_mut(&number))
+                .ok_or_else(|| http_err(404, "Not Found"))?;
+            let closing = match state {
+                None => false,
+                Some("closed") => pr.open,
+                Some("open") if pr.open => false,
+                Some("open") => {
+                    return Err(http_err(
+                        422,
+                        "Validation Failed (fakehub: reopening through the API is not implemented)",
+                    ));
+                }
+                Some(_) => return Err(http_err(422, "Validation Failed")),
+            };
+            let now = shapes::now_iso();
+            if let Some(title) = title {
+                pr.title = title.to_string();
+            }
+            if let Some(body) = body {
+                pr.body = Some(body.to_string());
+            }
+            if closing {
+                pr.open = false;
+                pr.closed_at = Some(now.clone());
+            }
+            pr.updated_at = now;
+            closing
+        };
+        if closing {
+            self.pr_event(repo, number, "closed", MERGER, json!({}))?;
+        }
+        Ok(())
+    }
+
+    /// `POST /repos/{repo}/issues/{n}/comments` on a PR, by sluice's bot.
+    pub(crate) fn add_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<CommentRec, HttpError> {
+        let mut st = self.state.lock().expect("state");
+        let id = st.fresh_id() + 3_000_000_000;
+        let r = st
+            .repos
+            .get_mut(repo)
+            .ok_or_else(|| http_err(404, "Not Found"))?;
+        if !r.prs.contains_key(&number) {
+            return Err(http_err(404, "Not Found"));
+        }
+        let c = CommentRec {
+            id,
+            user: MERGER.to_string(),
+            body: body.to_string(),
+            created_at: shapes::now_iso(),
+        };
+        r.comments.entry(number).or_default().push(c.clone());
+        Ok(c)
     }
 }
 

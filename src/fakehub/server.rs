@@ -341,6 +341,45 @@ async fn answer(
             Ok(n) => get_pull(inner, &repo, n).await,
             Err(_) => not_found(),
         },
+        ("PATCH", ["pulls", n]) => match n.parse() {
+            Ok(n) => update_pull(inner, &repo, n, body).await,
+            Err(_) => not_found(),
+        },
+        ("GET", ["pulls", n, "commits"]) => match n.parse() {
+            Ok(n) => match inner.pr_commits(&repo, n).await {
+                Ok(commits) => {
+                    let st = inner.state.lock().expect("state");
+                    let Some(r) = st.repos.get(&repo) else {
+                        return not_found();
+                    };
+                    let u = inner.urls();
+                    paged_reply_with(inner, path, &q, commits, |c| shapes::pr_commit(&u, r, &c))
+                }
+                Err(e) => error_at(e, "/pulls/pulls#list-commits-on-a-pull-request"),
+            },
+            Err(_) => not_found(),
+        },
+        ("GET", ["issues", n, "comments"]) => match n.parse::<u64>() {
+            Ok(n) => {
+                let st = inner.state.lock().expect("state");
+                let Some(r) = st.repos.get(&repo) else {
+                    return not_found();
+                };
+                if !r.prs.contains_key(&n) {
+                    return error(404, "Not Found", "/issues/comments#list-issue-comments");
+                }
+                let u = inner.urls();
+                let comments = r.comments.get(&n).cloned().unwrap_or_default();
+                paged_reply_with(inner, path, &q, comments, |c| {
+                    shapes::issue_comment(&u, r, n, &c)
+                })
+            }
+            Err(_) => not_found(),
+        },
+        ("POST", ["issues", n, "comments"]) => match n.parse() {
+            Ok(n) => create_comment(inner, &repo, n, body),
+            Err(_) => not_found(),
+        },
         ("GET", ["pulls", n, "reviews"]) => match n.parse() {
             Ok(n) => list_reviews(inner, &repo, n, path, &q),
             Err(_) => not_found(),
@@ -640,6 +679,65 @@ async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
             &json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}),
         ),
         Err(e) => from_http_error(e),
+    }
+}
+
+async fn update_pull(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
+    let doc = "/pulls/pulls#update-a-pull-request";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let field = |k: &str| -> Result<Option<&str>, HttpError> {
+        match req.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v)),
+            Some(other) => Err(super::http_err(
+                422,
+                &format!("Invalid request.\n\nFor 'properties/{k}', {other} is not a string."),
+            )),
+        }
+    };
+    let (state, title, text) = match (field("state"), field("title"), field("body")) {
+        (Ok(s), Ok(t), Ok(b)) => (s, t, b),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error_at(e, doc),
+    };
+    if let Err(e) = inner.update_pull(repo, number, state, title, text) {
+        return error_at(e, doc);
+    }
+    let mergeable = inner
+        .mergeable(repo, number)
+        .await
+        .unwrap_or(shapes::Mergeable::Unknown);
+    let st = inner.state.lock().expect("state");
+    match st
+        .repos
+        .get(repo)
+        .and_then(|r| Some((r, r.prs.get(&number)?)))
+    {
+        Some((r, pr)) => reply(
+            200,
+            &shapes::pull_request(&inner.urls(), r, pr, true, mergeable),
+        ),
+        None => not_found(),
+    }
+}
+
+fn create_comment(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
+    let doc = "/issues/comments#create-an-issue-comment";
+    let req = match json_object(body) {
+        Ok(req) => req,
+        Err(e) => return error_at(e, doc),
+    };
+    let text = match required_str(&req, "body") {
+        Ok(text) => text,
+        Err(e) => return error_at(e, doc),
+    };
+    match inner.add_comment(repo, number, text) {
+        Ok(c) => {
+            with_repo(inner, repo, |u, r| shapes::issue_comment(u, r, number, &c)).map_status(201)
+        }
+        Err(e) => error_at(e, doc),
     }
 }
 

@@ -3,7 +3,7 @@
 //! `testdata/webhooks/`). Pure functions of the fake's state.
 
 use super::git::CommitInfo;
-use super::state::{PrState, RepoState, ReviewRec, StatusRec};
+use super::state::{CommentRec, PrState, RepoState, ReviewRec, StatusRec};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -537,6 +537,41 @@ pub(crate) fn repo_commit(u: &Urls, r: &RepoState, c: &CommitInfo, login: &str) 
             "url": format!("{api}/commits/{p}"),
             "html_url": format!("{html}/commit/{p}"),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// A commit as `GET pulls/{n}/commits` lists it (the commits API's
+/// shape): its GitHub users are the fake's logins behind the noreply
+/// addresses, `null` for any other address (as for an email GitHub does
+/// not know).
+pub(crate) fn pr_commit(u: &Urls, r: &RepoState, c: &CommitInfo) -> Value {
+    let mut v = repo_commit(u, r, c, "");
+    let login = |email: &str| match email.strip_suffix(super::git::NOREPLY) {
+        Some(login) if !login.is_empty() => user(u, login),
+        _ => Value::Null,
+    };
+    v["author"] = login(&c.author_email);
+    v["committer"] = login(&c.committer_email);
+    v
+}
+
+/// An issue comment, as in `issues__create-comment`.
+pub(crate) fn issue_comment(u: &Urls, r: &RepoState, number: u64, c: &CommentRec) -> Value {
+    let api = u.repo_api(&r.full_name);
+    let html = u.repo_html(&r.full_name);
+    json!({
+        "id": c.id,
+        "node_id": node_id("IC", c.id),
+        "url": format!("{api}/issues/comments/{}", c.id),
+        "html_url": format!("{html}/pull/{number}#issuecomment-{}", c.id),
+        "body": c.body,
+        "user": user(u, &c.user),
+        "created_at": c.created_at,
+        "updated_at": c.created_at,
+        "issue_url": format!("{api}/issues/{number}"),
+        "author_association": if r.permission(&c.user) == "none" { "NONE" } else { "COLLABORATOR" },
+        "pin": null,
+        "minimized": null,
     })
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct RepoState {
     pub protections: BTreeMap<String, Protection>,
     /// Check runs other apps reported (a CI), oldest first.
     pub check_runs: Vec<CheckRunRec>,
+    /// Issue comments, by PR number, oldest first.
+    pub comments: BTreeMap<u64, Vec<CommentRec>>,
 }
 
 /// A check run as an app reported it on a commit.
@@ -44,6 +46,15 @@ pub(crate) struct CheckRunRec {
     /// Set when `completed`: `success`, `failure`, `neutral`, ...
     pub conclusion: Option<String>,
     pub started_at: String,
+}
+
+/// A comment on a PR's conversation (an issue comment).
+#[derive(Debug, Clone)]
+pub(crate) struct CommentRec {
+    pub id: u64,
+    pub user: String,
+    pub body: String,
+    pub created_at: String,
 }
 
 /// A protected branch's rule: the status checks it requires.

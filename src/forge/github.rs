@@ -16,7 +16,9 @@ mod checks;
 mod train;
 
 use super::convert::pr_snapshot;
-use super::{ApiBudget, CarStep, CommitStatus, Forge, ForgeError, ListedPr, PrFetch, RefUpdate};
+use super::{
+    ApiBudget, CarStep, CommitStatus, Forge, ForgeError, ListedPr, PrClose, PrFetch, RefUpdate,
+};
 use crate::config::GithubConfig;
 use crate::core::{
     MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha, Timestamp,
@@ -272,6 +274,30 @@ impl GitHub {
         body: Option<&serde_json::Value>,
         if_none_match: Option<&HeaderValue>,
     ) -> Result<Reply, ForgeError> {
+        self.call_retrying(method, path, body, if_none_match, self.max_retries)
+            .await
+    }
+
+    /// One attempt, under the same timeout, never retried: for a write
+    /// whose lost answer must be checked before it is sent again (a
+    /// comment).
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, ForgeError> {
+        self.call_retrying(method, path, body, None, 0).await
+    }
+
+    async fn call_retrying(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        if_none_match: Option<&HeaderValue>,
+        max_retries: u32,
+    ) -> Result<Reply, ForgeError> {
         let what = format!("{method} {}", path_only(path));
         let mut attempt: u32 = 0;
         loop {
@@ -290,7 +316,7 @@ impl GitHub {
                 Verdict::Done(result) => return result,
                 Verdict::Retry { last, wait } => (last, wait),
             };
-            if attempt >= self.max_retries {
+            if attempt >= max_retries {
                 return last;
             }
             let status = match &last {
@@ -303,7 +329,7 @@ impl GitHub {
                 status = %status,
                 wait_ms = wait.as_millis() as u64,
                 attempt = attempt + 1,
-                max_retries = self.max_retries,
+                max_retries,
                 "GitHub call failed; retrying"
             );
             tokio::time::sleep(wait).await;
@@ -794,11 +820,22 @@ impl Forge for GitHub {
         &self,
         repo: &RepoName,
         name: &str,
+        pr: u64,
         head: &Sha,
         method: MergeMethod,
         message: &str,
     ) -> Result<CarStep, ForgeError> {
-        self.merge_step(repo, name, head, method, message).await
+        self.merge_step(repo, name, pr, head, method, message).await
+    }
+
+    async fn close_landed_pr(
+        &self,
+        pr: &PrKey,
+        head: &Sha,
+        landed: &Sha,
+        comment: &str,
+    ) -> Result<PrClose, ForgeError> {
+        self.close_landed(pr, head, landed, comment).await
     }
 
     async fn fast_forward(&self, repo: &RepoName, branch: &str, sha: &Sha) -> RefUpdate {

@@ -47,6 +47,19 @@ pub enum CarStep {
     Conflict { message: String },
 }
 
+/// What came of closing a PR whose car landed squashed or rebased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrClose {
+    /// Closed now; the comment is on it.
+    Closed,
+    /// It was closed already (an earlier attempt, a person); the comment
+    /// is on it.
+    AlreadyClosed,
+    /// Its head is no longer the one that landed (a push raced the
+    /// landing): left open, no comment.
+    HeadMoved { head: Sha },
+}
+
 /// What came of moving a target branch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefUpdate {
@@ -188,21 +201,42 @@ pub trait Forge: Send + Sync {
         let _ = (repo, name, sha);
         Err(unsupported("put_staging_ref"))
     }
-    /// Merges `head` into staging branch `name`. With
-    /// [`MergeMethod::Squash`] the merge is replaced by one commit with the
-    /// merge's tree, the previous tip as its only parent and `message`, so
-    /// a car holds one commit per PR. `Rebase` is not supported in trains
-    /// yet (an error).
+    /// Adds PR `pr` at `head` to staging branch `name`, as `method` says:
+    /// - [`MergeMethod::Merge`]: one merge commit with `message`;
+    /// - [`MergeMethod::Squash`]: one commit with the merged tree, the
+    ///   previous tip as its only parent, `message` as its subject and a
+    ///   `Co-authored-by` trailer for each author of the PR's commits but
+    ///   the one it is attributed to;
+    /// - [`MergeMethod::Rebase`]: each of the PR's commits replayed on the
+    ///   previous tip, in order, with its own message and author
+    ///   (`message` is not used); a conflict names the commit.
+    ///
+    /// A conflict leaves the staging ref where it was.
     async fn merge_into_staging(
         &self,
         repo: &RepoName,
         name: &str,
+        pr: u64,
         head: &Sha,
         method: MergeMethod,
         message: &str,
     ) -> Result<CarStep, ForgeError> {
-        let _ = (repo, name, head, method, message);
+        let _ = (repo, name, pr, head, method, message);
         Err(unsupported("merge_into_staging"))
+    }
+    /// Closes a PR whose car landed squashed or rebased (GitHub cannot see
+    /// it merged), only if `head` is still its head, and comments
+    /// `comment` on it once: a comment about the same `landed` sha is
+    /// never posted twice, whatever is retried.
+    async fn close_landed_pr(
+        &self,
+        pr: &PrKey,
+        head: &Sha,
+        landed: &Sha,
+        comment: &str,
+    ) -> Result<PrClose, ForgeError> {
+        let _ = (pr, head, landed, comment);
+        Err(unsupported("close_landed_pr"))
     }
     /// Moves `branch` to `sha` only if that is a fast-forward (a
     /// compare-and-swap: if the branch moved, nothing lands).

@@ -18,7 +18,7 @@ use crate::core::{
     State, Timestamp,
 };
 use crate::executor::{Executor, JobResult, JobSpec};
-use crate::forge::{CarStep, CommitStatus, Forge, PrFetch, RefUpdate};
+use crate::forge::{CarStep, CommitStatus, Forge, PrClose, PrFetch, RefUpdate};
 use crate::results::{BuildRecord, ResultsStore};
 use history::History;
 use metrics::Metrics;
@@ -461,6 +461,7 @@ impl Driver {
                     car,
                     staging_ref,
                     parent,
+                    pr,
                     head,
                     message,
                 } => {
@@ -476,6 +477,7 @@ impl Driver {
                             &repo,
                             &staging_ref,
                             &parent,
+                            pr,
                             &head,
                             method,
                             &message,
@@ -529,6 +531,23 @@ impl Driver {
                         let _ = inputs.send(Input::Event(event)).await;
                     });
                 }
+                Action::ClosePr {
+                    pr,
+                    head,
+                    landed,
+                    branch,
+                    method,
+                    car,
+                    link,
+                } => {
+                    let link = self.adapters.results.link(&link);
+                    let comment =
+                        crate::core::text::landed_comment(&branch, &landed, method, &car, &link);
+                    let (forge, _, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        close_landed_pr(&*forge, &shared, &pr, &head, &landed, &comment).await;
+                    });
+                }
                 Action::Reply { request, answer } => {
                     if let Some(reply) = self.replies.remove(&request) {
                         let _ = reply.send(answer);
@@ -575,7 +594,7 @@ impl Driver {
             warn!(repo = %candidate.repo, "build for an unconfigured repository");
             return;
         };
-        let Some(first) = candidate.first_pr().cloned() else {
+        let Some(first) = candidate.results_pr().cloned() else {
             return;
         };
         info!(%build, repo = %candidate.repo, pr = first.number, head = %first.head_sha,
@@ -619,7 +638,7 @@ impl Driver {
         // Results are stored before the core hears of the build, so the
         // status it sets links to a page that exists.
         tokio::spawn(async move {
-            if let Some(first) = job.candidate.first_pr() {
+            if let Some(first) = job.candidate.results_pr() {
                 let record = BuildRecord {
                     key: ResultKey {
                         repo: job.candidate.repo.clone(),
@@ -676,20 +695,58 @@ impl Driver {
 /// How long a car whose build failed (an error, not a conflict) waits.
 const CAR_RETRY: Duration = Duration::from_secs(5);
 
-/// Builds one car: the staging ref at `parent`, `head` merged into it.
+/// Builds one car from scratch: the staging ref at `parent`, PR `pr` at
+/// `head` added to it.
+#[allow(clippy::too_many_arguments)]
 async fn build_car(
     forge: &dyn Forge,
     repo: &RepoName,
     staging_ref: &str,
     parent: &crate::core::Sha,
+    pr: u64,
     head: &crate::core::Sha,
     method: crate::core::MergeMethod,
     message: &str,
 ) -> Result<CarStep, crate::forge::ForgeError> {
     forge.put_staging_ref(repo, staging_ref, parent).await?;
     forge
-        .merge_into_staging(repo, staging_ref, head, method, message)
+        .merge_into_staging(repo, staging_ref, pr, head, method, message)
         .await
+}
+
+/// How often closing a landed PR is tried (each attempt is safe to repeat).
+const CLOSE_ATTEMPTS: u32 = 3;
+
+/// Closes a PR whose car landed squashed or rebased and comments on it,
+/// trying again after a pause if GitHub fails.
+async fn close_landed_pr(
+    forge: &dyn Forge,
+    shared: &Shared,
+    pr: &crate::core::PrKey,
+    head: &crate::core::Sha,
+    landed: &crate::core::Sha,
+    comment: &str,
+) {
+    for attempt in 1..=CLOSE_ATTEMPTS {
+        match forge.close_landed_pr(pr, head, landed, comment).await {
+            Ok(PrClose::HeadMoved { head: now }) => {
+                info!(%pr, landed_head = %head, head = %now,
+                      "landed, but pushed to meanwhile: left open");
+                return;
+            }
+            Ok(done) => {
+                info!(%pr, %landed, closed = ?done, "closed the landed PR");
+                return;
+            }
+            Err(e) => {
+                forge_failed(shared, "close_pr", &e);
+                if attempt < CLOSE_ATTEMPTS {
+                    tokio::time::sleep(CAR_RETRY * attempt).await;
+                }
+            }
+        }
+    }
+    warn!(%pr, %landed, "could not close the landed PR; it stays open on GitHub");
 }
 
 /// Lands a car: its success status first (a required check must see it),
