@@ -9,7 +9,7 @@
 //! PR; and the goal at p = 0.05, R = 8 (>= 5x serial, within 20% of the
 //! ceiling).
 
-use sluice::core::PrTests;
+use sluice::core::{PrTests, planner};
 use sluice::sim::{Scenario, ceiling, failing, run};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -46,11 +46,15 @@ fn main() {
                     depth: 0,
                     test_ms: 1000,
                     pr_tests: PrTests::BeforeApproval,
+                    batch: planner::BatchSize::Fixed(1),
+                    optimistic: false,
                 };
                 let s = run(&base);
                 let t = run(&Scenario {
                     depth: runners,
                     pr_tests: PrTests::TrainOnly,
+                    batch: planner::BatchSize::Fixed(1),
+                    optimistic: false,
                     ..base
                 });
                 assert!(

@@ -1,6 +1,7 @@
 //! sluice's configuration: one TOML file, secrets from the environment.
 //! Everything is validated at load, and every error names the key at fault.
 
+use crate::core::planner::BatchSize;
 use crate::core::{MergeMethod, PrTests, RepoName, RepoPolicy};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -401,6 +402,41 @@ pub struct RepoConfig {
     /// `after_approval`, or `train_only` (only in the train's cars).
     #[serde(default)]
     pub pr_tests: PrTests,
+    /// Train mode: PRs per tested car, a number (1: every car is tested,
+    /// no batching) or `"adaptive"` (the planner chooses, up to
+    /// `max_batch`).
+    #[serde(default)]
+    pub batch: BatchSetting,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Cars of a failed batch tested at once while bisecting.
+    #[serde(default = "default_bisect_parallel")]
+    pub bisect_parallel: usize,
+    /// A passing car behind a failed one lands; the failure is recorded as
+    /// a suspected flake.
+    #[serde(default)]
+    pub optimistic: bool,
+}
+
+/// `batch = 4` or `batch = "adaptive"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BatchSetting {
+    Size(usize),
+    Word(String),
+}
+
+impl Default for BatchSetting {
+    fn default() -> Self {
+        BatchSetting::Size(1)
+    }
+}
+
+fn default_max_batch() -> usize {
+    8
+}
+fn default_bisect_parallel() -> usize {
+    1
 }
 
 fn default_required_approvals() -> u32 {
@@ -475,6 +511,14 @@ impl RepoConfig {
             train_depth: self.train_depth,
             pr_tests: self.pr_tests,
             merge_method: self.merge_method,
+            batch: match self.batch {
+                BatchSetting::Size(n) => BatchSize::Fixed(n),
+                BatchSetting::Word(_) => BatchSize::Adaptive {
+                    max: self.max_batch,
+                },
+            },
+            bisect_parallel: self.bisect_parallel,
+            optimistic: self.optimistic,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -573,6 +617,22 @@ impl Config {
             }
             if repo.train_depth > 32 {
                 return Err(bad(key("train_depth"), "must be at most 32"));
+            }
+            match &repo.batch {
+                BatchSetting::Size(n) if (1..=64).contains(n) => {}
+                BatchSetting::Word(w) if w == "adaptive" => {}
+                _ => {
+                    return Err(bad(
+                        key("batch"),
+                        "must be a number of PRs from 1 to 64, or \"adaptive\"",
+                    ));
+                }
+            }
+            if !(1..=64).contains(&repo.max_batch) {
+                return Err(bad(key("max_batch"), "must be from 1 to 64"));
+            }
+            if !(1..=8).contains(&repo.bisect_parallel) {
+                return Err(bad(key("bisect_parallel"), "must be from 1 to 8"));
             }
             if repo.train_depth == 0 && repo.pr_tests == PrTests::TrainOnly {
                 return Err(bad(

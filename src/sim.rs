@@ -26,6 +26,9 @@ pub struct Scenario {
     pub test_ms: u64,
     /// When PRs are tested on their own.
     pub pr_tests: PrTests,
+    /// PRs per tested car (train mode).
+    pub batch: planner::BatchSize,
+    pub optimistic: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +81,9 @@ pub fn run(s: &Scenario) -> Outcome {
         train_depth: s.depth,
         pr_tests: s.pr_tests,
         merge_method: Default::default(),
+        batch: s.batch,
+        bisect_parallel: 1,
+        optimistic: s.optimistic,
     };
     let mut state = State::new([(repo.clone(), policy)], "sim");
     let mut now = 0u64;
@@ -275,6 +281,8 @@ mod tests {
             depth: 0,
             test_ms: 3000,
             pr_tests: PrTests::BeforeApproval,
+            batch: planner::BatchSize::Fixed(1),
+            optimistic: false,
         });
         let train = run(&Scenario {
             prs: 12,
@@ -283,6 +291,8 @@ mod tests {
             depth: 4,
             test_ms: 3000,
             pr_tests: PrTests::BeforeApproval,
+            batch: planner::BatchSize::Fixed(1),
+            optimistic: false,
         });
         assert_eq!(serial.merged, 10, "{serial:?}");
         assert_eq!(train.merged, 10, "{train:?}");

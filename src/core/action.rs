@@ -142,4 +142,15 @@ pub enum HistoryEntry {
         merge_sha: Sha,
         at: Timestamp,
     },
+    /// A car failed, and a car behind it holding its PRs passed on the same
+    /// base (`optimistic`): the failure is taken for a flake.
+    SuspectedFlake {
+        pr: PrKey,
+        /// The PR's head in the car (the failing build's results are
+        /// under it).
+        head: Sha,
+        build: BuildId,
+        car: Sha,
+        at: Timestamp,
+    },
 }

@@ -35,6 +35,21 @@ pub struct RepoPolicy {
     /// (`Action::ClosePr`).
     #[serde(default)]
     pub merge_method: MergeMethod,
+    /// Train mode: PRs per tested car, fixed or chosen by the planner
+    /// (`core/planner.rs`); `Fixed(1)` tests every car (no batching).
+    #[serde(default)]
+    pub batch: planner::BatchSize,
+    /// Cars of a failed batch tested at once while bisecting.
+    #[serde(default = "one")]
+    pub bisect_parallel: usize,
+    /// A passing car behind a failed one lands, and the failure is recorded
+    /// as a suspected flake (`core/batch.rs`).
+    #[serde(default)]
+    pub optimistic: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// When a PR is tested on its own, apart from the train's cars.
@@ -63,12 +78,17 @@ impl Default for RepoPolicy {
             train_depth: 0,
             pr_tests: PrTests::BeforeApproval,
             merge_method: MergeMethod::Merge,
+            batch: planner::BatchSize::Fixed(1),
+            bisect_parallel: 1,
+            optimistic: false,
         }
     }
 }
 
 mod approval;
+pub mod batch;
 mod machine;
+pub mod planner;
 mod state;
 pub mod text;
 mod train;

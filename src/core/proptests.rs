@@ -491,7 +491,11 @@ fn chain(f: &Forge, from: &Sha, to: &Sha) -> Result<Vec<(u64, Sha)>, TestCaseErr
                 "landing {to:?}: {at:?} is not a car built on {from:?}"
             )));
         };
-        prop_assert!(f.passed.contains(&at), "landing an untested car {:?}", at);
+        // What lands is what was tested: the car landed through passed
+        // (the cars ahead of it in its chain are covered by its test).
+        if at == *to {
+            prop_assert!(f.passed.contains(&at), "landing an untested car {:?}", at);
+        }
         prs.push((*pr, head.clone()));
         at = parent.clone();
     }

@@ -104,6 +104,10 @@ pub struct RepoState {
     /// How long its tests take lately: the train's ETA.
     #[serde(default)]
     pub test_durations: super::train::TestDurations,
+    /// Its trains' recent PRs, landed or ejected: the planner's failure
+    /// rate.
+    #[serde(default)]
+    pub outcomes: super::planner::Outcomes,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
@@ -212,6 +216,7 @@ impl State {
                             trains: BTreeMap::new(),
                             next_car: 0,
                             test_durations: Default::default(),
+                            outcomes: Default::default(),
                             index: RepoIndex::default(),
                         },
                     )

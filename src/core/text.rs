@@ -190,6 +190,10 @@ pub fn about(ms: u64) -> String {
     }
 }
 
+pub fn cancelled_car_landed() -> String {
+    "a car behind it that holds its PRs passed and landed".into()
+}
+
 pub fn cancelled_car_rebuilt() -> String {
     "the car is rebuilt (a PR ahead of it changed or the target moved)".into()
 }

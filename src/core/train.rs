@@ -19,6 +19,8 @@
 //! it holds only PRs that were approved when it landed.
 
 use super::action::*;
+use super::batch;
+use super::planner;
 use super::state::*;
 use super::text;
 use super::types::*;
@@ -36,6 +38,9 @@ pub struct Train {
     /// Why the last landing was refused (a required check, protection);
     /// retried at `retry_at`.
     pub blocked: Option<(String, Timestamp)>,
+    /// The plan of the last settle and why (derived, not stored).
+    #[serde(skip)]
+    pub plan: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +141,14 @@ pub enum CarState {
         sha: Sha,
         build: BuildId,
     },
+    /// Its test failed; the culprit is found by bisection
+    /// (`core/batch.rs`) before anything is ejected.
+    Failed {
+        sha: Sha,
+        build: BuildId,
+        outcome: Outcome,
+        detail: String,
+    },
 }
 
 impl CarState {
@@ -143,7 +156,8 @@ impl CarState {
         match self {
             CarState::Built { sha }
             | CarState::Testing { sha, .. }
-            | CarState::Passed { sha, .. } => Some(sha),
+            | CarState::Passed { sha, .. }
+            | CarState::Failed { sha, .. } => Some(sha),
             _ => None,
         }
     }
@@ -173,11 +187,7 @@ impl Train {
     /// held. A change here is a change of their statuses.
     pub(crate) fn status_facts(&self) -> Vec<(u64, bool)> {
         let held = self.blocked.is_some();
-        let passed = self
-            .cars
-            .iter()
-            .take_while(|c| matches!(c.state, CarState::Passed { .. }))
-            .count();
+        let passed = batch::landing_point(&self.cars).map_or(0, |k| k + 1);
         self.cars
             .iter()
             .enumerate()
@@ -330,13 +340,16 @@ impl State {
                 car.state = CarState::Built { sha };
             }
             outcome => {
-                let id = car.id;
-                let link = car_results(repo, &car.pr, build);
-                let ahead: Vec<u64> = train.cars[..index].iter().map(|c| c.pr.number).collect();
-                let reason = text::car_failed(outcome, branch, &ahead, &report.detail);
-                self.eject(repo, branch, id, reason, Some(link), now, out);
+                // Blamed once bisection found the culprit (`settle_train`).
+                car.state = CarState::Failed {
+                    sha,
+                    build: build.clone(),
+                    outcome,
+                    detail: report.detail.clone(),
+                };
             }
         }
+        let _ = (now, out);
         true
     }
 
@@ -362,6 +375,25 @@ impl State {
         train.base = Some(sha.clone());
         train.blocked = None;
         let base = landing.from.clone();
+        // The test that landed them: the last car's (the cars before it in
+        // its batch were covered by it, not tested on their own).
+        let CarState::Passed { build: tested, .. } = landed[last].state.clone() else {
+            return;
+        };
+        let mut stale = Vec::new();
+        for car in &landed {
+            if let CarState::Testing { build, .. } = &car.state {
+                stale.push(build.clone());
+            }
+        }
+        for id in stale {
+            self.cancel_build(id, text::cancelled_car_landed(), now, out);
+        }
+        self.repos
+            .get_mut(name)
+            .expect("exists")
+            .outcomes
+            .extend_landed(landed.len());
         for car in &landed {
             let number = car.pr.number;
             let approvers = self.repos[name]
@@ -371,7 +403,7 @@ impl State {
                 .unwrap_or_default();
             let build = match &car.state {
                 CarState::Passed { build, .. } => build.clone(),
-                _ => continue,
+                _ => tested.clone(),
             };
             out.push(Action::Record(HistoryEntry::Merged {
                 pr: PrKey {
@@ -396,6 +428,7 @@ impl State {
             self.set_branch(name, branch.to_string(), sha.clone(), now);
         }
         let method = self.repos[name].policy.merge_method;
+        let through_pr = landed[last].pr.clone();
         for car in landed {
             let key = PrKey {
                 repo: name.clone(),
@@ -410,8 +443,12 @@ impl State {
                 // the train); squashed or rebased, its head is not there,
                 // so sluice closes it on GitHub.
                 if method != MergeMethod::Merge
-                    && let CarState::Passed { sha: landed, build } = &car.state
+                    && let Some(landed) = car.state.sha()
                 {
+                    let link = match &car.state {
+                        CarState::Passed { build, .. } => car_results(name, &car.pr, build),
+                        _ => car_results(name, &through_pr, &tested),
+                    };
                     out.push(Action::ClosePr {
                         pr: key.clone(),
                         head: car.pr.head_sha.clone(),
@@ -419,7 +456,7 @@ impl State {
                         branch: branch.to_string(),
                         method,
                         car: staging_ref(branch, car.id),
-                        link: car_results(name, &car.pr, build),
+                        link,
                     });
                 }
                 self.close_pr(&key, now, out);
@@ -564,29 +601,19 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some(train) = self.train_mut(name, branch) else {
+        let Some(repo) = self.repos.get_mut(name) else {
             return;
         };
-        let Some(index) = train.cars.iter().position(|c| c.id == car) else {
+        let Some(mut train) = repo.trains.remove(branch) else {
             return;
         };
-        let removed = train.cars.remove(index);
-        let repo = self.repos.get_mut(name).expect("exists");
-        let train = repo.trains.get_mut(branch).expect("found above");
-        let stale = reset_from(train, index, &mut repo.next_car);
-        if let Some(pr) = self
-            .repos
-            .get_mut(name)
-            .and_then(|r| r.prs.get_mut(&removed.pr.number))
-        {
-            pr.ejected = Some(Ejection {
-                head: removed.pr.head_sha.clone(),
-                reason,
-                link,
-            });
-            pr.in_train = false;
-        }
-        self.mark(name, Some(removed.pr.number));
+        let stale = train
+            .cars
+            .iter()
+            .position(|c| c.id == car)
+            .map(|index| eject_car(repo, &mut train, index, reason, link))
+            .unwrap_or_default();
+        repo.trains.insert(branch.to_string(), train);
         for id in stale {
             self.cancel_build(id, text::cancelled_car_rebuilt(), now, out);
         }
@@ -687,8 +714,58 @@ impl State {
         for number in dirty {
             repo.refile(number);
         }
+        // 4. Failures: suspected flakes (optimistic), culprits out, and the
+        // tests behind a failure stopped.
+        let planned = self.plan_for(name, &train);
+        let repo = self.repos.get_mut(name).expect("exists");
+        if planned.plan.optimistic {
+            for k in batch::suspected_flakes(&train.cars) {
+                let car = &mut train.cars[k];
+                let CarState::Failed { sha, build, .. } = car.state.clone() else {
+                    continue;
+                };
+                out.push(Action::Record(HistoryEntry::SuspectedFlake {
+                    pr: PrKey {
+                        repo: name.clone(),
+                        number: car.pr.number,
+                    },
+                    head: car.pr.head_sha.clone(),
+                    build,
+                    car: sha.clone(),
+                    at: now,
+                }));
+                // Covered by the passing car behind it.
+                car.state = CarState::Built { sha };
+            }
+        }
+        while let Some(k) = batch::culprit(&train.cars) {
+            let CarState::Failed {
+                build,
+                outcome,
+                detail,
+                ..
+            } = train.cars[k].state.clone()
+            else {
+                unreachable!("a culprit failed");
+            };
+            let ahead: Vec<u64> = train.cars[..k].iter().map(|c| c.pr.number).collect();
+            let reason = text::car_failed(outcome, branch, &ahead, &detail);
+            let link = car_results(name, &train.cars[k].pr, &build);
+            repo.outcomes.record(true);
+            cancel.extend(eject_car(repo, &mut train, k, reason, Some(link)));
+        }
+        if !planned.plan.optimistic {
+            for k in batch::doomed(&train.cars) {
+                let car = &mut train.cars[k];
+                if let CarState::Testing { sha, build } = car.state.clone() {
+                    cancel.push(build);
+                    car.state = CarState::Built { sha };
+                }
+            }
+        }
+        train.plan = Some(planned.reason.clone());
         if let Some(base) = head {
-            self.advance(name, branch, &mut train, &base, depth, now, out);
+            self.advance(name, branch, &mut train, &base, &planned.plan, now, out);
         }
         for id in cancel {
             self.cancel_build(id, text::cancelled_car_rebuilt(), now, out);
@@ -725,12 +802,13 @@ impl State {
         branch: &str,
         train: &mut Train,
         base: &Sha,
-        depth: usize,
+        plan: &batch::Plan,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        // Build the commits of the first `depth` cars, each on the one ahead.
-        for k in 0..train.cars.len().min(depth) {
+        // Build the commits of every car a planned test may cover, each on
+        // the one ahead.
+        for k in 0..train.cars.len().min(plan.built_window()) {
             if train.cars[k].state != CarState::Waiting {
                 continue;
             }
@@ -756,19 +834,16 @@ impl State {
                 message: format!("{} (#{})", car.title, car.pr.number),
             });
         }
-        // Land the longest passed prefix.
-        let passed = train
-            .cars
-            .iter()
-            .take_while(|c| matches!(c.state, CarState::Passed { .. }))
-            .count();
+        // Land through the deepest passed car with no failure ahead of it
+        // (it holds every PR ahead of it; it is what was tested).
+        let passed = batch::landing_point(&train.cars).map_or(0, |k| k + 1);
         if passed > 0
             && train.landing.is_none()
             && train.blocked.as_ref().is_none_or(|(_, at)| *at <= now)
         {
             let last = &train.cars[passed - 1];
             let CarState::Passed { sha, build } = &last.state else {
-                unreachable!("counted as passed");
+                unreachable!("the landing point passed");
             };
             // `blocked` stays until an answer replaces it, so a retry that
             // meets the same reason changes no status.
@@ -803,7 +878,7 @@ impl State {
             .policy
             .max_concurrent_builds
             .saturating_sub(running);
-        for k in 0..train.cars.len().min(depth) {
+        for k in batch::tests_to_start(&train.cars, plan) {
             if free == 0 {
                 break;
             }
@@ -826,6 +901,23 @@ impl State {
             self.launch(id, candidate, now, out);
             free -= 1;
         }
+    }
+
+    /// The plan of `train` now: the configuration's, or the planner's from
+    /// the repository's recent outcomes and build budget (the whole budget:
+    /// PRs' own tests come and go, and `advance` starts only what is free).
+    fn plan_for(&self, name: &RepoName, train: &Train) -> planner::Planned {
+        let repo = &self.repos[name];
+        let policy = &repo.policy;
+        planner::plan(
+            policy.batch,
+            policy.train_depth,
+            policy.bisect_parallel,
+            policy.optimistic,
+            &repo.outcomes,
+            train.cars.len(),
+            policy.max_concurrent_builds,
+        )
     }
 
     /// A PR's place in its train (0 = first), if it is in one.
@@ -868,6 +960,34 @@ fn car_results(repo: &RepoName, pr: &CandidatePr, build: &BuildId) -> ResultKey 
         head: pr.head_sha.clone(),
         build: build.clone(),
     }
+}
+
+/// Takes car `index`'s PR out of `train` with `reason` (it does not come
+/// back by itself with this head); the cars behind it are rebuilt. Returns
+/// the builds to cancel.
+fn eject_car(
+    repo: &mut RepoState,
+    train: &mut Train,
+    index: usize,
+    reason: String,
+    link: Option<ResultKey>,
+) -> Vec<BuildId> {
+    let removed = train.cars.remove(index);
+    let mut stale = Vec::new();
+    if let CarState::Testing { build, .. } = &removed.state {
+        stale.push(build.clone());
+    }
+    stale.extend(reset_from(train, index, &mut repo.next_car));
+    if let Some(pr) = repo.prs.get_mut(&removed.pr.number) {
+        pr.ejected = Some(Ejection {
+            head: removed.pr.head_sha.clone(),
+            reason,
+            link,
+        });
+        pr.in_train = false;
+    }
+    repo.index.dirty.insert(removed.pr.number);
+    stale
 }
 
 /// Cars from `index` on go back to waiting (their commits held what is

@@ -210,6 +210,7 @@ impl State {
                                 CarState::Built { .. } => ("built", None),
                                 CarState::Testing { build, .. } => ("testing", Some(build.clone())),
                                 CarState::Passed { build, .. } => ("passed", Some(build.clone())),
+                                CarState::Failed { build, .. } => ("failed", Some(build.clone())),
                             };
                             CarView {
                                 id: c.id,

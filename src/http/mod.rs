@@ -533,6 +533,14 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
             head: pair.head.clone(),
             build: build.clone(),
         }),
+        HistoryEntry::SuspectedFlake {
+            pr, head, build, ..
+        } => Some(ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: head.clone(),
+            build: build.clone(),
+        }),
     };
     let mut value = serde_json::to_value(entry).unwrap_or_default();
     if let (Some(key), Some(object)) = (key, value.as_object_mut()) {

@@ -63,6 +63,9 @@ fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
             vec![pr.number],
             vec![&pair.head, &pair.target, merge_sha],
         ),
+        HistoryEntry::SuspectedFlake { pr, head, car, .. } => {
+            (pr.repo.as_str(), vec![pr.number], vec![head, car])
+        }
     };
     f.repo.as_ref().is_none_or(|r| r == repo)
         && f.pr.is_none_or(|n| prs.contains(&n))
