@@ -446,8 +446,8 @@ enum TrainOp {
 
 fn train_op() -> impl Strategy<Value = TrainOp> {
     prop_oneof![
-        (1..6u64, 0..3u32).prop_map(|(pr, head)| TrainOp::Open { pr, head }),
-        (1..6u64, proptest::bool::weighted(0.85))
+        (1..8u64, 0..3u32).prop_map(|(pr, head)| TrainOp::Open { pr, head }),
+        (1..8u64, proptest::bool::weighted(0.85))
             .prop_map(|(pr, approve)| TrainOp::Review { pr, approve }),
         (0..8usize, 0..3u8).prop_map(|(pick, outcome)| TrainOp::FinishOwn { pick, outcome }),
         (0..8usize, proptest::bool::weighted(0.1))
@@ -503,11 +503,19 @@ fn chain(f: &Forge, from: &Sha, to: &Sha) -> Result<Vec<(u64, Sha)>, TestCaseErr
     Ok(prs)
 }
 
-fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> {
+fn run_train(
+    ops: Vec<TrainOp>,
+    pr_tests: PrTests,
+    batch: planner::BatchSize,
+    optimistic: bool,
+) -> Result<(), TestCaseError> {
     let policy = RepoPolicy {
         max_concurrent_builds: 3,
         train_depth: 3,
         pr_tests,
+        batch,
+        bisect_parallel: 2,
+        optimistic,
         ..RepoPolicy::default()
     };
     let mut state = State::new([(repo_name(), policy)], "t");
@@ -523,7 +531,25 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
         branch: "main".into(),
         sha: sha(0x100),
     }];
-    for op in ops {
+    // After the random events, a good world (every car builds, every test
+    // passes, GitHub takes every landing): the train must drain.
+    let drain = (0..400).map(|i| match i % 5 {
+        0 => TrainOp::AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        1 => TrainOp::FinishCar {
+            pick: 0,
+            outcome: 0,
+        },
+        2 => TrainOp::FinishOwn {
+            pick: 0,
+            outcome: 0,
+        },
+        3 => TrainOp::AnswerLand { pick: 0, gate: 0 },
+        _ => TrainOp::Tick,
+    });
+    for op in ops.into_iter().chain(drain) {
         now += 1_000;
         let event = match op {
             TrainOp::Open { pr, head } => {
@@ -751,6 +777,18 @@ fn run_train(ops: Vec<TrainOp>, pr_tests: PrTests) -> Result<(), TestCaseError> 
                 .collect::<Vec<_>>()
         );
     }
+    // Progress: nothing is left in the train, and no PR could enter it.
+    let repo = state.repo(&repo_name()).unwrap();
+    prop_assert!(
+        repo.trains.get("main").is_none_or(|t| t.cars.is_empty()),
+        "the train did not drain: {:?}",
+        repo.trains
+    );
+    prop_assert!(
+        repo.index.ready.get("main").is_none_or(|r| r.is_empty()),
+        "PRs could enter but did not: {:?}",
+        repo.index.ready
+    );
     Ok(())
 }
 
@@ -764,7 +802,13 @@ proptest! {
             Just(PrTests::AfterApproval),
             Just(PrTests::TrainOnly),
         ],
+        batch in prop_oneof![
+            Just(planner::BatchSize::Fixed(1)),
+            Just(planner::BatchSize::Fixed(3)),
+            Just(planner::BatchSize::Adaptive { max: 4 }),
+        ],
+        optimistic in proptest::bool::ANY,
     ) {
-        run_train(ops, pr_tests)?;
+        run_train(ops, pr_tests, batch, optimistic)?;
     }
 }
