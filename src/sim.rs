@@ -67,6 +67,16 @@ pub fn ceiling(p: f64, runners: usize) -> f64 {
     q * (1.0 - q.powi(runners as i32)) / p
 }
 
+/// H(p) = −p·log2 p − q·log2 q: the fewest runs per PR any adaptive
+/// group-testing scheme needs on average.
+pub fn entropy(p: f64) -> f64 {
+    if p <= 0.0 || p >= 1.0 {
+        return 0.0;
+    }
+    let q = 1.0 - p;
+    -p * p.log2() - q * q.log2()
+}
+
 fn sha(n: u64) -> Sha {
     Sha::parse(&format!("{n:040x}")).expect("hex")
 }

@@ -2,17 +2,21 @@
 //! train, from the measured failure rate of recent PRs and the free build
 //! budget.
 //!
-//! The rule. With a PR failure rate p (q = 1 − p), a batch of b PRs passes
-//! with probability q^b; testing in batches costs about 1/b builds per PR
-//! when they pass plus a bisection (≈ log2 b builds) when one fails.
-//! Dorfman's group-testing optimum for that trade is b ≈ 1/√p (p = 0.02: 7;
-//! 0.05: 4; 0.1: 3; 0.2: 2), which keeps a batch's pass probability near
-//! e^(−√p) and the cost per PR near 2√p. There is no point in a batch
-//! larger than what fills the free runners: with n PRs waiting and R free
-//! runners, b ≤ ⌈n / R⌉, so a short queue is tested one PR per car
-//! (speculation, which lands soonest) and a long one in batches (which
-//! lands most per CI cycle). The depth is every free runner, capped by
-//! `train_depth`.
+//! The rule, fitted to the simulator's sweep over fixed batch sizes
+//! (`cargo bench --bench batch -- --sweep`; the table is in design/):
+//!
+//! - A batch of b PRs passes with probability q^b (q = 1 − p). Bisecting a
+//!   failed one costs about log2 b more cycles, during which the PRs behind
+//!   it wait; so the batch is kept where a failure is the exception:
+//!   b ≤ 1/(2.5·p) (p = 0.02: 20; 0.05: 8; 0.1: 4; 0.2: 2).
+//! - There is no point in a batch larger than what fills the runners: with
+//!   n PRs in the train and R runners, b ≤ ⌈n/R⌉, so a short queue is
+//!   tested one PR per car (which lands soonest) and a long one in batches
+//!   (which lands most per CI cycle).
+//! - When p·R ≥ 0.8 (most rounds hold a failure somewhere among the R cars
+//!   in flight) and p ≥ 0.1, speculation one PR per car wins: a failure
+//!   costs no bisection, the culprit is known at once.
+//! - The depth is every runner, capped by `train_depth`.
 //!
 //! p is measured over the last [`WINDOW`] PRs the train decided on (landed
 //! or ejected as the culprit), with a prior of [`PRIOR_FAILURES`] in
@@ -25,9 +29,10 @@ use std::collections::VecDeque;
 
 /// PRs the failure rate is measured over.
 pub const WINDOW: usize = 40;
-/// The prior: as if 1 in 20 PRs had failed.
-pub const PRIOR_FAILURES: f64 = 1.0;
-pub const PRIOR_PRS: f64 = 20.0;
+/// The prior: as if 1 in 20 PRs had failed, weighing 10 PRs (light, so a
+/// few real outcomes move it).
+pub const PRIOR_FAILURES: f64 = 0.5;
+pub const PRIOR_PRS: f64 = 10.0;
 
 /// The recent decisions of a repository's trains: `true` for a PR ejected
 /// as a culprit, `false` for one landed.
@@ -90,12 +95,19 @@ pub struct Planned {
     pub reason: String,
 }
 
-/// The Dorfman batch size for failure rate `p`: ⌊1/√p⌉, at least 1.
-pub fn dorfman_batch(p: f64) -> usize {
+/// The largest batch that keeps a failure the exception at failure rate
+/// `p`: ⌊1/(2.5·p)⌋, at least 1.
+pub fn batch_cap(p: f64) -> usize {
     if p <= 0.0 {
         return usize::MAX;
     }
-    ((1.0 / p.sqrt()).round() as usize).max(1)
+    ((1.0 / (2.5 * p)).floor() as usize).max(1)
+}
+
+/// Whether failures are frequent enough among `runners` cars in flight
+/// that one PR per car (no bisection) lands more.
+pub fn speculation_wins(p: f64, runners: usize) -> bool {
+    p >= 0.1 && p * runners as f64 >= 0.8
 }
 
 /// The plan for a train with `waiting` PRs in it, `free` build slots (the
@@ -115,16 +127,21 @@ pub fn plan(
         BatchSize::Fixed(b) => (b.max(1), "fixed by the configuration".to_string()),
         BatchSize::Adaptive { max } => {
             let fill = waiting.div_ceil(runners).max(1);
-            let best = dorfman_batch(p);
-            let batch = best.min(fill).min(max.max(1));
-            let limit = if batch == max.max(1) && best > batch {
-                "max_batch".to_string()
-            } else if batch == fill && best > fill {
-                format!("{waiting} PRs over {runners} runners")
+            let cap = batch_cap(p);
+            let max = max.max(1);
+            if speculation_wins(p, runners) {
+                (1, "p·R ≥ 0.8: one PR per car, no bisection".to_string())
             } else {
-                "1/√p".to_string()
-            };
-            (batch, limit)
+                let batch = cap.min(fill).min(max);
+                let limit = if batch == max && cap > max {
+                    "max_batch".to_string()
+                } else if batch == fill && cap > fill {
+                    format!("{waiting} PRs over {runners} runners")
+                } else {
+                    "1/(2.5·p)".to_string()
+                };
+                (batch, limit)
+            }
         }
     };
     let window = if outcomes.is_empty() {
@@ -164,8 +181,11 @@ mod tests {
         // Few failures, a long queue: big batches.
         let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 64, 8);
         assert_eq!(p.plan.batch, 8, "{}", p.reason);
-        // Many failures: small ones.
+        // Many failures and many runners: one PR per car.
         let p = plan(adaptive, 8, 1, false, &outcomes(12, 40), 64, 8);
+        assert_eq!(p.plan.batch, 1, "{}", p.reason);
+        // Many failures, one runner: small batches.
+        let p = plan(adaptive, 8, 1, false, &outcomes(8, 40), 64, 1);
         assert_eq!(p.plan.batch, 2, "{}", p.reason);
         // A short queue: one PR per car, every runner busy.
         let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 5, 8);
@@ -189,7 +209,7 @@ mod tests {
         );
         assert!(
             p.reason
-                .starts_with("batch 4, depth 3: p ≈ 0.05 over the last 40 PRs, 6 runners free"),
+                .starts_with("batch 8, depth 3: p ≈ 0.05 over the last 40 PRs, 6 runners free"),
             "{}",
             p.reason
         );
@@ -211,9 +231,10 @@ mod tests {
         for _ in 0..WINDOW {
             o.record(false);
         }
-        assert!((o.failure_rate() - 1.0 / 60.0).abs() < 1e-9);
-        assert_eq!(dorfman_batch(0.05), 4);
-        assert_eq!(dorfman_batch(0.02), 7);
-        assert_eq!(dorfman_batch(0.2), 2);
+        assert!((o.failure_rate() - 0.5 / 50.0).abs() < 1e-9);
+        assert_eq!(batch_cap(0.05), 8);
+        assert_eq!(batch_cap(0.02), 20);
+        assert_eq!(batch_cap(0.2), 2);
+        assert!(speculation_wins(0.1, 8) && !speculation_wins(0.05, 16));
     }
 }
