@@ -3,7 +3,9 @@
 //! ref update, branch protection with the `sluice` check required), with
 //! real test processes.
 
+use sluice::config::BatchSetting;
 use sluice::core::MergeMethod;
+use sluice::core::PrTests;
 use sluice::demo::{DEMO_REPO, Stack};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -542,5 +544,134 @@ async fn a_landing_waits_for_another_required_check_and_a_car_it_fails_is_ejecte
         assert!(tested.contains(sha), "{sha} was not a passing car");
         assert!(reported.contains(sha), "{sha} landed without ci/build");
     }
+    stack.sluice.stop().await;
+}
+
+/// Opens `count` approved PRs with a 3 s test, those at `failing` with a
+/// BUG; waits until every other one landed. Returns (PR, passes) and how
+/// long it took from the first opening.
+async fn drain(stack: &Stack, count: usize, failing: &[usize]) -> (Vec<(u64, bool)>, Duration) {
+    let mut prs = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        let bad = failing.contains(&i);
+        let content = if bad { "BUG\n" } else { "ok\n" };
+        let n = stack
+            .open_pr(
+                &format!("drain-{i}"),
+                &[(&format!("src/drain-{i}.txt"), content), ("delay", "3")],
+                &format!("Drain {i}"),
+            )
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, n, "alice", "APPROVED")
+            .await
+            .unwrap();
+        prs.push((n, !bad));
+    }
+    stack
+        .wait_for("the passing PRs merged", Duration::from_secs(300), |s| {
+            prs.iter()
+                .filter(|(_, good)| *good)
+                .all(|(n, _)| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+        })
+        .await
+        .unwrap();
+    (prs, started.elapsed())
+}
+
+async fn batch_stack(dir: &std::path::Path, batch: BatchSetting) -> Stack {
+    Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
+        let repo = &mut c.repos[0];
+        repo.train_depth = 4;
+        repo.max_concurrent_builds = 4;
+        repo.pr_tests = PrTests::TrainOnly;
+        repo.batch = batch;
+        repo.max_batch = 8;
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = batch_stack(dir.path(), BatchSetting::Size(4)).await;
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let (prs, _) = drain(&stack, 8, &[2]).await;
+    let culprit = prs[2].0;
+    assert!(!stack.hub.pr(DEMO_REPO, culprit).unwrap().merged);
+    // The culprit is named as such: its own car failed on a passing one.
+    let status = stack.status_of(culprit).unwrap();
+    assert_eq!(status.state, "failure", "{status:?}");
+    let said = status.description.clone().unwrap_or_default();
+    assert!(said.starts_with("left the train: the car failed"), "{said}");
+    assert!(said.contains(&format!("#{}", prs[1].0)), "{said}");
+    assert!(status.target_url.is_some(), "links the failing build");
+    // main moved only to cars that passed (the cars inside a batch are in
+    // its history, but it never pointed at one of them).
+    let tested = passed_cars(&stack).await;
+    let history = stack.get_json("/history").await.unwrap();
+    let landed: BTreeSet<String> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "merged")
+        .map(|e| e["merge_sha"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!landed.is_empty());
+    for sha in &landed {
+        assert!(tested.contains(sha), "{sha} was not a passing car");
+    }
+    let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    assert!(landed.contains(head.as_str()));
+    // Every commit on main since is one of the cars (nothing else landed).
+    assert_eq!(first_parents(&stack, start.as_str()).len(), 7);
+    let queue = stack.get_json("/queue").await.unwrap();
+    assert!(queue["trains"].as_array().unwrap().is_empty(), "{queue}");
+    stack.sluice.stop().await;
+}
+
+/// The figures of issue 9's end-to-end goal: `cargo test --test train_e2e
+/// -- --ignored --nocapture batch_drain_figures` (scripts/bench runs it).
+#[tokio::test]
+#[ignore]
+async fn batch_drain_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = batch_stack(dir.path(), BatchSetting::Word("adaptive".into())).await;
+    // Two failing PRs at positions drawn once (seeded), 16 in all.
+    let failing = [5, 12];
+    let (prs, took) = drain(&stack, 16, &failing).await;
+    let failing_merged = prs
+        .iter()
+        .filter(|(n, good)| !good && stack.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
+        .count();
+    let named = prs.iter().filter(|(_, good)| !good).all(|(n, _)| {
+        stack.status_of(*n).is_some_and(|s| {
+            s.state == "failure"
+                && s.description
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("left the train: the car failed")
+        })
+    });
+    let history = stack.get_json("/history").await.unwrap();
+    let builds = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "build_finished")
+        .count();
+    println!(
+        "batch drain: 16 approved PRs (2 failing, at 6th and 13th), 3 s test, adaptive batches (max 8), depth 4, 4 runners, PRs tested only in the train: \
+         14 landed {:.1} s after the first was opened ({:.1} CI cycles); {failing_merged} failing landed; \
+         each failing one named as the culprit: {named}; {builds} builds finished (goal: within 5 cycles, 15 s, plus overhead)",
+        took.as_secs_f64(),
+        took.as_secs_f64() / 3.0,
+    );
+    assert_eq!(failing_merged, 0);
+    assert!(named);
     stack.sluice.stop().await;
 }

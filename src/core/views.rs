@@ -152,7 +152,7 @@ impl State {
 }
 
 /// One branch's train, as `GET /queue` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainView {
     pub repo: RepoName,
     pub branch: String,
@@ -165,6 +165,11 @@ pub struct TrainView {
     pub blocked: Option<String>,
     /// The mean of the repository's recent test durations, the ETA's base.
     pub mean_test_secs: Option<u64>,
+    /// The batch size and depth the train runs with, and why ("batch 4,
+    /// depth 3: p ≈ 0.06 over the last 40 PRs, 6 runners free ...").
+    pub plan: Option<String>,
+    /// The failure rate the planner uses (recent PRs, with its prior).
+    pub failure_rate: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -200,6 +205,8 @@ impl State {
                     landing: train.landing.as_ref().map(|l| l.to.clone()),
                     blocked: train.blocked.as_ref().map(|(why, _)| why.clone()),
                     mean_test_secs: repo.test_durations.mean_ms().map(secs),
+                    plan: train.plan.clone(),
+                    failure_rate: repo.outcomes.failure_rate(),
                     cars: train
                         .cars
                         .iter()
