@@ -152,6 +152,22 @@ impl Stack {
         Ok((response.status().as_u16(), response.json().await?))
     }
 
+    /// POSTs `body` to `path`, with the API token if `token`; returns
+    /// status and body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: bool,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if token {
+            request = request.bearer_auth(API_TOKEN);
+        }
+        let response = request.send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
     /// Opens a PR from a new branch that writes `files` on top of main.
     pub async fn open_pr(
         &self,

@@ -675,3 +675,102 @@ async fn batch_drain_figures() {
     assert!(named);
     stack.sluice.stop().await;
 }
+
+#[tokio::test]
+async fn a_paused_branch_lands_nothing_until_it_runs_again_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = train_stack(dir.path(), 2).await;
+    let body =
+        |state: &str| serde_json::json!({"repo": DEMO_REPO, "branch": "main", "state": state});
+    // Authenticated, well-formed, about a repository sluice gates.
+    let (code, answer) = stack
+        .post_json("/branch", &body("paused"), false)
+        .await
+        .unwrap();
+    assert_eq!(code, 401, "{answer}");
+    let (code, answer) = stack
+        .post_json(
+            "/branch",
+            &serde_json::json!({"repo": DEMO_REPO, "branch": "main", "state": "stopped"}),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("paused"),
+        "{answer}"
+    );
+    let (code, _) = stack
+        .post_json(
+            "/branch",
+            &serde_json::json!({"repo": "octo/other", "branch": "main", "state": "paused"}),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let (code, answer) = stack
+        .post_json("/branch", &body("paused"), true)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["mode"], "paused");
+    assert_eq!(answer["was"], "running");
+    // An approved, passing PR does not land while paused, and says why.
+    let n = stack
+        .open_pr("paused-1", &[("src/paused.txt", "ok\n")], "Paused 1")
+        .await
+        .unwrap();
+    stack
+        .hub
+        .review(DEMO_REPO, n, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("its own test passed", Duration::from_secs(60), |s| {
+            s.status_of(n).is_some_and(|st| st.state == "success")
+        })
+        .await
+        .unwrap();
+    let queue = stack.get_json("/queue").await.unwrap();
+    assert_eq!(queue["trains"][0]["state"], "paused", "{queue}");
+    let view = stack.get_json(&format!("/status?pr={n}")).await.unwrap();
+    assert!(view.to_string().contains("is paused"), "{view}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stack.hub.pr(DEMO_REPO, n).unwrap().merged);
+    // Running again: it lands; the history has both transitions.
+    let (code, _) = stack
+        .post_json("/branch", &body("running"), true)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    stack
+        .wait_for("it landed", Duration::from_secs(60), |s| {
+            s.hub.pr(DEMO_REPO, n).is_some_and(|p| p.merged)
+        })
+        .await
+        .unwrap();
+    let history = stack.get_json("/history").await.unwrap();
+    let modes: Vec<(String, String)> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "branch_mode")
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().into(),
+                e["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    // Newest first.
+    assert_eq!(
+        modes,
+        vec![
+            ("paused".into(), "running".into()),
+            ("running".into(), "paused".into())
+        ]
+    );
+    stack.sluice.stop().await;
+}

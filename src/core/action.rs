@@ -111,6 +111,15 @@ pub enum Answer {
     },
     /// The PR cannot merge now; each reason is one sentence.
     NotReady { pr: PrKey, reasons: Vec<String> },
+    /// sluice does not gate this repository.
+    UnknownRepo { repo: RepoName },
+    /// The branch's train is now in `mode` (it was in `was`).
+    BranchMode {
+        repo: RepoName,
+        branch: String,
+        mode: BranchMode,
+        was: BranchMode,
+    },
 }
 
 /// A fact for the history.
@@ -144,6 +153,14 @@ pub enum HistoryEntry {
     },
     /// A car failed, and a car behind it holding its PRs passed on the same
     /// base (`optimistic`): the failure is taken for a flake.
+    /// A person set a branch's train running, paused or draining.
+    BranchMode {
+        repo: RepoName,
+        branch: String,
+        from: BranchMode,
+        to: BranchMode,
+        at: Timestamp,
+    },
     SuspectedFlake {
         pr: PrKey,
         /// The PR's head in the car (the failing build's results are

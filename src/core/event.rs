@@ -120,6 +120,15 @@ pub enum Event {
         context: String,
         description: String,
     },
+    /// A person sets a target branch's train running, paused (nothing
+    /// enters, nothing new is tested, nothing lands; running tests finish)
+    /// or draining (nothing enters; what is in the train lands).
+    SetBranchMode {
+        repo: RepoName,
+        branch: String,
+        mode: BranchMode,
+        request: RequestId,
+    },
     /// After a restart: builds the state believed running that the executor
     /// no longer has. They are re-queued; a lost build is not a result.
     BuildsLost { builds: Vec<BuildId> },
@@ -148,7 +157,8 @@ impl Event {
             | Event::Landed { repo, .. }
             | Event::LandRefused { repo, .. }
             | Event::LandWaiting { repo, .. }
-            | Event::CarCheckFailed { repo, .. } => Some(repo),
+            | Event::CarCheckFailed { repo, .. }
+            | Event::SetBranchMode { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
             Event::Tick | Event::BuildsLost { .. } => None,
         }

@@ -75,6 +75,11 @@ impl State {
                     request,
                     answer: Answer::UnknownPr,
                 });
+            } else if let Event::SetBranchMode { request, repo, .. } = event {
+                out.push(Action::Reply {
+                    request,
+                    answer: Answer::UnknownRepo { repo },
+                });
             }
             return out;
         }
@@ -183,6 +188,12 @@ impl State {
             } => {
                 self.on_car_check_failed(&repo, &branch, car, &context, &description, now, &mut out)
             }
+            Event::SetBranchMode {
+                repo,
+                branch,
+                mode,
+                request,
+            } => self.on_set_branch_mode(&repo, branch, mode, request, now, &mut out),
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
             Event::Tick | Event::BuildsLost { .. } => {
@@ -1062,6 +1073,11 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
         {
             reasons.push(e.reason.clone());
         }
+        match repo.branch_mode(base) {
+            BranchMode::Paused => reasons.push(text::branch_paused(base)),
+            BranchMode::Draining if !pr.in_train => reasons.push(text::branch_draining(base)),
+            _ => {}
+        }
         if let Some(train) = repo.trains.get(base)
             && let Some((position, eta)) = repo.train_spot(pr)
         {
@@ -1166,6 +1182,13 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
         }
         if pr.in_train {
             let (position, eta) = repo.train_spot(pr).unwrap_or((0, None));
+            if repo.branch_mode(base) == BranchMode::Paused {
+                return status(
+                    CommitState::Pending,
+                    text::in_train_held(base, position, &text::branch_paused(base)),
+                    None,
+                );
+            }
             if let Some(why) = repo.landing_held(pr) {
                 return status(
                     CommitState::Pending,

@@ -441,6 +441,10 @@ enum TrainOp {
     Close {
         pr: u64,
     },
+    /// 0 running, 1 paused, 2 draining.
+    SetMode {
+        mode: u8,
+    },
     Tick,
 }
 
@@ -456,6 +460,7 @@ fn train_op() -> impl Strategy<Value = TrainOp> {
         (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
         (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
         (1..6u64).prop_map(|pr| TrainOp::Close { pr }),
+        (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
         Just(TrainOp::Tick),
     ]
 }
@@ -533,22 +538,23 @@ fn run_train(
     }];
     // After the random events, a good world (every car builds, every test
     // passes, GitHub takes every landing): the train must drain.
-    let drain = (0..400).map(|i| match i % 5 {
-        0 => TrainOp::AnswerCar {
-            pick: 0,
-            conflict: false,
-        },
-        1 => TrainOp::FinishCar {
-            pick: 0,
-            outcome: 0,
-        },
-        2 => TrainOp::FinishOwn {
-            pick: 0,
-            outcome: 0,
-        },
-        3 => TrainOp::AnswerLand { pick: 0, gate: 0 },
-        _ => TrainOp::Tick,
-    });
+    let drain =
+        std::iter::once(TrainOp::SetMode { mode: 0 }).chain((0..400).map(|i| match i % 5 {
+            0 => TrainOp::AnswerCar {
+                pick: 0,
+                conflict: false,
+            },
+            1 => TrainOp::FinishCar {
+                pick: 0,
+                outcome: 0,
+            },
+            2 => TrainOp::FinishOwn {
+                pick: 0,
+                outcome: 0,
+            },
+            3 => TrainOp::AnswerLand { pick: 0, gate: 0 },
+            _ => TrainOp::Tick,
+        }));
     for op in ops.into_iter().chain(drain) {
         now += 1_000;
         let event = match op {
@@ -701,6 +707,16 @@ fn run_train(
                 f.approved.remove(&pr);
                 Event::PrClosed(key(pr))
             }
+            TrainOp::SetMode { mode } => Event::SetBranchMode {
+                repo: repo_name(),
+                branch: "main".into(),
+                mode: [
+                    BranchMode::Running,
+                    BranchMode::Paused,
+                    BranchMode::Draining,
+                ][mode as usize % 3],
+                request: RequestId(1),
+            },
             TrainOp::Tick => Event::Tick,
         };
         events.push(event);

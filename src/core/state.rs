@@ -104,6 +104,9 @@ pub struct RepoState {
     /// How long its tests take lately: the train's ETA.
     #[serde(default)]
     pub test_durations: super::train::TestDurations,
+    /// Branches whose train is paused or draining (absent: running).
+    #[serde(default)]
+    pub branch_modes: BTreeMap<String, BranchMode>,
     /// Its trains' recent PRs, landed or ejected: the planner's failure
     /// rate.
     #[serde(default)]
@@ -217,6 +220,7 @@ impl State {
                             next_car: 0,
                             test_durations: Default::default(),
                             outcomes: Default::default(),
+                            branch_modes: Default::default(),
                             index: RepoIndex::default(),
                         },
                     )

@@ -1432,3 +1432,65 @@ fn the_landed_comment_names_the_sha_the_car_and_its_test_and_no_name_becomes_mar
     assert_eq!(text::code("``x"), "``` ``x ```");
     assert_eq!(text::code("$(x)"), "`$(x)`");
 }
+
+#[test]
+fn a_paused_branch_takes_and_lands_nothing_and_a_draining_one_only_lands() {
+    let mut bot = train_bot(2);
+    let set = |bot: &mut Bot, mode: BranchMode| {
+        let request = bot.request();
+        bot.ev(Event::SetBranchMode {
+            repo: repo_name(),
+            branch: "main".into(),
+            mode,
+            request,
+        })
+    };
+    bot.open(1, 0xa1);
+    bot.approve(1);
+    let a = set(&mut bot, BranchMode::Paused);
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Record(HistoryEntry::BranchMode {
+            from: BranchMode::Running,
+            to: BranchMode::Paused,
+            ..
+        })
+    )));
+    // Its own test passes, but it does not enter.
+    let b = bot.build_of(1).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    assert!(car_builds(&a).is_empty());
+    assert!(
+        bot.view(1)
+            .waiting_on
+            .iter()
+            .any(|w| w.contains("is paused")),
+        "{:?}",
+        bot.view(1).waiting_on
+    );
+    // Draining takes nothing new either; running again lets it in.
+    set(&mut bot, BranchMode::Draining);
+    assert!(bot.state.train_position(&key(1)).is_none());
+    let a = set(&mut bot, BranchMode::Running);
+    assert_eq!(car_builds(&a).len(), 1);
+    // In the train, paused: its car's test passes but nothing lands.
+    let a = bot.build_cars(&a);
+    assert_eq!(bot.car_tests().len(), 1, "{a:?}");
+    set(&mut bot, BranchMode::Paused);
+    let (build, candidate) = bot.car_tests()[0].clone();
+    let a = bot.finish_as(&build, candidate, Outcome::Passed);
+    assert!(lands(&a).is_empty());
+    assert!(
+        bot.state
+            .pr(&key(1))
+            .unwrap()
+            .published
+            .as_ref()
+            .unwrap()
+            .description
+            .contains("is paused")
+    );
+    // Draining lands what is in the train.
+    let a = set(&mut bot, BranchMode::Draining);
+    assert_eq!(lands(&a).len(), 1);
+}

@@ -143,6 +143,14 @@ pub fn in_train(branch: &str, position: usize, eta_ms: Option<u64>) -> String {
     }
 }
 
+pub fn branch_paused(branch: &str) -> String {
+    format!("the train for {branch} is paused: nothing enters or lands until it runs again")
+}
+
+pub fn branch_draining(branch: &str) -> String {
+    format!("the train for {branch} is draining: nothing new enters until it runs again")
+}
+
 /// A PR whose car passed but cannot land yet, and why.
 pub fn in_train_held(branch: &str, position: usize, why: &str) -> String {
     format!("{} in the train for {branch}, passed; {why}", nth(position))

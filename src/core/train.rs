@@ -574,6 +574,45 @@ impl State {
         train.blocked = Some((why, retry_at));
     }
 
+    /// A person sets a branch's train running, paused or draining; the PRs
+    /// on it say so in their status.
+    pub(crate) fn on_set_branch_mode(
+        &mut self,
+        name: &RepoName,
+        branch: String,
+        mode: BranchMode,
+        request: RequestId,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let repo = self.repos.get_mut(name).expect("known repository");
+        let was = repo.branch_mode(&branch);
+        if mode == BranchMode::Running {
+            repo.branch_modes.remove(&branch);
+        } else {
+            repo.branch_modes.insert(branch.clone(), mode);
+        }
+        if was != mode {
+            repo.touch_branch(&branch);
+            out.push(Action::Record(HistoryEntry::BranchMode {
+                repo: name.clone(),
+                branch: branch.clone(),
+                from: was,
+                to: mode,
+                at: now,
+            }));
+        }
+        out.push(Action::Reply {
+            request,
+            answer: Answer::BranchMode {
+                repo: name.clone(),
+                branch,
+                mode,
+                was,
+            },
+        });
+    }
+
     fn train_mut(&mut self, repo: &RepoName, branch: &str) -> Option<&mut Train> {
         self.repos.get_mut(repo)?.trains.get_mut(branch)
     }
@@ -685,13 +724,18 @@ impl State {
         for number in dirty {
             repo.refile(number);
         }
-        // 3. Who enters: ready PRs in queue order.
-        let entering: Vec<u64> = repo
-            .index
-            .ready
-            .get(branch)
-            .map(|keys| keys.iter().map(|k| k.3).collect())
-            .unwrap_or_default();
+        // 3. Who enters: ready PRs in queue order (none while the branch is
+        // paused or draining).
+        let mode = repo.branch_mode(branch);
+        let entering: Vec<u64> = match mode {
+            BranchMode::Running => repo
+                .index
+                .ready
+                .get(branch)
+                .map(|keys| keys.iter().map(|k| k.3).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         for number in entering {
             let pr = repo.prs.get_mut(&number).expect("indexed");
             pr.in_train = true;
@@ -764,7 +808,7 @@ impl State {
             }
         }
         train.plan = Some(planned.reason.clone());
-        if let Some(base) = head {
+        if let Some(base) = head.filter(|_| mode != BranchMode::Paused) {
             self.advance(name, branch, &mut train, &base, &planned.plan, now, out);
         }
         for id in cancel {
@@ -929,6 +973,11 @@ impl State {
 }
 
 impl RepoState {
+    /// Whether `branch`'s train runs, is paused or drains.
+    pub fn branch_mode(&self, branch: &str) -> BranchMode {
+        self.branch_modes.get(branch).copied().unwrap_or_default()
+    }
+
     /// Why the PR's car passed but does not land yet, if so: the train's
     /// landing is held and the PR is in its passed prefix.
     pub(crate) fn landing_held(&self, pr: &Pr) -> Option<&str> {

@@ -192,6 +192,29 @@ impl Timestamp {
     }
 }
 
+/// Whether a target branch's train takes PRs and lands them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchMode {
+    #[default]
+    Running,
+    /// Nothing enters, nothing new is tested, nothing lands; running tests
+    /// finish.
+    Paused,
+    /// Nothing new enters; what is in the train is tested and lands.
+    Draining,
+}
+
+impl BranchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchMode::Running => "running",
+            BranchMode::Paused => "paused",
+            BranchMode::Draining => "draining",
+        }
+    }
+}
+
 /// What a test result belongs to: the PR head and the target-branch commit
 /// it was merged with.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

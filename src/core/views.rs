@@ -170,6 +170,8 @@ pub struct TrainView {
     pub plan: Option<String>,
     /// The failure rate the planner uses (recent PRs, with its prior).
     pub failure_rate: f64,
+    /// `running`, `paused` or `draining` (`POST /branch`).
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -207,6 +209,7 @@ impl State {
                     mean_test_secs: repo.test_durations.mean_ms().map(secs),
                     plan: train.plan.clone(),
                     failure_rate: repo.outcomes.failure_rate(),
+                    state: repo.branch_mode(branch).as_str(),
                     cars: train
                         .cars
                         .iter()
@@ -232,6 +235,23 @@ impl State {
                         })
                         .collect(),
                 });
+            }
+            // A paused or draining branch shows even with no train.
+            for (branch, mode) in &repo.branch_modes {
+                if !repo.trains.contains_key(branch) {
+                    all.push(TrainView {
+                        repo: name.clone(),
+                        branch: branch.clone(),
+                        base: repo.branch_head(branch).cloned(),
+                        cars: Vec::new(),
+                        landing: None,
+                        blocked: None,
+                        mean_test_secs: repo.test_durations.mean_ms().map(secs),
+                        plan: None,
+                        failure_rate: repo.outcomes.failure_rate(),
+                        state: mode.as_str(),
+                    });
+                }
             }
         }
         all

@@ -5,7 +5,9 @@
 
 mod deliveries;
 
-use crate::core::{Answer, Event, HistoryEntry, PrKey, PrView, RepoName, ResultKey};
+use crate::core::{
+    Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId, ResultKey,
+};
 use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
@@ -163,6 +165,8 @@ pub fn routes(
         .or(request("retest"))
         .unify()
         .or(request("try-merge"))
+        .unify()
+        .or(request("branch"))
         .unify()
         .or(history)
         .unify()
@@ -425,45 +429,21 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    // serde would also read a struct from an array (`["o/r", 1]`); only the
-    // documented object is accepted.
-    let parsed = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) if v.is_object() => serde_json::from_value::<PrRequest>(v).map_err(|e| e.to_string()),
-        Ok(_) => Err("not a JSON object".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let request = match parsed {
-        Ok(r) => r,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"repo\": \"owner/name\", \"pr\": <number>}}: {e}"),
-            );
-        }
-    };
-    let repo = match RepoName::parse(&request.repo) {
-        Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let pr = PrKey {
-        repo,
-        number: request.pr,
-    };
     let id = ctx.shared.request_id();
-    let event = if name == "retest" {
-        Event::Retest {
-            pr: pr.clone(),
-            request: id,
+    let event = if name == "branch" {
+        match branch_request(body, id) {
+            Ok(event) => event,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
         }
     } else {
-        Event::TryMerge {
-            pr: pr.clone(),
-            request: id,
+        match pr_request(name, body, id) {
+            Ok(event) => event,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
         }
     };
     let (reply, answer) = oneshot::channel();
     let submitted = ctx.shared.inputs.send(Input::Request {
-        event,
+        event: event.clone(),
         request: id,
         reply,
     });
@@ -484,12 +464,75 @@ async fn on_request(ctx: &HttpContext, name: &str, auth: Option<&str>, body: &[u
     };
     let status = match &answer {
         Answer::UnknownPr => {
+            let pr = match &event {
+                Event::Retest { pr, .. } | Event::TryMerge { pr, .. } => pr.to_string(),
+                _ => String::new(),
+            };
             return json_error(StatusCode::NOT_FOUND, format!("sluice does not track {pr}"));
         }
+        Answer::UnknownRepo { repo } => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                format!("sluice does not gate {repo}"),
+            );
+        }
         Answer::RetestQueued { .. } | Answer::Merging { .. } => StatusCode::ACCEPTED,
+        Answer::BranchMode { .. } => StatusCode::OK,
         Answer::CannotTest { .. } | Answer::NotReady { .. } => StatusCode::CONFLICT,
     };
     json(status, &answer)
+}
+
+/// The body of /branch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchRequest {
+    pub repo: String,
+    pub branch: String,
+    pub state: BranchMode,
+}
+
+/// A JSON object body as `T` (serde would also read a struct from an
+/// array; only the documented object is accepted).
+fn object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v.is_object() => serde_json::from_value::<T>(v).map_err(|e| e.to_string()),
+        Ok(_) => Err("not a JSON object".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn branch_request(body: &[u8], request: RequestId) -> Result<Event, String> {
+    let r: BranchRequest = object(body).map_err(|e| {
+        format!(
+            "expected {{\"repo\": \"owner/name\", \"branch\": \"main\", \"state\": \"running\" | \"paused\" | \"draining\"}}: {e}"
+        )
+    })?;
+    let repo = RepoName::parse(&r.repo).map_err(|e| e.to_string())?;
+    if r.branch.is_empty()
+        || r.branch.len() > 255
+        || r.branch.starts_with(crate::core::STAGING_PREFIX)
+    {
+        return Err(format!("{:?} is not a target branch", r.branch));
+    }
+    Ok(Event::SetBranchMode {
+        repo,
+        branch: r.branch,
+        mode: r.state,
+        request,
+    })
+}
+
+fn pr_request(name: &str, body: &[u8], request: RequestId) -> Result<Event, String> {
+    let r: PrRequest = object(body)
+        .map_err(|e| format!("expected {{\"repo\": \"owner/name\", \"pr\": <number>}}: {e}"))?;
+    let repo = RepoName::parse(&r.repo).map_err(|e| e.to_string())?;
+    let pr = PrKey { repo, number: r.pr };
+    Ok(if name == "retest" {
+        Event::Retest { pr, request }
+    } else {
+        Event::TryMerge { pr, request }
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -533,6 +576,7 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
             head: pair.head.clone(),
             build: build.clone(),
         }),
+        HistoryEntry::BranchMode { .. } => None,
         HistoryEntry::SuspectedFlake {
             pr, head, build, ..
         } => Some(ResultKey {

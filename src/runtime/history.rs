@@ -63,6 +63,7 @@ fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
             vec![pr.number],
             vec![&pair.head, &pair.target, merge_sha],
         ),
+        HistoryEntry::BranchMode { repo, .. } => (repo.as_str(), vec![], vec![]),
         HistoryEntry::SuspectedFlake { pr, head, car, .. } => {
             (pr.repo.as_str(), vec![pr.number], vec![head, car])
         }

@@ -945,6 +945,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::Landed { .. } => "landed",
         Event::LandRefused { .. } => "land_refused",
         Event::LandWaiting { .. } => "land_waiting",
+        Event::SetBranchMode { .. } => "set_branch_mode",
         Event::CarCheckFailed { .. } => "car_check_failed",
         Event::Tick => "tick",
     }
