@@ -792,6 +792,9 @@ async fn wrong_methods_are_405_and_unknown_paths_404() {
         (Method::PUT, "/retest"),
         (Method::DELETE, "/try-merge"),
         (Method::GET, "/try-merge"),
+        (Method::GET, "/branch"),
+        (Method::PUT, "/branch"),
+        (Method::POST, "/queue"),
     ] {
         let what = format!("{method} {path}");
         let r = stack
@@ -1312,4 +1315,76 @@ fn arbitrary_deliveries_never_crash_sluice() {
         assert_eq!(status["prs"], json!([]), "nothing is tracked: {status}");
         assert!(stack.hub.merges().is_empty());
     });
+}
+
+// ---- /branch ----
+
+#[tokio::test]
+async fn branch_control_rejects_bad_requests_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, pr) = stack_with_passing_pr(dir.path()).await;
+    let before = snapshot(&stack, &[pr]).await;
+    let post = || stack.http.post(stack.url("/branch"));
+    let good = json!({"repo": DEMO_REPO, "branch": "main", "state": "paused"});
+    let r = post().json(&good).send().await.unwrap();
+    expect_error("no token", r, 401).await;
+    let r = post()
+        .bearer_auth("wrong")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    expect_error("wrong token", r, 401).await;
+    for (what, body) in [
+        ("not JSON", "{nope".to_string()),
+        ("an array", json!([DEMO_REPO, "main", "paused"]).to_string()),
+        (
+            "an unknown state",
+            json!({"repo": DEMO_REPO, "branch": "main", "state": "off"}).to_string(),
+        ),
+        (
+            "a missing branch",
+            json!({"repo": DEMO_REPO, "state": "paused"}).to_string(),
+        ),
+        (
+            "an unknown field",
+            json!({"repo": DEMO_REPO, "branch": "main", "state": "paused", "x": 1}).to_string(),
+        ),
+        (
+            "a staging branch",
+            json!({"repo": DEMO_REPO, "branch": "sluice/main/1", "state": "paused"}).to_string(),
+        ),
+        (
+            "an empty branch",
+            json!({"repo": DEMO_REPO, "branch": "", "state": "paused"}).to_string(),
+        ),
+        (
+            "a bad repo",
+            json!({"repo": "../x", "branch": "main", "state": "paused"}).to_string(),
+        ),
+    ] {
+        let r = post()
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(what, r, 400).await;
+    }
+    let r = post()
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"repo": "octo/unknown", "branch": "main", "state": "paused"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error("an unknown repository", r, 404).await;
+    let r = post()
+        .bearer_auth(API_TOKEN)
+        .body(vec![b' '; 64 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413, "oversized");
+    assert_unchanged(&stack, &[pr], &before).await;
 }
