@@ -416,6 +416,9 @@ pub struct RepoConfig {
     /// a suspected flake.
     #[serde(default)]
     pub optimistic: bool,
+    /// Train mode: a PR with this label goes to the front of its train.
+    #[serde(default)]
+    pub urgent_label: Option<String>,
 }
 
 /// `batch = 4` or `batch = "adaptive"`.
@@ -519,6 +522,7 @@ impl RepoConfig {
             },
             bisect_parallel: self.bisect_parallel,
             optimistic: self.optimistic,
+            urgent_label: self.urgent_label.clone(),
         }
     }
     pub fn job_timeout(&self) -> Duration {

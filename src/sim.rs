@@ -94,6 +94,7 @@ pub fn run(s: &Scenario) -> Outcome {
         batch: s.batch,
         bisect_parallel: 1,
         optimistic: s.optimistic,
+        urgent_label: None,
     };
     let mut state = State::new([(repo.clone(), policy)], "sim");
     let mut now = 0u64;

@@ -46,6 +46,10 @@ pub struct RepoPolicy {
     /// as a suspected flake (`core/batch.rs`).
     #[serde(default)]
     pub optimistic: bool,
+    /// Train mode: a PR with this label goes to the front of its train (the
+    /// cars behind are rebuilt on it).
+    #[serde(default)]
+    pub urgent_label: Option<String>,
 }
 
 fn one() -> usize {
@@ -81,6 +85,7 @@ impl Default for RepoPolicy {
             batch: planner::BatchSize::Fixed(1),
             bisect_parallel: 1,
             optimistic: false,
+            urgent_label: None,
         }
     }
 }

@@ -521,6 +521,7 @@ fn run_train(
         batch,
         bisect_parallel: 2,
         optimistic,
+        urgent_label: Some("urgent".into()),
         ..RepoPolicy::default()
     };
     let mut state = State::new([(repo_name(), policy)], "t");
@@ -559,7 +560,11 @@ fn run_train(
         now += 1_000;
         let event = match op {
             TrainOp::Open { pr, head } => {
-                let s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
+                let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
+                // One head in three is urgent (preemption in the mix).
+                if head == 2 {
+                    s.labels = vec!["urgent".into()];
+                }
                 f.heads.insert(pr, s.head_sha.clone());
                 Event::PrUpdated(s)
             }

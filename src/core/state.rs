@@ -434,11 +434,9 @@ impl RepoState {
 
     /// Tested first: priority label, then approved, then oldest.
     pub fn queue_key(&self, pr: &Pr) -> QueueKey {
-        let priority = pr
-            .snapshot
-            .labels
-            .iter()
-            .any(|l| self.policy.priority_labels.contains(l));
+        let priority = pr.snapshot.labels.iter().any(|l| {
+            self.policy.priority_labels.contains(l) || self.policy.urgent_label.as_ref() == Some(l)
+        });
         (
             Reverse(priority),
             Reverse(self.approval(pr).approved()),

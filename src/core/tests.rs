@@ -1494,3 +1494,46 @@ fn a_paused_branch_takes_and_lands_nothing_and_a_draining_one_only_lands() {
     let a = set(&mut bot, BranchMode::Draining);
     assert_eq!(lands(&a).len(), 1);
 }
+
+#[test]
+fn an_urgent_pr_goes_to_the_front_of_the_train_and_the_cars_behind_are_rebuilt() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: 3,
+        urgent_label: Some("urgent".into()),
+        ..RepoPolicy::default()
+    });
+    let mut all = Vec::new();
+    for n in 1..=2 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+        let b = bot.build_of(n).unwrap();
+        all.extend(bot.finish(&b, Outcome::Passed));
+    }
+    for _ in 0..2 {
+        all = bot.build_cars(&all);
+    }
+    assert_eq!(bot.car_tests().len(), 2);
+    let order = |bot: &Bot| -> Vec<u64> { train_cars(bot).iter().map(|c| c.pr.number).collect() };
+    assert_eq!(order(&bot), vec![1, 2]);
+    // PR 3 is urgent: it enters in front, and both cars are rebuilt on it.
+    let mut urgent = snap(3, 0xa3, "main");
+    urgent.labels = vec!["urgent".into()];
+    bot.ev(Event::PrUpdated(urgent.clone()));
+    bot.approve(3);
+    let b = bot.build_of(3).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    assert_eq!(order(&bot), vec![3, 1, 2]);
+    assert_eq!(cancelled(&a).len(), 2, "the cars of #1 and #2 are rebuilt");
+    let built = car_builds(&a);
+    assert_eq!(built.len(), 1);
+    assert_eq!(
+        (built[0].1.clone(), built[0].2.clone()),
+        (sha(0x100), sha(0xa3))
+    );
+    // A label added to a PR in the train moves it up too.
+    let mut two = snap(2, 0xa2, "main");
+    two.labels = vec!["urgent".into()];
+    bot.ev(Event::PrUpdated(two));
+    assert_eq!(order(&bot), vec![3, 2, 1]);
+}

@@ -690,16 +690,28 @@ impl State {
             train.base = head.clone();
             train.blocked = None;
         }
-        // 2. PRs that changed leave; the cars behind them are rebuilt.
+        // 2. PRs that changed leave; the cars behind them are rebuilt. An
+        // urgent PR behind a car that is not urgent leaves too, to enter
+        // again at the front.
+        let landing_end = train
+            .landing
+            .as_ref()
+            .and_then(|l| train.cars.iter().position(|c| c.id == l.through))
+            .map_or(0, |k| k + 1);
         let mut i = 0;
         while i < train.cars.len() {
             let car = &train.cars[i];
-            let still = repo.prs.get(&car.pr.number).is_some_and(|pr| {
-                pr.snapshot.head_sha == car.pr.head_sha
-                    && pr.snapshot.base_ref == branch
-                    && !pr.snapshot.draft
-                    && repo.approval(pr).approved()
-            });
+            let misplaced = is_urgent(repo, car.pr.number)
+                && train.cars[landing_end.min(i)..i]
+                    .iter()
+                    .any(|c| !is_urgent(repo, c.pr.number));
+            let still = !misplaced
+                && repo.prs.get(&car.pr.number).is_some_and(|pr| {
+                    pr.snapshot.head_sha == car.pr.head_sha
+                        && pr.snapshot.base_ref == branch
+                        && !pr.snapshot.draft
+                        && repo.approval(pr).approved()
+                });
             let landing = train
                 .landing
                 .as_ref()
@@ -737,22 +749,40 @@ impl State {
             _ => Vec::new(),
         };
         for number in entering {
+            // Urgent: in front of every car that is neither urgent nor
+            // landing; the cars behind it are rebuilt on it.
+            let at = if is_urgent(repo, number) {
+                let landing_end = train
+                    .landing
+                    .as_ref()
+                    .and_then(|l| train.cars.iter().position(|c| c.id == l.through))
+                    .map_or(0, |k| k + 1);
+                (landing_end..train.cars.len())
+                    .find(|&k| !is_urgent(repo, train.cars[k].pr.number))
+                    .unwrap_or(train.cars.len())
+            } else {
+                train.cars.len()
+            };
+            cancel.extend(reset_from(&mut train, at, &mut repo.next_car));
             let pr = repo.prs.get_mut(&number).expect("indexed");
             pr.in_train = true;
             repo.index.dirty.insert(number);
             repo.next_car += 1;
-            train.cars.push(Car {
-                id: repo.next_car,
-                pr: CandidatePr {
-                    number,
-                    head_sha: pr.snapshot.head_sha.clone(),
-                    head_ref: pr.snapshot.head_ref.clone(),
+            train.cars.insert(
+                at,
+                Car {
+                    id: repo.next_car,
+                    pr: CandidatePr {
+                        number,
+                        head_sha: pr.snapshot.head_sha.clone(),
+                        head_ref: pr.snapshot.head_ref.clone(),
+                    },
+                    title: pr.snapshot.title.clone(),
+                    state: CarState::Waiting,
+                    errors: 0,
+                    eta_ms: None,
                 },
-                title: pr.snapshot.title.clone(),
-                state: CarState::Waiting,
-                errors: 0,
-                eta_ms: None,
-            });
+            );
         }
         let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
         for number in dirty {
@@ -1009,6 +1039,16 @@ fn car_results(repo: &RepoName, pr: &CandidatePr, build: &BuildId) -> ResultKey 
         head: pr.head_sha.clone(),
         build: build.clone(),
     }
+}
+
+/// Whether PR `number` carries the repository's urgent label.
+fn is_urgent(repo: &RepoState, number: u64) -> bool {
+    let Some(label) = &repo.policy.urgent_label else {
+        return false;
+    };
+    repo.prs
+        .get(&number)
+        .is_some_and(|pr| pr.snapshot.labels.contains(label))
 }
 
 /// Takes car `index`'s PR out of `train` with `reason` (it does not come
