@@ -610,6 +610,24 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     assert!(said.starts_with("left the train: the car failed"), "{said}");
     assert!(said.contains(&format!("#{}", prs[1].0)), "{said}");
     assert!(status.target_url.is_some(), "links the failing build");
+    let view = stack
+        .get_json(&format!("/status?pr={culprit}"))
+        .await
+        .unwrap();
+    assert!(view.to_string().contains("\"stage\":\"test\""), "{view}");
+    let history = stack
+        .get_json(&format!("/history?pr={culprit}"))
+        .await
+        .unwrap();
+    let ejected: Vec<&serde_json::Value> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "ejected")
+        .collect();
+    assert_eq!(ejected.len(), 1, "{history}");
+    assert_eq!(ejected[0]["cause"], "failed");
+    assert!(ejected[0]["link"].is_string(), "{history}");
     // main moved only to cars that passed (the cars inside a batch are in
     // its history, but it never pointed at one of them).
     let tested = passed_cars(&stack).await;

@@ -153,6 +153,19 @@ pub enum HistoryEntry {
     },
     /// A car failed, and a car behind it holding its PRs passed on the same
     /// base (`optimistic`): the failure is taken for a flake.
+    /// A PR left the train by itself: where (`stage`: build, test,
+    /// checks), what (`kind`) and in words (`message`, its status).
+    Ejected {
+        pr: PrKey,
+        head: Sha,
+        stage: String,
+        /// What went wrong (`kind` is the entry's tag).
+        cause: super::train::EjectKind,
+        message: String,
+        /// The failing build, if a test failed.
+        build: Option<BuildId>,
+        at: Timestamp,
+    },
     /// A person set a branch's train running, paused or draining.
     BranchMode {
         repo: RepoName,

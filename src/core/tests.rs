@@ -1315,6 +1315,16 @@ fn a_required_check_failing_on_a_car_ejects_its_pr_and_the_cars_ahead_land() {
             cars[1].id
         )
     );
+    // Structured, in the JSON and the history.
+    let ejected = bot.view(2).ejected.unwrap();
+    assert_eq!(
+        (ejected.stage, ejected.kind),
+        ("checks", EjectKind::CheckFailed)
+    );
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Record(HistoryEntry::Ejected { stage, cause: EjectKind::CheckFailed, .. }) if stage == "checks"
+    )));
     // Car 1 passed and lands at once, alone.
     let car1 = cars[0].state.sha().unwrap().clone();
     assert_eq!(lands(&a), vec![(sha(0x100), car1)]);

@@ -179,6 +179,35 @@ pub struct Ejection {
     pub reason: String,
     /// The failing car's results.
     pub link: Option<ResultKey>,
+    /// What went wrong, for machines (`reason` says it in words).
+    #[serde(default)]
+    pub kind: EjectKind,
+}
+
+/// Why a PR left the train by itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EjectKind {
+    /// Its car's test failed with its PR the culprit.
+    #[default]
+    Failed,
+    /// Its car's test hit infrastructure errors past the retry limit.
+    Error,
+    /// It does not merge onto the car ahead.
+    Conflict,
+    /// A required check besides sluice's failed on its car.
+    CheckFailed,
+}
+
+impl EjectKind {
+    /// Where in a car's life it happened: `build`, `test` or `checks`.
+    pub fn stage(self) -> &'static str {
+        match self {
+            EjectKind::Conflict => "build",
+            EjectKind::Failed | EjectKind::Error => "test",
+            EjectKind::CheckFailed => "checks",
+        }
+    }
 }
 
 impl Train {
@@ -297,7 +326,16 @@ impl State {
             .is_some_and(|c| matches!(c.state, CarState::Building { .. }));
         if building {
             let reason = text::car_conflict(branch, &message);
-            self.eject(repo, branch, car, reason, None, now, out);
+            self.eject(
+                repo,
+                branch,
+                car,
+                EjectKind::Conflict,
+                reason,
+                None,
+                now,
+                out,
+            );
         }
     }
 
@@ -554,7 +592,16 @@ impl State {
         train.blocked = None;
         let reason =
             text::car_check_failed(branch, context, &staging_ref(branch, car), description);
-        self.eject(name, branch, car, reason, None, now, out);
+        self.eject(
+            name,
+            branch,
+            car,
+            EjectKind::CheckFailed,
+            reason,
+            None,
+            now,
+            out,
+        );
     }
 
     /// Records why the train's landing waits; the PRs in it say so in their
@@ -635,6 +682,7 @@ impl State {
         name: &RepoName,
         branch: &str,
         car: u64,
+        kind: EjectKind,
         reason: String,
         link: Option<ResultKey>,
         now: Timestamp,
@@ -643,6 +691,7 @@ impl State {
         let Some(repo) = self.repos.get_mut(name) else {
             return;
         };
+        let ejected = Ejected { kind, reason, link };
         let Some(mut train) = repo.trains.remove(branch) else {
             return;
         };
@@ -650,7 +699,7 @@ impl State {
             .cars
             .iter()
             .position(|c| c.id == car)
-            .map(|index| eject_car(repo, &mut train, index, reason, link))
+            .map(|index| eject_car(name, repo, &mut train, index, ejected, now, out))
             .unwrap_or_default();
         repo.trains.insert(branch.to_string(), train);
         for id in stale {
@@ -826,7 +875,16 @@ impl State {
             let reason = text::car_failed(outcome, branch, &ahead, &detail);
             let link = car_results(name, &train.cars[k].pr, &build);
             repo.outcomes.record(true);
-            cancel.extend(eject_car(repo, &mut train, k, reason, Some(link)));
+            let kind = match outcome {
+                Outcome::Error => EjectKind::Error,
+                _ => EjectKind::Failed,
+            };
+            let ejected = Ejected {
+                kind,
+                reason,
+                link: Some(link),
+            };
+            cancel.extend(eject_car(name, repo, &mut train, k, ejected, now, out));
         }
         if !planned.plan.optimistic {
             for k in batch::doomed(&train.cars) {
@@ -1054,12 +1112,21 @@ fn is_urgent(repo: &RepoState, number: u64) -> bool {
 /// Takes car `index`'s PR out of `train` with `reason` (it does not come
 /// back by itself with this head); the cars behind it are rebuilt. Returns
 /// the builds to cancel.
+/// What an ejection says: its kind, in words, and the failing build.
+struct Ejected {
+    kind: EjectKind,
+    reason: String,
+    link: Option<ResultKey>,
+}
+
 fn eject_car(
+    name: &RepoName,
     repo: &mut RepoState,
     train: &mut Train,
     index: usize,
-    reason: String,
-    link: Option<ResultKey>,
+    ejected: Ejected,
+    now: Timestamp,
+    out: &mut Vec<Action>,
 ) -> Vec<BuildId> {
     let removed = train.cars.remove(index);
     let mut stale = Vec::new();
@@ -1067,11 +1134,24 @@ fn eject_car(
         stale.push(build.clone());
     }
     stale.extend(reset_from(train, index, &mut repo.next_car));
+    out.push(Action::Record(HistoryEntry::Ejected {
+        pr: PrKey {
+            repo: name.clone(),
+            number: removed.pr.number,
+        },
+        head: removed.pr.head_sha.clone(),
+        stage: ejected.kind.stage().to_string(),
+        cause: ejected.kind,
+        message: ejected.reason.clone(),
+        build: ejected.link.as_ref().map(|l| l.build.clone()),
+        at: now,
+    }));
     if let Some(pr) = repo.prs.get_mut(&removed.pr.number) {
         pr.ejected = Some(Ejection {
             head: removed.pr.head_sha.clone(),
-            reason,
-            link,
+            reason: ejected.reason,
+            link: ejected.link,
+            kind: ejected.kind,
         });
         pr.in_train = false;
     }

@@ -53,11 +53,21 @@ pub struct PrView {
     pub build: Option<BuildView>,
     /// Why it is not merging now; empty when it is ready.
     pub waiting_on: Vec<String>,
+    /// Train mode: why it left the train by itself with this head, if it
+    /// did (`stage`: build, test or checks; `kind`; `message`).
+    pub ejected: Option<EjectionView>,
     /// Train mode: its place in its branch's train (0 = first).
     pub train_position: Option<usize>,
     /// Train mode: when it is expected to land, in seconds from the
     /// train's last change (from the mean of recent test durations).
     pub eta_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EjectionView {
+    pub stage: &'static str,
+    pub kind: super::train::EjectKind,
+    pub message: String,
 }
 
 impl PrView {
@@ -145,6 +155,15 @@ impl State {
                 .is_some_and(|m| m.pr == pr.snapshot.key.number),
             build,
             waiting_on: why_not_mergeable(repo, pr),
+            ejected: pr
+                .ejected
+                .as_ref()
+                .filter(|e| e.head == pr.snapshot.head_sha)
+                .map(|e| EjectionView {
+                    stage: e.kind.stage(),
+                    kind: e.kind,
+                    message: e.reason.clone(),
+                }),
             train_position: repo.train_spot(pr).map(|(at, _)| at),
             eta_secs: repo.train_spot(pr).and_then(|(_, eta)| eta).map(secs),
         }

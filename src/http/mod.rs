@@ -577,6 +577,14 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
             build: build.clone(),
         }),
         HistoryEntry::BranchMode { .. } => None,
+        HistoryEntry::Ejected {
+            pr, head, build, ..
+        } => build.as_ref().map(|build| ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: head.clone(),
+            build: build.clone(),
+        }),
         HistoryEntry::SuspectedFlake {
             pr, head, build, ..
         } => Some(ResultKey {
