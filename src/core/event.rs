@@ -103,9 +103,15 @@ pub enum Event {
         moved: bool,
         reason: String,
     },
+    /// After a restart: the landing asked for before it was never carried
+    /// out (the target is still at the sha the car was built on). Nothing
+    /// refused it, so it is asked for again at once.
+    LandingLost { repo: RepoName, branch: String },
     /// After a restart: builds the state believed running that the executor
     /// no longer has. They are re-queued; a lost build is not a result.
     BuildsLost { builds: Vec<BuildId> },
+    /// sluice started again from its journal (before anything else).
+    Restarted,
     /// Time passes: retry what waits on a timer.
     Tick,
 }
@@ -129,9 +135,10 @@ impl Event {
             | Event::CarConflict { repo, .. }
             | Event::CarBuildFailed { repo, .. }
             | Event::Landed { repo, .. }
-            | Event::LandRefused { repo, .. } => Some(repo),
+            | Event::LandRefused { repo, .. }
+            | Event::LandingLost { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
-            Event::Tick | Event::BuildsLost { .. } => None,
+            Event::Tick | Event::BuildsLost { .. } | Event::Restarted => None,
         }
     }
 }

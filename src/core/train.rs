@@ -68,6 +68,15 @@ pub enum CarState {
         sha: Sha,
         build: BuildId,
     },
+    /// Its test failed while a car ahead was not decided yet: the failure
+    /// may be that car's. Its PR is ejected once every car ahead passed; a
+    /// car ahead failing rebuilds it instead.
+    Failed {
+        sha: Sha,
+        build: BuildId,
+        outcome: Outcome,
+        detail: String,
+    },
 }
 
 impl CarState {
@@ -75,7 +84,8 @@ impl CarState {
         match self {
             CarState::Built { sha }
             | CarState::Testing { sha, .. }
-            | CarState::Passed { sha, .. } => Some(sha),
+            | CarState::Passed { sha, .. }
+            | CarState::Failed { sha, .. } => Some(sha),
             _ => None,
         }
     }
@@ -243,22 +253,52 @@ impl State {
                 car.state = CarState::Built { sha };
             }
             outcome => {
-                let id = car.id;
-                let ahead: Vec<u64> = train.cars[..index].iter().map(|c| c.pr.number).collect();
-                let reason = text::car_failed(outcome, branch, &ahead, &report.detail);
-                // Where the driver stored the car's results: under its
-                // first PR.
-                let first = &train.cars[0].pr;
-                let link = ResultKey {
-                    repo: repo.clone(),
-                    pr: first.number,
-                    head: first.head_sha.clone(),
+                car.state = CarState::Failed {
+                    sha,
                     build: build.clone(),
+                    outcome,
+                    detail: report.detail.clone(),
                 };
-                self.eject(repo, branch, id, reason, Some(link), now, out);
             }
         }
+        self.eject_decided_failure(repo, branch, now, out);
         true
+    }
+
+    /// If the first car that has not passed failed, every car ahead of it
+    /// passed: the failure is its own PR's, which is ejected.
+    fn eject_decided_failure(
+        &mut self,
+        repo: &RepoName,
+        branch: &str,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(train) = self.train_mut(repo, branch) else {
+            return;
+        };
+        let Some(index) = train
+            .cars
+            .iter()
+            .position(|c| !matches!(c.state, CarState::Passed { .. }))
+        else {
+            return;
+        };
+        let car = &train.cars[index];
+        let CarState::Failed {
+            build,
+            outcome,
+            detail,
+            ..
+        } = &car.state
+        else {
+            return;
+        };
+        let ahead: Vec<u64> = train.cars[..index].iter().map(|c| c.pr.number).collect();
+        let reason = text::car_failed(*outcome, branch, &ahead, detail);
+        let link = car_results(repo, car, build);
+        let id = car.id;
+        self.eject(repo, branch, id, reason, Some(link), now, out);
     }
 
     /// The target moved to a landing car: every PR up to it landed.
@@ -366,6 +406,14 @@ impl State {
             });
         } else {
             train.blocked = Some((reason, now.plus_ms(super::MERGE_RETRY_MS)));
+        }
+    }
+
+    /// After a restart: the landing was never carried out; settle asks for
+    /// it again (its cars passed and the target is still their base).
+    pub(crate) fn on_landing_lost(&mut self, name: &RepoName, branch: &str) {
+        if let Some(train) = self.train_mut(name, branch) {
+            train.landing = None;
         }
     }
 
@@ -517,7 +565,11 @@ impl State {
         for number in dirty {
             repo.refile(number);
         }
-        if let Some(base) = head {
+        // The cars stand on the train's base: the target's head, except
+        // while a landing is in flight, when sluice may already have heard
+        // the target at the landing car, and the cars behind it still hold
+        // that car's PRs.
+        if let (Some(_), Some(base)) = (&head, train.base.clone()) {
             self.advance(name, branch, &mut train, &base, depth, now, out);
         }
         for id in cancel {
@@ -605,12 +657,7 @@ impl State {
                 to: sha.clone(),
                 through: last.id,
                 description: text::car_passed(branch, &prs),
-                link: ResultKey {
-                    repo: name.clone(),
-                    pr: last.pr.number,
-                    head: last.pr.head_sha.clone(),
-                    build: build.clone(),
-                },
+                link: car_results(name, last, build),
             });
         }
         // Test built cars, first in line first, within the build budget.
@@ -660,21 +707,33 @@ impl State {
     }
 }
 
+/// Where the driver stored the results of a car's test `build`: under the
+/// PR the car adds, as `Candidate::results_key` says for the car's
+/// candidate (whose last PR it is).
+fn car_results(repo: &RepoName, car: &Car, build: &BuildId) -> ResultKey {
+    ResultKey {
+        repo: repo.clone(),
+        pr: car.pr.number,
+        head: car.pr.head_sha.clone(),
+        build: build.clone(),
+    }
+}
+
 /// Cars from `index` on go back to waiting (their commits held what is
 /// gone); returns the builds to cancel.
 ///
 /// Each gets a new id (so a new staging ref): an answer about its old
-/// commit, arriving late, matches no car.
+/// commit, arriving late, matches no car. Waiting ones too, so ids keep
+/// growing along the train (the staging refs of a landing are deleted as
+/// every id up to its last car).
 fn reset_from(train: &mut Train, index: usize, next_car: &mut u64) -> Vec<BuildId> {
     let mut cancel = Vec::new();
     for car in train.cars.iter_mut().skip(index) {
         if let CarState::Testing { build, .. } = &car.state {
             cancel.push(build.clone());
         }
-        if car.state != CarState::Waiting {
-            *next_car += 1;
-            car.id = *next_car;
-        }
+        *next_car += 1;
+        car.id = *next_car;
         car.state = CarState::Waiting;
         car.errors = 0;
     }

@@ -165,7 +165,8 @@ pub struct CarView {
     pub pr: u64,
     pub head_sha: Sha,
     pub title: String,
-    /// `waiting`, `building`, `built`, `testing` or `passed`.
+    /// `waiting`, `building`, `built`, `testing`, `passed` or `failed`
+    /// (waiting for the cars ahead to be decided).
     pub state: &'static str,
     pub sha: Option<Sha>,
     pub build: Option<BuildId>,
@@ -193,6 +194,7 @@ impl State {
                                 CarState::Built { .. } => ("built", None),
                                 CarState::Testing { build, .. } => ("testing", Some(build.clone())),
                                 CarState::Passed { build, .. } => ("passed", Some(build.clone())),
+                                CarState::Failed { build, .. } => ("failed", Some(build.clone())),
                             };
                             CarView {
                                 id: c.id,

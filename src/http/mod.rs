@@ -519,12 +519,7 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
         }
         | HistoryEntry::BuildCancelled {
             build, candidate, ..
-        } => candidate.first_pr().map(|pr| ResultKey {
-            repo: candidate.repo.clone(),
-            pr: pr.number,
-            head: pr.head_sha.clone(),
-            build: build.clone(),
-        }),
+        } => candidate.results_key(build),
         HistoryEntry::Merged {
             pr, pair, build, ..
         } => Some(ResultKey {
