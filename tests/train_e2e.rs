@@ -3,9 +3,11 @@
 //! ref update, branch protection with the `sluice` check required), with
 //! real test processes.
 
+mod support;
+
 use sluice::demo::{DEMO_REPO, Stack};
-use std::collections::BTreeSet;
 use std::time::Duration;
+use support::trains::assert_the_rule;
 
 async fn train_stack(dir: &std::path::Path, depth: usize) -> Stack {
     let stack = Stack::start(dir, "127.0.0.1:0".parse().unwrap(), |c| {
@@ -22,32 +24,10 @@ async fn train_stack(dir: &std::path::Path, depth: usize) -> Stack {
     stack
 }
 
-/// Every commit main's first parents went through since `since`.
-fn first_parents(stack: &Stack, since: &str) -> Vec<String> {
-    let url = stack.hub.clone_url(DEMO_REPO);
-    let dir = url.trim_start_matches("file://");
-    let out = std::process::Command::new("git")
-        .args(["--git-dir", dir, "rev-list", "--first-parent"])
-        .arg(format!("{since}..main"))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// The car commits sluice tested and saw pass (from its history).
-async fn passed_cars(stack: &Stack) -> BTreeSet<String> {
+/// sluice's history (newest first).
+async fn history(stack: &Stack) -> Vec<serde_json::Value> {
     let history = stack.get_json("/history").await.unwrap();
-    history["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "build_finished" && e["report"]["outcome"] == "passed")
-        .filter_map(|e| e["candidate"]["car"].as_str().map(str::to_string))
-        .collect()
+    history["entries"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -90,16 +70,18 @@ async fn a_train_lands_exactly_the_tested_cars_and_ejects_the_failing_pr() {
     assert!(!bad.merged, "the failing PR never lands");
     // No GitHub merge call: main was moved to the cars.
     assert!(stack.hub.merges().is_empty(), "{:?}", stack.hub.merges());
-    // Every commit main went through is a car sluice tested and saw pass.
-    let tested = passed_cars(&stack).await;
-    let landed = first_parents(&stack, start.as_str());
-    assert!(!landed.is_empty());
-    for sha in &landed {
-        assert!(
-            tested.contains(sha),
-            "{sha} on main was not a passing car: {tested:?}"
-        );
-    }
+    // Every commit main went through is a car sluice tested and saw pass,
+    // built on the main it left, holding each good PR once.
+    let landed =
+        assert_the_rule(&stack.hub, &stack.http, &history(&stack).await, &start, &[]).await;
+    let mut heads: Vec<String> = good
+        .iter()
+        .map(|n| stack.head_of(*n).unwrap().as_str().to_string())
+        .collect();
+    heads.sort();
+    let mut landed_heads = landed.heads.clone();
+    landed_heads.sort();
+    assert_eq!(landed_heads, heads);
     // The last one carries sluice's success (the required check).
     let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
     assert!(
@@ -201,13 +183,15 @@ async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
         ),
         "the race did not happen: {metrics}"
     );
-    let tested = passed_cars(&stack).await;
-    for sha in first_parents(&stack, start.as_str()) {
-        assert!(
-            sha == person.as_str() || tested.contains(&sha),
-            "{sha} on main is neither the person's push nor a passing car"
-        );
-    }
+    let landed = assert_the_rule(
+        &stack.hub,
+        &stack.http,
+        &history(&stack).await,
+        &start,
+        std::slice::from_ref(&person),
+    )
+    .await;
+    assert_eq!(landed.heads.len(), prs.len());
     stack.sluice.stop().await;
 }
 
