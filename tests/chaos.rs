@@ -16,11 +16,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sluice::demo::DEMO_REPO;
-use sluice::fakehub::{Chaos, ChaosStats, Fault, MergeRecord};
+use sluice::fakehub::{ChaosStats, Fault, MergeRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::World;
+use support::{KeepOnPanic, World, alive, running_job};
 
 const DEFAULT_SEED: u64 = 20_240_611;
 const PRS: usize = 24;
@@ -91,24 +91,14 @@ struct Report {
     chaos: ChaosStats,
 }
 
-fn seed() -> u64 {
-    match std::env::var("SLUICE_CHAOS_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("SLUICE_CHAOS_SEED={s:?} is not a number")),
-        Err(_) => DEFAULT_SEED,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_chaos_sluice_merges_exactly_what_it_should() {
-    let seed = seed();
+    let seed = support::chaos_seed(DEFAULT_SEED);
     eprintln!("chaos seed: {seed} (replay: SLUICE_CHAOS_SEED={seed} cargo test --test chaos)");
 
-    let calm_dir = KeepOnPanic(tempfile::tempdir().unwrap());
+    let calm_dir = KeepOnPanic::new();
     let calm = run(calm_dir.0.path(), None).await;
-    let chaos_dir = KeepOnPanic(tempfile::tempdir().unwrap());
+    let chaos_dir = KeepOnPanic::new();
     let wild = run(chaos_dir.0.path(), Some(seed)).await;
 
     println!();
@@ -165,19 +155,6 @@ async fn under_chaos_sluice_merges_exactly_what_it_should() {
     }
 }
 
-/// A temporary directory removed at the end, unless the test failed: then
-/// its logs and state stay for a look.
-struct KeepOnPanic(tempfile::TempDir);
-
-impl Drop for KeepOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let dir = std::mem::replace(&mut self.0, tempfile::tempdir().unwrap());
-            eprintln!("kept {}", dir.keep().display());
-        }
-    }
-}
-
 /// Runs the scenario; with a seed, under chaos. Asserts the rules.
 async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
     let label = if chaos_seed.is_some() {
@@ -189,13 +166,7 @@ async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
     let mut rng = StdRng::seed_from_u64(chaos_seed.unwrap_or(0) ^ 0x00c4_a05e);
     world.start().await;
     if let Some(seed) = chaos_seed {
-        world.hub.set_chaos(Chaos {
-            seed,
-            drop: 0.20,
-            duplicate: 0.10,
-            reorder: true,
-            api_error_rate: 0.05,
-        });
+        world.hub.set_chaos(support::bad_day(seed));
     }
     let started = Instant::now();
 
@@ -214,10 +185,10 @@ async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
         }
         let n = world.open_pr(&p.branch, &files).await;
         if p.mallory {
-            approve(&world, n, "mallory").await;
+            world.approve(n, "mallory").await;
         }
         if p.approval == Approval::Early {
-            approve(&world, n, p.reviewer).await;
+            world.approve(n, p.reviewer).await;
         }
         numbers.push(n);
     }
@@ -278,7 +249,7 @@ async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
                         "[{label}] PR #{n} merged on the approval of a reviewer without write access"
                     );
                 }
-                approve(&world, *n, p.reviewer).await;
+                world.approve(*n, p.reviewer).await;
                 approved.insert(*n);
             }
         }
@@ -511,14 +482,6 @@ async fn run(dir: &Path, chaos_seed: Option<u64>) -> Report {
     }
 }
 
-async fn approve(world: &World, pr: u64, reviewer: &str) {
-    world
-        .hub
-        .review(DEMO_REPO, pr, reviewer, "APPROVED")
-        .await
-        .unwrap();
-}
-
 /// (head, target) of a single-PR build entry.
 fn tested_pair(entry: &Value) -> Option<(String, String)> {
     let c = &entry["candidate"];
@@ -568,43 +531,13 @@ async fn settle_history(world: &World, merges: &[MergeRecord], label: &str) -> V
     }
 }
 
-/// A job's workspace and process group, if one is running its test now.
-fn running_job(dir: &Path) -> Option<(PathBuf, i32)> {
-    std::fs::read_dir(dir.join("work"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find_map(|ws| {
-            let pgid: i32 = std::fs::read_to_string(ws.join("pgid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            alive(pgid).then_some((ws, pgid))
-        })
-}
-
-/// Whether a process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 /// The narrowest form of a bug the chaos run finds (seed 5): GitHub's
 /// `closed` webhook (or a re-read that no longer lists the PR) reaches
 /// sluice before the answer to its own merge call; the PR is forgotten
 /// first, and the merge, once answered, leaves no record in the history.
 #[tokio::test]
 async fn a_merge_answered_after_the_closed_webhook_is_still_recorded() {
-    let dir = KeepOnPanic(tempfile::tempdir().unwrap());
+    let dir = KeepOnPanic::new();
     let mut world = World::new(dir.0.path(), 0, 2).await;
     world.start().await;
     world.hub.inject_fault(Fault::SlowAnswer {
@@ -614,7 +547,7 @@ async fn a_merge_answered_after_the_closed_webhook_is_still_recorded() {
         times: 1,
     });
     let pr = world.open_pr("slow-answer", &[("src/s.txt", "s\n")]).await;
-    approve(&world, pr, "alice").await;
+    world.approve(pr, "alice").await;
     world.wait("the merge", 60, |w| w.merged(pr)).await;
     let merges = world.hub.merges();
     settle_history(&world, &merges, "slow merge answer").await;

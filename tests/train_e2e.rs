@@ -3,12 +3,15 @@
 //! ref update, branch protection with the `sluice` check required), with
 //! real test processes.
 
+mod support;
+
 use sluice::config::BatchSetting;
 use sluice::core::MergeMethod;
 use sluice::core::PrTests;
 use sluice::demo::{DEMO_REPO, Stack};
 use std::collections::BTreeSet;
 use std::time::Duration;
+use support::trains::assert_the_rule;
 
 async fn train_stack(dir: &std::path::Path, depth: usize) -> Stack {
     train_stack_with(dir, depth, MergeMethod::Merge).await
@@ -30,32 +33,25 @@ async fn train_stack_with(dir: &std::path::Path, depth: usize, method: MergeMeth
     stack
 }
 
-/// Every commit main's first parents went through since `since`.
-fn first_parents(stack: &Stack, since: &str) -> Vec<String> {
-    let url = stack.hub.clone_url(DEMO_REPO);
-    let dir = url.trim_start_matches("file://");
-    let out = std::process::Command::new("git")
-        .args(["--git-dir", dir, "rev-list", "--first-parent"])
-        .arg(format!("{since}..main"))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+/// The car commits sluice tested and saw pass.
+async fn passing_cars(stack: &Stack) -> BTreeSet<String> {
+    support::trains::passed_cars(&history(stack).await)
+        .into_keys()
         .collect()
 }
 
-/// The car commits sluice tested and saw pass (from its history).
-async fn passed_cars(stack: &Stack) -> BTreeSet<String> {
-    let history = stack.get_json("/history").await.unwrap();
-    history["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "build_finished" && e["report"]["outcome"] == "passed")
-        .filter_map(|e| e["candidate"]["car"].as_str().map(str::to_string))
+/// Every commit main's first parents went through since `since`.
+fn first_parents(stack: &Stack, since: &str) -> Vec<String> {
+    support::trains::first_parent_log(&stack.hub, &format!("{since}..main"))
+        .into_iter()
+        .map(|(commit, _)| commit)
         .collect()
+}
+
+/// sluice's history (newest first).
+async fn history(stack: &Stack) -> Vec<serde_json::Value> {
+    let history = stack.get_json("/history").await.unwrap();
+    history["entries"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -98,16 +94,18 @@ async fn a_train_lands_exactly_the_tested_cars_and_ejects_the_failing_pr() {
     assert!(!bad.merged, "the failing PR never lands");
     // No GitHub merge call: main was moved to the cars.
     assert!(stack.hub.merges().is_empty(), "{:?}", stack.hub.merges());
-    // Every commit main went through is a car sluice tested and saw pass.
-    let tested = passed_cars(&stack).await;
-    let landed = first_parents(&stack, start.as_str());
-    assert!(!landed.is_empty());
-    for sha in &landed {
-        assert!(
-            tested.contains(sha),
-            "{sha} on main was not a passing car: {tested:?}"
-        );
-    }
+    // Every commit main went through is a car sluice tested and saw pass,
+    // built on the main it left, holding each good PR once.
+    let landed =
+        assert_the_rule(&stack.hub, &stack.http, &history(&stack).await, &start, &[]).await;
+    let mut heads: Vec<String> = good
+        .iter()
+        .map(|n| stack.head_of(*n).unwrap().as_str().to_string())
+        .collect();
+    heads.sort();
+    let mut landed_heads = landed.heads.clone();
+    landed_heads.sort();
+    assert_eq!(landed_heads, heads);
     // The last one carries sluice's success (the required check).
     let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
     assert!(
@@ -209,13 +207,15 @@ async fn a_push_racing_a_landing_never_puts_an_untested_commit_on_main() {
         ),
         "the race did not happen: {metrics}"
     );
-    let tested = passed_cars(&stack).await;
-    for sha in first_parents(&stack, start.as_str()) {
-        assert!(
-            sha == person.as_str() || tested.contains(&sha),
-            "{sha} on main is neither the person's push nor a passing car"
-        );
-    }
+    let landed = assert_the_rule(
+        &stack.hub,
+        &stack.http,
+        &history(&stack).await,
+        &start,
+        std::slice::from_ref(&person),
+    )
+    .await;
+    assert_eq!(landed.heads.len(), prs.len());
     stack.sluice.stop().await;
 }
 
@@ -282,7 +282,7 @@ async fn a_squash_train_lands_one_commit_per_pr_and_closes_each_with_a_comment()
     // a car sluice tested and saw pass.
     let landed = first_parents(&stack, start.as_str());
     assert_eq!(landed.len(), 3, "{landed:?}");
-    let tested = passed_cars(&stack).await;
+    let tested = passing_cars(&stack).await;
     let url = stack.hub.clone_url(DEMO_REPO);
     let git_dir = url.trim_start_matches("file://");
     let show = |format: &str, sha: &str| {
@@ -537,7 +537,7 @@ async fn a_landing_waits_for_another_required_check_and_a_car_it_fails_is_ejecte
         "{status:?}"
     );
     // main moved only to cars sluice tested, each passed by the CI.
-    let tested = passed_cars(&stack).await;
+    let tested = passing_cars(&stack).await;
     let landed = first_parents(&stack, start.as_str());
     assert!(!landed.is_empty());
     for sha in &landed {
@@ -630,7 +630,7 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     assert!(ejected[0]["link"].is_string(), "{history}");
     // main moved only to cars that passed (the cars inside a batch are in
     // its history, but it never pointed at one of them).
-    let tested = passed_cars(&stack).await;
+    let tested = passing_cars(&stack).await;
     let history = stack.get_json("/history").await.unwrap();
     let landed: BTreeSet<String> = history["entries"]
         .as_array()

@@ -164,6 +164,26 @@ fn merged_sha(step: CarStep) -> Sha {
     }
 }
 
+/// A car of one PR: staging ref `sluice/main/1` at `target`, `head`
+/// merged into it.
+async fn one_pr_car(gh: &GitHub, target: &Sha, head: &Sha) -> Sha {
+    gh.put_staging_ref(&repo(), "sluice/main/1", target)
+        .await
+        .unwrap();
+    merged_sha(
+        gh.merge_into_staging(
+            &repo(),
+            "sluice/main/1",
+            ANY_PR,
+            head,
+            MergeMethod::Merge,
+            "m",
+        )
+        .await
+        .unwrap(),
+    )
+}
+
 fn success() -> CommitStatus {
     CommitStatus {
         state: CommitState::Success,
@@ -1135,21 +1155,7 @@ async fn a_push_that_races_the_landing_makes_it_not_a_fast_forward_and_nothing_l
     let (n1, h1) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
     let target = main_head(&hub).await;
     let gh = github(&hub);
-    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
-        .await
-        .unwrap();
-    let car = merged_sha(
-        gh.merge_into_staging(
-            &repo(),
-            "sluice/main/1",
-            ANY_PR,
-            &h1,
-            MergeMethod::Merge,
-            "m",
-        )
-        .await
-        .unwrap(),
-    );
+    let car = one_pr_car(&gh, &target, &h1).await;
     let pushed = hub
         .commit(
             REPO,
@@ -1187,21 +1193,7 @@ async fn a_fast_forward_is_retried_on_a_502_and_reports_failures() {
     let (_, h1) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
     let target = main_head(&hub).await;
     let gh = github(&hub);
-    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
-        .await
-        .unwrap();
-    let car = merged_sha(
-        gh.merge_into_staging(
-            &repo(),
-            "sluice/main/1",
-            ANY_PR,
-            &h1,
-            MergeMethod::Merge,
-            "m",
-        )
-        .await
-        .unwrap(),
-    );
+    let car = one_pr_car(&gh, &target, &h1).await;
     hub.inject_fault(Fault::status(
         "PATCH",
         &format!("/repos/{REPO}/git/refs/heads/main"),
@@ -1243,21 +1235,7 @@ async fn a_required_check_refuses_the_landing_until_the_car_has_its_success() {
     );
 
     let target = main_head(&hub).await;
-    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
-        .await
-        .unwrap();
-    let car = merged_sha(
-        gh.merge_into_staging(
-            &repo(),
-            "sluice/main/1",
-            ANY_PR,
-            &h1,
-            MergeMethod::Merge,
-            "m",
-        )
-        .await
-        .unwrap(),
-    );
+    let car = one_pr_car(&gh, &target, &h1).await;
     let refused = gh.fast_forward(&repo(), "main", &car).await;
     assert_eq!(
         refused,
@@ -1329,21 +1307,7 @@ async fn several_required_checks_are_counted_and_protection_forbids_force() {
         vec!["sluice".to_string(), "ci/lint".to_string()]
     );
     let target = main_head(&hub).await;
-    gh.put_staging_ref(&repo(), "sluice/main/1", &target)
-        .await
-        .unwrap();
-    let car = merged_sha(
-        gh.merge_into_staging(
-            &repo(),
-            "sluice/main/1",
-            ANY_PR,
-            &h1,
-            MergeMethod::Merge,
-            "m",
-        )
-        .await
-        .unwrap(),
-    );
+    let car = one_pr_car(&gh, &target, &h1).await;
     gh.set_status(&repo(), &car, &success()).await.unwrap();
     assert_eq!(
         gh.fast_forward(&repo(), "main", &car).await,
@@ -1545,6 +1509,137 @@ async fn other_forges_say_the_train_methods_are_not_supported() {
             .await,
         Err(ForgeError::Unsupported { .. })
     ));
+    assert!(matches!(
+        f.is_ancestor(&repo(), &sha, &sha).await,
+        Err(ForgeError::Unsupported { .. })
+    ));
+}
+
+/// After a restart sluice asks whether the target still holds the car it
+/// landed, though a person pushed on top of it since (GitHub's compare).
+#[tokio::test]
+async fn is_ancestor_says_whether_a_landed_car_is_under_the_target() {
+    let (_dir, hub) = hub().await;
+    let (_, h1) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
+    let (_, other) = pr(&hub, "other", &[("other.txt", "o\n")]).await;
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    let car = one_pr_car(&gh, &target, &h1).await;
+    assert_eq!(
+        gh.fast_forward(&repo(), "main", &car).await,
+        RefUpdate::Moved
+    );
+    let pushed = hub
+        .commit(REPO, "main", None, &[("hotfix.txt", "fix\n")], "Hotfix")
+        .await
+        .unwrap();
+    let holds = |a: Sha, d: Sha| {
+        let gh = &gh;
+        async move { gh.is_ancestor(&repo(), &a, &d).await.unwrap() }
+    };
+    assert!(holds(car.clone(), pushed.clone()).await, "ahead");
+    assert!(holds(car.clone(), car.clone()).await, "identical");
+    assert!(holds(target.clone(), pushed.clone()).await, "ahead by more");
+    assert!(!holds(pushed.clone(), car.clone()).await, "behind");
+    assert!(!holds(other.clone(), pushed.clone()).await, "diverged");
+    let unknown = Sha::parse(&"e".repeat(40)).unwrap();
+    assert!(
+        !holds(unknown, pushed.clone()).await,
+        "a commit GitHub lacks"
+    );
+    // A 502 is retried like any call.
+    hub.inject_fault(Fault::status(
+        "GET",
+        &format!("/repos/{REPO}/compare/"),
+        502,
+        1,
+    ));
+    assert!(holds(car.clone(), pushed.clone()).await);
+
+    // The fake's answer, as GitHub's compare reads.
+    let spec = format!("/compare/{target}...{pushed}");
+    let (code, _, v) = raw(&hub, "GET", &spec, None, None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "ahead");
+    assert_eq!(v["ahead_by"], 3, "the car, one's commit and the hotfix");
+    assert_eq!(v["behind_by"], 0);
+    assert_eq!(v["base_commit"]["sha"], target.as_str());
+    assert_eq!(v["merge_base_commit"]["sha"], target.as_str());
+    let (_, _, v) = raw(
+        &hub,
+        "GET",
+        &format!("/compare/{other}...{pushed}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(v["status"], "diverged");
+    assert_eq!(v["behind_by"], 1);
+    let (_, _, v) = raw(&hub, "GET", "/compare/main...one", None, None).await;
+    assert_eq!(v["status"], "behind", "branch names work too: {v}");
+    let (code, _, v) = raw(
+        &hub,
+        "GET",
+        &format!("/compare/{}...main", "e".repeat(40)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 404, "{v}");
+    assert_eq!(v["message"], "Not Found");
+}
+
+/// The fake keeps every move of a branch with the checks the commit had
+/// then: statuses posted after the move do not count for it.
+#[tokio::test]
+async fn the_fake_records_each_branch_move_with_the_checks_its_commit_had() {
+    let (_dir, hub) = hub().await;
+    let (_, h1) = pr(&hub, "one", &[("one.txt", "1\n")]).await;
+    let target = main_head(&hub).await;
+    let gh = github(&hub);
+    let car = one_pr_car(&gh, &target, &h1).await;
+    gh.set_status(&repo(), &car, &success()).await.unwrap();
+    assert_eq!(
+        gh.fast_forward(&repo(), "main", &car).await,
+        RefUpdate::Moved
+    );
+    let pushed = hub
+        .commit(REPO, "main", None, &[("hotfix.txt", "fix\n")], "Hotfix")
+        .await
+        .unwrap();
+    gh.set_status(&repo(), &pushed, &success()).await.unwrap();
+    let main: Vec<_> = hub
+        .branch_moves(REPO)
+        .into_iter()
+        .filter(|m| m.branch == "main")
+        .collect();
+    assert_eq!(main.len(), 2, "{main:?}");
+    assert_eq!(main[0].before.as_ref(), Some(&target));
+    assert_eq!(main[0].after.as_ref(), Some(&car));
+    assert_eq!(main[0].pusher, sluice::fakehub::MERGER);
+    assert_eq!(main[0].successful_checks, vec![success_context(&hub, &car)]);
+    assert_eq!(main[1].after.as_ref(), Some(&pushed));
+    assert_eq!(main[1].pusher, "octo");
+    assert!(
+        main[1].successful_checks.is_empty(),
+        "its status came after"
+    );
+    let staging: Vec<_> = hub
+        .branch_moves(REPO)
+        .into_iter()
+        .filter(|m| m.branch == "sluice/main/1")
+        .collect();
+    assert_eq!(staging[0].before, None, "created");
+    assert_eq!(staging[1].after.as_ref(), Some(&car));
+}
+
+/// The context sluice's statuses are posted with (by `GitHub::set_status`).
+fn success_context(hub: &FakeHub, sha: &Sha) -> String {
+    hub.statuses(REPO, sha.as_str())
+        .last()
+        .unwrap()
+        .context
+        .clone()
 }
 
 // ------------------------------------------------------------ the fake itself

@@ -129,9 +129,15 @@ pub enum Event {
         mode: BranchMode,
         request: RequestId,
     },
+    /// After a restart: the landing asked for before it was never carried
+    /// out (the target is still at the sha the car was built on). Nothing
+    /// refused it, so it is asked for again at once.
+    LandingLost { repo: RepoName, branch: String },
     /// After a restart: builds the state believed running that the executor
     /// no longer has. They are re-queued; a lost build is not a result.
     BuildsLost { builds: Vec<BuildId> },
+    /// sluice started again from its journal (before anything else).
+    Restarted,
     /// Time passes: retry what waits on a timer.
     Tick,
 }
@@ -158,9 +164,10 @@ impl Event {
             | Event::LandRefused { repo, .. }
             | Event::LandWaiting { repo, .. }
             | Event::CarCheckFailed { repo, .. }
-            | Event::SetBranchMode { repo, .. } => Some(repo),
+            | Event::SetBranchMode { repo, .. }
+            | Event::LandingLost { repo, .. } => Some(repo),
             Event::JobFinished { candidate, .. } => Some(&candidate.repo),
-            Event::Tick | Event::BuildsLost { .. } => None,
+            Event::Tick | Event::BuildsLost { .. } | Event::Restarted => None,
         }
     }
 }

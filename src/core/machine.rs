@@ -28,6 +28,9 @@ pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 pub const MERGE_RETRY_MS: u64 = 60 * 1000;
 /// How often a landing waiting for other required checks looks again.
 pub const CHECKS_POLL_MS: u64 = 5 * 1000;
+/// After a restart, the statuses decided this long before the last one
+/// are written again: they may have died unwritten with the old process.
+pub const REPUBLISH_WINDOW_MS: u64 = 60 * 1000;
 
 impl State {
     /// Applies one event at time `now` and returns what to do, in order.
@@ -58,6 +61,10 @@ impl State {
             for name in names {
                 self.settle(&name, now, &mut out);
             }
+            return out;
+        }
+        if let Event::Restarted = event {
+            self.on_restarted(now, &mut out);
             return out;
         }
         let Some(repo) = event.repo().cloned() else {
@@ -194,9 +201,10 @@ impl State {
                 mode,
                 request,
             } => self.on_set_branch_mode(&repo, branch, mode, request, now, &mut out),
+            Event::LandingLost { repo, branch } => self.on_landing_lost(&repo, &branch),
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
-            Event::Tick | Event::BuildsLost { .. } => {
+            Event::Tick | Event::BuildsLost { .. } | Event::Restarted => {
                 unreachable!("handled above: they have no repository")
             }
         }
@@ -301,6 +309,7 @@ impl State {
                         build: None,
                         merge_block: None,
                         published: None,
+                        published_at: None,
                         in_train: false,
                         ejected: None,
                     },
@@ -769,6 +778,33 @@ impl State {
         out.push(merge);
     }
 
+    /// sluice started again from its journal. A status counts as published
+    /// when it is decided and is written a moment later (pending ones wait
+    /// a second), so the last ones decided before a kill may never have
+    /// been written: those of the last minute are published again.
+    fn on_restarted(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let latest = self
+            .repos
+            .values()
+            .flat_map(|r| r.prs.values())
+            .filter_map(|pr| pr.published_at)
+            .max();
+        let names: Vec<RepoName> = self.repos.keys().cloned().collect();
+        for name in names {
+            let repo = self.repos.get_mut(&name).expect("listed");
+            if let Some(latest) = latest {
+                let since = Timestamp(latest.0.saturating_sub(REPUBLISH_WINDOW_MS));
+                for (number, pr) in repo.prs.iter_mut() {
+                    if pr.published_at.is_some_and(|at| at >= since) {
+                        pr.published = None;
+                        repo.index.dirty.insert(*number);
+                    }
+                }
+            }
+            self.settle(&name, now, out);
+        }
+    }
+
     fn expire_timers(&mut self, name: &RepoName, now: Timestamp) {
         let Some(repo) = self.repos.get_mut(name) else {
             return;
@@ -811,10 +847,10 @@ impl State {
         } else {
             // Merges before builds: a merge taking a branch's lock holds
             // back the approved PRs on it.
-            self.start_merges(name, out);
+            self.start_merges(name, now, out);
         }
         touched.extend(self.start_builds(name, now, out));
-        self.publish_statuses(name, &touched, out);
+        self.publish_statuses(name, &touched, now, out);
     }
 
     /// Re-derives every PR of every repository, as if each had changed: what
@@ -939,16 +975,18 @@ impl State {
         &mut self,
         name: &RepoName,
         touched: &std::collections::BTreeSet<u64>,
+        now: Timestamp,
         out: &mut Vec<Action>,
     ) {
         let repo = self.repos.get_mut(name).expect("exists");
-        Self::publish_in(repo, name, touched, out);
+        Self::publish_in(repo, name, touched, now, out);
     }
 
     fn publish_in(
         repo: &mut RepoState,
         name: &RepoName,
         touched: &std::collections::BTreeSet<u64>,
+        now: Timestamp,
         out: &mut Vec<Action>,
     ) {
         // A PR being merged keeps its status: the merge moving the target
@@ -971,13 +1009,14 @@ impl State {
                     link: status.link.clone(),
                 });
                 pr.published = Some(status);
+                pr.published_at = Some(now);
             }
         }
     }
 
     /// For each target branch without a merge in flight, merges the first
     /// PR that is ready (in queue order across branches).
-    fn start_merges(&mut self, name: &RepoName, out: &mut Vec<Action>) {
+    fn start_merges(&mut self, name: &RepoName, now: Timestamp, out: &mut Vec<Action>) {
         let repo = self.repos.get_mut(name).expect("exists");
         let mut firsts: Vec<QueueKey> = repo
             .index
@@ -993,7 +1032,7 @@ impl State {
             // Its status first: a required status check must see the result
             // before GitHub is asked to merge.
             let single = std::collections::BTreeSet::from([number]);
-            Self::publish_in(repo, name, &single, out);
+            Self::publish_in(repo, name, &single, now, out);
             if let Some(merge) = start_merge(repo, number) {
                 out.push(merge);
             }

@@ -779,6 +779,20 @@ fn run_train(
                 }
             }
         }
+        // The driver deletes a landing's staging refs as every id up to its
+        // last car: ids grow along a train.
+        for train in state
+            .repo(&repo_name())
+            .into_iter()
+            .flat_map(|r| r.trains.values())
+        {
+            let ids: Vec<u64> = train.cars.iter().map(|c| c.id).collect();
+            prop_assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "car ids out of order: {:?}",
+                ids
+            );
+        }
         let running = f.own_running.len() + f.car_running.len();
         prop_assert!(running <= 3, "build budget broken: {}", running);
         prop_assert_eq!(running, state.running_builds().count());

@@ -157,6 +157,10 @@ pub struct Pr {
     pub merge_block: Option<MergeBlock>,
     /// The status last sent for this PR, so it is sent once per change.
     pub published: Option<PublishedStatus>,
+    /// When `published` was decided (a restart writes the last minute's
+    /// again).
+    #[serde(default)]
+    pub published_at: Option<Timestamp>,
     /// In its branch's train (train mode).
     #[serde(default)]
     pub in_train: bool,

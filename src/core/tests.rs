@@ -984,6 +984,42 @@ impl Bot {
             })
             .collect()
     }
+    /// PRs 1..=count (heads 0xa1, 0xa2, ...) are opened, approved and pass
+    /// their own test: they enter the train in that order.
+    fn enter_train(&mut self, count: u64) {
+        for n in 1..=count {
+            self.open(n, 0xa0 + n as u32);
+            self.approve(n);
+            let b = self.build_of(n).unwrap();
+            self.finish(&b, Outcome::Passed);
+        }
+    }
+    /// Answers every car being built as built, car on car, until none is.
+    fn build_train(&mut self) {
+        loop {
+            let building: Vec<Action> = self.state.repo(&repo_name()).unwrap().trains["main"]
+                .cars
+                .iter()
+                .filter_map(|c| match &c.state {
+                    CarState::Building { parent } => Some(Action::BuildCar {
+                        repo: repo_name(),
+                        branch: "main".into(),
+                        car: c.id,
+                        staging_ref: staging_ref("main", c.id),
+                        parent: parent.clone(),
+                        pr: c.pr.number,
+                        head: c.pr.head_sha.clone(),
+                        message: String::new(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            if building.is_empty() {
+                return;
+            }
+            self.build_cars(&building);
+        }
+    }
     fn car_tests(&self) -> Vec<(BuildId, Candidate)> {
         self.state
             .running_builds()
@@ -996,23 +1032,13 @@ impl Bot {
 #[test]
 fn a_train_lands_exactly_the_tested_car_with_every_pr_ahead_of_it() {
     let mut bot = train_bot(3);
-    for n in 1..=3 {
-        bot.open(n, 0xa0 + n as u32);
-        bot.approve(n);
-        let b = bot.build_of(n).unwrap();
-        bot.finish(&b, Outcome::Passed);
-    }
+    bot.enter_train(3);
     // Each own test passed: all three entered; car 1 is built on main.
     let train = &bot.state.repo(&repo_name()).unwrap().trains["main"];
     assert_eq!(train.cars.len(), 3);
     assert!(merges(&[]).is_empty());
     // Build the cars one on the other (each answer lets the next build).
-    let mut pending: Vec<Action> = vec![];
-    for _ in 0..3 {
-        let cars = bot.cars_building();
-        pending = bot.build_cars(&cars);
-    }
-    let _ = pending;
+    bot.build_train();
     let tests = bot.car_tests();
     assert_eq!(tests.len(), 3, "depth 3: all three cars tested at once");
     // The third car holds all three PRs, on main's head, as one commit.
@@ -1056,12 +1082,7 @@ fn a_train_lands_exactly_the_tested_car_with_every_pr_ahead_of_it() {
 #[test]
 fn a_failing_car_ejects_its_pr_with_a_status_that_says_so_and_the_rest_move_up() {
     let mut bot = train_bot(2);
-    for n in 1..=2 {
-        bot.open(n, 0xa0 + n as u32);
-        bot.approve(n);
-        let b = bot.build_of(n).unwrap();
-        bot.finish(&b, Outcome::Passed);
-    }
+    bot.enter_train(2);
     // Car 1 (#1) is building; answer it, then car 2 (#2) builds on it.
     let car1 = bot.state.repo(&repo_name()).unwrap().trains["main"].cars[0].id;
     let a = bot.ev(Event::CarBuilt {
@@ -1546,4 +1567,265 @@ fn an_urgent_pr_goes_to_the_front_of_the_train_and_the_cars_behind_are_rebuilt()
     two.labels = vec!["urgent".into()];
     bot.ev(Event::PrUpdated(two));
     assert_eq!(order(&bot), vec![3, 2, 1]);
+}
+
+/// The driver stores a build's results at `Candidate::results_key`; every
+/// link the train writes must name that page. Car 2 holds #1 and #2: its
+/// page is under #2, whose car it is (not under #1, which lands first).
+#[test]
+fn a_cars_landing_merge_records_and_ejection_link_to_the_page_its_test_wrote() {
+    let mut bot = train_bot(3);
+    bot.enter_train(3);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    let page = |(build, candidate): &(BuildId, Candidate)| candidate.results_key(build).unwrap();
+    // Car 2 passes (it lands at once, holding #1 too), then car 1: the
+    // landing (through car 2) links to car 2's page.
+    let a = bot.finish_as(&tests[1].0, tests[1].1.clone(), Outcome::Passed);
+    bot.finish_as(&tests[0].0, tests[0].1.clone(), Outcome::Passed);
+    let (to, link) = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Land { to, link, .. } => Some((to.clone(), link.clone())),
+            _ => None,
+        })
+        .expect("cars 1 and 2 land");
+    assert_eq!(Some(&to), tests[1].1.car.as_ref());
+    assert_eq!(link, page(&tests[1]));
+    // Car 3 (#3) fails: #3's failure status links to car 3's page.
+    let a = bot.finish_as(&tests[2].0, tests[2].1.clone(), Outcome::Failed);
+    let ejected = a
+        .iter()
+        .find_map(|x| match x {
+            Action::SetStatus { sha: on, link, .. } if *on == sha(0xa3) => link.clone(),
+            _ => None,
+        })
+        .expect("#3 gets a failure status with a link");
+    assert_eq!(ejected, page(&tests[2]));
+    assert_eq!(ejected.pr, 3);
+    // Each PR's merge record names its own car's build, whose page is under
+    // that PR and head (what `GET /history` links to).
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: to,
+    });
+    let records: Vec<ResultKey> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Record(HistoryEntry::Merged {
+                pr, pair, build, ..
+            }) => Some(ResultKey {
+                repo: pr.repo.clone(),
+                pr: pr.number,
+                head: pair.head.clone(),
+                build: build.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records, vec![page(&tests[0]), page(&tests[1])]);
+}
+
+/// GitHub's `push` webhook for sluice's own landing often arrives before
+/// the answer to the ref update. A car tested meanwhile still holds the
+/// landing car's PR: its candidate names the base that car was built on,
+/// not the target it is landing on.
+#[test]
+fn a_car_tested_while_its_train_lands_names_the_base_its_cars_were_built_on() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    let cars: Vec<u64> = bot.state.repo(&repo_name()).unwrap().trains["main"]
+        .cars
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let c1 = car_sha(&sha(0x100), &sha(0xa1));
+    let a = bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[0],
+        parent: sha(0x100),
+        sha: c1.clone(),
+    });
+    assert_eq!(car_builds(&a), vec![(cars[1], c1.clone(), sha(0xa2))]);
+    let (b1, first) = bot.car_tests()[0].clone();
+    let a = bot.finish_as(&b1, first, Outcome::Passed);
+    assert_eq!(lands(&a), vec![(sha(0x100), c1.clone())]);
+    // The push of our own landing, before its answer.
+    bot.ev(Event::BranchMoved {
+        before: Some(sha(0x100)),
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: c1.clone(),
+    });
+    let c2 = car_sha(&c1, &sha(0xa2));
+    bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[1],
+        parent: c1.clone(),
+        sha: c2.clone(),
+    });
+    let (_, second) = bot.car_tests()[0].clone();
+    assert_eq!(second.car, Some(c2));
+    assert_eq!(second.prs.len(), 2, "it holds #1 and #2");
+    assert_eq!(
+        second.target_sha,
+        sha(0x100),
+        "#1 and #2 are merged on the base, not on car 1"
+    );
+}
+
+/// A restart lost a landing before GitHub moved the target: it is asked for
+/// again at once, from the same base to the same car. (A refusal waits.)
+#[test]
+fn a_landing_lost_in_a_restart_is_asked_for_again_at_once() {
+    let land_one = |bot: &mut Bot| {
+        bot.open(1, 0xa1);
+        bot.approve(1);
+        let b = bot.build_of(1).unwrap();
+        bot.finish(&b, Outcome::Passed);
+        let car = bot.state.repo(&repo_name()).unwrap().trains["main"].cars[0].id;
+        let c1 = car_sha(&sha(0x100), &sha(0xa1));
+        bot.ev(Event::CarBuilt {
+            repo: repo_name(),
+            branch: "main".into(),
+            car,
+            parent: sha(0x100),
+            sha: c1.clone(),
+        });
+        let (b1, candidate) = bot.car_tests()[0].clone();
+        let a = bot.finish_as(&b1, candidate, Outcome::Passed);
+        assert_eq!(lands(&a), vec![(sha(0x100), c1.clone())]);
+        c1
+    };
+    let mut bot = train_bot(2);
+    let c1 = land_one(&mut bot);
+    let a = bot.ev(Event::LandingLost {
+        repo: repo_name(),
+        branch: "main".into(),
+    });
+    assert_eq!(lands(&a), vec![(sha(0x100), c1)]);
+
+    let mut bot = train_bot(2);
+    land_one(&mut bot);
+    let a = bot.ev(Event::LandRefused {
+        repo: repo_name(),
+        branch: "main".into(),
+        moved: false,
+        reason: "Required status check \"sluice\" is expected.".into(),
+    });
+    assert!(lands(&a).is_empty());
+    assert!(lands(&bot.ev(Event::Tick)).is_empty(), "it waits a minute");
+}
+
+/// A car fails while a car ahead of it is still tested: the failure may be
+/// the car ahead's, so nobody is ejected until the cars ahead are decided.
+/// Here car 3 (#1 #2 #3) and car 2 (#1 #2) fail before car 1 passes: #2 is
+/// the culprit, and #3 stays in the train, rebuilt without #2.
+#[test]
+fn a_car_failing_behind_an_undecided_car_ejects_nobody_until_the_cars_ahead_pass() {
+    let mut bot = train_bot(3);
+    bot.enter_train(3);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    assert_eq!(tests.len(), 3);
+    let failure_of = |actions: &[Action], n: u32| {
+        statuses(actions)
+            .into_iter()
+            .any(|(on, state, _)| on == sha(0xa0 + n) && state == CommitState::Failure)
+    };
+    let a = bot.finish_as(&tests[2].0, tests[2].1.clone(), Outcome::Failed);
+    assert!(
+        !failure_of(&a, 3),
+        "car 2 is still tested: #3 is not to blame yet"
+    );
+    assert_eq!(bot.state.train_position(&key(3)), Some(2));
+    let a = bot.finish_as(&tests[1].0, tests[1].1.clone(), Outcome::Failed);
+    assert!(!failure_of(&a, 2), "car 1 is still tested");
+    assert!(lands(&a).is_empty());
+    // Car 1 passes: car 2 failed with only passed cars ahead: #2 is out,
+    // and #3's car is rebuilt on car 1; car 1 lands.
+    let a = bot.finish_as(&tests[0].0, tests[0].1.clone(), Outcome::Passed);
+    assert!(failure_of(&a, 2), "#2 is ejected");
+    assert!(!failure_of(&a, 3), "#3 was never to blame");
+    let c1 = tests[0].1.car.clone().unwrap();
+    assert_eq!(
+        car_builds(&a)
+            .iter()
+            .map(|b| (&b.1, &b.2))
+            .collect::<Vec<_>>(),
+        vec![(&c1, &sha(0xa3))]
+    );
+    assert_eq!(lands(&a), vec![(sha(0x100), c1)]);
+    assert_eq!(bot.state.train_position(&key(3)), Some(1));
+    assert_eq!(bot.state.train_position(&key(2)), None);
+
+    // The other way: car 2 fails, then car 1 fails: #1 is the culprit,
+    // #2 is rebuilt on main without it and stays.
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    let a = bot.finish_as(&tests[1].0, tests[1].1.clone(), Outcome::Failed);
+    assert!(!failure_of(&a, 2));
+    let a = bot.finish_as(&tests[0].0, tests[0].1.clone(), Outcome::Failed);
+    assert!(failure_of(&a, 1));
+    assert!(!failure_of(&a, 2));
+    assert_eq!(
+        car_builds(&a)
+            .iter()
+            .map(|b| (&b.1, &b.2))
+            .collect::<Vec<_>>(),
+        vec![(&sha(0x100), &sha(0xa2))]
+    );
+    assert_eq!(bot.state.train_position(&key(2)), Some(0));
+}
+
+/// The driver deletes the staging refs of landed cars as "every id up to
+/// the last car landed": car ids must grow along the train, also after the
+/// train is rebuilt with cars that were still waiting behind.
+#[test]
+fn car_ids_grow_along_the_train_after_it_is_rebuilt() {
+    let mut bot = train_bot(1);
+    bot.enter_train(3);
+    let ids = |bot: &Bot| -> Vec<u64> {
+        bot.state.repo(&repo_name()).unwrap().trains["main"]
+            .cars
+            .iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    // Depth 1: car 1 is building, cars 2 and 3 wait. A push rebuilds all.
+    bot.target("main", 0x200);
+    let after = ids(&bot);
+    assert_eq!(after.len(), 3);
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+}
+
+/// A status is marked published when decided; the process may be killed
+/// before it is written. After a restart the last minute's decisions are
+/// published again, older ones (written long ago) are not.
+#[test]
+fn a_restart_publishes_again_the_statuses_decided_just_before_it() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Failed);
+    bot.now += 5 * 60 * 1000;
+    bot.open(2, 0xa2);
+    let b = bot.build_of(2).unwrap();
+    let decided = bot.finish(&b, Outcome::Failed);
+    let two = statuses(&decided)
+        .into_iter()
+        .find(|s| s.0 == sha(0xa2))
+        .expect("#2's failure");
+    let a = bot.ev(Event::Restarted);
+    assert_eq!(statuses(&a), vec![two], "only #2's, decided last");
+    assert!(started(&a).is_empty(), "nothing is tested again");
+    assert!(statuses(&bot.ev(Event::Tick)).is_empty(), "once");
 }

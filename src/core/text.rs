@@ -202,6 +202,11 @@ pub fn cancelled_car_landed() -> String {
     "a car behind it that holds its PRs passed and landed".into()
 }
 
+/// Why a car did not land: GitHub would not take its success status.
+pub fn car_status_not_set(error: &str) -> String {
+    format!("its success status could not be set ({error}), so it did not land")
+}
+
 pub fn cancelled_car_rebuilt() -> String {
     "the car is rebuilt (a PR ahead of it changed or the target moved)".into()
 }

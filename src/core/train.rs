@@ -660,6 +660,14 @@ impl State {
         });
     }
 
+    /// After a restart: the landing was never carried out; settle asks for
+    /// it again (its cars passed and the target is still their base).
+    pub(crate) fn on_landing_lost(&mut self, name: &RepoName, branch: &str) {
+        if let Some(train) = self.train_mut(name, branch) {
+            train.landing = None;
+        }
+    }
+
     fn train_mut(&mut self, repo: &RepoName, branch: &str) -> Option<&mut Train> {
         self.repos.get_mut(repo)?.trains.get_mut(branch)
     }
@@ -812,7 +820,6 @@ impl State {
             } else {
                 train.cars.len()
             };
-            cancel.extend(reset_from(&mut train, at, &mut repo.next_car));
             let pr = repo.prs.get_mut(&number).expect("indexed");
             pr.in_train = true;
             repo.index.dirty.insert(number);
@@ -832,6 +839,9 @@ impl State {
                     eta_ms: None,
                 },
             );
+            // The cars behind it are rebuilt on it, with ids after its own
+            // (ids grow along a train).
+            cancel.extend(reset_from(&mut train, at + 1, &mut repo.next_car));
         }
         let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
         for number in dirty {
@@ -896,7 +906,13 @@ impl State {
             }
         }
         train.plan = Some(planned.reason.clone());
-        if let Some(base) = head.filter(|_| mode != BranchMode::Paused) {
+        // The cars stand on the train's base: the target's head, except
+        // while a landing is in flight, when sluice may already have heard
+        // the target at the landing car, and the cars behind it still hold
+        // that car's PRs. Paused: nothing is built, tested or landed.
+        if let (Some(_), Some(base), false) =
+            (&head, train.base.clone(), mode == BranchMode::Paused)
+        {
             self.advance(name, branch, &mut train, &base, &planned.plan, now, out);
         }
         for id in cancel {
@@ -1163,17 +1179,17 @@ fn eject_car(
 /// gone); returns the builds to cancel.
 ///
 /// Each gets a new id (so a new staging ref): an answer about its old
-/// commit, arriving late, matches no car.
+/// commit, arriving late, matches no car. Waiting ones too, so ids keep
+/// growing along the train (the staging refs of a landing are deleted as
+/// every id up to its last car).
 fn reset_from(train: &mut Train, index: usize, next_car: &mut u64) -> Vec<BuildId> {
     let mut cancel = Vec::new();
     for car in train.cars.iter_mut().skip(index) {
         if let CarState::Testing { build, .. } = &car.state {
             cancel.push(build.clone());
         }
-        if car.state != CarState::Waiting {
-            *next_car += 1;
-            car.id = *next_car;
-        }
+        *next_car += 1;
+        car.id = *next_car;
         car.state = CarState::Waiting;
         car.errors = 0;
     }

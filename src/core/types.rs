@@ -268,6 +268,21 @@ impl Candidate {
     pub fn results_pr(&self) -> Option<&CandidatePr> {
         self.prs.last()
     }
+
+    /// Where the results of `build` of this candidate live: under its last
+    /// PR, the one PR of an early check or the PR a car adds. A car's own PR
+    /// never changes (the cars ahead of it do, as they land), so its
+    /// landing status, its PRs' merge records and an ejection all link to
+    /// the page its test wrote.
+    pub fn results_key(&self, build: &BuildId) -> Option<ResultKey> {
+        let pr = self.prs.last()?;
+        Some(ResultKey {
+            repo: self.repo.clone(),
+            pr: pr.number,
+            head: pr.head_sha.clone(),
+            build: build.clone(),
+        })
+    }
 }
 
 /// How a build ended.

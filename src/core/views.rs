@@ -200,7 +200,8 @@ pub struct CarView {
     pub pr: u64,
     pub head_sha: Sha,
     pub title: String,
-    /// `waiting`, `building`, `built`, `testing` or `passed`.
+    /// `waiting`, `building`, `built`, `testing`, `passed` or `failed`
+    /// (waiting for the cars ahead to be decided).
     pub state: &'static str,
     pub sha: Option<Sha>,
     pub build: Option<BuildId>,

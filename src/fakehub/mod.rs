@@ -69,6 +69,7 @@ pub(crate) struct Inner {
     hook: Mutex<Option<HookTarget>>,
     deliveries: Mutex<Vec<DeliveryView>>,
     merges: Mutex<Vec<MergeRecord>>,
+    branch_moves: Mutex<Vec<BranchMove>>,
     faults: Mutex<Vec<Fault>>,
     /// Seeded chaos, when on.
     chaos: Mutex<Option<chaos::Dice>>,
@@ -135,6 +136,24 @@ pub struct MergeRecord {
     pub base_ref: String,
     pub base_sha_before: Sha,
     pub merge_sha: Sha,
+}
+
+/// One move of a branch (created, moved or deleted), in the order the
+/// fake made them, whoever made it: a push, a PR merge, a ref update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchMove {
+    pub repo: String,
+    pub branch: String,
+    /// None: the branch was created.
+    pub before: Option<Sha>,
+    /// None: the branch was deleted.
+    pub after: Option<Sha>,
+    /// Who moved it: the repository's owner for a push, [`MERGER`] for
+    /// the API.
+    pub pusher: String,
+    /// The contexts whose latest status on `after` was `success` when the
+    /// branch moved (among the statuses stored before the ref update).
+    pub successful_checks: Vec<String>,
 }
 
 /// A failure to inject, for retry tests.
@@ -298,6 +317,7 @@ impl FakeHub {
             hook: Mutex::new(None),
             deliveries: Mutex::new(Vec::new()),
             merges: Mutex::new(Vec::new()),
+            branch_moves: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             chaos: Mutex::new(None),
             counters: chaos::Counters::default(),
@@ -580,11 +600,12 @@ impl FakeHub {
         let new = g
             .commit_files(Some(&parent), files, message, &ident)
             .await?;
+        let seen = self.inner.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{branch}"), &new, old.as_deref())
             .await?;
         let before = old.unwrap_or_else(|| "0".repeat(40));
         self.inner
-            .branch_moved(&g, repo, branch, &before, &new, &pusher)
+            .branch_moved(&g, repo, branch, &before, &new, &pusher, seen)
             .await?;
         to_sha(&new)
     }
@@ -940,6 +961,18 @@ impl FakeHub {
         self.inner.merges.lock().expect("merges").clone()
     }
 
+    /// Every move of a branch of `repo`, oldest first.
+    pub fn branch_moves(&self, repo: &str) -> Vec<BranchMove> {
+        self.inner
+            .branch_moves
+            .lock()
+            .expect("branch moves")
+            .iter()
+            .filter(|m| m.repo == repo)
+            .cloned()
+            .collect()
+    }
+
     /// Every delivery sent, in order.
     pub fn deliveries(&self) -> Vec<DeliveryView> {
         self.inner.deliveries.lock().expect("deliveries").clone()
@@ -1176,7 +1209,9 @@ impl Inner {
     /// or deleted): sends `push`, updates PRs whose head or base it is,
     /// sends `synchronize` for heads, and, as GitHub does, marks merged
     /// (and sends `closed` for) every open PR into `branch` whose head is
-    /// now reachable from it.
+    /// now reachable from it. `statuses_seen`: how many statuses the
+    /// repository had before the ref update (for the move log).
+    #[allow(clippy::too_many_arguments)]
     async fn branch_moved(
         &self,
         g: &Git,
@@ -1185,6 +1220,7 @@ impl Inner {
         before: &str,
         after: &str,
         pusher: &str,
+        statuses_seen: usize,
     ) -> anyhow::Result<()> {
         let zero = |s: &str| s.bytes().all(|b| b == b'0');
         let created = zero(before);
@@ -1226,6 +1262,7 @@ impl Inner {
         let synced: Vec<u64> = {
             let mut st = self.state.lock().expect("state");
             let r = st.repos.get_mut(repo).context("no such repository")?;
+            self.record_move(r, branch, before, after, pusher, statuses_seen);
             let now = shapes::now_iso();
             let mut synced = Vec::new();
             for pr in r.prs.values_mut().filter(|p| p.open) {
@@ -1278,6 +1315,50 @@ impl Inner {
             self.pr_event(repo, number, "closed", pusher, json!({}))?;
         }
         Ok(())
+    }
+
+    /// How many statuses `repo` has: a mover reads it before it updates a
+    /// ref, so its move record counts only the statuses stored before.
+    fn statuses_seen(&self, repo: &str) -> usize {
+        let st = self.state.lock().expect("state");
+        st.repos.get(repo).map_or(0, |r| r.statuses.len())
+    }
+
+    /// Records a branch move with the checks `after` had passed among the
+    /// first `statuses_seen` statuses (those stored before the ref update).
+    fn record_move(
+        &self,
+        r: &RepoState,
+        branch: &str,
+        before: &str,
+        after: &str,
+        pusher: &str,
+        statuses_seen: usize,
+    ) {
+        let sha = |s: &str| (!s.bytes().all(|b| b == b'0')).then(|| view_sha(s));
+        let mut latest: Vec<(&str, &str)> = Vec::new();
+        let before_the_move = r.statuses.iter().take(statuses_seen);
+        for s in before_the_move.filter(|s| s.sha.eq_ignore_ascii_case(after)) {
+            latest.retain(|(context, _)| *context != s.context);
+            latest.push((&s.context, &s.state));
+        }
+        let mut successful_checks: Vec<String> = latest
+            .into_iter()
+            .filter(|(_, state)| *state == "success")
+            .map(|(context, _)| context.to_string())
+            .collect();
+        successful_checks.sort();
+        self.branch_moves
+            .lock()
+            .expect("branch moves")
+            .push(BranchMove {
+                repo: r.full_name.clone(),
+                branch: branch.to_string(),
+                before: sha(before),
+                after: sha(after),
+                pusher: pusher.to_string(),
+                successful_checks,
+            });
     }
 
     /// Whether a PR merges cleanly into its base now.
@@ -1426,6 +1507,7 @@ impl Inner {
                 cur
             }
         };
+        let seen = self.statuses_seen(repo);
         g.update_ref(
             &format!("refs/heads/{}", pr.base_ref),
             &new,
@@ -1454,7 +1536,7 @@ impl Inner {
             base_sha_before: to_sha(&base_before)?,
             merge_sha: to_sha(&new)?,
         });
-        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, MERGER)
+        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, MERGER, seen)
             .await?;
         self.pr_event(repo, number, "closed", MERGER, json!({}))?;
         Ok(new)

@@ -21,6 +21,10 @@
 //! - `POST /merges` (`repos/merge` in the API description): 201 with the
 //!   merge commit, 204 when there is nothing to merge, 404 when the base or
 //!   head does not exist, 409 on a merge conflict.
+//! - `GET /compare/{base}...{head}` (`repos/compare-commits`): `status` is
+//!   `identical`, `ahead` (head has commits base lacks and not the other
+//!   way), `behind` or `diverged`, with `ahead_by` and `behind_by`; 404 for
+//!   a commit it does not have or no common ancestor.
 
 use super::git::{CommitInfo, Git, Ident};
 use super::{HttpError, Inner, MERGER, http_err};
@@ -54,6 +58,37 @@ pub(crate) fn missing_checks_message(missing: &[String], required: usize) -> Opt
 
 fn is_full_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A branch's commit, or a full sha of a commit the repository has.
+async fn resolve_commit(g: &Git, name: &str) -> anyhow::Result<Option<String>> {
+    if let Some(sha) = g.branch(name).await? {
+        return Ok(Some(sha));
+    }
+    let commit = is_full_sha(name) && g.object_type(name).await?.as_deref() == Some("commit");
+    Ok(commit.then(|| name.to_ascii_lowercase()))
+}
+
+/// What `GET compare/{base}...{head}` found.
+pub(crate) struct Comparison {
+    pub base: CommitInfo,
+    pub head: String,
+    pub merge_base: CommitInfo,
+    /// Commits on head that base lacks, and the other way round.
+    pub ahead_by: u64,
+    pub behind_by: u64,
+}
+
+impl Comparison {
+    /// GitHub's `status`: where head stands to base.
+    pub fn status(&self) -> &'static str {
+        match (self.ahead_by, self.behind_by) {
+            (0, 0) => "identical",
+            (_, 0) => "ahead",
+            (0, _) => "behind",
+            _ => "diverged",
+        }
+    }
 }
 
 impl Inner {
@@ -130,9 +165,10 @@ impl Inner {
         if g.branch(&branch).await?.is_some() {
             return Err(http_err(422, "Reference already exists"));
         }
+        let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{branch}"), &sha, None)
             .await?;
-        self.branch_moved(&g, repo, &branch, ZERO, &sha, MERGER)
+        self.branch_moved(&g, repo, &branch, ZERO, &sha, MERGER, seen)
             .await?;
         Ok(RefAnswer { branch, sha })
     }
@@ -173,9 +209,10 @@ impl Inner {
                 return Err(http_err(422, &message));
             }
         }
+        let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{branch}"), &sha, Some(&current))
             .await?;
-        self.branch_moved(&g, repo, branch, &current, &sha, MERGER)
+        self.branch_moved(&g, repo, branch, &current, &sha, MERGER, seen)
             .await?;
         Ok(RefAnswer {
             branch: branch.to_string(),
@@ -194,9 +231,10 @@ impl Inner {
         if self.is_protected(repo, branch) {
             return Err(http_err(422, "Cannot delete a protected branch"));
         }
+        let seen = self.statuses_seen(repo);
         g.delete_ref(&format!("refs/heads/{branch}"), &current)
             .await?;
-        self.branch_moved(&g, repo, branch, &current, ZERO, MERGER)
+        self.branch_moved(&g, repo, branch, &current, ZERO, MERGER, seen)
             .await?;
         Ok(())
     }
@@ -232,15 +270,9 @@ impl Inner {
             .branch(base)
             .await?
             .ok_or_else(|| http_err(404, "Base does not exist"))?;
-        let head_sha = match g.branch(head).await? {
-            Some(sha) => sha,
-            None if is_full_sha(head)
-                && g.object_type(head).await?.as_deref() == Some("commit") =>
-            {
-                head.to_ascii_lowercase()
-            }
-            None => return Err(http_err(404, "Head does not exist")),
-        };
+        let head_sha = resolve_commit(&g, head)
+            .await?
+            .ok_or_else(|| http_err(404, "Head does not exist"))?;
         if g.is_ancestor(&head_sha, &base_sha).await? {
             return Ok(MergeAnswer::NothingToMerge);
         }
@@ -265,15 +297,60 @@ impl Inner {
         {
             return Err(http_err(409, &refusal));
         }
+        let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{base}"), &new, Some(&base_sha))
             .await?;
-        self.branch_moved(&g, repo, base, &base_sha, &new, MERGER)
+        self.branch_moved(&g, repo, base, &base_sha, &new, MERGER, seen)
             .await?;
         let info = g
             .commit_info(&new)
             .await?
             .context("the merge commit just written")?;
         Ok(MergeAnswer::Created(Box::new(info)))
+    }
+
+    /// `GET /repos/{repo}/compare/{base}...{head}`, each a branch or a
+    /// full commit sha.
+    pub(crate) async fn compare(
+        &self,
+        repo: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Comparison, HttpError> {
+        let g = self.repo_git(repo)?;
+        let not_found = || http_err(404, "Not Found");
+        let base = resolve_commit(&g, base).await?.ok_or_else(not_found)?;
+        let head = resolve_commit(&g, head).await?.ok_or_else(not_found)?;
+        let out = g
+            .run(&["merge-base", &base, &head], None, &[], None)
+            .await?;
+        if out.code != Some(0) {
+            return Err(http_err(
+                404,
+                &format!("No common ancestor between {base} and {head}."),
+            ));
+        }
+        let merge_base = out.stdout.trim().to_string();
+        let count = |range: String| {
+            let g = &g;
+            async move {
+                let n = g.ok(&["rev-list", "--count", &range, "--"]).await?;
+                anyhow::Ok(n.trim().parse::<u64>().unwrap_or_default())
+            }
+        };
+        let ahead_by = count(format!("{base}..{head}")).await?;
+        let behind_by = count(format!("{head}..{base}")).await?;
+        let info = |sha: String| {
+            let g = &g;
+            async move { g.commit_info(&sha).await?.context("a commit just resolved") }
+        };
+        Ok(Comparison {
+            head: head.clone(),
+            base: info(base).await?,
+            merge_base: info(merge_base).await?,
+            ahead_by,
+            behind_by,
+        })
     }
 
     /// `POST /repos/{repo}/git/commits` `{message, tree, parents, author?}`.

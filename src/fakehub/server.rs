@@ -31,7 +31,14 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener) 
              query: String,
              headers: HeaderMap,
              body: Bytes| async move {
-                handle(&inner, &method, path.as_str(), &query, &headers, &body).await
+                // As on GitHub, a call is carried out to its end even if the
+                // caller goes away meanwhile (killed, timed out): dropping it
+                // halfway would kill its git process and leave a lock.
+                let call = tokio::spawn(async move {
+                    handle(&inner, &method, path.as_str(), &query, &headers, &body).await
+                });
+                call.await
+                    .unwrap_or_else(|e| error(500, &format!("fakehub internal error: {e}"), ""))
             },
         );
     warp::serve(route).incoming(listener).run().await;
@@ -447,6 +454,17 @@ async fn answer(
             }
         }
         ("POST", ["merges"]) => merge_branches(inner, &repo, body).await,
+        ("GET", ["compare", spec @ ..]) if !spec.is_empty() => {
+            let doc = "/commits/commits#compare-two-commits";
+            let spec = spec.join("/");
+            let Some((base, head)) = spec.split_once("...") else {
+                return error(404, "Not Found", doc);
+            };
+            match inner.compare(&repo, base, head).await {
+                Ok(c) => with_repo(inner, &repo, |u, r| shapes::comparison(u, r, &c)),
+                Err(e) => error_at(e, doc),
+            }
+        }
         ("POST", ["git", "commits"]) => create_commit(inner, &repo, body).await,
         ("GET", ["git", "commits", sha]) => match inner.get_commit(&repo, sha).await {
             Ok(info) => with_repo(inner, &repo, |u, r| shapes::git_commit(u, r, &info)),

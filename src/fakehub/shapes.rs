@@ -2,7 +2,9 @@
 //! webhook payloads (mirroring the examples in `testdata/github-api/` and
 //! `testdata/webhooks/`). Pure functions of the fake's state.
 
+use super::MERGER;
 use super::git::CommitInfo;
+use super::refs::Comparison;
 use super::state::{CommentRec, PrState, RepoState, ReviewRec, StatusRec};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -572,6 +574,26 @@ pub(crate) fn issue_comment(u: &Urls, r: &RepoState, number: u64, c: &CommentRec
         "author_association": if r.permission(&c.user) == "none" { "NONE" } else { "COLLABORATOR" },
         "pin": null,
         "minimized": null,
+    })
+}
+
+/// `GET /compare/{base}...{head}`, without its `commits` and `files`
+/// lists (empty here).
+pub(crate) fn comparison(u: &Urls, r: &RepoState, c: &Comparison) -> Value {
+    let api = u.repo_api(&r.full_name);
+    let html = u.repo_html(&r.full_name);
+    let spec = format!("{}...{}", c.base.sha, c.head);
+    json!({
+        "url": format!("{api}/compare/{spec}"),
+        "html_url": format!("{html}/compare/{spec}"),
+        "base_commit": repo_commit(u, r, &c.base, MERGER),
+        "merge_base_commit": repo_commit(u, r, &c.merge_base, MERGER),
+        "status": c.status(),
+        "ahead_by": c.ahead_by,
+        "behind_by": c.behind_by,
+        "total_commits": c.ahead_by,
+        "commits": [],
+        "files": [],
     })
 }
 

@@ -869,6 +869,15 @@ impl Forge for GitHub {
     async fn staging_refs(&self, repo: &RepoName) -> Result<Vec<(String, Sha)>, ForgeError> {
         self.list_staging(repo).await
     }
+
+    async fn is_ancestor(
+        &self,
+        repo: &RepoName,
+        ancestor: &Sha,
+        descendant: &Sha,
+    ) -> Result<bool, ForgeError> {
+        self.compare_holds(repo, ancestor, descendant).await
+    }
 }
 
 fn review_state(state: Option<pulls::ReviewState>) -> ReviewState {

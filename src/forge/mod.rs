@@ -282,4 +282,15 @@ pub trait Forge: Send + Sync {
         let _ = repo;
         Err(unsupported("staging_refs"))
     }
+    /// Whether `descendant` is `ancestor` or has it in its history (after a
+    /// restart: a landing happened even if the target moved on since).
+    async fn is_ancestor(
+        &self,
+        repo: &RepoName,
+        ancestor: &Sha,
+        descendant: &Sha,
+    ) -> Result<bool, ForgeError> {
+        let _ = (repo, ancestor, descendant);
+        Err(unsupported("is_ancestor"))
+    }
 }

@@ -562,12 +562,7 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
         }
         | HistoryEntry::BuildCancelled {
             build, candidate, ..
-        } => candidate.results_pr().map(|pr| ResultKey {
-            repo: candidate.repo.clone(),
-            pr: pr.number,
-            head: pr.head_sha.clone(),
-            build: build.clone(),
-        }),
+        } => candidate.results_key(build),
         HistoryEntry::Merged {
             pr, pair, build, ..
         } => Some(ResultKey {

@@ -14,7 +14,7 @@ use status::status_writer;
 
 use crate::config::Config;
 use crate::core::{
-    Action, Answer, Candidate, Event, HistoryEntry, MergeResult, RepoName, RequestId, ResultKey,
+    Action, Answer, Candidate, Event, HistoryEntry, Landing, MergeResult, RepoName, RequestId,
     State, Timestamp,
 };
 use crate::executor::{Executor, JobResult, JobSpec};
@@ -107,6 +107,7 @@ pub fn build(
     recovered: Recovered,
 ) -> std::io::Result<(Arc<Shared>, Driver)> {
     let repos = || config.repos.iter().map(|r| (r.repo(), r.policy()));
+    let restored = recovered.state.is_some();
     let state = match recovered.state {
         Some(mut state) => {
             let dropped = state.reconfigure(repos());
@@ -157,6 +158,7 @@ pub fn build(
         reconcile_running: Arc::new(Mutex::new(BTreeSet::new())),
         reconcile_memory: Arc::new(ReconcileMemory::default()),
         keeper,
+        restored,
     };
     Ok((shared, driver))
 }
@@ -176,6 +178,9 @@ pub struct Driver {
     /// What the re-reads saw last, so an idle one reads little.
     reconcile_memory: Arc<ReconcileMemory>,
     keeper: Keeper,
+    /// The state came from a journal: the process before was stopped or
+    /// killed.
+    restored: bool,
 }
 
 impl Driver {
@@ -207,9 +212,18 @@ impl Driver {
         info!("driver stopped");
     }
 
-    /// After a restart: builds the executor no longer has are re-queued,
-    /// and merges that were in flight are settled from GitHub's answer.
+    /// After a restart: statuses decided last are written again, builds
+    /// the executor no longer has are re-queued, and merges and landings
+    /// that were in flight are settled from GitHub's answer.
     async fn recover(&mut self) {
+        if self.restored {
+            // Statuses the killed process decided but may not have written.
+            let _ = self
+                .shared
+                .inputs
+                .send(Input::Event(Event::Restarted))
+                .await;
+        }
         let (running, merges) = {
             let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
             let running: Vec<(crate::core::BuildId, Candidate)> = state
@@ -248,21 +262,11 @@ impl Driver {
             let Some(landing) = landing else { continue };
             let (forge, inputs, shared) = self.spawn_parts();
             tokio::spawn(async move {
-                let event = match forge.branch_head(&repo, &branch).await {
-                    Ok(Some(head)) if head == landing.to => Event::Landed {
-                        repo,
-                        branch,
-                        sha: landing.to,
-                    },
-                    Ok(head) => Event::LandRefused {
-                        moved: head.as_ref() != Some(&landing.from),
-                        repo,
-                        branch,
-                        reason: crate::core::text::interrupted_merge(),
-                    },
-                    Err(e) => return forge_failed(&shared, "landing_recovery", &e),
-                };
-                let _ = inputs.send(Input::Event(event)).await;
+                for event in
+                    settle_interrupted_landing(&*forge, &shared, repo, branch, landing).await
+                {
+                    let _ = inputs.send(Input::Event(event)).await;
+                }
             });
         }
         for (pr, pair, _branch) in merges {
@@ -502,7 +506,7 @@ impl Driver {
                             Err(e) => {
                                 forge_failed(&shared, "car", &e);
                                 // Built again, after a pause.
-                                tokio::time::sleep(CAR_RETRY).await;
+                                tokio::time::sleep(TRAIN_RETRY).await;
                                 Event::CarBuildFailed { repo, branch, car }
                             }
                         };
@@ -594,10 +598,10 @@ impl Driver {
             warn!(repo = %candidate.repo, "build for an unconfigured repository");
             return;
         };
-        let Some(first) = candidate.results_pr().cloned() else {
+        let Some(key) = candidate.results_key(&build) else {
             return;
         };
-        info!(%build, repo = %candidate.repo, pr = first.number, head = %first.head_sha,
+        info!(%build, repo = %candidate.repo, pr = key.pr, head = %key.head,
               target = %candidate.target_sha, "starting build");
         let spec = JobSpec {
             build: build.clone(),
@@ -605,12 +609,6 @@ impl Driver {
             clone_url: self.config.clone_url(repo),
             command: repo.test_command.clone(),
             timeout: repo.job_timeout(),
-        };
-        let key = ResultKey {
-            repo: candidate.repo.clone(),
-            pr: first.number,
-            head: first.head_sha,
-            build,
         };
         let results = self.adapters.results.clone();
         let executor = self.adapters.executor.clone();
@@ -638,14 +636,9 @@ impl Driver {
         // Results are stored before the core hears of the build, so the
         // status it sets links to a page that exists.
         tokio::spawn(async move {
-            if let Some(first) = job.candidate.results_pr() {
+            if let Some(key) = job.candidate.results_key(&job.build) {
                 let record = BuildRecord {
-                    key: ResultKey {
-                        repo: job.candidate.repo.clone(),
-                        pr: first.number,
-                        head: first.head_sha.clone(),
-                        build: job.build.clone(),
-                    },
+                    key,
                     candidate: job.candidate.clone(),
                     report: job.report.clone(),
                 };
@@ -692,8 +685,10 @@ impl Driver {
     }
 }
 
-/// How long a car whose build failed (an error, not a conflict) waits.
-const CAR_RETRY: Duration = Duration::from_secs(5);
+/// How long a train's GitHub call that failed waits before it is made
+/// again: a car's build (an error, not a conflict), the read that settles a
+/// landing after a restart.
+const TRAIN_RETRY: Duration = Duration::from_secs(5);
 
 /// Builds one car from scratch: the staging ref at `parent`, PR `pr` at
 /// `head` added to it.
@@ -741,7 +736,7 @@ async fn close_landed_pr(
             Err(e) => {
                 forge_failed(shared, "close_pr", &e);
                 if attempt < CLOSE_ATTEMPTS {
-                    tokio::time::sleep(CAR_RETRY * attempt).await;
+                    tokio::time::sleep(TRAIN_RETRY * attempt).await;
                 }
             }
         }
@@ -749,10 +744,91 @@ async fn close_landed_pr(
     warn!(%pr, %landed, "could not close the landed PR; it stays open on GitHub");
 }
 
+/// After a restart: what became of the landing the killed process asked
+/// for, read from GitHub (asked until it answers: the train waits on it).
+async fn settle_interrupted_landing(
+    forge: &dyn Forge,
+    shared: &Shared,
+    repo: RepoName,
+    branch: String,
+    landing: Landing,
+) -> Vec<Event> {
+    loop {
+        match landing_fate(forge, &repo, &branch, &landing).await {
+            Ok(LandingFate::Landed { moved_on }) => {
+                // What the killed process would have done next.
+                delete_landed_staging_refs(forge, shared, &repo, &branch, landing.through).await;
+                let mut events = vec![Event::Landed {
+                    repo: repo.clone(),
+                    branch: branch.clone(),
+                    sha: landing.to.clone(),
+                }];
+                // A push on top of it since: the cars are built on that.
+                if let Some(head) = moved_on {
+                    events.push(Event::BranchMoved {
+                        repo,
+                        branch,
+                        sha: head,
+                        before: Some(landing.to),
+                    });
+                }
+                return events;
+            }
+            Ok(LandingFate::NeverMade) => return vec![Event::LandingLost { repo, branch }],
+            Ok(LandingFate::TargetMoved) => {
+                return vec![Event::LandRefused {
+                    moved: true,
+                    repo,
+                    branch,
+                    reason: crate::core::text::interrupted_merge(),
+                }];
+            }
+            Err(e) => forge_failed(shared, "landing_recovery", &e),
+        }
+        tokio::time::sleep(TRAIN_RETRY).await;
+    }
+}
+
+enum LandingFate {
+    /// The target is at the car, or holds it: `moved_on` is the push on
+    /// top of it made since.
+    Landed { moved_on: Option<crate::core::Sha> },
+    /// The target is still where the car was built: the update was never
+    /// made.
+    NeverMade,
+    /// The target moved elsewhere: nothing landed.
+    TargetMoved,
+}
+
+async fn landing_fate(
+    forge: &dyn Forge,
+    repo: &RepoName,
+    branch: &str,
+    landing: &Landing,
+) -> Result<LandingFate, crate::forge::ForgeError> {
+    let Some(head) = forge.branch_head(repo, branch).await? else {
+        return Ok(LandingFate::TargetMoved);
+    };
+    if head == landing.from {
+        return Ok(LandingFate::NeverMade);
+    }
+    if head == landing.to {
+        return Ok(LandingFate::Landed { moved_on: None });
+    }
+    match forge.is_ancestor(repo, &landing.to, &head).await {
+        Ok(true) => Ok(LandingFate::Landed {
+            moved_on: Some(head),
+        }),
+        Ok(false) => Ok(LandingFate::TargetMoved),
+        // A forge that cannot tell: as if the target moved instead.
+        Err(crate::forge::ForgeError::Unsupported { .. }) => Ok(LandingFate::TargetMoved),
+        Err(e) => Err(e),
+    }
+}
+
 /// Lands a car: its success status first (a required check must see it),
 /// then the non-forced move of the target; then the staging refs of the
-/// cars up to it are deleted (car ids grow along a train, so none of them
-/// is in it any more).
+/// cars up to it are deleted.
 async fn land(
     forge: &dyn Forge,
     shared: &Shared,
@@ -791,15 +867,18 @@ async fn land(
             };
         }
     }
-    if let Err(e) = forge.set_status(repo, to, status).await {
-        forge_failed(shared, "status", &e);
-    }
     let refused = |moved: bool, reason: String| Event::LandRefused {
         repo: repo.clone(),
         branch: branch.to_string(),
         moved,
         reason,
     };
+    // No target moves to a commit without its success status, protected
+    // branch or not: without it, nothing lands (retried like a refusal).
+    if let Err(e) = forge.set_status(repo, to, status).await {
+        forge_failed(shared, "status", &e);
+        return refused(false, crate::core::text::car_status_not_set(&e.to_string()));
+    }
     let event = match forge.fast_forward(repo, branch, to).await {
         RefUpdate::Moved => Event::Landed {
             repo: repo.clone(),
@@ -810,20 +889,34 @@ async fn land(
         RefUpdate::Refused { reason } | RefUpdate::Failed { reason } => refused(false, reason),
     };
     if matches!(event, Event::Landed { .. }) {
-        let prefix = format!("{}{branch}/", crate::core::STAGING_PREFIX);
-        if let Ok(refs) = forge.staging_refs(repo).await {
-            for (name, _) in refs {
-                let done = name
-                    .strip_prefix(&prefix)
-                    .and_then(|id| id.parse::<u64>().ok())
-                    .is_some_and(|id| id <= through);
-                if done && let Err(e) = forge.delete_staging_ref(repo, &name).await {
-                    forge_failed(shared, "staging_ref", &e);
-                }
-            }
-        }
+        delete_landed_staging_refs(forge, shared, repo, branch, through).await;
     }
     event
+}
+
+/// Deletes the staging refs of the cars up to `through`, which landed (car
+/// ids grow along a train, so none of them is in it any more).
+async fn delete_landed_staging_refs(
+    forge: &dyn Forge,
+    shared: &Shared,
+    repo: &RepoName,
+    branch: &str,
+    through: u64,
+) {
+    let prefix = format!("{}{branch}/", crate::core::STAGING_PREFIX);
+    let refs = match forge.staging_refs(repo).await {
+        Ok(refs) => refs,
+        Err(e) => return forge_failed(shared, "staging_refs", &e),
+    };
+    for (name, _) in refs {
+        let done = name
+            .strip_prefix(&prefix)
+            .and_then(|id| id.parse::<u64>().ok())
+            .is_some_and(|id| id <= through);
+        if done && let Err(e) = forge.delete_staging_ref(repo, &name).await {
+            forge_failed(shared, "staging_ref", &e);
+        }
+    }
 }
 
 /// Whether a car may land as far as the branch's other required checks go.
@@ -947,6 +1040,8 @@ fn event_kind(event: &Event) -> &'static str {
         Event::LandWaiting { .. } => "land_waiting",
         Event::SetBranchMode { .. } => "set_branch_mode",
         Event::CarCheckFailed { .. } => "car_check_failed",
+        Event::LandingLost { .. } => "landing_lost",
         Event::Tick => "tick",
+        Event::Restarted => "restarted",
     }
 }

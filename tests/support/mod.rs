@@ -5,10 +5,12 @@
 use sluice::demo::{
     API_TOKEN, CHECK_SCRIPT, DEMO_REPO, GITHUB_TOKEN, WEBHOOK_SECRET, demo_config_toml,
 };
-use sluice::fakehub::FakeHub;
+use sluice::fakehub::{Chaos, FakeHub};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+pub mod trains;
 
 pub struct World {
     pub hub: FakeHub,
@@ -32,6 +34,27 @@ impl World {
     /// The fake GitHub with the demo repository, and a config for sluice
     /// with a `reconcile_secs` re-read interval.
     pub async fn new(dir: &Path, reconcile_secs: u64, max_concurrent: usize) -> World {
+        World::with_repo_settings(dir, reconcile_secs, max_concurrent, "").await
+    }
+
+    /// The same, with merge trains of `depth` cars on the demo repository.
+    pub async fn with_train(
+        dir: &Path,
+        reconcile_secs: u64,
+        max_concurrent: usize,
+        depth: usize,
+    ) -> World {
+        let settings = format!("train_depth = {depth}\nmerge_method = \"merge\"\n");
+        World::with_repo_settings(dir, reconcile_secs, max_concurrent, &settings).await
+    }
+
+    /// `repo_settings`: TOML lines added to the demo repository's table.
+    async fn with_repo_settings(
+        dir: &Path,
+        reconcile_secs: u64,
+        max_concurrent: usize,
+        repo_settings: &str,
+    ) -> World {
         let hub = FakeHub::start(&dir.join("github"), Some(GITHUB_TOKEN.into()))
             .await
             .unwrap();
@@ -55,6 +78,8 @@ impl World {
                 "max_concurrent_builds = 2",
                 &format!("max_concurrent_builds = {max_concurrent}"),
             );
+        // The repository's table is the last one: what follows is in it.
+        let toml = format!("{toml}{repo_settings}");
         let config = dir.join("sluice.toml");
         std::fs::write(&config, toml).unwrap();
         hub.set_webhook(&format!("{url}/webhook"), WEBHOOK_SECRET);
@@ -181,4 +206,92 @@ impl Drop for World {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+impl World {
+    /// `reviewer` approves the PR.
+    pub async fn approve(&self, pr: u64, reviewer: &str) {
+        self.hub
+            .review(DEMO_REPO, pr, reviewer, "APPROVED")
+            .await
+            .unwrap();
+    }
+}
+
+/// A temporary directory removed at the end, unless the test failed: then
+/// its logs and state stay for a look.
+pub struct KeepOnPanic(pub tempfile::TempDir);
+
+impl KeepOnPanic {
+    pub fn new() -> KeepOnPanic {
+        KeepOnPanic(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.0, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// A bad day at GitHub, as both chaos runs have it: a fifth of the
+/// deliveries dropped, a tenth duplicated, some reordered, one API call in
+/// twenty answered 502.
+pub fn bad_day(seed: u64) -> Chaos {
+    Chaos {
+        seed,
+        drop: 0.20,
+        duplicate: 0.10,
+        reorder: true,
+        api_error_rate: 0.05,
+    }
+}
+
+/// The chaos seed: `SLUICE_CHAOS_SEED` if set (to replay a run), else
+/// `default`.
+pub fn chaos_seed(default: u64) -> u64 {
+    match std::env::var("SLUICE_CHAOS_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SLUICE_CHAOS_SEED={s:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// A job's workspace and process group, if one is running its test now.
+pub fn running_job(dir: &Path) -> Option<(PathBuf, i32)> {
+    std::fs::read_dir(dir.join("work"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find_map(|ws| {
+            let pgid: i32 = std::fs::read_to_string(ws.join("pgid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            alive(pgid).then_some((ws, pgid))
+        })
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
 }

@@ -17,6 +17,8 @@
 //! - `GET /branches/{b}/protection/required_status_checks`: 200, or 404 when
 //!   the branch is not protected or requires no checks; 403 without admin
 //!   rights.
+//! - `GET /compare/{base}...{head}`: 200 with `status` `identical`, `ahead`,
+//!   `behind` or `diverged`; 404 for an unknown commit.
 //!
 //! - `GET /pulls/{n}/commits`: 200, at most 250 commits, oldest first.
 //! - `PATCH /pulls/{n}` `{state: "closed"}`: 200 with the PR.
@@ -102,6 +104,12 @@ struct GitCommitBody {
     sha: String,
     tree: ShaBody,
     parents: Vec<ShaBody>,
+}
+
+/// What sluice reads of `GET compare/{base}...{head}`.
+#[derive(serde::Deserialize)]
+struct CompareBody {
+    status: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -824,6 +832,26 @@ impl GitHub {
                 reason: reply.error(&what).to_string(),
             },
         }
+    }
+
+    /// `GET compare/{ancestor}...{descendant}`: `identical` or `ahead`
+    /// (descendant has commits ancestor lacks, and not the other way) means
+    /// it holds `ancestor`; 404 (a commit GitHub does not have, no common
+    /// ancestor) means it does not.
+    pub(super) async fn compare_holds(
+        &self,
+        repo: &RepoName,
+        ancestor: &Sha,
+        descendant: &Sha,
+    ) -> Result<bool, ForgeError> {
+        let path = format!("{}/compare/{ancestor}...{descendant}", repo_path(repo));
+        let what = format!("GET {path}");
+        let reply = self.call(Method::GET, &path, None).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        let body: CompareBody = reply.expect_success(&what)?.decode(&what)?;
+        Ok(matches!(body.status.as_str(), "identical" | "ahead"))
     }
 
     pub(super) async fn delete_staging(
