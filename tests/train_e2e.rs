@@ -630,6 +630,16 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     assert!(ejected[0]["link"].is_string(), "{history}");
     // main moved only to cars that passed (the cars inside a batch are in
     // its history, but it never pointed at one of them).
+    // GitHub shows a PR merged as soon as main moves; sluice records the
+    // landing when it hears the answer.
+    let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    for _ in 0..100 {
+        let history = stack.get_json("/history").await.unwrap();
+        if history.to_string().contains(head.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let tested = passing_cars(&stack).await;
     let history = stack.get_json("/history").await.unwrap();
     let landed: BTreeSet<String> = history["entries"]
@@ -643,8 +653,10 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     for sha in &landed {
         assert!(tested.contains(sha), "{sha} was not a passing car");
     }
-    let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
-    assert!(landed.contains(head.as_str()));
+    assert!(
+        landed.contains(head.as_str()),
+        "{head} not in {landed:?}: {history}"
+    );
     // Every commit on main since is one of the cars (nothing else landed).
     assert_eq!(first_parents(&stack, start.as_str()).len(), 7);
     let queue = stack.get_json("/queue").await.unwrap();
