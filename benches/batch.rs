@@ -66,6 +66,7 @@ fn main() {
                             pr_tests: PrTests::TrainOnly,
                             batch: BatchSize::Fixed(b),
                             optimistic: false,
+                            flaky: vec![],
                         });
                         t += o.merged_per_t / seeds as f64;
                     }
@@ -99,6 +100,7 @@ fn main() {
                         pr_tests: *pr_tests,
                         batch: *batch,
                         optimistic: false,
+                        flaky: vec![],
                     });
                     assert!(!o.failing_landed, "a failing PR landed");
                     per_t[i] += o.merged_per_t / seeds as f64;

@@ -48,6 +48,7 @@ fn main() {
                     pr_tests: PrTests::BeforeApproval,
                     batch: planner::BatchSize::Fixed(1),
                     optimistic: false,
+                    flaky: vec![],
                 };
                 let s = run(&base);
                 let t = run(&Scenario {
@@ -55,6 +56,7 @@ fn main() {
                     pr_tests: PrTests::TrainOnly,
                     batch: planner::BatchSize::Fixed(1),
                     optimistic: false,
+                    flaky: vec![],
                     ..base
                 });
                 assert!(

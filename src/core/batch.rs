@@ -87,11 +87,13 @@ pub fn suspected_flakes(cars: &[Car]) -> Vec<usize> {
 
 /// The car whose own PR is to blame: the first failed car, once the car
 /// just ahead of it passed (or it is first) and no car ahead of it is still
-/// testing.
-pub fn culprit(cars: &[Car]) -> Option<usize> {
+/// testing. With `optimistic`, also once no car behind it is testing (a
+/// pass there would make the failure a suspected flake).
+pub fn culprit(cars: &[Car], optimistic: bool) -> Option<usize> {
     let f = first_failed(cars)?;
     let settled = f == 0 || passed(&cars[f - 1]);
-    (settled && !cars[..f].iter().any(testing)).then_some(f)
+    let behind_done = !optimistic || !cars[f + 1..].iter().any(testing);
+    (settled && behind_done && !cars[..f].iter().any(testing)).then_some(f)
 }
 
 /// Cars behind the first failed one whose tests are running: they hold the
@@ -256,10 +258,16 @@ mod tests {
 
     #[test]
     fn the_culprit_is_the_failed_car_right_behind_a_passing_one() {
-        assert_eq!(culprit(&cars("F...")), Some(0));
-        assert_eq!(culprit(&cars("PPF.")), Some(2));
-        assert_eq!(culprit(&cars("P.F.")), None, "car 1 could be it");
-        assert_eq!(culprit(&cars("tPF.")), None, "wait for the car ahead");
+        assert_eq!(culprit(&cars("F..."), false), Some(0));
+        assert_eq!(culprit(&cars("PPF."), false), Some(2));
+        assert_eq!(culprit(&cars("P.F."), false), None, "car 1 could be it");
+        assert_eq!(
+            culprit(&cars("tPF."), false),
+            None,
+            "wait for the car ahead"
+        );
+        assert_eq!(culprit(&cars("PFt"), false), Some(1));
+        assert_eq!(culprit(&cars("PFt"), true), None, "optimistic: wait behind");
         assert_eq!(doomed(&cars("PFtt")), vec![2, 3]);
     }
 

@@ -871,7 +871,7 @@ impl State {
                 car.state = CarState::Built { sha };
             }
         }
-        while let Some(k) = batch::culprit(&train.cars) {
+        while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
             let CarState::Failed {
                 build,
                 outcome,
