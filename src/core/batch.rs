@@ -22,9 +22,10 @@
 //! drops every result (the cars are rebuilt).
 //!
 //! Flakes: nothing is blamed while a car ahead of F is still testing (its
-//! outcome can explain F's). With `optimistic`, a passing car behind a
-//! failed one (it holds the failed car's PRs, on the same base) lands, and
-//! the earlier failure is recorded as a suspected flake.
+//! outcome can explain F's). With `optimistic`, nothing is blamed while a
+//! car behind F still tests either, and a passing car behind a failed one
+//! (it holds the failed car's PRs, on the same base) lands, the earlier
+//! failure recorded as a suspected flake.
 
 use super::train::{Car, CarState};
 
