@@ -769,6 +769,20 @@ async fn a_paused_branch_lands_nothing_until_it_runs_again_and_bad_requests_are_
     assert!(view.to_string().contains("is paused"), "{view}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!stack.hub.pr(DEMO_REPO, n).unwrap().merged);
+    // The watchdog's gauge is there (nothing stuck for 10 minutes yet).
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_train_stalls{kind=\"passed_not_landing\"} 0"),
+        "{metrics}"
+    );
     // Running again: it lands; the history has both transitions.
     let (code, _) = stack
         .post_json("/branch", &body("running"), true)

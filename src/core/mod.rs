@@ -102,7 +102,10 @@ mod views;
 pub use approval::{Approval, approval, latest_per_reviewer};
 pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, MERGE_RETRY_MS};
 pub use state::*;
-pub use train::{Car, CarState, EjectKind, Ejection, Landing, STAGING_PREFIX, Train, staging_ref};
+pub use train::{
+    Car, CarState, EjectKind, Ejection, Landing, STAGING_PREFIX, STALL_MS, Stall, Train,
+    staging_ref,
+};
 pub use views::*;
 
 #[cfg(test)]

@@ -1829,3 +1829,49 @@ fn a_restart_publishes_again_the_statuses_decided_just_before_it() {
     assert!(started(&a).is_empty(), "nothing is tested again");
     assert!(statuses(&bot.ev(Event::Tick)).is_empty(), "once");
 }
+
+#[test]
+fn the_watchdog_reports_cars_that_passed_but_do_not_land_and_cars_overdue() {
+    let mut bot = train_bot(2);
+    two_passed_cars(&mut bot);
+    // GitHub keeps refusing: the landing is blocked, retried, never made.
+    let refuse = |bot: &mut Bot| {
+        bot.ev(Event::LandRefused {
+            repo: repo_name(),
+            branch: "main".into(),
+            moved: false,
+            reason: "Required status check \"x\" is expected.".into(),
+        })
+    };
+    refuse(&mut bot);
+    assert!(bot.state.stalls(Timestamp(bot.now)).is_empty(), "not yet");
+    bot.now += STALL_MS + 1;
+    let stalls = bot.state.stalls(Timestamp(bot.now));
+    assert_eq!(stalls.len(), 1, "{stalls:?}");
+    assert_eq!(stalls[0].kind, "passed_not_landing");
+    assert!(
+        stalls[0].message.contains("is expected"),
+        "{}",
+        stalls[0].message
+    );
+    // Landing clears it.
+    let to = train_cars(&bot)[1].state.sha().unwrap().clone();
+    bot.now += MERGE_RETRY_MS;
+    bot.ev(Event::Tick);
+    bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: to,
+    });
+    assert!(bot.state.stalls(Timestamp(bot.now)).is_empty());
+    // A car test that runs far past the usual: overdue.
+    bot.open(5, 0xa5);
+    bot.approve(5);
+    let b = bot.build_of(5).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    bot.build_cars(&a);
+    assert_eq!(bot.car_tests().len(), 1);
+    bot.now += STALL_MS + 1;
+    let stalls = bot.state.stalls(Timestamp(bot.now));
+    assert!(stalls.iter().any(|s| s.kind == "car_overdue"), "{stalls:?}");
+}

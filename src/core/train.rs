@@ -41,6 +41,23 @@ pub struct Train {
     /// The plan of the last settle and why (derived, not stored).
     #[serde(skip)]
     pub plan: Option<String>,
+    /// Since when a car has passed with nothing landed (the watchdog).
+    #[serde(default)]
+    pub passed_since: Option<Timestamp>,
+}
+
+/// How long cars may pass with nothing landing before the watchdog says so.
+pub const STALL_MS: u64 = 10 * 60 * 1000;
+
+/// Something the watchdog reports: a train that looks stuck.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stall {
+    pub repo: RepoName,
+    pub branch: String,
+    /// `passed_not_landing` or `car_overdue`.
+    pub kind: &'static str,
+    /// In words, for the log.
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -937,6 +954,13 @@ impl State {
             &self.builds,
             now,
         );
+        // The watchdog's clock: since when a passed car waits to land.
+        match batch::landing_point(&train.cars) {
+            Some(_) => {
+                train.passed_since.get_or_insert(now);
+            }
+            None => train.passed_since = None,
+        }
         if !train.cars.is_empty() || train.landing.is_some() || train.blocked.is_some() {
             repo.trains.insert(branch.to_string(), train);
         }
@@ -1066,6 +1090,54 @@ impl State {
             train.cars.len(),
             policy.max_concurrent_builds,
         )
+    }
+
+    /// What looks stuck at `now`: cars passed for more than [`STALL_MS`]
+    /// with nothing landed, and car tests running for more than three times
+    /// the repository's mean test duration (at least [`STALL_MS`]).
+    pub fn stalls(&self, now: Timestamp) -> Vec<Stall> {
+        let mut all = Vec::new();
+        for (name, repo) in &self.repos {
+            let overdue_ms = repo
+                .test_durations
+                .mean_ms()
+                .map_or(STALL_MS, |m| (3 * m).max(STALL_MS));
+            for (branch, train) in &repo.trains {
+                if let Some(since) = train.passed_since
+                    && now.0.saturating_sub(since.0) > STALL_MS
+                {
+                    let why = train.blocked.as_ref().map_or("no reason known", |(w, _)| w);
+                    all.push(Stall {
+                        repo: name.clone(),
+                        branch: branch.clone(),
+                        kind: "passed_not_landing",
+                        message: format!(
+                            "cars have passed for {} min and nothing landed: {why}",
+                            now.0.saturating_sub(since.0) / 60_000
+                        ),
+                    });
+                }
+                for car in &train.cars {
+                    if let CarState::Testing { build, .. } = &car.state
+                        && let Some(b) = self.builds.get(build)
+                        && now.0.saturating_sub(b.started_at.0) > overdue_ms
+                    {
+                        all.push(Stall {
+                            repo: name.clone(),
+                            branch: branch.clone(),
+                            kind: "car_overdue",
+                            message: format!(
+                                "car {} (#{}) has tested for {} min with no result",
+                                staging_ref(branch, car.id),
+                                car.pr.number,
+                                now.0.saturating_sub(b.started_at.0) / 60_000
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        all
     }
 
     /// A PR's place in its train (0 = first), if it is in one.

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub github_rate_limit_limit: Gauge,
     pub github_rate_limit_reset_seconds: Gauge,
     pub github_requests: Family<KindLabel, Counter>,
+    /// Trains that look stuck, by kind (the watchdog).
+    pub train_stalls: Family<KindLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             github_rate_limit_limit: Gauge::default(),
             github_rate_limit_reset_seconds: Gauge::default(),
             github_requests: Family::default(),
+            train_stalls: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +117,11 @@ impl Default for Metrics {
             "github_requests",
             "GitHub replies: counted against the rate limit, or not_modified (304, free)",
             m.github_requests.clone(),
+        );
+        registry.register(
+            "train_stalls",
+            "Trains that look stuck: passed_not_landing (cars passed 10 min ago, nothing landed), car_overdue (a car test past 3x the mean test time)",
+            m.train_stalls.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -159,6 +159,7 @@ pub fn build(
         reconcile_memory: Arc::new(ReconcileMemory::default()),
         keeper,
         restored,
+        stalled: BTreeSet::new(),
     };
     Ok((shared, driver))
 }
@@ -181,6 +182,9 @@ pub struct Driver {
     /// The state came from a journal: the process before was stopped or
     /// killed.
     restored: bool,
+    /// The stalls the watchdog has logged (repo:branch:kind), so each is
+    /// logged once while it lasts.
+    stalled: BTreeSet<String>,
 }
 
 impl Driver {
@@ -342,19 +346,48 @@ impl Driver {
     fn apply(&mut self, event: Event, at: Timestamp, seq: u64) {
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
-        let actions = {
+        let (actions, stalls) = {
             let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            let tick = matches!(event, Event::Tick);
             let actions = state.handle(event, at);
+            let stalls = tick.then(|| state.stalls(at));
             let prs: usize = state.repos().map(|(_, r)| r.prs.len()).sum();
             self.shared.metrics.prs_tracked.set(prs as i64);
             self.shared
                 .metrics
                 .builds_running
                 .set(state.running_builds().count() as i64);
-            actions
+            (actions, stalls)
         };
+        if let Some(stalls) = stalls {
+            self.watch(&stalls);
+        }
         self.keeper.applied();
         self.execute(actions, seq);
+    }
+
+    /// The watchdog: a gauge per kind of stall, and one log line when a
+    /// stall starts.
+    fn watch(&mut self, stalls: &[crate::core::Stall]) {
+        for kind in ["passed_not_landing", "car_overdue"] {
+            let n = stalls.iter().filter(|s| s.kind == kind).count();
+            self.shared
+                .metrics
+                .train_stalls
+                .get_or_create(&crate::runtime::metrics::KindLabel { kind: kind.into() })
+                .set(n as i64);
+        }
+        for s in stalls {
+            let key = format!("{}:{}:{}", s.repo, s.branch, s.kind);
+            if self.stalled.insert(key) {
+                warn!(repo = %s.repo, branch = %s.branch, kind = s.kind, "the train looks stuck: {}", s.message);
+            }
+        }
+        self.stalled.retain(|key| {
+            stalls
+                .iter()
+                .any(|s| format!("{}:{}:{}", s.repo, s.branch, s.kind) == *key)
+        });
     }
 
     fn execute(&mut self, actions: Vec<Action>, seq: u64) {
