@@ -15,14 +15,8 @@
 use sluice::core::{PrTests, planner::BatchSize};
 use sluice::sim::{Scenario, ceiling, entropy, failing, run};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 /// PRs per tested car of the fixed batching strategy.
 const FIXED_BATCH: usize = 8;

@@ -352,35 +352,7 @@ async fn train_drain_figures() {
     })
     .await
     .unwrap();
-    let mut prs = Vec::new();
-    let started = std::time::Instant::now();
-    for i in 0..12 {
-        let content = if i == 3 || i == 8 { "BUG\n" } else { "ok\n" };
-        let n = stack
-            .open_pr(
-                &format!("drain-{i}"),
-                &[(&format!("src/drain-{i}.txt"), content), ("delay", "3")],
-                &format!("Drain {i}"),
-            )
-            .await
-            .unwrap();
-        stack
-            .hub
-            .review(DEMO_REPO, n, "alice", "APPROVED")
-            .await
-            .unwrap();
-        prs.push((n, i != 3 && i != 8));
-    }
-    let opened = started.elapsed();
-    stack
-        .wait_for("the 10 passing PRs merged", Duration::from_secs(300), |s| {
-            prs.iter()
-                .filter(|(_, good)| *good)
-                .all(|(n, _)| s.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
-        })
-        .await
-        .unwrap();
-    let took = started.elapsed();
+    let (prs, opened, took) = drain(&stack, 12, &[3, 8]).await;
     let failing_merged = prs
         .iter()
         .filter(|(n, good)| !good && stack.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))
@@ -549,8 +521,12 @@ async fn a_landing_waits_for_another_required_check_and_a_car_it_fails_is_ejecte
 
 /// Opens `count` approved PRs with a 3 s test, those at `failing` with a
 /// BUG; waits until every other one landed. Returns (PR, passes) and how
-/// long it took from the first opening.
-async fn drain(stack: &Stack, count: usize, failing: &[usize]) -> (Vec<(u64, bool)>, Duration) {
+/// long opening them and landing them took from the first opening.
+async fn drain(
+    stack: &Stack,
+    count: usize,
+    failing: &[usize],
+) -> (Vec<(u64, bool)>, Duration, Duration) {
     let mut prs = Vec::new();
     let started = std::time::Instant::now();
     for i in 0..count {
@@ -571,6 +547,7 @@ async fn drain(stack: &Stack, count: usize, failing: &[usize]) -> (Vec<(u64, boo
             .unwrap();
         prs.push((n, !bad));
     }
+    let opened = started.elapsed();
     stack
         .wait_for("the passing PRs merged", Duration::from_secs(300), |s| {
             prs.iter()
@@ -579,7 +556,7 @@ async fn drain(stack: &Stack, count: usize, failing: &[usize]) -> (Vec<(u64, boo
         })
         .await
         .unwrap();
-    (prs, started.elapsed())
+    (prs, opened, started.elapsed())
 }
 
 async fn batch_stack(dir: &std::path::Path, batch: BatchSetting) -> Stack {
@@ -600,7 +577,7 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     let dir = tempfile::tempdir().unwrap();
     let stack = batch_stack(dir.path(), BatchSetting::Size(4)).await;
     let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
-    let (prs, _) = drain(&stack, 8, &[2]).await;
+    let (prs, _, _) = drain(&stack, 8, &[2]).await;
     let culprit = prs[2].0;
     assert!(!stack.hub.pr(DEMO_REPO, culprit).unwrap().merged);
     // The culprit is named as such: its own car failed on a passing one.
@@ -653,9 +630,17 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     for sha in &landed {
         assert!(tested.contains(sha), "{sha} was not a passing car");
     }
+    let moves: Vec<_> = stack
+        .hub
+        .branch_moves(DEMO_REPO)
+        .into_iter()
+        .filter(|m| m.branch == "main")
+        .map(|m| (m.after, m.pusher))
+        .collect();
     assert!(
         landed.contains(head.as_str()),
-        "{head} not in {landed:?}: {history}"
+        "{head} not in {landed:?}; moves: {moves:?}; queue: {}",
+        stack.get_json("/queue").await.unwrap()
     );
     // Every commit on main since is one of the cars (nothing else landed).
     assert_eq!(first_parents(&stack, start.as_str()).len(), 7);
@@ -673,7 +658,7 @@ async fn batch_drain_figures() {
     let stack = batch_stack(dir.path(), BatchSetting::Word("adaptive".into())).await;
     // Two failing PRs at positions drawn once (seeded), 16 in all.
     let failing = [5, 12];
-    let (prs, took) = drain(&stack, 16, &failing).await;
+    let (prs, _, took) = drain(&stack, 16, &failing).await;
     let failing_merged = prs
         .iter()
         .filter(|(n, good)| !good && stack.hub.pr(DEMO_REPO, *n).is_some_and(|p| p.merged))

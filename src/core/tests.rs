@@ -997,23 +997,7 @@ impl Bot {
     /// Answers every car being built as built, car on car, until none is.
     fn build_train(&mut self) {
         loop {
-            let building: Vec<Action> = self.state.repo(&repo_name()).unwrap().trains["main"]
-                .cars
-                .iter()
-                .filter_map(|c| match &c.state {
-                    CarState::Building { parent } => Some(Action::BuildCar {
-                        repo: repo_name(),
-                        branch: "main".into(),
-                        car: c.id,
-                        staging_ref: staging_ref("main", c.id),
-                        parent: parent.clone(),
-                        pr: c.pr.number,
-                        head: c.pr.head_sha.clone(),
-                        message: String::new(),
-                    }),
-                    _ => None,
-                })
-                .collect();
+            let building = self.cars_building();
             if building.is_empty() {
                 return;
             }
