@@ -803,3 +803,57 @@ async fn a_paused_branch_lands_nothing_until_it_runs_again_and_bad_requests_are_
     );
     stack.sluice.stop().await;
 }
+
+#[tokio::test]
+async fn a_landing_whose_answer_is_lost_is_read_from_the_branch_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.repos[0].train_depth = 2;
+        c.github.request_timeout_secs = 1;
+    })
+    .await
+    .unwrap();
+    // Every answer to the target's update is held back past the timeout:
+    // the update takes effect, sluice never hears so.
+    stack.hub.inject_fault(sluice::fakehub::Fault::SlowAnswer {
+        method: Some("PATCH".into()),
+        path_prefix: format!("/repos/{DEMO_REPO}/git/refs/heads/main"),
+        delay: Duration::from_secs(2),
+        times: 100,
+    });
+    let n = stack
+        .open_pr("lost-1", &[("src/lost.txt", "ok\n")], "Lost 1")
+        .await
+        .unwrap();
+    stack
+        .hub
+        .review(DEMO_REPO, n, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the landing recorded", Duration::from_secs(90), |s| {
+            s.hub.pr(DEMO_REPO, n).is_some_and(|p| p.merged)
+        })
+        .await
+        .unwrap();
+    let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut recorded = false;
+    for _ in 0..100 {
+        let history = stack
+            .get_json(&format!("/history?sha={head}"))
+            .await
+            .unwrap();
+        if history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "merged" && e["merge_sha"] == head.as_str())
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recorded, "the landing of {head} is in the history");
+    stack.sluice.stop().await;
+}

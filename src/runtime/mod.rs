@@ -912,14 +912,21 @@ async fn land(
         forge_failed(shared, "status", &e);
         return refused(false, crate::core::text::car_status_not_set(&e.to_string()));
     }
+    let landed = Event::Landed {
+        repo: repo.clone(),
+        branch: branch.to_string(),
+        sha: to.clone(),
+    };
     let event = match forge.fast_forward(repo, branch, to).await {
-        RefUpdate::Moved => Event::Landed {
-            repo: repo.clone(),
-            branch: branch.to_string(),
-            sha: to.clone(),
-        },
+        RefUpdate::Moved => landed,
         RefUpdate::NotFastForward => refused(true, "the target moved".into()),
-        RefUpdate::Refused { reason } | RefUpdate::Failed { reason } => refused(false, reason),
+        RefUpdate::Refused { reason } => refused(false, reason),
+        // Whether the update took effect is not known (its answer was lost,
+        // it timed out): the branch says.
+        RefUpdate::Failed { reason } => match forge.branch_head(repo, branch).await {
+            Ok(Some(head)) if head == *to => landed,
+            _ => refused(false, reason),
+        },
     };
     if matches!(event, Event::Landed { .. }) {
         delete_landed_staging_refs(forge, shared, repo, branch, through).await;
