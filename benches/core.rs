@@ -84,6 +84,7 @@ fn main() {
         mergeable: None,
         labels: vec![],
         created_at: Timestamp(n),
+        depends_on: Vec::new(),
     };
     let t = Instant::now();
     for n in 1..=prs {

@@ -131,6 +131,7 @@ pub fn run(s: &Scenario) -> Outcome {
             mergeable: None,
             labels: vec![],
             created_at: Timestamp(n),
+            depends_on: Vec::new(),
         }));
         queue.push(Event::Reviews {
             pr: PrKey {

@@ -64,6 +64,7 @@ fn expected_snapshot(draft: bool, mergeable: Option<bool>) -> PrSnapshot {
         mergeable,
         labels: vec!["bug".into()],
         created_at: Timestamp(CREATED_MS),
+        depends_on: Vec::new(),
     }
 }
 
@@ -107,7 +108,17 @@ fn every_pull_request_payload_maps_to_its_event() {
                 vec![Event::PrReopened(expected_snapshot(false, mergeable))],
                 "{file}"
             ),
-            "closed" => assert_eq!(events(got), vec![Event::PrClosed(key())], "{file}"),
+            // GitHub's sample closes the PR without merging it; merged, it
+            // would be `PrClosed` (a PR depending on it may then enter).
+            "closed" => {
+                assert_eq!(events(got), vec![Event::PrClosedUnmerged(key())], "{file}");
+                assert_eq!(v["pull_request"]["merged"], Value::Bool(false), "{file}");
+                let mut merged = v.clone();
+                merged["pull_request"]["merged"] = Value::Bool(true);
+                let merged = serde_json::to_vec(&merged).unwrap();
+                let got = parse_delivery("pull_request", &merged).unwrap();
+                assert_eq!(events(got), vec![Event::PrClosed(key())], "{file}");
+            }
             _ => assert!(
                 matches!(got, Delivery::Ignored { .. }),
                 "{file}: expected Ignored, got {got:?}"

@@ -16,8 +16,10 @@ pub enum Event {
     PrOpened(PrSnapshot),
     /// A closed PR was reopened (a webhook said so explicitly).
     PrReopened(PrSnapshot),
-    /// A PR was closed or merged by someone.
+    /// A PR was merged (by anyone), or closed and sluice cannot tell how.
     PrClosed(PrKey),
+    /// A PR was closed without being merged: a PR depending on it says so.
+    PrClosedUnmerged(PrKey),
     /// Something about a PR's reviews changed; sluice re-reads them.
     ReviewActivity(PrKey),
     /// Every review of a PR, as the forge reports them now.
@@ -148,6 +150,7 @@ impl Event {
         match self {
             Event::PrUpdated(s) | Event::PrOpened(s) | Event::PrReopened(s) => Some(&s.key.repo),
             Event::PrClosed(pr)
+            | Event::PrClosedUnmerged(pr)
             | Event::ReviewActivity(pr)
             | Event::Reviews { pr, .. }
             | Event::MergeFinished { pr, .. }

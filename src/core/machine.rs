@@ -101,6 +101,12 @@ impl State {
                 self.on_pr_snapshot(snapshot, Heard::Reopened, now, &mut out)
             }
             Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
+            Event::PrClosedUnmerged(key) => {
+                if let Some(repo) = self.repos.get_mut(&key.repo) {
+                    repo.remember_unmerged(key.number);
+                }
+                self.close_pr(&key, now, &mut out)
+            }
             Event::ReviewActivity(key) => {
                 if self.pr(&key).is_some() {
                     out.push(Action::FetchReviews { pr: key });
@@ -209,6 +215,17 @@ impl State {
             }
         }
         self.settle(&repo, now, &mut out);
+        // A PR of another repository may wait for one of this repository's
+        // (Depends-On): it may enter its train now.
+        let dependents: Vec<RepoName> = self
+            .repos
+            .iter()
+            .filter(|(name, r)| **name != repo && r.index.depends_on_repos.contains(&repo))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dependents {
+            self.settle(&name, now, &mut out);
+        }
         out
     }
 
@@ -267,6 +284,7 @@ impl State {
         let repo = self.repos.get_mut(&snap.key.repo).expect("caller checked");
         let base = snap.base_ref.clone();
         let number = snap.key.number;
+        repo.closed_unmerged.remove(&number);
         match repo.branches.get(&base) {
             Some(_) => {}
             None => {
@@ -312,6 +330,7 @@ impl State {
                         published_at: None,
                         in_train: false,
                         ejected: None,
+                        waits_on_dependency: None,
                     },
                 );
                 if read_reviews {
@@ -1112,6 +1131,9 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
         {
             reasons.push(e.reason.clone());
         }
+        if let Some(why) = pr.waits_on_dependency.as_ref().filter(|_| !pr.in_train) {
+            reasons.push(why.clone());
+        }
         match repo.branch_mode(base) {
             BranchMode::Paused => reasons.push(text::branch_paused(base)),
             BranchMode::Draining if !pr.in_train => reasons.push(text::branch_draining(base)),
@@ -1251,6 +1273,9 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
                 text::in_train(base, position, eta),
                 None,
             );
+        }
+        if let Some(why) = &pr.waits_on_dependency {
+            return status(CommitState::Pending, why.clone(), None);
         }
     }
     if let Some(result) = repo.own_result(pr) {

@@ -438,8 +438,11 @@ enum TrainOp {
     PersonPushes {
         to: u32,
     },
+    /// `merged`: merged by someone (GitHub's webhook says so), or closed
+    /// without merging.
     Close {
         pr: u64,
+        merged: bool,
     },
     /// 0 running, 1 paused, 2 draining.
     SetMode {
@@ -459,7 +462,7 @@ fn train_op() -> impl Strategy<Value = TrainOp> {
         (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
         (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
         (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
-        (1..6u64).prop_map(|pr| TrainOp::Close { pr }),
+        (1..6u64, proptest::bool::ANY).prop_map(|(pr, merged)| TrainOp::Close { pr, merged }),
         (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
         Just(TrainOp::Tick),
     ]
@@ -482,6 +485,9 @@ struct Forge {
     own_running: BTreeMap<BuildId, Candidate>,
     car_running: BTreeMap<BuildId, Candidate>,
     next: u32,
+    /// PRs ever opened, and those merged (landed, or closed as merged).
+    opened: BTreeSet<u64>,
+    done: BTreeSet<u64>,
 }
 
 /// The PRs of the cars from `to` back to `from`, each a car commit built on
@@ -508,11 +514,20 @@ fn chain(f: &Forge, from: &Sha, to: &Sha) -> Result<Vec<(u64, Sha)>, TestCaseErr
     Ok(prs)
 }
 
+/// PR `pr`'s dependency in a run (`Depends-On: #N`), if any.
+fn dependency(deps: &[Option<u64>], pr: u64) -> Option<u64> {
+    deps.get(pr as usize - 1)
+        .copied()
+        .flatten()
+        .filter(|&d| d != pr)
+}
+
 fn run_train(
     ops: Vec<TrainOp>,
     pr_tests: PrTests,
     batch: planner::BatchSize,
     optimistic: bool,
+    deps: Vec<Option<u64>>,
 ) -> Result<(), TestCaseError> {
     let policy = RepoPolicy {
         max_concurrent_builds: 3,
@@ -565,7 +580,10 @@ fn run_train(
                 if head == 2 {
                     s.labels = vec!["urgent".into()];
                 }
+                // Dependencies in the mix, cycles included.
+                s.depends_on = dependency(&deps, pr).map(key).into_iter().collect();
                 f.heads.insert(pr, s.head_sha.clone());
+                f.opened.insert(pr);
                 Event::PrUpdated(s)
             }
             TrainOp::Review { pr, approve } => {
@@ -693,6 +711,7 @@ fn run_train(
                             f.approved.remove(&pr);
                             events.push(Event::PrClosed(key(pr)));
                         }
+                        f.done.insert(pr);
                     }
                     events.remove(0)
                 }
@@ -707,10 +726,15 @@ fn run_train(
                     before,
                 }
             }
-            TrainOp::Close { pr } => {
+            TrainOp::Close { pr, merged } => {
                 f.heads.remove(&pr);
                 f.approved.remove(&pr);
-                Event::PrClosed(key(pr))
+                if merged {
+                    f.done.insert(pr);
+                    Event::PrClosed(key(pr))
+                } else {
+                    Event::PrClosedUnmerged(key(pr))
+                }
             }
             TrainOp::SetMode { mode } => Event::SetBranchMode {
                 repo: repo_name(),
@@ -761,7 +785,23 @@ fn run_train(
                             state.repo(&repo_name()).unwrap().branch_head("main"),
                             Some(&from)
                         );
-                        for (pr, head) in chain(&f, &from, &to)? {
+                        let landing = chain(&f, &from, &to)?;
+                        for (k, (pr, _)) in landing.iter().enumerate() {
+                            // A dependency lands first: it merged before, or
+                            // lands earlier in this landing (the chain runs
+                            // from `to` back), or sluice never saw it open.
+                            if let Some(d) = dependency(&deps, *pr) {
+                                prop_assert!(
+                                    f.done.contains(&d)
+                                        || !f.opened.contains(&d)
+                                        || landing[k + 1..].iter().any(|(n, _)| *n == d),
+                                    "#{} lands before #{}, which it depends on",
+                                    pr,
+                                    d
+                                );
+                            }
+                        }
+                        for (pr, head) in landing {
                             prop_assert!(f.approved.contains(&pr), "landing unapproved #{}", pr);
                             prop_assert_eq!(
                                 f.heads.get(&pr),
@@ -819,11 +859,32 @@ fn run_train(
         "the train did not drain: {:?}",
         repo.trains
     );
-    prop_assert!(
-        repo.index.ready.get("main").is_none_or(|r| r.is_empty()),
-        "PRs could enter but did not: {:?}",
-        repo.index.ready
-    );
+    // Only a PR whose dependency cannot go ahead of it may wait: closed
+    // without merging, or open and itself unable to enter (a cycle, not
+    // approved, waiting on its own dependency).
+    for queued in repo.index.ready.get("main").into_iter().flatten() {
+        let pr = &repo.prs[&queued.3];
+        let justified = pr.waits_on_dependency.is_some()
+            && pr.snapshot.depends_on.iter().any(|d| {
+                repo.closed_unmerged.contains(&d.number)
+                    || repo.prs.get(&d.number).is_some_and(|dep| {
+                        !dep.in_train
+                            && (dep.waits_on_dependency.is_some()
+                                || !repo
+                                    .index
+                                    .ready
+                                    .get("main")
+                                    .is_some_and(|r| r.iter().any(|q| q.3 == d.number)))
+                    })
+            });
+        prop_assert!(
+            justified,
+            "#{} could enter but did not ({:?}); ready {:?}",
+            queued.3,
+            pr.waits_on_dependency,
+            repo.index.ready
+        );
+    }
     Ok(())
 }
 
@@ -843,7 +904,8 @@ proptest! {
             Just(planner::BatchSize::Adaptive { max: 4 }),
         ],
         optimistic in proptest::bool::ANY,
+        deps in proptest::collection::vec(proptest::option::weighted(0.3, 1..8u64), 7),
     ) {
-        run_train(ops, pr_tests, batch, optimistic)?;
+        run_train(ops, pr_tests, batch, optimistic, deps)?;
     }
 }

@@ -73,6 +73,9 @@ pub(crate) struct RepoIndex {
     /// Each train's PRs in order as last settled, each with whether its
     /// landing is held (their statuses name their position and that).
     pub train_order: BTreeMap<String, Vec<(u64, bool)>>,
+    /// Other repositories its PRs depend on (Depends-On; only grows): an
+    /// event there settles this repository too.
+    pub depends_on_repos: BTreeSet<RepoName>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,9 +114,16 @@ pub struct RepoState {
     /// rate.
     #[serde(default)]
     pub outcomes: super::planner::Outcomes,
+    /// PRs closed without being merged (the latest `UNMERGED_MEMORY`): a
+    /// PR that depends on one says so.
+    #[serde(default)]
+    pub closed_unmerged: BTreeSet<u64>,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
+
+/// How many unmerged closed PRs a repository remembers.
+pub const UNMERGED_MEMORY: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Branch {
@@ -168,6 +178,10 @@ pub struct Pr {
     /// retest.
     #[serde(default)]
     pub ejected: Option<super::train::Ejection>,
+    /// Ready, but its dependencies keep it out of the train, in words
+    /// (derived by the train's settle; `core/deps.rs`).
+    #[serde(skip)]
+    pub waits_on_dependency: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +233,7 @@ impl State {
                             branches: BTreeMap::new(),
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
+                            closed_unmerged: BTreeSet::new(),
                             merging: BTreeMap::new(),
                             trains: BTreeMap::new(),
                             next_car: 0,
@@ -363,6 +378,15 @@ impl RepoState {
 
     /// Files PR `number` in the indexes as its facts say now (or removes it
     /// if it is gone).
+    /// `number` closed without being merged (bounded: the oldest numbers
+    /// are forgotten first).
+    pub(crate) fn remember_unmerged(&mut self, number: u64) {
+        self.closed_unmerged.insert(number);
+        while self.closed_unmerged.len() > UNMERGED_MEMORY {
+            self.closed_unmerged.pop_first();
+        }
+    }
+
     pub(crate) fn refile(&mut self, number: u64) {
         let old = self.index.filed.remove(&number).unwrap_or_default();
         let index = &mut self.index;
@@ -394,12 +418,19 @@ impl RepoState {
         let Some(pr) = self.prs.get(&number) else {
             return;
         };
+        for dep in &pr.snapshot.depends_on {
+            if dep.repo != pr.snapshot.key.repo && !self.index.depends_on_repos.contains(&dep.repo)
+            {
+                self.index.depends_on_repos.insert(dep.repo.clone());
+            }
+        }
         let key = self.queue_key(pr);
         // A draft cannot land: it need not wait for a merge to be tested.
         let approved = key.1.0 && !pr.snapshot.draft;
         let base = pr.snapshot.base_ref.clone();
         let wants_build = super::machine::wants_build(self, pr);
         let ready = super::machine::ready_but_for_lock(self, pr);
+        let stale_dependency_wait = !ready && pr.waits_on_dependency.is_some();
         let filed = Filed {
             waiting: (wants_build && !approved).then_some(key),
             waiting_approved: (wants_build && approved).then_some(key),
@@ -407,6 +438,10 @@ impl RepoState {
             retry: pr.merge_block.as_ref().and_then(|b| b.retry_at),
             base,
         };
+        if stale_dependency_wait {
+            // Only a ready PR waits on its dependencies.
+            self.prs.get_mut(&number).expect("open").waits_on_dependency = None;
+        }
         let index = &mut self.index;
         index
             .by_base

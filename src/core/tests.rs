@@ -31,6 +31,7 @@ pub(crate) fn snap(n: u64, head: u32, base: &str) -> PrSnapshot {
         mergeable: None,
         labels: vec![],
         created_at: Timestamp(n),
+        depends_on: Vec::new(),
     }
 }
 
@@ -1858,4 +1859,147 @@ fn the_watchdog_reports_cars_that_passed_but_do_not_land_and_cars_overdue() {
     bot.now += STALL_MS + 1;
     let stalls = bot.state.stalls(Timestamp(bot.now));
     assert!(stalls.iter().any(|s| s.kind == "car_overdue"), "{stalls:?}");
+}
+
+// ---------------------------------------------------------- dependencies
+
+impl Bot {
+    /// PR `n` (head 0xa0 + n) opened with `Depends-On` lines for `deps`,
+    /// approved, its own test passed.
+    fn ready_depending_on(&mut self, n: u64, deps: &[PrKey]) {
+        let mut s = snap(n, 0xa0 + n as u32, "main");
+        s.depends_on = deps.to_vec();
+        self.ev(Event::PrUpdated(s));
+        self.approve(n);
+        let b = self.build_of(n).unwrap();
+        self.finish(&b, Outcome::Passed);
+    }
+    fn published(&self, n: u64) -> PublishedStatus {
+        self.state.pr(&key(n)).unwrap().published.clone().unwrap()
+    }
+}
+
+fn train_order(bot: &Bot) -> Vec<u64> {
+    bot.state
+        .repo(&repo_name())
+        .unwrap()
+        .trains
+        .get("main")
+        .map(|t| t.cars.iter().map(|c| c.pr.number).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pr_enters_the_train_only_behind_what_it_depends_on() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: 3,
+        urgent_label: Some("urgent".into()),
+        ..RepoPolicy::default()
+    });
+    // #2 depends on #1, which is not approved yet: #2 waits and says why.
+    bot.open(1, 0xa1);
+    bot.ready_depending_on(2, &[key(1)]);
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+    let status = bot.published(2);
+    assert_eq!(status.state, CommitState::Pending);
+    assert_eq!(status.description, text::dependency_not_in_train("#1"));
+    assert!(
+        bot.view(2)
+            .waiting_on
+            .contains(&text::dependency_not_in_train("#1"))
+    );
+    assert_eq!(bot.view(2).depends_on, vec!["#1".to_string()]);
+    // #1 enters, and #2 behind it, in the same settle.
+    bot.approve(1);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    assert_eq!(train_order(&bot), vec![1, 2]);
+    // An urgent label does not put #2 ahead of what it depends on, and does
+    // not make it leave and re-enter at every settle.
+    let mut urgent = snap(2, 0xa2, "main");
+    urgent.labels = vec!["urgent".into()];
+    urgent.depends_on = vec![key(1)];
+    let a = bot.ev(Event::PrUpdated(urgent));
+    assert_eq!(train_order(&bot), vec![1, 2]);
+    assert!(cancelled(&a).is_empty(), "{a:?}");
+    let a = bot.ev(Event::Tick);
+    assert!(cancelled(&a).is_empty() && car_builds(&a).is_empty());
+    // #1 gets a new commit: it leaves, and #2 (no longer behind it) too.
+    bot.open(1, 0xb1);
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+    assert_eq!(
+        bot.published(2).description,
+        text::dependency_not_in_train("#1")
+    );
+}
+
+#[test]
+fn a_cycle_or_a_dependency_closed_without_merging_is_said_and_nothing_enters() {
+    let mut bot = train_bot(3);
+    bot.ready_depending_on(1, &[key(2)]);
+    bot.ready_depending_on(2, &[key(1)]);
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+    assert_eq!(
+        bot.published(1).description,
+        text::dependency_cycle(&[1, 2, 1])
+    );
+    assert_eq!(
+        bot.published(2).description,
+        text::dependency_cycle(&[2, 1, 2])
+    );
+    // #2 is closed without merging: #1 can never have it ahead.
+    bot.ev(Event::PrClosedUnmerged(key(2)));
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+    assert_eq!(bot.published(1).description, text::dependency_closed("#2"));
+    // A dependency merged by someone else is done: #3 enters at once.
+    bot.ev(Event::PrUpdated(snap(4, 0xa4, "main")));
+    bot.ev(Event::PrClosed(key(4)));
+    bot.ready_depending_on(3, &[key(4)]);
+    assert_eq!(train_order(&bot), vec![3]);
+}
+
+#[test]
+fn a_dependency_in_another_repository_lands_first() {
+    let other = RepoName::parse("octo/lib").unwrap();
+    let policy = RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: 3,
+        ..RepoPolicy::default()
+    };
+    let mut bot = Bot {
+        state: State::new(
+            [(repo_name(), policy.clone()), (other.clone(), policy)],
+            "t",
+        ),
+        now: 1_000_000,
+        next_request: 1,
+    };
+    bot.target("main", 0x100);
+    let lib = PrKey {
+        repo: other.clone(),
+        number: 5,
+    };
+    let mut s = snap(5, 0xc5, "main");
+    s.key = lib.clone();
+    bot.ev(Event::PrUpdated(s));
+    let unknown = PrKey {
+        repo: RepoName::parse("elsewhere/thing").unwrap(),
+        number: 9,
+    };
+    bot.ready_depending_on(1, std::slice::from_ref(&lib));
+    bot.ready_depending_on(2, &[unknown]);
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+    assert_eq!(
+        bot.published(1).description,
+        text::dependency_not_landed("octo/lib#5")
+    );
+    assert_eq!(
+        bot.published(2).description,
+        text::dependency_unknown("elsewhere/thing#9")
+    );
+    // octo/lib#5 merges: #1 enters without anything else happening in its
+    // own repository.
+    bot.ev(Event::PrClosed(lib));
+    assert_eq!(train_order(&bot), vec![1]);
 }

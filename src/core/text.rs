@@ -270,3 +270,40 @@ pub fn too_many_commits(listed: usize) -> String {
         "it has {listed} commits or more, more than GitHub lists, so sluice cannot replay them: squash it or use merge_method \"merge\""
     )
 }
+
+/// `#N` in its own repository, `owner/name#N` in another.
+pub fn pr_reference(pr: &PrKey, own: &RepoName) -> String {
+    if pr.repo == *own {
+        format!("#{}", pr.number)
+    } else {
+        pr.to_string()
+    }
+}
+
+pub fn dependency_not_in_train(dep: &str) -> String {
+    format!("approved and passing; waits for {dep} to enter the train first (Depends-On)")
+}
+
+pub fn dependency_not_landed(dep: &str) -> String {
+    format!("approved and passing; waits for {dep} to land first (Depends-On)")
+}
+
+pub fn dependency_closed(dep: &str) -> String {
+    format!(
+        "depends on {dep}, which was closed without merging; remove the Depends-On line or reopen it"
+    )
+}
+
+pub fn dependency_unknown(dep: &str) -> String {
+    format!(
+        "depends on {dep}, in a repository sluice does not gate; remove the Depends-On line once it has landed"
+    )
+}
+
+pub fn dependency_cycle(cycle: &[u64]) -> String {
+    let path: Vec<String> = cycle.iter().map(|n| format!("#{n}")).collect();
+    format!(
+        "Depends-On cycle: {}; none of them can enter the train",
+        path.join(" → ")
+    )
+}

@@ -776,9 +776,7 @@ impl State {
         while i < train.cars.len() {
             let car = &train.cars[i];
             let misplaced = is_urgent(repo, car.pr.number)
-                && train.cars[landing_end.min(i)..i]
-                    .iter()
-                    .any(|c| !is_urgent(repo, c.pr.number));
+                && urgent_place(repo, &train, landing_end, car.pr.number) < i;
             let still = !misplaced
                 && repo.prs.get(&car.pr.number).is_some_and(|pr| {
                     pr.snapshot.head_sha == car.pr.head_sha
@@ -786,132 +784,163 @@ impl State {
                         && !pr.snapshot.draft
                         && repo.approval(pr).approved()
                 });
-            let landing = train
-                .landing
-                .as_ref()
-                .is_some_and(|l| train.cars[i..].iter().any(|c| c.id == l.through));
-            if still || landing {
+            if still || i < landing_end {
                 i += 1;
                 continue;
             }
-            let gone = train.cars.remove(i);
-            if let CarState::Testing { build, .. } = gone.state {
-                cancel.push(build);
-            }
-            cancel.extend(reset_from(&mut train, i, &mut repo.next_car));
-            if let Some(pr) = repo.prs.get_mut(&gone.pr.number) {
-                pr.in_train = false;
-                repo.index.dirty.insert(gone.pr.number);
-            }
+            leave_train(repo, &mut train, i, &mut cancel);
         }
-        // PRs that left may be ready again at once (a push back to a head
-        // that passed).
-        let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
-        for number in dirty {
-            repo.refile(number);
-        }
-        // 3. Who enters: ready PRs in queue order (none while the branch is
-        // paused or draining).
-        let mode = repo.branch_mode(branch);
-        let entering: Vec<u64> = match mode {
-            BranchMode::Running => repo
-                .index
-                .ready
-                .get(branch)
-                .map(|keys| keys.iter().map(|k| k.3).collect())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        for number in entering {
-            // Urgent: in front of every car that is neither urgent nor
-            // landing; the cars behind it are rebuilt on it.
-            let at = if is_urgent(repo, number) {
-                let landing_end = train
-                    .landing
-                    .as_ref()
-                    .and_then(|l| train.cars.iter().position(|c| c.id == l.through))
-                    .map_or(0, |k| k + 1);
-                (landing_end..train.cars.len())
-                    .find(|&k| !is_urgent(repo, train.cars[k].pr.number))
-                    .unwrap_or(train.cars.len())
-            } else {
-                train.cars.len()
+        // Until no culprit leaves: a PR ejected below may be what a PR
+        // behind it depends on, which must then leave and wait too.
+        let mode = self.repos[name].branch_mode(branch);
+        let mut planned;
+        loop {
+            let mut ejected_any = false;
+            // A PR whose dependency is no longer ahead of it (ejected, pushed
+            // to, closed unmerged) leaves too: it never lands before it.
+            loop {
+                let unmet = (landing_end..train.cars.len()).find(|&k| {
+                    dependency_blocker(
+                        &self.repos,
+                        name,
+                        branch,
+                        &train.cars[..k],
+                        train.cars[k].pr.number,
+                    )
+                    .is_some()
+                });
+                let Some(k) = unmet else { break };
+                let repo = self.repos.get_mut(name).expect("exists");
+                leave_train(repo, &mut train, k, &mut cancel);
+            }
+            // PRs that left may be ready again at once (a push back to a head
+            // that passed).
+            let repo = self.repos.get_mut(name).expect("exists");
+            let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
+            for number in dirty {
+                repo.refile(number);
+            }
+            // 3. Who enters: ready PRs in queue order (none while the branch is
+            // paused or draining), each behind what it depends on. A PR whose
+            // dependency enters later in the same pass enters on the next one.
+            let mut entering: Vec<u64> = match mode {
+                BranchMode::Running => repo
+                    .index
+                    .ready
+                    .get(branch)
+                    .map(|keys| keys.iter().map(|k| k.3).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
             };
-            let pr = repo.prs.get_mut(&number).expect("indexed");
-            pr.in_train = true;
-            repo.index.dirty.insert(number);
-            repo.next_car += 1;
-            train.cars.insert(
-                at,
-                Car {
-                    id: repo.next_car,
-                    pr: CandidatePr {
-                        number,
-                        head_sha: pr.snapshot.head_sha.clone(),
-                        head_ref: pr.snapshot.head_ref.clone(),
-                    },
-                    title: pr.snapshot.title.clone(),
-                    state: CarState::Waiting,
-                    errors: 0,
-                    eta_ms: None,
-                },
-            );
-            // The cars behind it are rebuilt on it, with ids after its own
-            // (ids grow along a train).
-            cancel.extend(reset_from(&mut train, at + 1, &mut repo.next_car));
-        }
-        let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
-        for number in dirty {
-            repo.refile(number);
-        }
-        // 4. Failures: suspected flakes (optimistic), culprits out, and the
-        // tests behind a failure stopped.
-        let planned = self.plan_for(name, &train);
-        let repo = self.repos.get_mut(name).expect("exists");
-        if planned.plan.optimistic {
-            for k in batch::suspected_flakes(&train.cars) {
-                let car = &mut train.cars[k];
-                let CarState::Failed { sha, build, .. } = car.state.clone() else {
-                    continue;
-                };
-                out.push(Action::Record(HistoryEntry::SuspectedFlake {
-                    pr: PrKey {
-                        repo: name.clone(),
-                        number: car.pr.number,
-                    },
-                    head: car.pr.head_sha.clone(),
+            loop {
+                let before = entering.len();
+                let mut waiting = Vec::new();
+                for number in std::mem::take(&mut entering) {
+                    let repo = &self.repos[name];
+                    // Urgent: in front of every car that is neither urgent nor
+                    // landing; the cars behind it are rebuilt on it.
+                    let at = if is_urgent(repo, number) {
+                        urgent_place(repo, &train, landing_end, number)
+                    } else {
+                        train.cars.len()
+                    };
+                    let blocked =
+                        dependency_blocker(&self.repos, name, branch, &train.cars[..at], number);
+                    let repo = self.repos.get_mut(name).expect("exists");
+                    let pr = repo.prs.get_mut(&number).expect("indexed");
+                    if pr.waits_on_dependency != blocked {
+                        pr.waits_on_dependency = blocked.clone();
+                        repo.index.dirty.insert(number);
+                    }
+                    if blocked.is_some() {
+                        waiting.push(number);
+                        continue;
+                    }
+                    pr.in_train = true;
+                    repo.index.dirty.insert(number);
+                    repo.next_car += 1;
+                    train.cars.insert(
+                        at,
+                        Car {
+                            id: repo.next_car,
+                            pr: CandidatePr {
+                                number,
+                                head_sha: pr.snapshot.head_sha.clone(),
+                                head_ref: pr.snapshot.head_ref.clone(),
+                            },
+                            title: pr.snapshot.title.clone(),
+                            state: CarState::Waiting,
+                            errors: 0,
+                            eta_ms: None,
+                        },
+                    );
+                    // The cars behind it are rebuilt on it, with ids after its
+                    // own (ids grow along a train).
+                    cancel.extend(reset_from(&mut train, at + 1, &mut repo.next_car));
+                }
+                if waiting.is_empty() || waiting.len() == before {
+                    break;
+                }
+                entering = waiting;
+            }
+            let repo = self.repos.get_mut(name).expect("exists");
+            let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
+            for number in dirty {
+                repo.refile(number);
+            }
+            // 4. Failures: suspected flakes (optimistic), culprits out, and the
+            // tests behind a failure stopped.
+            planned = self.plan_for(name, &train);
+            let repo = self.repos.get_mut(name).expect("exists");
+            if planned.plan.optimistic {
+                for k in batch::suspected_flakes(&train.cars) {
+                    let car = &mut train.cars[k];
+                    let CarState::Failed { sha, build, .. } = car.state.clone() else {
+                        continue;
+                    };
+                    out.push(Action::Record(HistoryEntry::SuspectedFlake {
+                        pr: PrKey {
+                            repo: name.clone(),
+                            number: car.pr.number,
+                        },
+                        head: car.pr.head_sha.clone(),
+                        build,
+                        car: sha.clone(),
+                        at: now,
+                    }));
+                    // Covered by the passing car behind it.
+                    car.state = CarState::Built { sha };
+                }
+            }
+            while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
+                let CarState::Failed {
                     build,
-                    car: sha.clone(),
-                    at: now,
-                }));
-                // Covered by the passing car behind it.
-                car.state = CarState::Built { sha };
+                    outcome,
+                    detail,
+                    ..
+                } = train.cars[k].state.clone()
+                else {
+                    unreachable!("a culprit failed");
+                };
+                let ahead: Vec<u64> = train.cars[..k].iter().map(|c| c.pr.number).collect();
+                let reason = text::car_failed(outcome, branch, &ahead, &detail);
+                let link = car_results(name, &train.cars[k].pr, &build);
+                repo.outcomes.record(true);
+                let kind = match outcome {
+                    Outcome::Error => EjectKind::Error,
+                    _ => EjectKind::Failed,
+                };
+                let ejected = Ejected {
+                    kind,
+                    reason,
+                    link: Some(link),
+                };
+                ejected_any = true;
+                cancel.extend(eject_car(name, repo, &mut train, k, ejected, now, out));
             }
-        }
-        while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
-            let CarState::Failed {
-                build,
-                outcome,
-                detail,
-                ..
-            } = train.cars[k].state.clone()
-            else {
-                unreachable!("a culprit failed");
-            };
-            let ahead: Vec<u64> = train.cars[..k].iter().map(|c| c.pr.number).collect();
-            let reason = text::car_failed(outcome, branch, &ahead, &detail);
-            let link = car_results(name, &train.cars[k].pr, &build);
-            repo.outcomes.record(true);
-            let kind = match outcome {
-                Outcome::Error => EjectKind::Error,
-                _ => EjectKind::Failed,
-            };
-            let ejected = Ejected {
-                kind,
-                reason,
-                link: Some(link),
-            };
-            cancel.extend(eject_car(name, repo, &mut train, k, ejected, now, out));
+            if !ejected_any {
+                break;
+            }
         }
         if !planned.plan.optimistic {
             for k in batch::doomed(&train.cars) {
@@ -1185,6 +1214,93 @@ fn car_results(repo: &RepoName, pr: &CandidatePr, build: &BuildId) -> ResultKey 
         head: pr.head_sha.clone(),
         build: build.clone(),
     }
+}
+
+/// Takes car `index` out of `train` (its PR changed, or must re-enter
+/// elsewhere); the cars behind it are rebuilt.
+fn leave_train(repo: &mut RepoState, train: &mut Train, index: usize, cancel: &mut Vec<BuildId>) {
+    let gone = train.cars.remove(index);
+    if let CarState::Testing { build, .. } = gone.state {
+        cancel.push(build);
+    }
+    cancel.extend(reset_from(train, index, &mut repo.next_car));
+    if let Some(pr) = repo.prs.get_mut(&gone.pr.number) {
+        pr.in_train = false;
+        repo.index.dirty.insert(gone.pr.number);
+    }
+}
+
+/// Where urgent PR `number` belongs: in front of the first car from
+/// `landing_end` on that is not urgent, but behind every car holding a PR
+/// it depends on.
+fn urgent_place(repo: &RepoState, train: &Train, landing_end: usize, number: u64) -> usize {
+    let front = (landing_end..train.cars.len())
+        .find(|&k| train.cars[k].pr.number != number && !is_urgent(repo, train.cars[k].pr.number))
+        .unwrap_or(train.cars.len());
+    let Some(pr) = repo.prs.get(&number) else {
+        return front;
+    };
+    let own = &pr.snapshot.key.repo;
+    let behind_deps = train
+        .cars
+        .iter()
+        .rposition(|c| {
+            pr.snapshot
+                .depends_on
+                .iter()
+                .any(|d| d.repo == *own && d.number == c.pr.number)
+        })
+        .map_or(0, |k| k + 1);
+    front.max(behind_deps)
+}
+
+/// Why PR `number` of `name` may not stand behind the cars `ahead` of the
+/// train for `branch` (its Depends-On lines), or `None`.
+fn dependency_blocker(
+    repos: &std::collections::BTreeMap<RepoName, RepoState>,
+    name: &RepoName,
+    branch: &str,
+    ahead: &[Car],
+    number: u64,
+) -> Option<String> {
+    use super::deps::{self, Standing};
+    let repo = repos.get(name)?;
+    let pr = repo.prs.get(&number)?;
+    let depends_on = &pr.snapshot.depends_on;
+    if depends_on.is_empty() {
+        return None;
+    }
+    // Open PRs of this repository only: a closed one ends every cycle.
+    let own_deps = |n: u64| -> Vec<u64> {
+        repo.prs
+            .get(&n)
+            .map(|p| {
+                p.snapshot
+                    .depends_on
+                    .iter()
+                    .filter(|d| d.repo == *name && repo.prs.contains_key(&d.number))
+                    .map(|d| d.number)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let cycle = deps::find_cycle(number, own_deps);
+    let standing = |dep: &PrKey| match repos.get(&dep.repo) {
+        None => Standing::Unknown,
+        Some(r) => match r.prs.get(&dep.number) {
+            Some(p) if dep.repo == *name && p.snapshot.base_ref == branch => {
+                if ahead.iter().any(|c| c.pr.number == dep.number) {
+                    Standing::Ahead
+                } else {
+                    Standing::NotAhead
+                }
+            }
+            Some(_) => Standing::OpenElsewhere,
+            None if r.closed_unmerged.contains(&dep.number) => Standing::ClosedUnmerged,
+            None => Standing::Done,
+        },
+    };
+    deps::blocker(&pr.snapshot.key, depends_on, standing, cycle.as_deref())
 }
 
 /// Whether PR `number` carries the repository's urgent label.

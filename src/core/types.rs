@@ -348,6 +348,17 @@ pub struct PrSnapshot {
     pub mergeable: Option<bool>,
     pub labels: Vec<String>,
     pub created_at: Timestamp,
+    /// `Depends-On:` lines of its description (`core/deps.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<PrKey>,
+}
+
+impl PrSnapshot {
+    /// The snapshot with the dependencies its description `body` names.
+    pub fn with_dependencies(mut self, body: &str) -> Self {
+        self.depends_on = super::deps::parse(body, &self.key);
+        self
+    }
 }
 
 /// A commit status state, as GitHub names it.

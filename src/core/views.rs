@@ -61,6 +61,9 @@ pub struct PrView {
     /// Train mode: when it is expected to land, in seconds from the
     /// train's last change (from the mean of recent test durations).
     pub eta_secs: Option<u64>,
+    /// The PRs its description says it depends on (`Depends-On:` lines):
+    /// `#N` in its own repository, `owner/name#N` in another.
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -166,6 +169,12 @@ impl State {
                 }),
             train_position: repo.train_spot(pr).map(|(at, _)| at),
             eta_secs: repo.train_spot(pr).and_then(|(_, eta)| eta).map(secs),
+            depends_on: pr
+                .snapshot
+                .depends_on
+                .iter()
+                .map(|d| super::text::pr_reference(d, &pr.snapshot.key.repo))
+                .collect(),
         }
     }
 }

@@ -41,5 +41,7 @@ pub fn pr_snapshot(repo: &RepoName, pr: &PullRequest) -> Result<PrSnapshot, Snap
         mergeable: pr.mergeable,
         labels: pr.labels.iter().flatten().map(|l| l.name.clone()).collect(),
         created_at: Timestamp(u64::try_from(created_at.timestamp_millis()).unwrap_or(0)),
-    })
+        depends_on: Vec::new(),
+    }
+    .with_dependencies(pr.body.as_deref().unwrap_or_default()))
 }

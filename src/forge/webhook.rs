@@ -166,6 +166,10 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
                 .number
                 .ok_or_else(|| bad("pull_request.number is missing".into()))?;
             let event = match kind {
+                // Merged or not decides what a PR depending on it waits for.
+                PrChange::Closed if pr.merged == Some(false) => {
+                    Event::PrClosedUnmerged(PrKey { repo, number })
+                }
                 PrChange::Closed => Event::PrClosed(PrKey { repo, number }),
                 PrChange::Updated => Event::PrUpdated(pr.snapshot(&repo).map_err(bad)?),
                 PrChange::Opened => Event::PrOpened(pr.snapshot(&repo).map_err(bad)?),
@@ -304,6 +308,10 @@ mod payload {
         pub labels: Option<Vec<Label<'a>>>,
         #[serde(borrow, default)]
         pub created_at: Str<'a>,
+        #[serde(borrow, default)]
+        pub body: Str<'a>,
+        #[serde(default)]
+        pub merged: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -380,7 +388,9 @@ mod payload {
                     .filter_map(|l| l.name.as_deref().map(str::to_string))
                     .collect(),
                 created_at: Timestamp(u64::try_from(created_at.timestamp_millis()).unwrap_or(0)),
-            })
+                depends_on: Vec::new(),
+            }
+            .with_dependencies(self.body.as_deref().unwrap_or_default()))
         }
     }
 }
@@ -411,6 +421,10 @@ mod tests {
             WebhookEventPayload::PullRequest(p) => {
                 let pr = &p.pull_request;
                 match action {
+                    "closed" if pr.merged_at.is_none() => vec![Event::PrClosedUnmerged(PrKey {
+                        repo,
+                        number: pr.number,
+                    })],
                     "closed" => vec![Event::PrClosed(PrKey {
                         repo,
                         number: pr.number,

@@ -486,6 +486,9 @@ impl Driver {
                     tokio::spawn(async move {
                         let event = match forge.get_pr(&pr).await {
                             Ok(Some(PrFetch::Open(snapshot))) => Event::PrUpdated(snapshot),
+                            Ok(Some(PrFetch::Closed { merge_sha: None })) => {
+                                Event::PrClosedUnmerged(pr)
+                            }
                             Ok(Some(PrFetch::Closed { .. })) | Ok(None) => Event::PrClosed(pr),
                             Err(e) => return forge_failed(&shared, "pull_request", &e),
                         };
@@ -1061,6 +1064,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::PrUpdated(_) | Event::PrOpened(_) => "pr_updated",
         Event::PrReopened(_) => "pr_reopened",
         Event::PrClosed(_) => "pr_closed",
+        Event::PrClosedUnmerged(_) => "pr_closed_unmerged",
         Event::ReviewActivity(_) => "review_activity",
         Event::Reviews { .. } => "reviews",
         Event::BranchMoved { .. } => "branch_moved",

@@ -233,6 +233,7 @@ mod tests {
                 mergeable: None,
                 labels: Vec::new(),
                 created_at: Timestamp(0),
+                depends_on: Vec::new(),
             },
             updated_at: Some(Timestamp(updated)),
         }

@@ -879,6 +879,7 @@ mod tests {
                 mergeable: None,
                 labels: vec![],
                 created_at: Timestamp(n),
+                depends_on: Vec::new(),
             }));
             for action in actions {
                 if let Action::StartBuild { build, candidate } = action {
