@@ -795,7 +795,6 @@ impl State {
         let mode = self.repos[name].branch_mode(branch);
         let mut planned;
         loop {
-            let mut ejected_any = false;
             // A PR whose dependency is no longer ahead of it (ejected, pushed
             // to, closed unmerged) leaves too: it never lands before it.
             loop {
@@ -820,69 +819,8 @@ impl State {
             for number in dirty {
                 repo.refile(number);
             }
-            // 3. Who enters: ready PRs in queue order (none while the branch is
-            // paused or draining), each behind what it depends on. A PR whose
-            // dependency enters later in the same pass enters on the next one.
-            let mut entering: Vec<u64> = match mode {
-                BranchMode::Running => repo
-                    .index
-                    .ready
-                    .get(branch)
-                    .map(|keys| keys.iter().map(|k| k.3).collect())
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            loop {
-                let before = entering.len();
-                let mut waiting = Vec::new();
-                for number in std::mem::take(&mut entering) {
-                    let repo = &self.repos[name];
-                    // Urgent: in front of every car that is neither urgent nor
-                    // landing; the cars behind it are rebuilt on it.
-                    let at = if is_urgent(repo, number) {
-                        urgent_place(repo, &train, landing_end, number)
-                    } else {
-                        train.cars.len()
-                    };
-                    let blocked =
-                        dependency_blocker(&self.repos, name, branch, &train.cars[..at], number);
-                    let repo = self.repos.get_mut(name).expect("exists");
-                    let pr = repo.prs.get_mut(&number).expect("indexed");
-                    if pr.waits_on_dependency != blocked {
-                        pr.waits_on_dependency = blocked.clone();
-                        repo.index.dirty.insert(number);
-                    }
-                    if blocked.is_some() {
-                        waiting.push(number);
-                        continue;
-                    }
-                    pr.in_train = true;
-                    repo.index.dirty.insert(number);
-                    repo.next_car += 1;
-                    train.cars.insert(
-                        at,
-                        Car {
-                            id: repo.next_car,
-                            pr: CandidatePr {
-                                number,
-                                head_sha: pr.snapshot.head_sha.clone(),
-                                head_ref: pr.snapshot.head_ref.clone(),
-                            },
-                            title: pr.snapshot.title.clone(),
-                            state: CarState::Waiting,
-                            errors: 0,
-                            eta_ms: None,
-                        },
-                    );
-                    // The cars behind it are rebuilt on it, with ids after its
-                    // own (ids grow along a train).
-                    cancel.extend(reset_from(&mut train, at + 1, &mut repo.next_car));
-                }
-                if waiting.is_empty() || waiting.len() == before {
-                    break;
-                }
-                entering = waiting;
-            }
+            // 3. Who enters.
+            self.enter_ready(name, branch, &mut train, mode, landing_end, &mut cancel);
             let repo = self.repos.get_mut(name).expect("exists");
             let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
             for number in dirty {
@@ -890,55 +828,10 @@ impl State {
             }
             // 4. Failures: suspected flakes (optimistic), culprits out, and the
             // tests behind a failure stopped.
-            planned = self.plan_for(name, &train);
-            let repo = self.repos.get_mut(name).expect("exists");
-            if planned.plan.optimistic {
-                for k in batch::suspected_flakes(&train.cars) {
-                    let car = &mut train.cars[k];
-                    let CarState::Failed { sha, build, .. } = car.state.clone() else {
-                        continue;
-                    };
-                    out.push(Action::Record(HistoryEntry::SuspectedFlake {
-                        pr: PrKey {
-                            repo: name.clone(),
-                            number: car.pr.number,
-                        },
-                        head: car.pr.head_sha.clone(),
-                        build,
-                        car: sha.clone(),
-                        at: now,
-                    }));
-                    // Covered by the passing car behind it.
-                    car.state = CarState::Built { sha };
-                }
-            }
-            while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
-                let CarState::Failed {
-                    build,
-                    outcome,
-                    detail,
-                    ..
-                } = train.cars[k].state.clone()
-                else {
-                    unreachable!("a culprit failed");
-                };
-                let ahead: Vec<u64> = train.cars[..k].iter().map(|c| c.pr.number).collect();
-                let reason = text::car_failed(outcome, branch, &ahead, &detail);
-                let link = car_results(name, &train.cars[k].pr, &build);
-                repo.outcomes.record(true);
-                let kind = match outcome {
-                    Outcome::Error => EjectKind::Error,
-                    _ => EjectKind::Failed,
-                };
-                let ejected = Ejected {
-                    kind,
-                    reason,
-                    link: Some(link),
-                };
-                ejected_any = true;
-                cancel.extend(eject_car(name, repo, &mut train, k, ejected, now, out));
-            }
-            if !ejected_any {
+            let ejected;
+            (planned, ejected) =
+                self.eject_culprits(name, branch, &mut train, now, out, &mut cancel);
+            if !ejected {
                 break;
             }
         }
@@ -993,6 +886,145 @@ impl State {
         if !train.cars.is_empty() || train.landing.is_some() || train.blocked.is_some() {
             repo.trains.insert(branch.to_string(), train);
         }
+    }
+
+    /// Ready PRs enter `train` in queue order (none unless `mode` is
+    /// running), each behind what it depends on; one whose dependency
+    /// enters later in the same pass enters on the next pass.
+    fn enter_ready(
+        &mut self,
+        name: &RepoName,
+        branch: &str,
+        train: &mut Train,
+        mode: BranchMode,
+        landing_end: usize,
+        cancel: &mut Vec<BuildId>,
+    ) {
+        let repo = &self.repos[name];
+        let mut entering: Vec<u64> = match mode {
+            BranchMode::Running => repo
+                .index
+                .ready
+                .get(branch)
+                .map(|keys| keys.iter().map(|k| k.3).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        loop {
+            let before = entering.len();
+            let mut waiting = Vec::new();
+            for number in std::mem::take(&mut entering) {
+                let repo = &self.repos[name];
+                // Urgent: in front of every car that is neither urgent nor
+                // landing; the cars behind it are rebuilt on it.
+                let at = if is_urgent(repo, number) {
+                    urgent_place(repo, train, landing_end, number)
+                } else {
+                    train.cars.len()
+                };
+                let blocked =
+                    dependency_blocker(&self.repos, name, branch, &train.cars[..at], number);
+                let repo = self.repos.get_mut(name).expect("exists");
+                let pr = repo.prs.get_mut(&number).expect("indexed");
+                if pr.waits_on_dependency != blocked {
+                    pr.waits_on_dependency = blocked.clone();
+                    repo.index.dirty.insert(number);
+                }
+                if blocked.is_some() {
+                    waiting.push(number);
+                    continue;
+                }
+                pr.in_train = true;
+                repo.index.dirty.insert(number);
+                repo.next_car += 1;
+                train.cars.insert(
+                    at,
+                    Car {
+                        id: repo.next_car,
+                        pr: CandidatePr {
+                            number,
+                            head_sha: pr.snapshot.head_sha.clone(),
+                            head_ref: pr.snapshot.head_ref.clone(),
+                        },
+                        title: pr.snapshot.title.clone(),
+                        state: CarState::Waiting,
+                        errors: 0,
+                        eta_ms: None,
+                    },
+                );
+                // The cars behind it are rebuilt on it, with ids after its
+                // own (ids grow along a train).
+                cancel.extend(reset_from(train, at + 1, &mut repo.next_car));
+            }
+            if waiting.is_empty() || waiting.len() == before {
+                break;
+            }
+            entering = waiting;
+        }
+    }
+
+    /// Suspected flakes (optimistic) are covered and every culprit is
+    /// ejected; returns the plan and whether any PR was ejected.
+    #[allow(clippy::too_many_arguments)]
+    fn eject_culprits(
+        &mut self,
+        name: &RepoName,
+        branch: &str,
+        train: &mut Train,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+        cancel: &mut Vec<BuildId>,
+    ) -> (planner::Planned, bool) {
+        let mut ejected_any = false;
+        let planned = self.plan_for(name, train);
+        let repo = self.repos.get_mut(name).expect("exists");
+        if planned.plan.optimistic {
+            for k in batch::suspected_flakes(&train.cars) {
+                let car = &mut train.cars[k];
+                let CarState::Failed { sha, build, .. } = car.state.clone() else {
+                    continue;
+                };
+                out.push(Action::Record(HistoryEntry::SuspectedFlake {
+                    pr: PrKey {
+                        repo: name.clone(),
+                        number: car.pr.number,
+                    },
+                    head: car.pr.head_sha.clone(),
+                    build,
+                    car: sha.clone(),
+                    at: now,
+                }));
+                // Covered by the passing car behind it.
+                car.state = CarState::Built { sha };
+            }
+        }
+        while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
+            let CarState::Failed {
+                build,
+                outcome,
+                detail,
+                ..
+            } = train.cars[k].state.clone()
+            else {
+                unreachable!("a culprit failed");
+            };
+            let ahead: Vec<u64> = train.cars[..k].iter().map(|c| c.pr.number).collect();
+            let reason = text::car_failed(outcome, branch, &ahead, &detail);
+            let link = car_results(name, &train.cars[k].pr, &build);
+            repo.outcomes.record(true);
+            let kind = match outcome {
+                Outcome::Error => EjectKind::Error,
+                _ => EjectKind::Failed,
+            };
+            let ejected = Ejected {
+                kind,
+                reason,
+                link: Some(link),
+            };
+            ejected_any = true;
+            cancel.extend(eject_car(name, repo, train, k, ejected, now, out));
+        }
+        (planned, ejected_any)
     }
 
     /// Builds, tests and lands what the train's state allows.
