@@ -1286,8 +1286,10 @@ fn arbitrary_deliveries_never_crash_sluice() {
                 .is_ok_and(|r| r.status() == 200);
             (status, answer, healthy)
         });
+        // An empty body may go out without a Content-Length (hyper leaves
+        // it off): 411 is then the right answer, and only then.
         prop_assert!(
-            matches!(status, 200 | 202 | 400 | 401 | 413),
+            matches!(status, 200 | 202 | 400 | 401 | 413) || (status == 411 && body.is_empty()),
             "status {} for event {:?}: {}",
             status,
             String::from_utf8_lossy(&event),
@@ -1300,7 +1302,7 @@ fn arbitrary_deliveries_never_crash_sluice() {
         } else {
             prop_assert!(value["status"].is_string(), "no status: {}", answer);
         }
-        if signature.is_none() {
+        if signature.is_none() && status != 411 {
             prop_assert_eq!(status, 401);
         }
         prop_assert!(healthy, "/healthz stopped answering");
