@@ -17,11 +17,17 @@ pub const GITHUB_TOKEN: &str = "demo-github-token";
 
 /// The sample repository's test: fails if any file under src/ says BUG,
 /// sleeps as long as the file `delay` says (so tests can catch a job
-/// running), and prints what it tested.
+/// running), and prints what it tested. A file `flaky` naming a directory
+/// that does not exist makes it a flaky test: the first run creates the
+/// directory (atomically: one run only) and fails after the delay, every
+/// later run passes.
 pub const CHECK_SCRIPT: &str = r#"#!/bin/sh
 set -eu
 echo "testing $SLUICE_REPO PR $SLUICE_PR: $SLUICE_HEAD_SHA merged with $SLUICE_TARGET_BRANCH@$SLUICE_TARGET_SHA"
+flake=0
+if [ -f flaky ] && mkdir "$(cat flaky)" 2>/dev/null; then flake=1; fi
 if [ -f delay ]; then sleep "$(cat delay)"; fi
+if [ "$flake" = 1 ]; then echo "a flaky failure"; exit 1; fi
 if grep -rl BUG src/; then echo "found a BUG"; exit 1; fi
 echo "all good"
 "#;

@@ -151,8 +151,6 @@ pub enum HistoryEntry {
         merge_sha: Sha,
         at: Timestamp,
     },
-    /// A car failed, and a car behind it holding its PRs passed on the same
-    /// base (`optimistic`): the failure is taken for a flake.
     /// A PR left the train by itself: where (`stage`: build, test,
     /// checks), what (`kind`) and in words (`message`, its status).
     Ejected {
@@ -174,6 +172,8 @@ pub enum HistoryEntry {
         to: BranchMode,
         at: Timestamp,
     },
+    /// A car failed, and a car behind it holding its PRs passed on the same
+    /// base (`optimistic`): the failure is taken for a flake.
     SuspectedFlake {
         pr: PrKey,
         /// The PR's head in the car (the failing build's results are
@@ -181,6 +181,23 @@ pub enum HistoryEntry {
         head: Sha,
         build: BuildId,
         car: Sha,
+        at: Timestamp,
+    },
+    /// Something is tried again: where (`stage`: test, land), what (`kind`
+    /// is the entry's tag) and in words (`message`, what the status says).
+    /// A test is retried after an infrastructure error (`attempt` of
+    /// `of`); a landing when GitHub refused it or other required checks
+    /// are pending (recorded when the reason changes, not at every poll).
+    Retried {
+        pr: PrKey,
+        head: Sha,
+        stage: String,
+        cause: super::train::RetryKind,
+        message: String,
+        /// The build that hit the error, for a test.
+        build: Option<BuildId>,
+        attempt: Option<u32>,
+        of: Option<u32>,
         at: Timestamp,
     },
 }

@@ -11,6 +11,7 @@ use super::approval::latest_per_reviewer;
 use super::event::Event;
 use super::state::*;
 use super::text;
+use super::train::RetryKind;
 use super::types::*;
 
 /// How sluice heard of a PR's snapshot.
@@ -191,7 +192,7 @@ impl State {
                 repo,
                 branch,
                 pending,
-            } => self.on_land_waiting(&repo, &branch, &pending, now),
+            } => self.on_land_waiting(&repo, &branch, &pending, now, &mut out),
             Event::CarCheckFailed {
                 repo,
                 branch,
@@ -567,12 +568,28 @@ impl State {
                 }
                 if is_current {
                     current = true;
+                    let errors = pr.infra_errors.entry(pair.clone()).or_insert(0);
                     let retry = report.outcome == Outcome::Error && {
-                        let errors = pr.infra_errors.entry(pair.clone()).or_insert(0);
                         *errors += 1;
                         *errors <= max_retries
                     };
-                    if !retry {
+                    if retry {
+                        let (attempt, of) = (*errors + 1, max_retries + 1);
+                        out.push(Action::Record(HistoryEntry::Retried {
+                            pr: PrKey {
+                                repo: candidate.repo.clone(),
+                                number: first.number,
+                            },
+                            head: pair.head.clone(),
+                            stage: RetryKind::Infrastructure.stage().to_string(),
+                            cause: RetryKind::Infrastructure,
+                            message: text::retrying_car(attempt, of, &report.detail),
+                            build: Some(id.clone()),
+                            attempt: Some(attempt),
+                            of: Some(of),
+                            at: now,
+                        }));
+                    } else {
                         pr.results.insert(
                             pair,
                             PairResult {

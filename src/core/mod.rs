@@ -104,7 +104,7 @@ pub use approval::{Approval, approval, latest_per_reviewer};
 pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, MERGE_RETRY_MS};
 pub use state::*;
 pub use train::{
-    Car, CarState, EjectKind, Ejection, Landing, STAGING_PREFIX, STALL_MS, Stall, Train,
+    Car, CarState, EjectKind, Ejection, Landing, RetryKind, STAGING_PREFIX, STALL_MS, Stall, Train,
     staging_ref,
 };
 pub use views::*;

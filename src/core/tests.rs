@@ -548,6 +548,20 @@ fn infrastructure_errors_are_retried_a_bounded_number_of_times() {
         let b = bot.build_of(1).unwrap();
         let a = bot.finish(&b, Outcome::Error);
         assert_eq!(started(&a).len(), 1, "retry {attempt}");
+        // Recorded with its reason, and said in the JSON.
+        let said = format!("infrastructure error; testing again (attempt {attempt} of 3)");
+        let recorded = format!("{said} (exit code 1)");
+        assert_eq!(
+            retries(&a),
+            vec![(1, "test".to_string(), RetryKind::Infrastructure, recorded)],
+            "with the executor's detail"
+        );
+        let retrying = bot.view(1).retrying.expect("the JSON says it is retried");
+        assert_eq!(
+            (retrying.stage, retrying.kind),
+            ("test", RetryKind::Infrastructure)
+        );
+        assert_eq!(retrying.message, said);
         assert!(statuses(&a).is_empty() || statuses(&a)[0].1 == CommitState::Pending);
         assert_ne!(
             statuses(&a).first().map(|s| s.1),
@@ -557,8 +571,27 @@ fn infrastructure_errors_are_retried_a_bounded_number_of_times() {
     let b = bot.build_of(1).unwrap();
     let a = bot.finish(&b, Outcome::Error);
     assert!(started(&a).is_empty());
+    assert!(retries(&a).is_empty(), "the last error is not retried");
     assert_eq!(statuses(&a)[0].1, CommitState::Error);
     assert_eq!(bot.view(1).phase, Phase::Error);
+    assert_eq!(bot.view(1).retrying, None);
+}
+
+/// The retries `actions` record: (PR, stage, kind, message).
+fn retries(actions: &[Action]) -> Vec<(u64, String, RetryKind, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(HistoryEntry::Retried {
+                pr,
+                stage,
+                cause,
+                message,
+                ..
+            }) => Some((pr.number, stage.clone(), *cause, message.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -1267,6 +1300,19 @@ fn a_landing_waits_for_the_branchs_other_required_checks_and_says_so() {
     let waiting = format!(
         "waiting for required check \"ci/build\" on sluice/main/{car2} (not passed yet; does your CI run on pushes to sluice/**?)"
     );
+    assert_eq!(
+        retries(&a),
+        vec![(2, "land".into(), RetryKind::ChecksPending, waiting.clone())],
+        "the landing's retry is recorded under its car's PR"
+    );
+    let retrying = bot
+        .view(1)
+        .retrying
+        .expect("both PRs of the landing say it");
+    assert_eq!(
+        (retrying.stage, retrying.kind),
+        ("land", RetryKind::ChecksPending)
+    );
     let st = statuses(&a);
     assert_eq!(st.len(), 2, "both PRs say what they wait for: {st:?}");
     assert_eq!(
@@ -1290,6 +1336,43 @@ fn a_landing_waits_for_the_branchs_other_required_checks_and_says_so() {
         pending: vec!["ci/build".into()],
     });
     assert!(statuses(&a).is_empty(), "{:?}", statuses(&a));
+    assert!(retries(&a).is_empty(), "the same reason is recorded once");
+}
+
+#[test]
+fn a_car_lost_to_infrastructure_is_tested_again_and_says_so() {
+    let mut bot = train_bot(1);
+    bot.enter_train(2);
+    bot.build_train();
+    let tests = bot.car_tests();
+    assert_eq!(tests.len(), 1);
+    let (first, _) = tests[0].clone();
+    let a = bot.finish(&first, Outcome::Error);
+    assert_eq!(
+        retries(&a),
+        vec![(
+            1,
+            "test".into(),
+            RetryKind::Infrastructure,
+            "infrastructure error; testing again (attempt 2 of 3) (exit code 1)".into()
+        )],
+        "recorded with the executor's detail"
+    );
+    let (again, _) = bot.car_tests()[0].clone();
+    assert_ne!(again, first, "car 1 is tested again");
+    let retrying = bot.view(1).retrying.expect("the JSON says so");
+    assert_eq!(
+        (retrying.stage, retrying.kind),
+        ("test", RetryKind::Infrastructure)
+    );
+    assert_eq!(
+        retrying.message,
+        "infrastructure error; testing again (attempt 2 of 3)"
+    );
+    assert_eq!(bot.view(2).retrying, None, "car 2 had no error");
+    // Passing now: nothing is being retried.
+    bot.finish(&again, Outcome::Passed);
+    assert_eq!(bot.view(1).retrying, None);
 }
 
 #[test]

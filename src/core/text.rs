@@ -20,6 +20,24 @@ pub fn retrying(attempt: u32, of: u32) -> String {
     format!("infrastructure error; testing again (attempt {attempt} of {of})")
 }
 
+/// A car's test lost to infrastructure, run again.
+pub fn retrying_car(attempt: u32, of: u32, detail: &str) -> String {
+    let detail = detail.trim();
+    if detail.is_empty() {
+        retrying(attempt, of)
+    } else {
+        format!("{} ({})", retrying(attempt, of), bounded(detail, 120))
+    }
+}
+
+/// At most `max` characters of `s`, an ellipsis marking a cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
 pub fn testing(branch: &str, target: &Sha) -> String {
     format!("testing with {branch}@{}", target.short())
 }

@@ -44,6 +44,9 @@ pub struct Train {
     /// Since when a car has passed with nothing landed (the watchdog).
     #[serde(default)]
     pub passed_since: Option<Timestamp>,
+    /// What kind of wait `blocked` is (meaningful only while it is set).
+    #[serde(default)]
+    pub blocked_kind: Option<RetryKind>,
 }
 
 /// How long cars may pass with nothing landing before the watchdog says so.
@@ -214,6 +217,29 @@ pub enum EjectKind {
     Conflict,
     /// A required check besides sluice's failed on its car.
     CheckFailed,
+}
+
+/// Why something is tried again (never a test failure: those eject).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryKind {
+    /// The test was lost to infrastructure (an evicted pod, a deadline, an
+    /// executor error): it runs again, a bounded number of times.
+    Infrastructure,
+    /// GitHub refused or failed the landing's ref update.
+    LandRefused,
+    /// The landing waits for required checks besides sluice's.
+    ChecksPending,
+}
+
+impl RetryKind {
+    /// Where it happened: `test` or `land`.
+    pub fn stage(self) -> &'static str {
+        match self {
+            RetryKind::Infrastructure => "test",
+            RetryKind::LandRefused | RetryKind::ChecksPending => "land",
+        }
+    }
 }
 
 impl EjectKind {
@@ -393,6 +419,21 @@ impl State {
             Outcome::Error if car.errors < max_retries => {
                 car.errors += 1;
                 car.state = CarState::Built { sha };
+                let (attempt, of) = (car.errors + 1, max_retries + 1);
+                out.push(Action::Record(HistoryEntry::Retried {
+                    pr: PrKey {
+                        repo: repo.clone(),
+                        number: car.pr.number,
+                    },
+                    head: car.pr.head_sha.clone(),
+                    stage: RetryKind::Infrastructure.stage().to_string(),
+                    cause: RetryKind::Infrastructure,
+                    message: text::retrying_car(attempt, of, &report.detail),
+                    build: Some(build.clone()),
+                    attempt: Some(attempt),
+                    of: Some(of),
+                    at: now,
+                }));
             }
             outcome => {
                 // Blamed once bisection found the culprit (`settle_train`).
@@ -404,7 +445,6 @@ impl State {
                 };
             }
         }
-        let _ = (now, out);
         true
     }
 
@@ -553,7 +593,12 @@ impl State {
             });
         } else {
             let why = text::merge_refused(&reason);
-            self.hold_landing(name, branch, why, now.plus_ms(super::MERGE_RETRY_MS));
+            let retry = (
+                RetryKind::LandRefused,
+                why,
+                now.plus_ms(super::MERGE_RETRY_MS),
+            );
+            self.hold_landing(name, branch, retry, now, out);
         }
     }
 
@@ -566,6 +611,7 @@ impl State {
         branch: &str,
         pending: &[String],
         now: Timestamp,
+        out: &mut Vec<Action>,
     ) {
         let Some(train) = self.train_mut(name, branch) else {
             return;
@@ -575,7 +621,12 @@ impl State {
         };
         let car = staging_ref(branch, landing.through);
         let why = text::waiting_for_checks(pending, &car);
-        self.hold_landing(name, branch, why, now.plus_ms(super::CHECKS_POLL_MS));
+        let retry = (
+            RetryKind::ChecksPending,
+            why,
+            now.plus_ms(super::CHECKS_POLL_MS),
+        );
+        self.hold_landing(name, branch, retry, now, out);
     }
 
     /// A required check other than sluice's failed on car `car` of the
@@ -621,9 +672,17 @@ impl State {
         );
     }
 
-    /// Records why the train's landing waits; the PRs in it say so in their
-    /// status when the reason changes (not at every retry).
-    fn hold_landing(&mut self, name: &RepoName, branch: &str, why: String, retry_at: Timestamp) {
+    /// Records why the train's landing waits until `retry_at`; when the
+    /// reason changes (not at every retry), the PRs in it say so in their
+    /// status and the history records the retry, under the landing car's PR.
+    fn hold_landing(
+        &mut self,
+        name: &RepoName,
+        branch: &str,
+        (kind, why, retry_at): (RetryKind, String, Timestamp),
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let Some(repo) = self.repos.get_mut(name) else {
             return;
         };
@@ -634,8 +693,26 @@ impl State {
             repo.index
                 .dirty
                 .extend(train.cars.iter().map(|c| c.pr.number));
+            let passed = batch::landing_point(&train.cars);
+            if let Some(car) = passed.map(|k| &train.cars[k]) {
+                out.push(Action::Record(HistoryEntry::Retried {
+                    pr: PrKey {
+                        repo: name.clone(),
+                        number: car.pr.number,
+                    },
+                    head: car.pr.head_sha.clone(),
+                    stage: kind.stage().to_string(),
+                    cause: kind,
+                    message: why.clone(),
+                    build: None,
+                    attempt: None,
+                    of: None,
+                    at: now,
+                }));
+            }
         }
         train.blocked = Some((why, retry_at));
+        train.blocked_kind = Some(kind);
     }
 
     /// A person sets a branch's train running, paused or draining; the PRs
@@ -1228,6 +1305,31 @@ impl RepoState {
 
     /// A PR's place in its branch's train (0 = first) and when it is
     /// expected to land (ms from the train's last settle), if it is in one.
+    /// What is being tried again for `pr` in its train, if anything: its
+    /// car's test after an infrastructure error, or the landing that holds
+    /// its car.
+    pub(crate) fn train_retry(&self, pr: &Pr) -> Option<(RetryKind, String)> {
+        let train = self.trains.get(&pr.snapshot.base_ref)?;
+        let at = train
+            .cars
+            .iter()
+            .position(|c| c.pr.number == pr.snapshot.key.number)?;
+        let held = batch::landing_point(&train.cars).is_some_and(|last| at <= last);
+        if let (true, Some((why, _))) = (held, &train.blocked) {
+            let kind = train.blocked_kind.unwrap_or(RetryKind::LandRefused);
+            return Some((kind, why.clone()));
+        }
+        let car = &train.cars[at];
+        let unfinished = matches!(car.state, CarState::Built { .. } | CarState::Testing { .. });
+        (car.errors > 0 && unfinished).then(|| {
+            let of = self.policy.max_infra_retries + 1;
+            (
+                RetryKind::Infrastructure,
+                text::retrying(car.errors + 1, of),
+            )
+        })
+    }
+
     pub(crate) fn train_spot(&self, pr: &Pr) -> Option<(usize, Option<u64>)> {
         let cars = &self.trains.get(&pr.snapshot.base_ref)?.cars;
         let at = cars

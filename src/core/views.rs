@@ -61,9 +61,20 @@ pub struct PrView {
     /// Train mode: when it is expected to land, in seconds from the
     /// train's last change (from the mean of recent test durations).
     pub eta_secs: Option<u64>,
+    /// What is being tried again for it, if anything (`stage`: test or
+    /// land; `kind`: infrastructure, land_refused, checks_pending;
+    /// `message`): never a test failure, which ejects.
+    pub retrying: Option<RetryView>,
     /// The PRs its description says it depends on (`Depends-On:` lines):
     /// `#N` in its own repository, `owner/name#N` in another.
     pub depends_on: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryView {
+    pub stage: &'static str,
+    pub kind: super::train::RetryKind,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -145,7 +156,7 @@ impl State {
             head_ref: pr.snapshot.head_ref.clone(),
             head_sha: pr.snapshot.head_sha.clone(),
             target_branch: pr.snapshot.base_ref.clone(),
-            target_sha: pair.map(|p| p.target),
+            target_sha: pair.as_ref().map(|p| p.target.clone()),
             phase,
             approved: approval.approved(),
             approvers: approval.approvers.clone(),
@@ -169,6 +180,7 @@ impl State {
                 }),
             train_position: repo.train_spot(pr).map(|(at, _)| at),
             eta_secs: repo.train_spot(pr).and_then(|(_, eta)| eta).map(secs),
+            retrying: self.retry_of(repo, pr, pair.as_ref(), result.is_some()),
             depends_on: pr
                 .snapshot
                 .depends_on
@@ -176,6 +188,33 @@ impl State {
                 .map(|d| super::text::pr_reference(d, &pr.snapshot.key.repo))
                 .collect(),
         }
+    }
+}
+
+impl State {
+    fn retry_of(
+        &self,
+        repo: &RepoState,
+        pr: &Pr,
+        pair: Option<&Pair>,
+        decided: bool,
+    ) -> Option<RetryView> {
+        let view = |(kind, message): (super::train::RetryKind, String)| RetryView {
+            stage: kind.stage(),
+            kind,
+            message,
+        };
+        if let Some(retry) = repo.train_retry(pr) {
+            return Some(view(retry));
+        }
+        let errors = *pr.infra_errors.get(pair?)?;
+        (errors > 0 && !decided).then(|| {
+            let of = repo.policy.max_infra_retries + 1;
+            view((
+                super::train::RetryKind::Infrastructure,
+                super::text::retrying(errors + 1, of),
+            ))
+        })
     }
 }
 

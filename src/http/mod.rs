@@ -574,6 +574,9 @@ fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Va
         HistoryEntry::BranchMode { .. } => None,
         HistoryEntry::Ejected {
             pr, head, build, ..
+        }
+        | HistoryEntry::Retried {
+            pr, head, build, ..
         } => build.as_ref().map(|build| ResultKey {
             repo: pr.repo.clone(),
             pr: pr.number,

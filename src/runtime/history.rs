@@ -64,7 +64,9 @@ fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
             vec![&pair.head, &pair.target, merge_sha],
         ),
         HistoryEntry::BranchMode { repo, .. } => (repo.as_str(), vec![], vec![]),
-        HistoryEntry::Ejected { pr, head, .. } => (pr.repo.as_str(), vec![pr.number], vec![head]),
+        HistoryEntry::Ejected { pr, head, .. } | HistoryEntry::Retried { pr, head, .. } => {
+            (pr.repo.as_str(), vec![pr.number], vec![head])
+        }
         HistoryEntry::SuspectedFlake { pr, head, car, .. } => {
             (pr.repo.as_str(), vec![pr.number], vec![head, car])
         }

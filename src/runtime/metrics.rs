@@ -35,6 +35,8 @@ pub struct Metrics {
     pub github_requests: Family<KindLabel, Counter>,
     /// Trains that look stuck, by kind (the watchdog).
     pub train_stalls: Family<KindLabel, Gauge>,
+    /// Ejections, suspected flakes and retries, by kind.
+    pub train_decisions: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             github_rate_limit_reset_seconds: Gauge::default(),
             github_requests: Family::default(),
             train_stalls: Family::default(),
+            train_decisions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +125,11 @@ impl Default for Metrics {
             "train_stalls",
             "Trains that look stuck: passed_not_landing (cars passed 10 min ago, nothing landed), car_overdue (a car test past 3x the mean test time)",
             m.train_stalls.clone(),
+        );
+        registry.register(
+            "train_decisions",
+            "Train decisions: ejected_<kind> (failed, error, conflict, check_failed), suspected_flake (optimistic), retried_<kind> (infrastructure, land_refused, checks_pending)",
+            m.train_decisions.clone(),
         );
         Metrics { registry, ..m }
     }

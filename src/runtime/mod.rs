@@ -610,6 +610,9 @@ impl Driver {
                     {
                         info!(%build, outcome = ?report.outcome, current, "build finished");
                     }
+                    if let Some(kind) = train_decision(&entry) {
+                        Metrics::count(&self.shared.metrics.train_decisions, &kind);
+                    }
                     if let Err(e) = self.keeper.append_history(seq, &entry) {
                         warn!(error = %e, "cannot write history");
                     }
@@ -1087,5 +1090,26 @@ fn event_kind(event: &Event) -> &'static str {
         Event::LandingLost { .. } => "landing_lost",
         Event::Tick => "tick",
         Event::Restarted => "restarted",
+    }
+}
+
+/// The `sluice_train_decisions_total` kind of a history entry, if it is
+/// one: `ejected_<kind>`, `suspected_flake` or `retried_<kind>`.
+fn train_decision(entry: &HistoryEntry) -> Option<String> {
+    // The kinds' snake_case names, as the JSON writes them.
+    let name = |kind: serde_json::Result<serde_json::Value>| {
+        kind.ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    match entry {
+        HistoryEntry::Ejected { cause, .. } => {
+            Some(format!("ejected_{}", name(serde_json::to_value(cause))))
+        }
+        HistoryEntry::SuspectedFlake { .. } => Some("suspected_flake".into()),
+        HistoryEntry::Retried { cause, .. } => {
+            Some(format!("retried_{}", name(serde_json::to_value(cause))))
+        }
+        _ => None,
     }
 }
