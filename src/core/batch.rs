@@ -119,11 +119,11 @@ pub fn tests_to_start(cars: &[Car], plan: &Plan) -> Vec<usize> {
         if interior.is_empty() {
             return Vec::new();
         }
-        if interior.len() < TEST_SINGLY_BELOW {
+        let parts = plan.bisect_parallel.max(1);
+        if interior.len() < TEST_SINGLY_BELOW || parts >= interior.len() {
             return interior.into_iter().filter(|&k| built(k)).collect();
         }
         let in_flight = interior.iter().filter(|&&k| testing(&cars[k])).count();
-        let parts = plan.bisect_parallel.max(1);
         if in_flight >= parts {
             return Vec::new();
         }
@@ -254,6 +254,17 @@ mod tests {
         assert_eq!(
             tests_to_start(&cars("...F...."), &plan(4, 2, 1)),
             vec![0, 1, 2]
+        );
+        // As many parts as cars between: every one of them at once (the
+        // adaptive planner bisects with every runner), also when there are
+        // more parts than cars (once an arithmetic underflow).
+        assert_eq!(
+            tests_to_start(&cars(".......F"), &plan(8, 8, 7)),
+            (0..7).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            tests_to_start(&cars("P....F.."), &plan(8, 8, 8)),
+            vec![1, 2, 3, 4]
         );
     }
 

@@ -123,6 +123,13 @@ pub fn plan(
 ) -> Planned {
     let p = outcomes.failure_rate();
     let runners = depth.min(free).max(1);
+    // Adaptive: a failed batch is bisected at as many points as there are
+    // runners (the cars behind it wait anyway), so its culprit is found in
+    // one cycle when the runners allow; a fixed plan keeps the setting.
+    let bisect_parallel = match size {
+        BatchSize::Adaptive { .. } => bisect_parallel.max(runners),
+        BatchSize::Fixed(_) => bisect_parallel.max(1),
+    };
     let (batch, why) = match size {
         BatchSize::Fixed(b) => (b.max(1), "fixed by the configuration".to_string()),
         BatchSize::Adaptive { max } => {
@@ -153,7 +160,7 @@ pub fn plan(
         plan: Plan {
             batch,
             depth: runners,
-            bisect_parallel: bisect_parallel.max(1),
+            bisect_parallel,
             optimistic,
         },
         failure_rate: p,
@@ -190,9 +197,15 @@ mod tests {
         // A short queue: one PR per car, every runner busy.
         let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 5, 8);
         assert_eq!((p.plan.batch, p.plan.depth), (1, 8), "{}", p.reason);
+        // Adaptive bisection uses every runner; a fixed plan the setting.
+        let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 64, 6);
+        assert_eq!(p.plan.bisect_parallel, 6, "{}", p.reason);
         // The configuration wins.
         let p = plan(BatchSize::Fixed(3), 8, 1, false, &outcomes(12, 40), 64, 2);
-        assert_eq!((p.plan.batch, p.plan.depth), (3, 2));
+        assert_eq!(
+            (p.plan.batch, p.plan.depth, p.plan.bisect_parallel),
+            (3, 2, 1)
+        );
         assert!(p.reason.contains("fixed"), "{}", p.reason);
     }
 
