@@ -771,6 +771,7 @@ mod tests {
             "/a ".repeat(k),
             "```\n".repeat(k),
             "é".repeat(k),
+            format!("x{}", "é".repeat(k)),
             "\u{0}".repeat(k),
             "/priority ".repeat(k),
         ] {
