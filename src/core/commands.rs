@@ -42,10 +42,12 @@ pub enum Command {
     Cancel,
     /// Keep the PR from landing until `/unhold`.
     Hold,
+    /// Let a held PR land again.
     Unhold,
     /// The label as written (trimmed): not checked against the configured
     /// labels here.
     Priority(String),
+    /// Answer with the command reference (`help()`).
     Help,
 }
 
@@ -840,6 +842,18 @@ mod tests {
             .prop_map(|(lines, crlf)| lines.join(if crlf { "\r\n" } else { "\n" }))
     }
 
+    /// Bodies of up to 3 × `MAX_COMMANDS` lines, most of them commands
+    /// (known, unknown or written wrongly), some prose.
+    fn dense() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            4 => written().prop_map(|(_, line)| line),
+            1 => Just("/foo".to_string()),
+            1 => Just("/merge now".to_string()),
+            1 => prose(),
+        ];
+        proptest::collection::vec(line, 0..3 * MAX_COMMANDS).prop_map(|lines| lines.join("\n"))
+    }
+
     /// Lines of prose: nothing that starts a command, a fence or a comment.
     fn prose() -> impl Strategy<Value = String> {
         "( {0,3}[^ /`~<\r\n\t][^`~<\r\n]{0,40})?"
@@ -886,7 +900,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
         #[test]
-        fn any_text_is_parsed_boundedly(body in prop_oneof![any::<String>(), markdownish()]) {
+        fn any_text_is_parsed_boundedly(
+            body in prop_oneof![any::<String>(), markdownish(), dense()],
+        ) {
             let parsed = parse(&body);
             let kept = parsed.commands.len() + parsed.unknown.len() + parsed.refused.len();
             prop_assert!(kept <= MAX_COMMANDS);
@@ -907,9 +923,11 @@ mod tests {
             body in prop_oneof![any::<String>(), markdownish()],
             info in "[a-z ]{0,8}",
             closed in any::<bool>(),
+            tilde in any::<bool>(),
         ) {
-            let longest = body.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-            let fence = "`".repeat(longest.max(2) + 1);
+            let c = if tilde { '~' } else { '`' };
+            let longest = body.split(|b| b != c).map(str::len).max().unwrap_or(0);
+            let fence = c.to_string().repeat(longest.max(2) + 1);
             let close = if closed { fence.as_str() } else { "" };
             let fenced = format!("{fence}{info}\n{body}\n{close}");
             prop_assert!(parse(&fenced).is_empty(), "{:?}", fenced);
