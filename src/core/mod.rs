@@ -92,6 +92,7 @@ impl Default for RepoPolicy {
 
 mod approval;
 pub mod batch;
+pub mod commands;
 pub mod deps;
 mod machine;
 pub mod planner;

@@ -325,3 +325,72 @@ pub fn dependency_cycle(cycle: &[u64]) -> String {
         path.join(" → ")
     )
 }
+
+// ------------------------------------------------------- comment commands
+
+/// The commands sluice knows, for replies.
+const COMMANDS_KNOWN: &str =
+    "`/merge`, `/retest`, `/cancel`, `/hold`, `/unhold`, `/priority <label>`, `/sluice help`";
+
+/// The command reference (`/sluice help`, the README), in Markdown.
+pub fn commands_help() -> String {
+    format!(
+        "sluice reads one command per line, at the start of the line, in comments on a PR:\n\
+         \n\
+         - `/merge`: land the PR once it is approved and passing (remembered until then)\n\
+         - `/retest`: test the PR again\n\
+         - `/cancel`: take the PR out of the train and stop its build\n\
+         - `/hold`: keep the PR from landing, until `/unhold`\n\
+         - `/unhold`: let a held PR land again\n\
+         - `/priority <label>`: give the PR one of the repository's priority labels\n\
+         - `/sluice help`: this list\n\
+         \n\
+         `/sluice merge` is `/merge`, and so on. Quoted lines and code blocks are not commands; \
+         sluice reads at most {} per comment.",
+        super::commands::MAX_COMMANDS
+    )
+}
+
+pub fn command_unknown(word: &str) -> String {
+    format!(
+        "unknown command {}; commands sluice knows: {COMMANDS_KNOWN}",
+        code(word)
+    )
+}
+
+/// A known command written wrongly: the line and why.
+pub fn command_refused(line: &str, why: &str) -> String {
+    format!("did not run {}: {why}", code(line))
+}
+
+/// `dropped` command lines after the first `MAX_COMMANDS` were not read.
+pub fn commands_dropped(dropped: usize) -> String {
+    let max = super::commands::MAX_COMMANDS;
+    format!(
+        "{} commands; sluice reads at most {max} per comment, so the last {dropped} were not read: \
+         write them in another comment",
+        max + dropped
+    )
+}
+
+pub fn command_takes_no_argument(command: &str) -> String {
+    format!(
+        "{command} takes no argument; write {} alone on its line",
+        code(command)
+    )
+}
+
+pub fn priority_label_missing() -> String {
+    "/priority needs a label: `/priority <label>`".into()
+}
+
+pub fn priority_label_too_long(chars: usize) -> String {
+    format!(
+        "a label has at most {} characters, this one {chars}",
+        super::commands::MAX_LABEL_CHARS
+    )
+}
+
+pub fn priority_label_control() -> String {
+    "a label cannot hold control characters (tabs and the like)".into()
+}
