@@ -2,7 +2,7 @@
 //! Everything is validated at load, and every error names the key at fault.
 
 use crate::core::planner::BatchSize;
-use crate::core::{MergeMethod, PrTests, RepoName, RepoPolicy};
+use crate::core::{LandOn, MergeMethod, PrTests, RepoName, RepoPolicy};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -419,6 +419,17 @@ pub struct RepoConfig {
     /// Train mode: a PR with this label goes to the front of its train.
     #[serde(default)]
     pub urgent_label: Option<String>,
+    /// What lets an approved, passing PR land: `"approval"` (its approvals)
+    /// or `"command"` (also a `/merge` comment from a writer).
+    #[serde(default)]
+    pub land_on: LandOn,
+    /// The PR's author may `/retest` it without write access.
+    #[serde(default = "default_author_may_retest")]
+    pub author_may_retest: bool,
+}
+
+fn default_author_may_retest() -> bool {
+    true
 }
 
 /// `batch = 4` or `batch = "adaptive"`.
@@ -523,6 +534,8 @@ impl RepoConfig {
             bisect_parallel: self.bisect_parallel,
             optimistic: self.optimistic,
             urgent_label: self.urgent_label.clone(),
+            land_on: self.land_on,
+            author_may_retest: self.author_may_retest,
         }
     }
     pub fn job_timeout(&self) -> Duration {

@@ -97,7 +97,7 @@ pub fn run(s: &Scenario) -> Outcome {
         batch: s.batch,
         bisect_parallel: 1,
         optimistic: s.optimistic,
-        urgent_label: None,
+        ..RepoPolicy::default()
     };
     let mut state = State::new([(repo.clone(), policy)], "sim");
     let mut now = 0u64;

@@ -29,6 +29,20 @@ pub enum Action {
         pair: Pair,
         build: BuildId,
     },
+    /// React to a comment (its commands were all done).
+    React {
+        repo: RepoName,
+        comment: u64,
+        /// GitHub's reaction content: `+1`.
+        content: String,
+    },
+    /// Answer comment `comment` on a PR with a comment of sluice's own
+    /// (commands refused, unknown, or `/sluice help`), once.
+    Answer {
+        pr: PrKey,
+        comment: u64,
+        body: String,
+    },
     /// Build a train car: point the staging ref at `parent`, merge `head`
     /// into it (answered by `Event::CarBuilt` or `Event::CarConflict`).
     BuildCar {

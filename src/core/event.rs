@@ -69,6 +69,17 @@ pub enum Event {
     Retest { pr: PrKey, request: RequestId },
     /// Someone asked for a PR to be merged now.
     TryMerge { pr: PrKey, request: RequestId },
+    /// A new comment on a PR holds lines for sluice (the driver reads only
+    /// `created` comments by people, not bots, and asks GitHub whether the
+    /// author may write to the repository). The core parses `body`
+    /// (`core/commands.rs`) and answers once per `comment` id.
+    Commented {
+        pr: PrKey,
+        comment: u64,
+        author: String,
+        can_write: bool,
+        body: String,
+    },
     /// A train car's commit was built on `parent` (answers `BuildCar`).
     CarBuilt {
         repo: RepoName,
@@ -155,7 +166,8 @@ impl Event {
             | Event::Reviews { pr, .. }
             | Event::MergeFinished { pr, .. }
             | Event::Retest { pr, .. }
-            | Event::TryMerge { pr, .. } => Some(&pr.repo),
+            | Event::TryMerge { pr, .. }
+            | Event::Commented { pr, .. } => Some(&pr.repo),
             Event::BranchMoved { repo, .. }
             | Event::BranchRead { repo, .. }
             | Event::BranchDeleted { repo, .. }

@@ -211,6 +211,13 @@ impl State {
             Event::LandingLost { repo, branch } => self.on_landing_lost(&repo, &branch),
             Event::Retest { pr, request } => self.on_retest(pr, request, now, &mut out),
             Event::TryMerge { pr, request } => self.on_try_merge(pr, request, now, &mut out),
+            Event::Commented {
+                pr,
+                comment,
+                author,
+                can_write,
+                body,
+            } => self.on_commented(pr, comment, &author, can_write, &body, now, &mut out),
             Event::Tick | Event::BuildsLost { .. } | Event::Restarted => {
                 unreachable!("handled above: they have no repository")
             }
@@ -332,6 +339,7 @@ impl State {
                         in_train: false,
                         ejected: None,
                         waits_on_dependency: None,
+                        asked: Asked::default(),
                     },
                 );
                 if read_reviews {
@@ -710,31 +718,30 @@ impl State {
     }
 
     fn on_retest(&mut self, key: PrKey, request: RequestId, now: Timestamp, out: &mut Vec<Action>) {
-        let Some(repo) = self.repos.get_mut(&key.repo) else {
-            return;
+        let answer = match self.retest(&key, now, out) {
+            Ok(()) => Answer::RetestQueued { pr: key },
+            Err(None) => Answer::UnknownPr,
+            Err(Some(reason)) => Answer::CannotTest { pr: key, reason },
         };
-        let Some(pr) = repo.prs.get(&key.number) else {
-            out.push(Action::Reply {
-                request,
-                answer: Answer::UnknownPr,
-            });
-            return;
-        };
+        out.push(Action::Reply { request, answer });
+    }
+
+    /// Forgets the PR's results for its head and tests it again (an
+    /// ejected PR may enter its train again). Err: the PR is not known
+    /// (`None`), or why it cannot be tested.
+    pub(crate) fn retest(
+        &mut self,
+        key: &PrKey,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Option<String>> {
+        let repo = self.repos.get_mut(&key.repo).ok_or(None)?;
+        let pr = repo.prs.get(&key.number).ok_or(None)?;
         let Some(pair) = repo.current_pair(pr) else {
-            let reason = text::waiting_for_target(&pr.snapshot.base_ref);
-            out.push(Action::Reply {
-                request,
-                answer: Answer::CannotTest { pr: key, reason },
-            });
-            return;
+            return Err(Some(text::waiting_for_target(&pr.snapshot.base_ref)));
         };
         if pr.snapshot.mergeable == Some(false) {
-            let reason = text::conflict(&pr.snapshot.base_ref);
-            out.push(Action::Reply {
-                request,
-                answer: Answer::CannotTest { pr: key, reason },
-            });
-            return;
+            return Err(Some(text::conflict(&pr.snapshot.base_ref)));
         }
         repo.index.dirty.insert(key.number);
         let pr = repo.prs.get_mut(&key.number).expect("checked above");
@@ -746,10 +753,7 @@ impl State {
         if let Some(build) = pr.build.take() {
             self.cancel_build(build, text::cancelled_retest(), now, out);
         }
-        out.push(Action::Reply {
-            request,
-            answer: Answer::RetestQueued { pr: key },
-        });
+        Ok(())
     }
 
     fn on_try_merge(
@@ -1101,7 +1105,7 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
 /// The PR could merge now, but for its branch's merge lock (the ready
 /// index holds these; `why_not_mergeable` says the same in words).
 pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
-    if pr.snapshot.draft {
+    if pr.snapshot.draft || pr.asked.blocker(&repo.policy).is_some() {
         return false;
     }
     let Some(pair) = repo.current_pair(pr) else {
@@ -1139,6 +1143,9 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
     let base = &pr.snapshot.base_ref;
     if pr.snapshot.draft {
         reasons.push(text::is_draft());
+    }
+    if let Some(why) = pr.asked.blocker(&repo.policy) {
+        reasons.push(why);
     }
     if repo.trains_on() {
         if let Some(e) = pr
@@ -1294,6 +1301,16 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
         if let Some(why) = &pr.waits_on_dependency {
             return status(CommitState::Pending, why.clone(), None);
         }
+    }
+    // Approved and passing, but held back by a command: the status says so.
+    if let Some(why) = pr.asked.blocker(&repo.policy)
+        && repo.approval(pr).approved()
+        && repo
+            .own_result(pr)
+            .is_some_and(|r| r.outcome == Outcome::Passed)
+    {
+        let passed = text::finished(Outcome::Passed, base, &pair.target, "");
+        return status(CommitState::Pending, format!("{passed}; {why}"), None);
     }
     if let Some(result) = repo.own_result(pr) {
         let state = match result.outcome {

@@ -50,10 +50,32 @@ pub struct RepoPolicy {
     /// cars behind are rebuilt on it).
     #[serde(default)]
     pub urgent_label: Option<String>,
+    /// What lets an approved, passing PR land: its approval alone, or
+    /// also a `/merge` comment from someone with write access.
+    #[serde(default)]
+    pub land_on: LandOn,
+    /// The PR's author may `/retest` it without write access.
+    #[serde(default = "yes")]
+    pub author_may_retest: bool,
 }
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What lets an approved, passing PR land.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandOn {
+    /// Its approvals (a `/merge` changes nothing).
+    #[default]
+    Approval,
+    /// Its approvals and a `/merge` from someone with write access.
+    Command,
 }
 
 /// When a PR is tested on its own, apart from the train's cars.
@@ -86,6 +108,8 @@ impl Default for RepoPolicy {
             bisect_parallel: 1,
             optimistic: false,
             urgent_label: None,
+            land_on: LandOn::Approval,
+            author_may_retest: true,
         }
     }
 }
@@ -93,6 +117,7 @@ impl Default for RepoPolicy {
 mod approval;
 pub mod batch;
 pub mod commands;
+mod comments;
 pub mod deps;
 mod machine;
 pub mod planner;

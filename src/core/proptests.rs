@@ -448,8 +448,23 @@ enum TrainOp {
     SetMode {
         mode: u8,
     },
+    /// A writer's comment command: /hold, /unhold, /cancel, /merge,
+    /// /retest, /priority urgent.
+    Command {
+        pr: u64,
+        what: u8,
+    },
     Tick,
 }
+
+const COMMANDS: [&str; 6] = [
+    "/hold",
+    "/unhold",
+    "/cancel",
+    "/merge",
+    "/retest",
+    "/priority urgent",
+];
 
 fn train_op() -> impl Strategy<Value = TrainOp> {
     prop_oneof![
@@ -464,6 +479,7 @@ fn train_op() -> impl Strategy<Value = TrainOp> {
         (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
         (1..6u64, proptest::bool::ANY).prop_map(|(pr, merged)| TrainOp::Close { pr, merged }),
         (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
+        (1..8u64, 0..6u8).prop_map(|(pr, what)| TrainOp::Command { pr, what }),
         Just(TrainOp::Tick),
     ]
 }
@@ -488,6 +504,10 @@ struct Forge {
     /// PRs ever opened, and those merged (landed, or closed as merged).
     opened: BTreeSet<u64>,
     done: BTreeSet<u64>,
+    /// PRs a /hold or /cancel keeps out (until /unhold or /merge).
+    held: BTreeSet<u64>,
+    cancelled: BTreeSet<u64>,
+    comments: u64,
 }
 
 /// The PRs of the cars from `to` back to `from`, each a car commit built on
@@ -528,6 +548,7 @@ fn run_train(
     batch: planner::BatchSize,
     optimistic: bool,
     deps: Vec<Option<u64>>,
+    land_on: LandOn,
 ) -> Result<(), TestCaseError> {
     let policy = RepoPolicy {
         max_concurrent_builds: 3,
@@ -537,6 +558,7 @@ fn run_train(
         bisect_parallel: 2,
         optimistic,
         urgent_label: Some("urgent".into()),
+        land_on,
         ..RepoPolicy::default()
     };
     let mut state = State::new([(repo_name(), policy)], "t");
@@ -573,6 +595,10 @@ fn run_train(
         }));
     for op in ops.into_iter().chain(drain) {
         now += 1_000;
+        // What commands asked is forgotten with the PR (closed, landed).
+        let tracked = |pr: &u64| state.pr(&key(*pr)).is_some();
+        f.held.retain(tracked);
+        f.cancelled.retain(tracked);
         let event = match op {
             TrainOp::Open { pr, head } => {
                 let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
@@ -746,6 +772,34 @@ fn run_train(
                 ][mode as usize % 3],
                 request: RequestId(1),
             },
+            TrainOp::Command { pr, what } => {
+                let command = COMMANDS[what as usize % COMMANDS.len()];
+                if state.pr(&key(pr)).is_some() {
+                    match command {
+                        "/hold" => {
+                            f.held.insert(pr);
+                        }
+                        "/unhold" => {
+                            f.held.remove(&pr);
+                        }
+                        "/cancel" => {
+                            f.cancelled.insert(pr);
+                        }
+                        "/merge" => {
+                            f.cancelled.remove(&pr);
+                        }
+                        _ => {}
+                    }
+                }
+                f.comments += 1;
+                Event::Commented {
+                    pr: key(pr),
+                    comment: f.comments,
+                    author: "wendy".into(),
+                    can_write: true,
+                    body: command.into(),
+                }
+            }
             TrainOp::Tick => Event::Tick,
         };
         events.push(event);
@@ -803,6 +857,11 @@ fn run_train(
                         }
                         for (pr, head) in landing {
                             prop_assert!(f.approved.contains(&pr), "landing unapproved #{}", pr);
+                            prop_assert!(
+                                !f.held.contains(&pr) && !f.cancelled.contains(&pr),
+                                "landing #{}, held or cancelled by a command",
+                                pr
+                            );
                             prop_assert_eq!(
                                 f.heads.get(&pr),
                                 Some(&head),
@@ -905,7 +964,8 @@ proptest! {
         ],
         optimistic in proptest::bool::ANY,
         deps in proptest::collection::vec(proptest::option::weighted(0.3, 1..8u64), 7),
+        land_on in prop_oneof![Just(LandOn::Approval), Just(LandOn::Command)],
     ) {
-        run_train(ops, pr_tests, batch, optimistic, deps)?;
+        run_train(ops, pr_tests, batch, optimistic, deps, land_on)?;
     }
 }

@@ -118,12 +118,19 @@ pub struct RepoState {
     /// PR that depends on one says so.
     #[serde(default)]
     pub closed_unmerged: BTreeSet<u64>,
+    /// Comments whose commands were answered (the latest
+    /// `ANSWERED_MEMORY` ids; GitHub's ids grow): a delivery seen twice is
+    /// answered once.
+    #[serde(default)]
+    pub answered_comments: BTreeSet<u64>,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
 
 /// How many unmerged closed PRs a repository remembers.
 pub const UNMERGED_MEMORY: usize = 10_000;
+/// How many answered comment ids a repository remembers.
+pub const ANSWERED_MEMORY: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Branch {
@@ -182,6 +189,49 @@ pub struct Pr {
     /// (derived by the train's settle; `core/deps.rs`).
     #[serde(skip)]
     pub waits_on_dependency: Option<String>,
+    /// What people asked for it in comment commands (`core/comments.rs`).
+    #[serde(default, skip_serializing_if = "Asked::is_empty")]
+    pub asked: Asked,
+}
+
+/// What people asked for a PR in comment commands, and who.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    /// `/merge`: land once approved and passing (needed with
+    /// `land_on = "command"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
+    /// `/hold`: stays out of the train (and is not merged) until `/unhold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// `/cancel`: out of the train until a `/merge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
+    /// `/priority <label>`: one of the repository's priority labels, as
+    /// if the PR carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+}
+
+impl Pr {
+    /// Its labels, with the one a `/priority` command gave it.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.snapshot
+            .labels
+            .iter()
+            .map(String::as_str)
+            .chain(self.asked.priority.as_deref())
+    }
+
+    pub fn has_label(&self, label: &str) -> bool {
+        self.labels().any(|l| l == label)
+    }
+}
+
+impl Asked {
+    pub fn is_empty(&self) -> bool {
+        *self == Asked::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +284,7 @@ impl State {
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
                             closed_unmerged: BTreeSet::new(),
+                            answered_comments: BTreeSet::new(),
                             merging: BTreeMap::new(),
                             trains: BTreeMap::new(),
                             next_car: 0,
@@ -473,8 +524,9 @@ impl RepoState {
 
     /// Tested first: priority label, then approved, then oldest.
     pub fn queue_key(&self, pr: &Pr) -> QueueKey {
-        let priority = pr.snapshot.labels.iter().any(|l| {
-            self.policy.priority_labels.contains(l) || self.policy.urgent_label.as_ref() == Some(l)
+        let priority = pr.labels().any(|l| {
+            self.policy.priority_labels.iter().any(|p| p == l)
+                || self.policy.urgent_label.as_deref() == Some(l)
         });
         (
             Reverse(priority),

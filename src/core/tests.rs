@@ -2086,3 +2086,225 @@ fn a_dependency_in_another_repository_lands_first() {
     bot.ev(Event::PrClosed(lib));
     assert_eq!(train_order(&bot), vec![1]);
 }
+
+// ---- comment commands (core/comments.rs) ----
+
+impl Bot {
+    /// Comment `id` by `who` on PR `n`.
+    fn comment(&mut self, n: u64, id: u64, who: &str, can_write: bool, body: &str) -> Vec<Action> {
+        self.ev(Event::Commented {
+            pr: key(n),
+            comment: id,
+            author: who.into(),
+            can_write,
+            body: body.into(),
+        })
+    }
+    /// PR `n` opened, approved and passing its own test.
+    fn ready(&mut self, n: u64) -> Vec<Action> {
+        self.open(n, 0xa0 + n as u32);
+        self.approve(n);
+        let b = self.build_of(n).unwrap();
+        self.finish(&b, Outcome::Passed)
+    }
+}
+
+/// The answers in `actions`: reactions as ("react", "+1"), replies as
+/// ("answer", body).
+fn answers(actions: &[Action]) -> Vec<(&'static str, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::React { content, .. } => Some(("react", content.clone())),
+            Action::Answer { body, .. } => Some(("answer", body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn with_land_on_command_a_writers_merge_lands_and_a_readers_is_refused_with_a_reply() {
+    let mut bot = Bot::new(RepoPolicy {
+        land_on: LandOn::Command,
+        ..RepoPolicy::default()
+    });
+    let a = bot.ready(1);
+    assert!(merges(&a).is_empty(), "approved and passing is not enough");
+    assert!(
+        bot.view(1)
+            .waiting_on
+            .contains(&text::waits_for_merge_command()),
+        "{:?}",
+        bot.view(1).waiting_on
+    );
+    let said = statuses(&a).last().unwrap().2.clone();
+    assert!(
+        said.ends_with("waits for /merge from someone with write access"),
+        "{said}"
+    );
+    // A reader's /merge: refused, said why, nothing lands.
+    let a = bot.comment(1, 10, "rita", false, "/merge");
+    assert!(merges(&a).is_empty());
+    let got = answers(&a);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "answer");
+    assert!(
+        got[0]
+            .1
+            .contains("@rita cannot /merge here: only people with write access to octo/demo can"),
+        "{}",
+        got[0].1
+    );
+    // A writer's: a reaction, and the PR lands.
+    let a = bot.comment(1, 11, "wendy", true, "Looks good.\n/merge\n");
+    assert_eq!(answers(&a), vec![("react", "+1".to_string())]);
+    assert_eq!(merges(&a).len(), 1);
+    assert_eq!(
+        bot.state.pr(&key(1)).unwrap().asked.merge.as_deref(),
+        Some("wendy")
+    );
+}
+
+#[test]
+fn a_merge_asked_before_approval_is_remembered_until_the_pr_can_land() {
+    let mut bot = Bot::new(RepoPolicy {
+        land_on: LandOn::Command,
+        ..RepoPolicy::default()
+    });
+    bot.open(1, 0xa1);
+    assert_eq!(
+        answers(&bot.comment(1, 10, "wendy", true, "/merge")).len(),
+        1
+    );
+    let b = bot.build_of(1).unwrap();
+    assert!(
+        merges(&bot.finish(&b, Outcome::Passed)).is_empty(),
+        "not approved yet"
+    );
+    assert_eq!(merges(&bot.approve(1)).len(), 1, "approved: it lands now");
+}
+
+#[test]
+fn hold_and_cancel_take_a_pr_out_of_the_train_and_unhold_and_merge_bring_it_back() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    assert_eq!(bot.car_tests().len(), 2);
+    // /hold: #1 leaves the train, its car's test stops; #2 is rebuilt alone.
+    let a = bot.comment(1, 10, "wendy", true, "/hold");
+    assert_eq!(answers(&a), vec![("react", "+1".to_string())]);
+    assert!(
+        !cancelled(&a).is_empty(),
+        "its car's test is stopped: {a:?}"
+    );
+    assert_eq!(bot.view(1).train_position, None);
+    assert!(
+        bot.view(1)
+            .waiting_on
+            .iter()
+            .any(|w| w == &text::held_by("wendy")),
+        "{:?}",
+        bot.view(1).waiting_on
+    );
+    assert_eq!(bot.view(2).train_position, Some(0));
+    // /unhold: it enters again, behind #2.
+    bot.comment(1, 11, "wendy", true, "/unhold");
+    assert_eq!(bot.view(1).train_position, Some(1));
+    // /cancel: out again, until a /merge.
+    bot.comment(1, 12, "wendy", true, "/cancel");
+    assert_eq!(bot.view(1).train_position, None);
+    assert!(
+        bot.view(1)
+            .waiting_on
+            .contains(&text::cancelled_by("wendy"))
+    );
+    bot.ev(Event::Tick);
+    assert_eq!(bot.view(1).train_position, None, "it stays out");
+    bot.comment(1, 13, "wendy", true, "/merge");
+    assert_eq!(bot.view(1).train_position, Some(1));
+}
+
+#[test]
+fn a_comment_is_answered_once_and_quotes_code_and_prose_do_nothing() {
+    let mut bot = Bot::new(RepoPolicy {
+        land_on: LandOn::Command,
+        ..RepoPolicy::default()
+    });
+    bot.ready(1);
+    for body in [
+        "> /merge",
+        "```\n/merge\n```",
+        "    /merge",
+        "please /merge this",
+        "see /usr/bin/env",
+    ] {
+        let a = bot.comment(1, 20, "wendy", true, body);
+        assert!(a.is_empty(), "{body:?}: {a:?}");
+        // A comment with nothing for sluice is not remembered as answered.
+        bot.state
+            .repos
+            .get_mut(&repo_name())
+            .unwrap()
+            .answered_comments
+            .clear();
+    }
+    // The same delivery twice: one answer, one merge.
+    let a = bot.comment(1, 21, "wendy", true, "/merge");
+    assert_eq!(answers(&a).len(), 1);
+    assert_eq!(merges(&a).len(), 1);
+    assert!(bot.comment(1, 21, "wendy", true, "/merge").is_empty());
+    // 100 lines of commands, some unknown: one answer, naming the dropped ones.
+    let mut body = String::new();
+    for k in 0..100 {
+        body.push_str(if k % 2 == 0 {
+            "/hold\n"
+        } else {
+            "/frobnicate\n"
+        });
+    }
+    let got = answers(&bot.comment(1, 22, "wendy", true, &body));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.contains("80 were not read"), "{}", got[0].1);
+    assert!(
+        got[0].1.contains("unknown command `/frobnicate`"),
+        "{}",
+        got[0].1
+    );
+}
+
+#[test]
+fn retest_priority_and_help_from_authors_and_writers() {
+    let mut bot = Bot::new(RepoPolicy {
+        priority_labels: vec!["high".into()],
+        ..RepoPolicy::default()
+    });
+    bot.open(1, 0xa1);
+    let first = bot.build_of(1).unwrap();
+    // The PR's author (snap's author) may /retest without write access.
+    let author = bot.state.pr(&key(1)).unwrap().snapshot.author.clone();
+    let a = bot.comment(1, 30, &author, false, "/retest");
+    assert_eq!(answers(&a), vec![("react", "+1".to_string())]);
+    assert!(cancelled(&a).contains(&first), "the old build stops");
+    assert_eq!(started(&a).len(), 1, "and a new one starts");
+    // But not /hold.
+    let got = answers(&bot.comment(1, 31, &author, false, "/hold"));
+    assert!(got[0].1.contains("cannot /hold here"), "{got:?}");
+    // A priority label the repository configures, in any case; a hostile
+    // one is refused, said back as code, and runs nothing.
+    let a = bot.comment(1, 32, "wendy", true, "/priority HIGH");
+    assert_eq!(answers(&a), vec![("react", "+1".to_string())]);
+    assert!(bot.state.pr(&key(1)).unwrap().has_label("high"));
+    let got = answers(&bot.comment(1, 33, "wendy", true, "/priority $(rm -rf /)"));
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]
+            .1
+            .contains("`$(rm -rf /)` is not a priority label here; the labels are `high`"),
+        "{}",
+        got[0].1
+    );
+    // Help: a reply with the reference, from anyone.
+    let got = answers(&bot.comment(1, 34, "rita", false, "/sluice help"));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].1.contains("`/merge`: land the PR"), "{}", got[0].1);
+}

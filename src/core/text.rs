@@ -394,3 +394,73 @@ pub fn priority_label_too_long(chars: usize) -> String {
 pub fn priority_label_control() -> String {
     "a label cannot hold control characters (tabs and the like)".into()
 }
+
+/// `/hold` keeps the PR out of the train.
+pub fn held_by(who: &str) -> String {
+    format!("held by @{who} (/hold); /unhold lets it land")
+}
+
+/// `/cancel` took the PR out of the train.
+pub fn cancelled_by(who: &str) -> String {
+    format!("taken out of the train by @{who} (/cancel); /merge puts it back")
+}
+
+/// `land_on = "command"`: an approved, passing PR waits for `/merge`.
+pub fn waits_for_merge_command() -> String {
+    "waits for /merge from someone with write access".into()
+}
+
+pub fn cancelled_by_command(who: &str) -> String {
+    format!("cancelled by @{who} (/cancel)")
+}
+
+pub fn pr_not_tracked(number: u64) -> String {
+    format!("sluice does not track #{number} (closed, or not open against a gated branch)")
+}
+
+/// A command from someone who may not give it.
+pub fn command_not_allowed(
+    command: &str,
+    who: &str,
+    repo: &RepoName,
+    author_may_retest: bool,
+) -> String {
+    let also = if author_may_retest {
+        " (a PR's author may /retest it)"
+    } else {
+        ""
+    };
+    format!("@{who} cannot /{command} here: only people with write access to {repo} can{also}")
+}
+
+/// `/priority` with a label the repository does not configure.
+pub fn priority_unknown(label: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        format!(
+            "{} is not a priority label here: this repository has none",
+            code(label)
+        )
+    } else {
+        let known: Vec<String> = known.iter().map(|l| code(l)).collect();
+        format!(
+            "{} is not a priority label here; the labels are {}",
+            code(label),
+            known.join(", ")
+        )
+    }
+}
+
+/// sluice's one reply to a comment: what it did not do and why, and the
+/// command reference when asked or when something went wrong.
+pub fn commands_answer(who: &str, said: &[String], help: bool) -> String {
+    let mut body = format!("@{who}");
+    for line in said {
+        body.push_str("\n- ");
+        body.push_str(line);
+    }
+    if help || !said.is_empty() {
+        body.push_str("\n\n");
+        body.push_str(&commands_help());
+    }
+    body
+}

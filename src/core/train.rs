@@ -859,6 +859,7 @@ impl State {
                     pr.snapshot.head_sha == car.pr.head_sha
                         && pr.snapshot.base_ref == branch
                         && !pr.snapshot.draft
+                        && pr.asked.blocker(&repo.policy).is_none()
                         && repo.approval(pr).approved()
                 });
             if still || i < landing_end {
@@ -1442,9 +1443,7 @@ fn is_urgent(repo: &RepoState, number: u64) -> bool {
     let Some(label) = &repo.policy.urgent_label else {
         return false;
     };
-    repo.prs
-        .get(&number)
-        .is_some_and(|pr| pr.snapshot.labels.contains(label))
+    repo.prs.get(&number).is_some_and(|pr| pr.has_label(label))
 }
 
 /// Takes car `index`'s PR out of `train` with `reason` (it does not come

@@ -878,6 +878,29 @@ impl Forge for GitHub {
     ) -> Result<bool, ForgeError> {
         self.compare_holds(repo, ancestor, descendant).await
     }
+
+    async fn user_can_write(&self, repo: &RepoName, user: &str) -> Result<bool, ForgeError> {
+        self.can_write(repo, user).await
+    }
+
+    async fn react(&self, repo: &RepoName, comment: u64, content: &str) -> Result<(), ForgeError> {
+        let path = format!("{}/issues/comments/{comment}/reactions", repo_path(repo));
+        let what = format!("POST {path}");
+        // Reacting twice is harmless (GitHub answers 200 for an existing one).
+        self.call(
+            Method::POST,
+            &path,
+            Some(&serde_json::json!({"content": content})),
+        )
+        .await?
+        .expect_success(&what)
+        .map(|_| ())
+    }
+
+    async fn answer(&self, pr: &PrKey, comment: u64, body: &str) -> Result<(), ForgeError> {
+        self.comment_once(pr, &train::answer_marker(comment), body)
+            .await
+    }
 }
 
 fn review_state(state: Option<pulls::ReviewState>) -> ReviewState {

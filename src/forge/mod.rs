@@ -293,4 +293,21 @@ pub trait Forge: Send + Sync {
         let _ = (repo, ancestor, descendant);
         Err(unsupported("is_ancestor"))
     }
+    /// Whether `user` has write access (write, maintain or admin) to the
+    /// repository (comment commands).
+    async fn user_can_write(&self, repo: &RepoName, user: &str) -> Result<bool, ForgeError> {
+        let _ = (repo, user);
+        Err(unsupported("user_can_write"))
+    }
+    /// Reacts to a PR comment (`content`: GitHub's reaction, e.g. `+1`).
+    async fn react(&self, repo: &RepoName, comment: u64, content: &str) -> Result<(), ForgeError> {
+        let _ = (repo, comment, content);
+        Err(unsupported("react"))
+    }
+    /// Answers comment `comment` on the PR with a comment of sluice's own,
+    /// once (a retry after a lost answer finds the first).
+    async fn answer(&self, pr: &PrKey, comment: u64, body: &str) -> Result<(), ForgeError> {
+        let _ = (pr, comment, body);
+        Err(unsupported("answer"))
+    }
 }

@@ -588,6 +588,26 @@ impl Driver {
                         close_landed_pr(&*forge, &shared, &pr, &head, &landed, &comment).await;
                     });
                 }
+                Action::React {
+                    repo,
+                    comment,
+                    content,
+                } => {
+                    let (forge, _, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        if let Err(e) = forge.react(&repo, comment, &content).await {
+                            forge_failed(&shared, "reacting to a comment", &e);
+                        }
+                    });
+                }
+                Action::Answer { pr, comment, body } => {
+                    let (forge, _, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        if let Err(e) = forge.answer(&pr, comment, &body).await {
+                            forge_failed(&shared, "answering a comment", &e);
+                        }
+                    });
+                }
                 Action::Reply { request, answer } => {
                     if let Some(reply) = self.replies.remove(&request) {
                         let _ = reply.send(answer);
@@ -1078,6 +1098,7 @@ fn event_kind(event: &Event) -> &'static str {
         Event::MergeFinished { .. } => "merge_finished",
         Event::Retest { .. } => "retest",
         Event::TryMerge { .. } => "try_merge",
+        Event::Commented { .. } => "commented",
         Event::BuildsLost { .. } => "builds_lost",
         Event::CarBuilt { .. } => "car_built",
         Event::CarConflict { .. } => "car_conflict",

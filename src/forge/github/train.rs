@@ -257,6 +257,11 @@ fn co_author(line: &str) -> Option<(&str, &str)> {
 }
 
 /// The hidden marker of sluice's comment on a PR it closed after `landed`.
+/// The marker of sluice's answer to comment `comment`.
+pub(super) fn answer_marker(comment: u64) -> String {
+    format!("<!-- sluice:answer {comment} -->")
+}
+
 fn landed_marker(landed: &Sha) -> String {
     format!("<!-- sluice:landed {landed} -->")
 }
@@ -738,7 +743,7 @@ impl GitHub {
     /// Posts `comment` with `marker` on PR `pr` unless a comment holds the
     /// marker. The POST is never retried blindly: after a failed one the
     /// comments are read again.
-    async fn comment_once(
+    pub(super) async fn comment_once(
         &self,
         pr: &PrKey,
         marker: &str,
