@@ -888,6 +888,19 @@ async fn a_check_run_counts_for_required_checks() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(w.hub.pr(REPO, w.pr).unwrap().merged);
+    // Merged by the App's bot, as GitHub records it.
+    let moves = w.hub.branch_moves(REPO);
+    assert_eq!(moves.last().unwrap().pusher, "sluice[bot]");
+    let (_, pr) = call(
+        &w.hub,
+        "GET",
+        &format!("/repos/{REPO}/pulls/{}", w.pr),
+        Some(&tok),
+        None,
+    )
+    .await;
+    assert_eq!(pr["merged_by"]["login"], "sluice[bot]");
+    assert_eq!(pr["merged_by"]["type"], "Bot");
 }
 
 #[tokio::test]

@@ -161,7 +161,8 @@ pub struct BranchMove {
     /// None: the branch was deleted.
     pub after: Option<Sha>,
     /// Who moved it: the repository's owner for a push, [`MERGER`] for
-    /// the API.
+    /// the API with the personal token, `<slug>[bot]` for an App's
+    /// installation token.
     pub pusher: String,
     /// The contexts whose latest status on `after` was `success` when the
     /// branch moved (among the statuses stored before the ref update).
@@ -1436,9 +1437,13 @@ impl Inner {
         })
     }
 
-    /// `PUT /repos/{repo}/pulls/{n}/merge`.
+    /// `PUT /repos/{repo}/pulls/{n}/merge`, by `actor` ([`MERGER`] in
+    /// personal-token mode, `<slug>[bot]` for an App).
+    // One argument per field of the call.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn merge(
         &self,
+        actor: &str,
         repo: &str,
         number: u64,
         sha: Option<&str>,
@@ -1490,7 +1495,7 @@ impl Inner {
             .ok_or_else(|| http_err(405, "Pull Request is not mergeable"))?;
         let not_mergeable = || http_err(405, "Pull Request is not mergeable");
         let owner = repo.split('/').next().unwrap_or_default();
-        let merger = Ident::user(MERGER);
+        let merger = Ident::user(actor);
         let new = match method {
             MergeMethod::Merge | MergeMethod::Squash => {
                 let tree = g
@@ -1554,7 +1559,7 @@ impl Inner {
                 let now = shapes::now_iso();
                 p.open = false;
                 p.merged = true;
-                p.merged_by = Some(MERGER.to_string());
+                p.merged_by = Some(actor.to_string());
                 p.merge_commit_sha = Some(new.clone());
                 p.merged_at = Some(now.clone());
                 p.closed_at = Some(now.clone());
@@ -1570,9 +1575,9 @@ impl Inner {
             base_sha_before: to_sha(&base_before)?,
             merge_sha: to_sha(&new)?,
         });
-        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, MERGER, seen)
+        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, actor, seen)
             .await?;
-        self.pr_event(repo, number, "closed", MERGER, json!({}))?;
+        self.pr_event(repo, number, "closed", actor, json!({}))?;
         Ok(new)
     }
 }

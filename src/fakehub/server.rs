@@ -508,7 +508,7 @@ async fn answer(
             Err(_) => not_found(),
         },
         ("PUT", ["pulls", n, "merge"]) => match n.parse() {
-            Ok(n) => merge(inner, &repo, n, body).await,
+            Ok(n) => merge(inner, caller, &repo, n, body).await,
             Err(_) => not_found(),
         },
         ("GET", ["pulls", n, "merge"]) => {
@@ -543,7 +543,7 @@ async fn answer(
             let branch = branch.join("/");
             required_status_checks(inner, &repo, &branch).await
         }
-        ("POST", ["git", "refs"]) => create_ref(inner, &repo, body).await,
+        ("POST", ["git", "refs"]) => create_ref(inner, caller, &repo, body).await,
         ("GET", ["git", "matching-refs", prefix @ ..]) => {
             let mut prefix = prefix.join("/");
             if path.ends_with('/') && !prefix.is_empty() {
@@ -561,15 +561,16 @@ async fn answer(
             }
         }
         ("PATCH", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
-            update_ref(inner, &repo, &branch.join("/"), body).await
+            update_ref(inner, caller, &repo, &branch.join("/"), body).await
         }
         ("DELETE", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
-            match inner.delete_ref(&repo, &branch.join("/")).await {
+            let actor = inner.actor(caller).0;
+            match inner.delete_ref(&actor, &repo, &branch.join("/")).await {
                 Ok(()) => no_content(),
                 Err(e) => error_at(e, "/git/refs#delete-a-reference"),
             }
         }
-        ("POST", ["merges"]) => merge_branches(inner, &repo, body).await,
+        ("POST", ["merges"]) => merge_branches(inner, caller, &repo, body).await,
         ("GET", ["compare", spec @ ..]) if !spec.is_empty() => {
             let doc = "/commits/commits#compare-two-commits";
             let spec = spec.join("/");
@@ -788,7 +789,7 @@ fn list_reviews(
     paged_reply(inner, path, q, items)
 }
 
-async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
+async fn merge(inner: &Inner, caller: &Caller, repo: &str, number: u64, body: &[u8]) -> Reply {
     let req: Value = if body.is_empty() {
         json!({})
     } else {
@@ -799,8 +800,10 @@ async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
     };
     let s = |k: &str| req.get(k).and_then(Value::as_str);
     let method = s("merge_method").unwrap_or("merge");
+    let actor = inner.actor(caller).0;
     match inner
         .merge(
+            &actor,
             repo,
             number,
             s("sha"),
@@ -940,7 +943,7 @@ async fn required_status_checks(inner: &Inner, repo: &str, branch: &str) -> Repl
     }
 }
 
-async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+async fn create_ref(inner: &Inner, caller: &Caller, repo: &str, body: &[u8]) -> Reply {
     let doc = "/git/refs#create-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -950,7 +953,8 @@ async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
         (Ok(refname), Ok(sha)) => (refname, sha),
         (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
-    match inner.create_ref(repo, refname, sha).await {
+    let actor = inner.actor(caller).0;
+    match inner.create_ref(&actor, repo, refname, sha).await {
         Ok(a) => {
             with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)).map_status(201)
         }
@@ -958,7 +962,13 @@ async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
     }
 }
 
-async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Reply {
+async fn update_ref(
+    inner: &Inner,
+    caller: &Caller,
+    repo: &str,
+    branch: &str,
+    body: &[u8],
+) -> Reply {
     let doc = "/git/refs#update-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -979,13 +989,14 @@ async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Rep
             );
         }
     };
-    match inner.update_ref(repo, branch, sha, force).await {
+    let actor = inner.actor(caller).0;
+    match inner.update_ref(&actor, repo, branch, sha, force).await {
         Ok(a) => with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)),
         Err(e) => error_at(e, doc),
     }
 }
 
-async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+async fn merge_branches(inner: &Inner, caller: &Caller, repo: &str, body: &[u8]) -> Reply {
     let doc = "/branches/branches#merge-a-branch";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -996,11 +1007,14 @@ async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
         (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
     let message = req.get("commit_message").and_then(Value::as_str);
-    match inner.merge_branches(repo, base, head, message).await {
-        Ok(MergeAnswer::Created(info)) => with_repo(inner, repo, |u, r| {
-            shapes::repo_commit(u, r, &info, super::MERGER)
-        })
-        .map_status(201),
+    let actor = inner.actor(caller).0;
+    match inner
+        .merge_branches(&actor, repo, base, head, message)
+        .await
+    {
+        Ok(MergeAnswer::Created(info)) => {
+            with_repo(inner, repo, |u, r| shapes::repo_commit(u, r, &info, &actor)).map_status(201)
+        }
         Ok(MergeAnswer::NothingToMerge) => no_content(),
         Err(e) => error_at(e, doc),
     }
