@@ -10,8 +10,8 @@ use octocrab::models::webhook_events::{EventInstallation, WebhookEvent, WebhookE
 use octocrab::models::{Installation, InstallationToken};
 use serde_json::{Value, json};
 use sluice::fakehub::{
-    APPS_ONLY, AppKeys, BAD_CREDENTIALS, FakeHub, JWT_BAD_IAT, JWT_EXPIRED, JWT_TOO_FAR,
-    JWT_UNDECODABLE, NOT_ACCESSIBLE, OUTPUT_MAX_CHARS, signature,
+    APPS_ONLY, AppKeys, BAD_CREDENTIALS, COMMENT_MAX_CHARS, FakeHub, JWT_BAD_IAT, JWT_EXPIRED,
+    JWT_TOO_FAR, JWT_UNDECODABLE, NOT_ACCESSIBLE, OUTPUT_MAX_CHARS, signature,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1065,6 +1065,34 @@ async fn comments_and_reactions_by_the_bot() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(w.hub.comments(REPO, w.pr).len(), 2);
+    // GitHub's limit on a comment's length, for the bot and for people.
+    let at_limit = "x".repeat(COMMENT_MAX_CHARS);
+    let over = format!("{at_limit}y");
+    let post = format!("/repos/{REPO}/issues/{}/comments", w.pr);
+    let (status, _) = call(
+        &w.hub,
+        "POST",
+        &post,
+        Some(&tok),
+        Some(json!({"body": over})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _) = call(
+        &w.hub,
+        "POST",
+        &post,
+        Some(&tok),
+        Some(json!({"body": at_limit})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(w.hub.comment(REPO, w.pr, "mallory", &over).is_err());
+    assert!(w.hub.comment(REPO, w.pr, "mallory", &at_limit).is_ok());
+    assert!(
+        w.hub.comment(REPO, 999, "mallory", "hi").is_err(),
+        "no such PR"
+    );
 }
 
 #[derive(Clone, Default)]

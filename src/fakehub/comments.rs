@@ -13,6 +13,9 @@ use super::{FakeHub, HttpError, Inner, http_err, shapes};
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 
+/// The most characters a comment's body may have on GitHub.
+pub const COMMENT_MAX_CHARS: usize = 65536;
+
 /// The reactions GitHub knows.
 pub const REACTIONS: &[&str] = &[
     "+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes",
@@ -69,6 +72,14 @@ impl Inner {
         app_id: Option<u64>,
         body: &str,
     ) -> Result<Value, HttpError> {
+        if body.chars().count() > COMMENT_MAX_CHARS {
+            return Err(http_err(
+                422,
+                &format!(
+                    "Validation Failed: body is too long (maximum is {COMMENT_MAX_CHARS} characters)"
+                ),
+            ));
+        }
         let (shape, event) = {
             let mut st = self.state.lock().expect("state");
             let id = st.fresh_id() + 3_000_000_000;
@@ -115,12 +126,6 @@ impl Inner {
     ) -> Answer {
         let req = json_object(body)?;
         let text = required_str(&req, "body")?;
-        if text.chars().count() > 65536 {
-            return Err(http_err(
-                422,
-                "Validation Failed: body is too long (maximum is 65536 characters)",
-            ));
-        }
         let (user, app_id) = self.actor(caller);
         Ok((201, self.record_comment(repo, number, &user, app_id, text)?))
     }
@@ -194,6 +199,14 @@ impl Inner {
     ) -> Answer {
         let req = json_object(body)?;
         let text = required_str(&req, "body")?;
+        if text.chars().count() > COMMENT_MAX_CHARS {
+            return Err(http_err(
+                422,
+                &format!(
+                    "Validation Failed: body is too long (maximum is {COMMENT_MAX_CHARS} characters)"
+                ),
+            ));
+        }
         let (user, _) = self.actor(caller);
         self.edit(repo, id, text, Some(&user))
     }
@@ -275,17 +288,21 @@ impl Inner {
 impl FakeHub {
     /// `user` comments `body` on PR `number` (as a person does in the
     /// browser); sends `issue_comment` `created`. Returns the comment id.
+    /// Fails, as GitHub would, for a body over [`COMMENT_MAX_CHARS`].
     pub fn comment(&self, repo: &str, number: u64, user: &str, body: &str) -> anyhow::Result<u64> {
         let shape = self
             .inner
             .record_comment(repo, number, user, None, body)
-            .map_err(|e| anyhow!("no PR #{number} in {repo}: {}", e.message))?;
+            .map_err(|e| anyhow!("commenting on #{number} in {repo}: {}", e.message))?;
         shape["id"].as_u64().context("a comment has an id")
     }
 
     /// Its author edits comment `id` to `body`; sends `issue_comment`
     /// `edited` with `changes.body.from`.
     pub fn edit_comment(&self, repo: &str, id: u64, body: &str) -> anyhow::Result<()> {
+        if body.chars().count() > COMMENT_MAX_CHARS {
+            anyhow::bail!("a comment has at most {COMMENT_MAX_CHARS} characters");
+        }
         self.inner
             .edit(repo, id, body, None)
             .map(|_| ())

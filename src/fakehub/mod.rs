@@ -11,6 +11,24 @@
 //! let n = hub.open_pr("octo/demo", "feature", "main", "Add a", "alice").await?;
 //! # let _ = n; Ok(()) }
 //! ```
+//!
+//! As a GitHub App (`apps.rs`, `checks.rs`, `comments.rs`): sluice gets the
+//! app id and the private key; people's comments arrive as webhooks.
+//!
+//! ```no_run
+//! # async fn demo(hub: sluice::fakehub::FakeHub, n: u64) -> anyhow::Result<()> {
+//! let keys = hub.register_app(4242)?; // keys.private_key_pem, keys.app_id
+//! let installation = hub.install_app(4242, "octo", &["octo/demo"])?;
+//! hub.set_installation_token_lifetime(std::time::Duration::from_secs(2));
+//! let comment = hub.comment("octo/demo", n, "alice", "/merge")?;
+//! // ... sluice answers: a reaction by `sluice[bot]`, a check run ...
+//! let reactions = hub.reactions("octo/demo", comment);
+//! let head = hub.pr("octo/demo", n).expect("the PR").head_sha;
+//! let runs = hub.check_runs("octo/demo", head.as_str());
+//! hub.rerequest_check_run("octo/demo", runs[0].id, "alice")?;
+//! hub.expire_installation_tokens(installation); // the next call is 401
+//! # let _ = (keys, reactions); Ok(()) }
+//! ```
 
 mod apps;
 mod budget;
@@ -32,7 +50,7 @@ pub use apps::{
 pub use budget::{ApiRequest, DEFAULT_RATE_LIMIT, REQUEST_LOG_CAP};
 pub use chaos::{Chaos, ChaosStats, DeliveryFate, Dice, MAX_HOLD, MAX_HOLD_BEHIND, REORDER_RATE};
 pub use checks::{APPS_ONLY, CheckRunState, CheckRunView, OUTPUT_MAX_CHARS};
-pub use comments::{REACTIONS, ReactionView};
+pub use comments::{COMMENT_MAX_CHARS, REACTIONS, ReactionView};
 pub use hooks::{DeliveryView, signature};
 
 use crate::core::{MergeMethod, RepoName, Sha};
