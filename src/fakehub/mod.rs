@@ -11,9 +11,30 @@
 //! let n = hub.open_pr("octo/demo", "feature", "main", "Add a", "alice").await?;
 //! # let _ = n; Ok(()) }
 //! ```
+//!
+//! As a GitHub App (`apps.rs`, `checks.rs`, `comments.rs`): sluice gets the
+//! app id and the private key; people's comments arrive as webhooks.
+//!
+//! ```no_run
+//! # async fn demo(hub: sluice::fakehub::FakeHub, n: u64) -> anyhow::Result<()> {
+//! let keys = hub.register_app(4242)?; // keys.private_key_pem, keys.app_id
+//! let installation = hub.install_app(4242, "octo", &["octo/demo"])?;
+//! hub.set_installation_token_lifetime(std::time::Duration::from_secs(2));
+//! let comment = hub.comment("octo/demo", n, "alice", "/merge")?;
+//! // ... sluice answers: a reaction by `sluice[bot]`, a check run ...
+//! let reactions = hub.reactions("octo/demo", comment);
+//! let head = hub.pr("octo/demo", n).expect("the PR").head_sha;
+//! let runs = hub.check_runs("octo/demo", head.as_str());
+//! hub.rerequest_check_run("octo/demo", runs[0].id, "alice")?;
+//! hub.expire_installation_tokens(installation); // the next call is 401
+//! # let _ = (keys, reactions); Ok(()) }
+//! ```
 
+mod apps;
 mod budget;
 mod chaos;
+mod checks;
+mod comments;
 mod git;
 mod hooks;
 mod refs;
@@ -21,8 +42,15 @@ mod server;
 mod shapes;
 mod state;
 
+pub use apps::{
+    AppKeys, BAD_CREDENTIALS, DEFAULT_APP_EVENTS, DEFAULT_APP_PERMISSIONS, DEFAULT_TOKEN_LIFETIME,
+    InstallationTokenView, JWT_BAD_IAT, JWT_EXPIRED, JWT_MAX_AHEAD_SECS, JWT_TOO_FAR,
+    JWT_UNDECODABLE, NOT_ACCESSIBLE,
+};
 pub use budget::{ApiRequest, DEFAULT_RATE_LIMIT, REQUEST_LOG_CAP};
 pub use chaos::{Chaos, ChaosStats, DeliveryFate, Dice, MAX_HOLD, MAX_HOLD_BEHIND, REORDER_RATE};
+pub use checks::{APPS_ONLY, CheckRunState, CheckRunView, OUTPUT_MAX_CHARS};
+pub use comments::{COMMENT_MAX_CHARS, REACTIONS, ReactionView};
 pub use hooks::{DeliveryView, signature};
 
 use crate::core::{MergeMethod, RepoName, Sha};
@@ -30,7 +58,7 @@ use anyhow::{Context, anyhow, bail};
 use git::{Git, Ident};
 use serde_json::{Value, json};
 use shapes::{Mergeable, PushCommit, Urls};
-use state::{CommentRec, PrState, Protection, RepoState, ReviewRec, State};
+use state::{PrState, Protection, RepoState, ReviewRec, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,6 +150,8 @@ pub struct StatusView {
 /// One comment on a PR's conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommentView {
+    pub id: u64,
+    /// A person's login, or `<slug>[bot]` for an App's comment.
     pub user: String,
     pub body: String,
 }
@@ -149,7 +179,8 @@ pub struct BranchMove {
     /// None: the branch was deleted.
     pub after: Option<Sha>,
     /// Who moved it: the repository's owner for a push, [`MERGER`] for
-    /// the API.
+    /// the API with the personal token, `<slug>[bot]` for an App's
+    /// installation token.
     pub pusher: String,
     /// The contexts whose latest status on `after` was `success` when the
     /// branch moved (among the statuses stored before the ref update).
@@ -504,6 +535,7 @@ impl FakeHub {
     /// A check run reported on `sha` by another app (a CI): `status`
     /// `queued`, `in_progress` or `completed` with a `conclusion`. A later
     /// report of the same name replaces it, as a re-run does on GitHub.
+    /// (An App of the fake creates its runs through the API.)
     pub fn report_check_run(
         &self,
         repo: &str,
@@ -513,19 +545,28 @@ impl FakeHub {
         conclusion: Option<&str>,
     ) -> anyhow::Result<()> {
         let mut st = self.inner.state.lock().expect("state");
+        let id = st.fresh_id() + 4_000_000_000;
         let r = st
             .repos
             .get_mut(repo)
             .with_context(|| format!("no repository {repo}"))?;
-        let id = r.check_runs.len() as u64 + 1;
-        r.check_runs.push(state::CheckRunRec {
+        let now = shapes::now_iso();
+        let mut rec = state::CheckRunRec {
             id,
             head_sha: sha.to_ascii_lowercase(),
             name: name.to_string(),
             status: status.to_string(),
             conclusion: conclusion.map(String::from),
-            started_at: shapes::now_iso(),
-        });
+            completed_at: (status == "completed").then(|| now.clone()),
+            started_at: now,
+            app_id: None,
+            details_url: None,
+            external_id: None,
+            output: Default::default(),
+            history: Vec::new(),
+        };
+        rec.history.push(rec.snapshot());
+        r.check_runs.push(rec);
         Ok(())
     }
 
@@ -919,6 +960,7 @@ impl FakeHub {
             .map(|cs| {
                 cs.iter()
                     .map(|c| CommentView {
+                        id: c.id,
                         user: c.user.clone(),
                         body: c.body.clone(),
                     })
@@ -1120,10 +1162,21 @@ impl Inner {
         f(id, pr)
     }
 
-    /// Queues a delivery if a webhook is set.
-    fn enqueue(&self, event: &str, body: Value) {
+    /// Queues a delivery if a webhook is set. A payload about a repository
+    /// an App is installed on carries that installation (`{id, node_id}`),
+    /// as GitHub's App webhooks do. Never call it holding the state lock.
+    fn enqueue(&self, event: &str, mut body: Value) {
         if self.hook.lock().expect("hook lock").is_none() {
             return;
+        }
+        if body.get("installation").is_none()
+            && let Some(repo) = body["repository"]["full_name"].as_str()
+        {
+            let st = self.state.lock().expect("state");
+            if let Some(id) = self.installation_for(&st, repo) {
+                drop(st);
+                body["installation"] = shapes::event_installation(id);
+            }
         }
         let action = body
             .get("action")
@@ -1402,9 +1455,13 @@ impl Inner {
         })
     }
 
-    /// `PUT /repos/{repo}/pulls/{n}/merge`.
+    /// `PUT /repos/{repo}/pulls/{n}/merge`, by `actor` ([`MERGER`] in
+    /// personal-token mode, `<slug>[bot]` for an App).
+    // One argument per field of the call.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn merge(
         &self,
+        actor: &str,
         repo: &str,
         number: u64,
         sha: Option<&str>,
@@ -1456,7 +1513,7 @@ impl Inner {
             .ok_or_else(|| http_err(405, "Pull Request is not mergeable"))?;
         let not_mergeable = || http_err(405, "Pull Request is not mergeable");
         let owner = repo.split('/').next().unwrap_or_default();
-        let merger = Ident::user(MERGER);
+        let merger = Ident::user(actor);
         let new = match method {
             MergeMethod::Merge | MergeMethod::Squash => {
                 let tree = g
@@ -1520,7 +1577,7 @@ impl Inner {
                 let now = shapes::now_iso();
                 p.open = false;
                 p.merged = true;
-                p.merged_by = Some(MERGER.to_string());
+                p.merged_by = Some(actor.to_string());
                 p.merge_commit_sha = Some(new.clone());
                 p.merged_at = Some(now.clone());
                 p.closed_at = Some(now.clone());
@@ -1536,9 +1593,9 @@ impl Inner {
             base_sha_before: to_sha(&base_before)?,
             merge_sha: to_sha(&new)?,
         });
-        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, MERGER, seen)
+        self.branch_moved(&g, repo, &pr.base_ref, &base_before, &new, actor, seen)
             .await?;
-        self.pr_event(repo, number, "closed", MERGER, json!({}))?;
+        self.pr_event(repo, number, "closed", actor, json!({}))?;
         Ok(new)
     }
 }
@@ -1620,32 +1677,6 @@ impl Inner {
             self.pr_event(repo, number, "closed", MERGER, json!({}))?;
         }
         Ok(())
-    }
-
-    /// `POST /repos/{repo}/issues/{n}/comments` on a PR, by sluice's bot.
-    pub(crate) fn add_comment(
-        &self,
-        repo: &str,
-        number: u64,
-        body: &str,
-    ) -> Result<CommentRec, HttpError> {
-        let mut st = self.state.lock().expect("state");
-        let id = st.fresh_id() + 3_000_000_000;
-        let r = st
-            .repos
-            .get_mut(repo)
-            .ok_or_else(|| http_err(404, "Not Found"))?;
-        if !r.prs.contains_key(&number) {
-            return Err(http_err(404, "Not Found"));
-        }
-        let c = CommentRec {
-            id,
-            user: MERGER.to_string(),
-            body: body.to_string(),
-            created_at: shapes::now_iso(),
-        };
-        r.comments.entry(number).or_default().push(c.clone());
-        Ok(c)
     }
 }
 

@@ -145,6 +145,7 @@ impl Inner {
     /// `POST /repos/{repo}/git/refs` `{ref, sha}`.
     pub(crate) async fn create_ref(
         &self,
+        actor: &str,
         repo: &str,
         refname: &str,
         sha: &str,
@@ -168,7 +169,7 @@ impl Inner {
         let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{branch}"), &sha, None)
             .await?;
-        self.branch_moved(&g, repo, &branch, ZERO, &sha, MERGER, seen)
+        self.branch_moved(&g, repo, &branch, ZERO, &sha, actor, seen)
             .await?;
         Ok(RefAnswer { branch, sha })
     }
@@ -176,6 +177,7 @@ impl Inner {
     /// `PATCH /repos/{repo}/git/refs/heads/{branch}` `{sha, force}`.
     pub(crate) async fn update_ref(
         &self,
+        actor: &str,
         repo: &str,
         branch: &str,
         sha: &str,
@@ -212,7 +214,7 @@ impl Inner {
         let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{branch}"), &sha, Some(&current))
             .await?;
-        self.branch_moved(&g, repo, branch, &current, &sha, MERGER, seen)
+        self.branch_moved(&g, repo, branch, &current, &sha, actor, seen)
             .await?;
         Ok(RefAnswer {
             branch: branch.to_string(),
@@ -221,7 +223,12 @@ impl Inner {
     }
 
     /// `DELETE /repos/{repo}/git/refs/heads/{branch}`.
-    pub(crate) async fn delete_ref(&self, repo: &str, branch: &str) -> Result<(), HttpError> {
+    pub(crate) async fn delete_ref(
+        &self,
+        actor: &str,
+        repo: &str,
+        branch: &str,
+    ) -> Result<(), HttpError> {
         let g = self.repo_git(repo)?;
         let _ops = self.ops.lock().await;
         let current = g
@@ -234,7 +241,7 @@ impl Inner {
         let seen = self.statuses_seen(repo);
         g.delete_ref(&format!("refs/heads/{branch}"), &current)
             .await?;
-        self.branch_moved(&g, repo, branch, &current, ZERO, MERGER, seen)
+        self.branch_moved(&g, repo, branch, &current, ZERO, actor, seen)
             .await?;
         Ok(())
     }
@@ -259,6 +266,7 @@ impl Inner {
     /// `POST /repos/{repo}/merges` `{base, head, commit_message}`.
     pub(crate) async fn merge_branches(
         &self,
+        actor: &str,
         repo: &str,
         base: &str,
         head: &str,
@@ -289,7 +297,7 @@ impl Inner {
                 &tree,
                 vec![&base_sha, &head_sha],
                 &format!("{}\n", message.trim_end_matches('\n')),
-                &Ident::user(MERGER),
+                &Ident::user(actor),
             )
             .await?;
         if self.is_protected(repo, base)
@@ -300,7 +308,7 @@ impl Inner {
         let seen = self.statuses_seen(repo);
         g.update_ref(&format!("refs/heads/{base}"), &new, Some(&base_sha))
             .await?;
-        self.branch_moved(&g, repo, base, &base_sha, &new, MERGER, seen)
+        self.branch_moved(&g, repo, base, &base_sha, &new, actor, seen)
             .await?;
         let info = g
             .commit_info(&new)

@@ -1,6 +1,7 @@
 //! The REST face of the fake: one catch-all warp route, routed by hand so
 //! unknown paths and methods answer GitHub's JSON 404.
 
+use super::apps::{self, Caller, JWT_UNDECODABLE};
 use super::budget;
 use super::git::Ident;
 use super::refs::MergeAnswer;
@@ -83,7 +84,7 @@ fn no_content() -> Reply {
 }
 
 /// A request's JSON object body, or GitHub's 400.
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, HttpError> {
+pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, HttpError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(super::http_err(400, "Problems parsing JSON")),
@@ -91,7 +92,7 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, HttpError>
 }
 
 /// A required string field, or GitHub's 422 for a missing one.
-fn required_str<'a>(
+pub(crate) fn required_str<'a>(
     map: &'a serde_json::Map<String, Value>,
     key: &str,
 ) -> Result<&'a str, HttpError> {
@@ -195,30 +196,6 @@ fn chaos_error(inner: &Inner) -> bool {
     hit
 }
 
-/// Err: the 401 message.
-fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), &'static str> {
-    let Some(token) = &inner.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match given {
-        None => Err("Requires authentication"),
-        Some(h) => {
-            let t = h
-                .strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-                .or_else(|| h.strip_prefix("token "));
-            if t == Some(token.as_str()) {
-                Ok(())
-            } else {
-                Err("Bad credentials")
-            }
-        }
-    }
-}
-
 /// Takes a matching [`Fault::SlowAnswer`], if any: how long to hold the
 /// answer back.
 fn take_slow(inner: &Inner, method: &Method, path: &str) -> Option<std::time::Duration> {
@@ -242,22 +219,6 @@ fn take_slow(inner: &Inner, method: &Method, path: &str) -> Option<std::time::Du
     None
 }
 
-/// The token a call is counted against ("" without one); `None` if the call
-/// is refused as unauthorized (GitHub counts those elsewhere).
-fn rate_key(inner: &Inner, headers: &HeaderMap) -> Option<String> {
-    authorized(inner, headers).ok()?;
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let token = given
-        .strip_prefix("Bearer ")
-        .or_else(|| given.strip_prefix("bearer "))
-        .or_else(|| given.strip_prefix("token "))
-        .unwrap_or(given);
-    Some(token.to_string())
-}
-
 pub(crate) async fn handle(
     inner: &Inner,
     method: &Method,
@@ -266,7 +227,11 @@ pub(crate) async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
-    let key = rate_key(inner, headers);
+    // Who is calling; the rate limit counts per token (per installation
+    // for installation tokens, as on GitHub), and not for a call refused as
+    // unauthorized (GitHub counts those elsewhere).
+    let caller = apps::authenticate(inner, headers);
+    let key = caller.as_ref().ok().map(Caller::rate_key);
     let exhausted = key.as_deref().is_some_and(|k| inner.budget.exhausted(k));
     let mut r = if exhausted {
         error(
@@ -275,7 +240,7 @@ pub(crate) async fn handle(
             "/rest/overview/rate-limits-for-the-rest-api",
         )
     } else {
-        answer(inner, method, path, query, headers, body).await
+        answer(inner, &caller, method, path, query, body).await
     };
     let slow = if r.status().is_success() {
         take_slow(inner, method, path)
@@ -306,12 +271,86 @@ pub(crate) async fn handle(
     r
 }
 
+/// An answer of the App, check-run and comment handlers as a reply, with
+/// GitHub's error body (and `doc`) for an error.
+fn answered(a: super::checks::Answer, doc: &str) -> Reply {
+    match a {
+        Ok((status, v)) => reply(status, &v),
+        Err(e) => error_at(e, doc),
+    }
+}
+
+/// A page of a list under `{"total_count", key: [...]}`, as the check runs
+/// list is, with GitHub's `Link` header.
+fn paged_object(
+    inner: &Inner,
+    path: &str,
+    q: &[(String, String)],
+    key: &str,
+    items: Vec<Value>,
+) -> Reply {
+    let total = items.len();
+    match paginate(inner, path, q, items) {
+        Err(message) => error(422, message, ""),
+        Ok((page, link)) => {
+            let mut r = reply(200, &json!({"total_count": total, key: page}));
+            if let Some(link) = link
+                && let Ok(v) = link.parse()
+            {
+                r.headers_mut().insert("link", v);
+            }
+            r
+        }
+    }
+}
+
+/// `/app…`: JWT only (anything else is answered as GitHub does, 401 "A
+/// JSON web token could not be decoded").
+fn app_routes(
+    inner: &Inner,
+    caller: &Caller,
+    method: &str,
+    rest: &[&str],
+    path: &str,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Reply {
+    let Caller::App { app_id } = caller else {
+        return error(401, JWT_UNDECODABLE, "");
+    };
+    let app_id = *app_id;
+    let doc = "/apps/apps";
+    let app_answer = |a: apps::AppAnswer, doc: &str| match a {
+        Ok((status, v)) => reply(status, &v),
+        Err((status, message)) => error(status, &message, doc),
+    };
+    match (method, rest) {
+        ("GET", []) => app_answer(
+            inner.get_app(app_id),
+            "/apps/apps#get-the-authenticated-app",
+        ),
+        ("GET", ["installations"]) => paged_reply(inner, path, q, inner.list_installations(app_id)),
+        ("GET", ["installations", id]) => match id.parse() {
+            Ok(id) => app_answer(inner.get_installation(app_id, id), doc),
+            Err(_) => not_found(),
+        },
+        ("POST", ["installations", id, "access_tokens"]) => match id.parse() {
+            Ok(id) => app_answer(
+                inner.create_installation_token(app_id, id, body),
+                "/apps/apps#create-an-installation-access-token-for-an-app",
+            ),
+            Err(_) => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
 async fn answer(
     inner: &Inner,
+    caller: &Result<Caller, apps::Refusal>,
     method: &Method,
     path: &str,
     query: &str,
-    headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
     if let Some(r) = take_fault(inner, method, path) {
@@ -320,9 +359,10 @@ async fn answer(
     if chaos_error(inner) {
         return error(502, "Server Error", "/overview/troubleshooting");
     }
-    if let Err(message) = authorized(inner, headers) {
-        return error(401, message, "");
-    }
+    let caller = match caller {
+        Ok(c) => c,
+        Err(refusal) => return error(refusal.status, refusal.message, ""),
+    };
     let Some(segs) = path
         .trim_start_matches('/')
         .trim_end_matches('/')
@@ -334,14 +374,30 @@ async fn answer(
     };
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let q = query_pairs(query);
+    let m = method.as_str();
+    if let ["app", rest @ ..] = segs.as_slice() {
+        return app_routes(inner, caller, m, rest, path, &q, body);
+    }
     let ["repos", owner, name, rest @ ..] = segs.as_slice() else {
         return not_found();
     };
     let repo = format!("{owner}/{name}");
+    if let ("GET", ["installation"]) = (m, rest) {
+        let doc = "/apps/apps#get-a-repository-installation-for-the-authenticated-app";
+        return match caller {
+            Caller::App { app_id } => match inner.repo_installation(*app_id, &repo) {
+                Ok((status, v)) => reply(status, &v),
+                Err((status, message)) => error(status, &message, doc),
+            },
+            _ => error(401, JWT_UNDECODABLE, ""),
+        };
+    }
     if !inner.state.lock().expect("state").repos.contains_key(&repo) {
         return not_found();
     }
-    let m = method.as_str();
+    if let Err(refusal) = inner.repo_access(caller, &repo, m, rest) {
+        return error(refusal.status, refusal.message, "");
+    }
     match (m, rest) {
         ("GET", ["pulls"]) => list_pulls(inner, &repo, path, &q),
         ("GET", ["pulls", n]) => match n.parse() {
@@ -378,13 +434,73 @@ async fn answer(
                 let u = inner.urls();
                 let comments = r.comments.get(&n).cloned().unwrap_or_default();
                 paged_reply_with(inner, path, &q, comments, |c| {
-                    shapes::issue_comment(&u, r, n, &c)
+                    let app = c.app_id.and_then(|a| st.apps.get(&a));
+                    shapes::issue_comment(&u, r, n, &c, app)
                 })
             }
             Err(_) => not_found(),
         },
         ("POST", ["issues", n, "comments"]) => match n.parse() {
-            Ok(n) => create_comment(inner, &repo, n, body),
+            Ok(n) => answered(
+                inner.create_comment(caller, &repo, n, body),
+                "/issues/comments#create-an-issue-comment",
+            ),
+            Err(_) => not_found(),
+        },
+        ("GET", ["issues", "comments", id]) => match id.parse() {
+            Ok(id) => answered(
+                inner.get_comment(&repo, id),
+                "/issues/comments#get-an-issue-comment",
+            ),
+            Err(_) => not_found(),
+        },
+        ("PATCH", ["issues", "comments", id]) => match id.parse() {
+            Ok(id) => answered(
+                inner.update_comment(caller, &repo, id, body),
+                "/issues/comments#update-an-issue-comment",
+            ),
+            Err(_) => not_found(),
+        },
+        ("DELETE", ["issues", "comments", id]) => match id.parse() {
+            Ok(id) => match inner.delete_comment(caller, &repo, id) {
+                Ok(()) => no_content(),
+                Err(e) => error_at(e, "/issues/comments#delete-an-issue-comment"),
+            },
+            Err(_) => not_found(),
+        },
+        ("POST", ["issues", "comments", id, "reactions"]) => match id.parse() {
+            Ok(id) => answered(
+                inner.react(caller, &repo, id, body),
+                "/reactions/reactions#create-reaction-for-an-issue-comment",
+            ),
+            Err(_) => not_found(),
+        },
+        ("GET", ["issues", "comments", id, "reactions"]) => match id.parse() {
+            Ok(id) => match inner.list_reactions(&repo, id, param(&q, "content")) {
+                Ok(items) => paged_reply(inner, path, &q, items),
+                Err(e) => error_at(
+                    e,
+                    "/reactions/reactions#list-reactions-for-an-issue-comment",
+                ),
+            },
+            Err(_) => not_found(),
+        },
+        ("POST", ["check-runs"]) => answered(
+            inner.create_check_run(caller, &repo, body).await,
+            "/checks/runs#create-a-check-run",
+        ),
+        ("PATCH", ["check-runs", id]) => match id.parse() {
+            Ok(id) => answered(
+                inner.update_check_run(caller, &repo, id, body),
+                "/checks/runs#update-a-check-run",
+            ),
+            Err(_) => not_found(),
+        },
+        ("GET", ["check-runs", id]) => match id.parse() {
+            Ok(id) => answered(
+                inner.get_check_run(&repo, id),
+                "/checks/runs#get-a-check-run",
+            ),
             Err(_) => not_found(),
         },
         ("GET", ["pulls", n, "reviews"]) => match n.parse() {
@@ -392,7 +508,7 @@ async fn answer(
             Err(_) => not_found(),
         },
         ("PUT", ["pulls", n, "merge"]) => match n.parse() {
-            Ok(n) => merge(inner, &repo, n, body).await,
+            Ok(n) => merge(inner, caller, &repo, n, body).await,
             Err(_) => not_found(),
         },
         ("GET", ["pulls", n, "merge"]) => {
@@ -427,7 +543,7 @@ async fn answer(
             let branch = branch.join("/");
             required_status_checks(inner, &repo, &branch).await
         }
-        ("POST", ["git", "refs"]) => create_ref(inner, &repo, body).await,
+        ("POST", ["git", "refs"]) => create_ref(inner, caller, &repo, body).await,
         ("GET", ["git", "matching-refs", prefix @ ..]) => {
             let mut prefix = prefix.join("/");
             if path.ends_with('/') && !prefix.is_empty() {
@@ -445,15 +561,16 @@ async fn answer(
             }
         }
         ("PATCH", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
-            update_ref(inner, &repo, &branch.join("/"), body).await
+            update_ref(inner, caller, &repo, &branch.join("/"), body).await
         }
         ("DELETE", ["git", "refs", "heads", branch @ ..]) if !branch.is_empty() => {
-            match inner.delete_ref(&repo, &branch.join("/")).await {
+            let actor = inner.actor(caller).0;
+            match inner.delete_ref(&actor, &repo, &branch.join("/")).await {
                 Ok(()) => no_content(),
                 Err(e) => error_at(e, "/git/refs#delete-a-reference"),
             }
         }
-        ("POST", ["merges"]) => merge_branches(inner, &repo, body).await,
+        ("POST", ["merges"]) => merge_branches(inner, caller, &repo, body).await,
         ("GET", ["compare", spec @ ..]) if !spec.is_empty() => {
             let doc = "/commits/commits#compare-two-commits";
             let spec = spec.join("/");
@@ -484,10 +601,12 @@ async fn answer(
                 None => error(404, "Not Found", "/git/refs#get-a-reference"),
             }
         }
-        ("POST", ["statuses", sha]) => create_status(inner, &repo, sha, body).await,
-        ("GET", ["commits", sha, "check-runs"]) => {
-            let sha = sha.to_ascii_lowercase();
-            with_repo(inner, &repo, |u, r| shapes::check_runs(u, r, &sha))
+        ("POST", ["statuses", sha]) => create_status(inner, caller, &repo, sha, body).await,
+        ("GET", ["commits", reference, "check-runs"]) => {
+            match inner.list_check_runs(&repo, reference, &q).await {
+                Ok(runs) => paged_object(inner, path, &q, "check_runs", runs),
+                Err(e) => error_at(e, "/checks/runs#list-check-runs-for-a-git-reference"),
+            }
         }
         ("GET", ["commits", reference @ .., "status"]) if !reference.is_empty() => {
             let reference = reference.join("/");
@@ -670,7 +789,7 @@ fn list_reviews(
     paged_reply(inner, path, q, items)
 }
 
-async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
+async fn merge(inner: &Inner, caller: &Caller, repo: &str, number: u64, body: &[u8]) -> Reply {
     let req: Value = if body.is_empty() {
         json!({})
     } else {
@@ -681,8 +800,10 @@ async fn merge(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
     };
     let s = |k: &str| req.get(k).and_then(Value::as_str);
     let method = s("merge_method").unwrap_or("merge");
+    let actor = inner.actor(caller).0;
     match inner
         .merge(
+            &actor,
             repo,
             number,
             s("sha"),
@@ -741,25 +862,13 @@ async fn update_pull(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Rep
     }
 }
 
-fn create_comment(inner: &Inner, repo: &str, number: u64, body: &[u8]) -> Reply {
-    let doc = "/issues/comments#create-an-issue-comment";
-    let req = match json_object(body) {
-        Ok(req) => req,
-        Err(e) => return error_at(e, doc),
-    };
-    let text = match required_str(&req, "body") {
-        Ok(text) => text,
-        Err(e) => return error_at(e, doc),
-    };
-    match inner.add_comment(repo, number, text) {
-        Ok(c) => {
-            with_repo(inner, repo, |u, r| shapes::issue_comment(u, r, number, &c)).map_status(201)
-        }
-        Err(e) => error_at(e, doc),
-    }
-}
-
-async fn create_status(inner: &Inner, repo: &str, sha: &str, body: &[u8]) -> Reply {
+async fn create_status(
+    inner: &Inner,
+    caller: &Caller,
+    repo: &str,
+    sha: &str,
+    body: &[u8],
+) -> Reply {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return error(400, "Problems parsing JSON", "");
     };
@@ -794,6 +903,7 @@ async fn create_status(inner: &Inner, repo: &str, sha: &str, body: &[u8]) -> Rep
             "/commits/statuses#create-a-commit-status",
         );
     };
+    let creator = inner.actor(caller).0;
     let mut st = inner.state.lock().expect("state");
     let id = st.fresh_id() + 1_000_000_000;
     let Some(r) = st.repos.get_mut(repo) else {
@@ -806,7 +916,7 @@ async fn create_status(inner: &Inner, repo: &str, sha: &str, body: &[u8]) -> Rep
         context: s("context").unwrap_or_else(|| "default".into()),
         description,
         target_url: s("target_url"),
-        creator: super::MERGER.to_string(),
+        creator,
         created_at: shapes::now_iso(),
     };
     let v = shapes::status(&inner.urls(), r, &rec, true);
@@ -833,7 +943,7 @@ async fn required_status_checks(inner: &Inner, repo: &str, branch: &str) -> Repl
     }
 }
 
-async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+async fn create_ref(inner: &Inner, caller: &Caller, repo: &str, body: &[u8]) -> Reply {
     let doc = "/git/refs#create-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -843,7 +953,8 @@ async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
         (Ok(refname), Ok(sha)) => (refname, sha),
         (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
-    match inner.create_ref(repo, refname, sha).await {
+    let actor = inner.actor(caller).0;
+    match inner.create_ref(&actor, repo, refname, sha).await {
         Ok(a) => {
             with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)).map_status(201)
         }
@@ -851,7 +962,13 @@ async fn create_ref(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
     }
 }
 
-async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Reply {
+async fn update_ref(
+    inner: &Inner,
+    caller: &Caller,
+    repo: &str,
+    branch: &str,
+    body: &[u8],
+) -> Reply {
     let doc = "/git/refs#update-a-reference";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -872,13 +989,14 @@ async fn update_ref(inner: &Inner, repo: &str, branch: &str, body: &[u8]) -> Rep
             );
         }
     };
-    match inner.update_ref(repo, branch, sha, force).await {
+    let actor = inner.actor(caller).0;
+    match inner.update_ref(&actor, repo, branch, sha, force).await {
         Ok(a) => with_repo(inner, repo, |u, r| shapes::git_ref(u, r, &a.branch, &a.sha)),
         Err(e) => error_at(e, doc),
     }
 }
 
-async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
+async fn merge_branches(inner: &Inner, caller: &Caller, repo: &str, body: &[u8]) -> Reply {
     let doc = "/branches/branches#merge-a-branch";
     let req = match json_object(body) {
         Ok(req) => req,
@@ -889,11 +1007,14 @@ async fn merge_branches(inner: &Inner, repo: &str, body: &[u8]) -> Reply {
         (Err(e), _) | (_, Err(e)) => return error_at(e, doc),
     };
     let message = req.get("commit_message").and_then(Value::as_str);
-    match inner.merge_branches(repo, base, head, message).await {
-        Ok(MergeAnswer::Created(info)) => with_repo(inner, repo, |u, r| {
-            shapes::repo_commit(u, r, &info, super::MERGER)
-        })
-        .map_status(201),
+    let actor = inner.actor(caller).0;
+    match inner
+        .merge_branches(&actor, repo, base, head, message)
+        .await
+    {
+        Ok(MergeAnswer::Created(info)) => {
+            with_repo(inner, repo, |u, r| shapes::repo_commit(u, r, &info, &actor)).map_status(201)
+        }
         Ok(MergeAnswer::NothingToMerge) => no_content(),
         Err(e) => error_at(e, doc),
     }

@@ -5,7 +5,10 @@
 use super::MERGER;
 use super::git::CommitInfo;
 use super::refs::Comparison;
-use super::state::{CommentRec, PrState, RepoState, ReviewRec, StatusRec};
+use super::state::{
+    AppRec, CheckRunRec, CommentRec, InstallationRec, PrState, ReactionRec, RepoState, ReviewRec,
+    Selection, StatusRec,
+};
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,15 +41,44 @@ pub(crate) fn user_id(login: &str) -> u64 {
     (h % 90_000_000) + 1_000_000
 }
 
-fn node_id(kind: &str, id: u64) -> String {
+pub(crate) fn node_id(kind: &str, id: u64) -> String {
     // GitHub's legacy node ids are base64 of "<len>:<Kind><id>"; any opaque
     // string will do for clients, this one is at least unique.
     format!("{kind}_{id:x}")
 }
 
+/// A user; a login ending in `[bot]` is an App's bot user (type `Bot`,
+/// its page the App's), as App-authored comments show on GitHub.
 pub(crate) fn user(u: &Urls, login: &str) -> Value {
     let id = user_id(login);
     let api = format!("{}/users/{login}", u.api);
+    if let Some(slug) = login.strip_suffix("[bot]") {
+        let api = format!(
+            "{}/users/{}",
+            u.api,
+            login.replace('[', "%5B").replace(']', "%5D")
+        );
+        return json!({
+            "login": login,
+            "id": id,
+            "node_id": node_id("BOT", id),
+            "avatar_url": format!("{}/avatars/apps/{slug}", u.html()),
+            "gravatar_id": "",
+            "url": api,
+            "html_url": format!("{}/apps/{slug}", u.html()),
+            "followers_url": format!("{api}/followers"),
+            "following_url": format!("{api}/following{{/other_user}}"),
+            "gists_url": format!("{api}/gists{{/gist_id}}"),
+            "starred_url": format!("{api}/starred{{/owner}}{{/repo}}"),
+            "subscriptions_url": format!("{api}/subscriptions"),
+            "organizations_url": format!("{api}/orgs"),
+            "repos_url": format!("{api}/repos"),
+            "events_url": format!("{api}/events{{/privacy}}"),
+            "received_events_url": format!("{api}/received_events"),
+            "type": "Bot",
+            "site_admin": false
+        });
+    }
     json!({
         "login": login,
         "id": id,
@@ -374,41 +406,93 @@ pub(crate) fn combined_status(u: &Urls, r: &RepoState, sha: &str) -> Value {
     })
 }
 
-/// `GET /commits/{sha}/check-runs` (`filter=latest`, GitHub's default):
-/// the latest run of each name.
-pub(crate) fn check_runs(u: &Urls, r: &RepoState, sha: &str) -> Value {
-    let mut latest: Vec<&super::state::CheckRunRec> = Vec::new();
-    for run in r.check_runs.iter().filter(|c| c.head_sha == sha).rev() {
-        if !latest.iter().any(|l| l.name == run.name) {
-            latest.push(run);
-        }
-    }
+/// A check suite's id: one per App (or reporter) and commit.
+pub(crate) fn check_suite_id(app_id: Option<u64>, sha: &str) -> u64 {
+    user_id(&format!("{}:{sha}", app_id.unwrap_or_default())) + 6_000_000_000
+}
+
+/// A check run, as in `checks__create`, `checks__get` and the `check_run`
+/// webhook (`webhook`: with the fuller `check_suite` the payloads carry).
+/// `pull_requests`: the open PRs of the repository whose head is the run's
+/// commit, as GitHub lists them.
+pub(crate) fn check_run(
+    u: &Urls,
+    r: &RepoState,
+    c: &CheckRunRec,
+    app: Option<&AppRec>,
+    webhook: bool,
+) -> Value {
     let api = u.repo_api(&r.full_name);
-    let runs: Vec<Value> = latest
-        .iter()
-        .map(|c| {
+    let pr_ref = |branch: &str, sha: &str| {
+        json!({
+            "ref": branch,
+            "sha": sha,
+            "repo": {"id": r.id, "url": api, "name": r.full_name.split('/').nth(1).unwrap_or_default()},
+        })
+    };
+    let pull_requests: Vec<Value> = r
+        .prs
+        .values()
+        .filter(|p| p.is_open() && p.head_sha.eq_ignore_ascii_case(&c.head_sha))
+        .map(|p| {
             json!({
-                "id": c.id,
-                "node_id": format!("CR_{}", c.id),
-                "head_sha": c.head_sha,
-                "name": c.name,
-                "url": format!("{api}/check-runs/{}", c.id),
-                "html_url": format!("{}/runs/{}", u.repo_html(&r.full_name), c.id),
-                "details_url": null,
-                "status": c.status,
-                "conclusion": c.conclusion,
-                "started_at": c.started_at,
-                "completed_at": c.conclusion.as_ref().map(|_| c.started_at.clone()),
-                "external_id": "",
-                "check_suite": {"id": c.id},
-                "output": {"title": null, "summary": null, "text": null,
-                           "annotations_count": 0, "annotations_url": format!("{api}/check-runs/{}/annotations", c.id)},
-                "app": null,
-                "pull_requests": [],
+                "url": format!("{api}/pulls/{}", p.number),
+                "id": p.id,
+                "number": p.number,
+                "head": pr_ref(&p.head_ref, &p.head_sha),
+                "base": pr_ref(&p.base_ref, &p.base_sha),
             })
         })
         .collect();
-    json!({"total_count": runs.len(), "check_runs": runs})
+    let suite_id = check_suite_id(c.app_id, &c.head_sha);
+    let app_json = app.map_or(Value::Null, |a| integration(u, a));
+    let mut suite = json!({"id": suite_id});
+    if webhook {
+        let head_branch = r
+            .prs
+            .values()
+            .find(|p| p.head_sha.eq_ignore_ascii_case(&c.head_sha))
+            .map(|p| p.head_ref.clone());
+        suite = json!({
+            "id": suite_id,
+            "node_id": node_id("CS", suite_id),
+            "head_branch": head_branch,
+            "head_sha": c.head_sha,
+            "status": c.status,
+            "conclusion": c.conclusion,
+            "url": format!("{api}/check-suites/{suite_id}"),
+            "before": null,
+            "after": c.head_sha,
+            "pull_requests": pull_requests,
+            "app": app_json,
+            "created_at": c.started_at,
+            "updated_at": c.completed_at.as_ref().unwrap_or(&c.started_at),
+        });
+    }
+    json!({
+        "id": c.id,
+        "head_sha": c.head_sha,
+        "node_id": node_id("CR", c.id),
+        "external_id": c.external_id.clone().unwrap_or_default(),
+        "url": format!("{api}/check-runs/{}", c.id),
+        "html_url": format!("{}/runs/{}", u.repo_html(&r.full_name), c.id),
+        "details_url": c.details_url.clone().or_else(|| app.map(|a| format!("{}/apps/{}", u.html(), a.slug))),
+        "status": c.status,
+        "conclusion": c.conclusion,
+        "started_at": c.started_at,
+        "completed_at": c.completed_at,
+        "output": {
+            "title": c.output.title,
+            "summary": c.output.summary,
+            "text": c.output.text,
+            "annotations_count": 0,
+            "annotations_url": format!("{api}/check-runs/{}/annotations", c.id),
+        },
+        "name": c.name,
+        "check_suite": suite,
+        "app": app_json,
+        "pull_requests": pull_requests,
+    })
 }
 
 pub(crate) fn branch(u: &Urls, r: &RepoState, name: &str, sha: &str) -> Value {
@@ -557,10 +641,24 @@ pub(crate) fn pr_commit(u: &Urls, r: &RepoState, c: &CommitInfo) -> Value {
     v
 }
 
-/// An issue comment, as in `issues__create-comment`.
-pub(crate) fn issue_comment(u: &Urls, r: &RepoState, number: u64, c: &CommentRec) -> Value {
+/// An issue comment, as in `issues__create-comment` (and the webhook
+/// `comment`); `app` is the App that wrote it, if one did.
+pub(crate) fn issue_comment(
+    u: &Urls,
+    r: &RepoState,
+    number: u64,
+    c: &CommentRec,
+    app: Option<&AppRec>,
+) -> Value {
     let api = u.repo_api(&r.full_name);
     let html = u.repo_html(&r.full_name);
+    let association = if app.is_some() || r.permission(&c.user) == "none" {
+        "NONE"
+    } else if r.full_name.split('/').next() == Some(c.user.as_str()) {
+        "OWNER"
+    } else {
+        "COLLABORATOR"
+    };
     json!({
         "id": c.id,
         "node_id": node_id("IC", c.id),
@@ -569,12 +667,158 @@ pub(crate) fn issue_comment(u: &Urls, r: &RepoState, number: u64, c: &CommentRec
         "body": c.body,
         "user": user(u, &c.user),
         "created_at": c.created_at,
-        "updated_at": c.created_at,
+        "updated_at": c.updated_at,
         "issue_url": format!("{api}/issues/{number}"),
-        "author_association": if r.permission(&c.user) == "none" { "NONE" } else { "COLLABORATOR" },
+        "author_association": association,
+        "performed_via_github_app": app.map(|a| integration(u, a)),
+        "reactions": reactions_summary(
+            &format!("{api}/issues/comments/{}/reactions", c.id),
+            &c.reactions,
+        ),
         "pin": null,
         "minimized": null,
     })
+}
+
+/// The `reactions` rollup of a comment or issue.
+fn reactions_summary(url: &str, reactions: &[ReactionRec]) -> Value {
+    let count = |c: &str| reactions.iter().filter(|r| r.content == c).count();
+    json!({
+        "url": url,
+        "total_count": reactions.len(),
+        "+1": count("+1"),
+        "-1": count("-1"),
+        "laugh": count("laugh"),
+        "hooray": count("hooray"),
+        "confused": count("confused"),
+        "heart": count("heart"),
+        "rocket": count("rocket"),
+        "eyes": count("eyes"),
+    })
+}
+
+/// A reaction, as in `reactions__create-for-issue-comment`.
+pub(crate) fn reaction(u: &Urls, rec: &ReactionRec) -> Value {
+    json!({
+        "id": rec.id,
+        "node_id": node_id("REA", rec.id),
+        "user": user(u, &rec.user),
+        "content": rec.content,
+        "created_at": rec.created_at,
+    })
+}
+
+/// A PR as an issue, as an `issue_comment` payload carries it (with its
+/// `pull_request` links, which say the comment is on a PR).
+pub(crate) fn issue(u: &Urls, r: &RepoState, pr: &PrState) -> Value {
+    let api = u.repo_api(&r.full_name);
+    let html = u.repo_html(&r.full_name);
+    let n = pr.number;
+    let issue_api = format!("{api}/issues/{n}");
+    let pr_html = format!("{html}/pull/{n}");
+    let comments = r.comments.get(&n).map_or(0, Vec::len);
+    // An issue's id is not its PR's id on GitHub.
+    let id = pr.id + 700_000_000;
+    json!({
+        "url": issue_api,
+        "repository_url": api,
+        "labels_url": format!("{issue_api}/labels{{/name}}"),
+        "comments_url": format!("{issue_api}/comments"),
+        "events_url": format!("{issue_api}/events"),
+        "html_url": pr_html,
+        "id": id,
+        "node_id": node_id("PR", pr.id),
+        "number": n,
+        "title": pr.title,
+        "user": user(u, &pr.author),
+        "labels": pr.labels.iter().map(|l| label(u, r, l)).collect::<Vec<_>>(),
+        "state": if pr.is_open() { "open" } else { "closed" },
+        "locked": false,
+        "assignee": null,
+        "assignees": [],
+        "milestone": null,
+        "comments": comments,
+        "created_at": pr.created_at,
+        "updated_at": pr.updated_at,
+        "closed_at": pr.closed_at,
+        "author_association": if r.permission(&pr.author) == "none" { "CONTRIBUTOR" } else { "COLLABORATOR" },
+        "active_lock_reason": null,
+        "draft": pr.draft,
+        "pull_request": {
+            "url": format!("{api}/pulls/{n}"),
+            "html_url": pr_html,
+            "diff_url": format!("{pr_html}.diff"),
+            "patch_url": format!("{pr_html}.patch"),
+            "merged_at": pr.merged_at,
+        },
+        "body": pr.body,
+        "reactions": reactions_summary(&format!("{issue_api}/reactions"), &[]),
+        "timeline_url": format!("{issue_api}/timeline"),
+        "performed_via_github_app": null,
+        "state_reason": null,
+    })
+}
+
+/// A GitHub App, as `GET /app` answers it (less `installations_count`) and
+/// as check runs carry it.
+pub(crate) fn integration(u: &Urls, app: &AppRec) -> Value {
+    json!({
+        "id": app.id,
+        "slug": app.slug,
+        "client_id": format!("Iv1.{:016x}", user_id(&app.slug)),
+        "node_id": node_id("A", app.id),
+        "owner": user(u, &app.owner),
+        "name": app.name,
+        "description": "",
+        "external_url": format!("{}/apps/{}", u.html(), app.slug),
+        "html_url": format!("{}/apps/{}", u.html(), app.slug),
+        "created_at": app.created_at,
+        "updated_at": app.created_at,
+        "permissions": app.permissions,
+        "events": app.events,
+    })
+}
+
+/// An installation, as the `/app/installations` endpoints answer it, or
+/// (`webhook`) as `installation` events carry it (dates as Unix seconds,
+/// as in GitHub's payloads).
+pub(crate) fn installation(u: &Urls, app: &AppRec, inst: &InstallationRec, webhook: bool) -> Value {
+    let at = if webhook {
+        json!(inst.created_unix)
+    } else {
+        json!(iso8601(inst.created_unix))
+    };
+    json!({
+        "id": inst.id,
+        "node_id": node_id("II", inst.id),
+        "account": user(u, &inst.account),
+        "repository_selection": match inst.selection {
+            Selection::All => "all",
+            Selection::Selected(_) => "selected",
+        },
+        "access_tokens_url": format!("{}/app/installations/{}/access_tokens", u.api, inst.id),
+        "repositories_url": format!("{}/installation/repositories", u.api),
+        "html_url": format!("{}/settings/installations/{}", u.html(), inst.id),
+        "app_id": app.id,
+        "app_slug": app.slug,
+        "client_id": format!("Iv1.{:016x}", user_id(&app.slug)),
+        "target_id": user_id(&inst.account),
+        "target_type": "User",
+        "permissions": app.permissions,
+        "events": app.events,
+        "created_at": at,
+        "updated_at": at,
+        "single_file_name": null,
+        "has_multiple_single_files": false,
+        "single_file_paths": [],
+        "suspended_at": null,
+        "suspended_by": null,
+    })
+}
+
+/// The minimal `installation` every webhook of an installed App carries.
+pub(crate) fn event_installation(id: u64) -> Value {
+    json!({"id": id, "node_id": node_id("II", id)})
 }
 
 /// `GET /compare/{base}...{head}`, without its `commits` and `files`

@@ -1,11 +1,20 @@
 //! What the fake GitHub knows besides the git repositories themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub repos: BTreeMap<String, RepoState>,
     pub next_id: u64,
+    /// GitHub Apps registered in the fake, by app id.
+    pub apps: BTreeMap<u64, AppRec>,
+    /// Installations of those Apps, by installation id.
+    pub installations: BTreeMap<u64, InstallationRec>,
+    /// Installation access tokens ever issued, by token.
+    pub tokens: HashMap<String, TokenRec>,
+    /// How long a new installation token lives (None: GitHub's hour).
+    pub token_lifetime: Option<Duration>,
 }
 
 impl State {
@@ -35,7 +44,9 @@ pub(crate) struct RepoState {
     pub comments: BTreeMap<u64, Vec<CommentRec>>,
 }
 
-/// A check run as an app reported it on a commit.
+/// A check run on a commit: reported by another app (a CI, through
+/// `report_check_run`, `app_id` None) or created through the API by an
+/// App of the fake.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckRunRec {
     pub id: u64,
@@ -46,6 +57,45 @@ pub(crate) struct CheckRunRec {
     /// Set when `completed`: `success`, `failure`, `neutral`, ...
     pub conclusion: Option<String>,
     pub started_at: String,
+    pub completed_at: Option<String>,
+    /// The App that created it (None: another app, reported by a test).
+    pub app_id: Option<u64>,
+    pub details_url: Option<String>,
+    pub external_id: Option<String>,
+    pub output: CheckOutput,
+    /// The run as it was after its creation and after each update, oldest
+    /// first.
+    pub history: Vec<CheckRunSnapshot>,
+}
+
+/// A check run's `output` (annotations and images are accepted, not kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CheckOutput {
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    pub text: Option<String>,
+}
+
+/// What a check run said at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CheckRunSnapshot {
+    pub name: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub details_url: Option<String>,
+    pub output: CheckOutput,
+}
+
+impl CheckRunRec {
+    pub fn snapshot(&self) -> CheckRunSnapshot {
+        CheckRunSnapshot {
+            name: self.name.clone(),
+            status: self.status.clone(),
+            conclusion: self.conclusion.clone(),
+            details_url: self.details_url.clone(),
+            output: self.output.clone(),
+        }
+    }
 }
 
 /// A comment on a PR's conversation (an issue comment).
@@ -55,6 +105,74 @@ pub(crate) struct CommentRec {
     pub user: String,
     pub body: String,
     pub created_at: String,
+    pub updated_at: String,
+    /// The App whose installation token wrote it, if any.
+    pub app_id: Option<u64>,
+    pub reactions: Vec<ReactionRec>,
+}
+
+/// A reaction to an issue comment.
+#[derive(Debug, Clone)]
+pub(crate) struct ReactionRec {
+    pub id: u64,
+    pub user: String,
+    pub content: String,
+    pub created_at: String,
+}
+
+/// A GitHub App registered in the fake.
+#[derive(Debug, Clone)]
+pub(crate) struct AppRec {
+    pub id: u64,
+    pub slug: String,
+    pub name: String,
+    pub owner: String,
+    /// The RSA public key, DER `RSAPublicKey` (PKCS#1), to check JWTs with.
+    pub public_key_der: Vec<u8>,
+    /// Permission name to "read" or "write".
+    pub permissions: BTreeMap<String, String>,
+    pub events: Vec<String>,
+    pub created_at: String,
+}
+
+/// Which repositories an installation can reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Every repository of the account, now and later.
+    All,
+    /// These repositories (full names).
+    Selected(BTreeSet<String>),
+}
+
+/// An App installed on an account.
+#[derive(Debug, Clone)]
+pub(crate) struct InstallationRec {
+    pub id: u64,
+    pub app_id: u64,
+    pub account: String,
+    pub selection: Selection,
+    pub created_unix: u64,
+}
+
+impl InstallationRec {
+    /// Whether the installation reaches `repo` (a full name).
+    pub fn covers(&self, repo: &str) -> bool {
+        match &self.selection {
+            Selection::All => repo.split('/').next() == Some(self.account.as_str()),
+            Selection::Selected(repos) => repos.contains(repo),
+        }
+    }
+}
+
+/// An installation access token.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenRec {
+    pub installation_id: u64,
+    pub expires: SystemTime,
+    /// The repositories (full names) the token was narrowed to, if it was.
+    pub repos: Option<BTreeSet<String>>,
+    /// The permissions it was narrowed to, if it was.
+    pub permissions: Option<BTreeMap<String, String>>,
 }
 
 /// A protected branch's rule: the status checks it requires.
