@@ -500,3 +500,108 @@ fn signature_failures_are_distinct() {
         assert!(e.to_string().contains("X-Hub-Signature-256"), "{e}");
     }
 }
+
+/// GitHub's `issue_comment` payload as on a PR (`issue.pull_request`
+/// present), with `body` and the author's `type`.
+fn pr_comment(file: &str, body: &str, user_type: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&payload("issue_comment", file)).unwrap();
+    v["issue"]["pull_request"] = json!({
+        "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1",
+        "html_url": "https://github.com/Codertocat/Hello-World/pull/1",
+        "diff_url": "https://github.com/Codertocat/Hello-World/pull/1.diff",
+        "patch_url": "https://github.com/Codertocat/Hello-World/pull/1.patch"
+    });
+    v["comment"]["body"] = json!(body);
+    v["comment"]["user"]["type"] = json!(user_type);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn a_new_comment_on_a_pr_by_a_person_is_read_and_others_are_ignored() {
+    let pr = PrKey {
+        repo: repo(),
+        number: 1,
+    };
+    let got = parse_delivery(
+        "issue_comment",
+        &pr_comment("created.payload.json", "/merge", "User"),
+    );
+    assert_eq!(
+        got,
+        Ok(Delivery::Events(vec![Event::Commented {
+            pr,
+            comment: 492700400,
+            author: "Codertocat".into(),
+            body: "/merge".into(),
+        }]))
+    );
+    // GitHub's own sample is a comment on an issue: nothing for sluice.
+    for (file, body) in payloads("issue_comment") {
+        let got = parse_delivery("issue_comment", &body).unwrap();
+        assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
+    }
+    // Edited and deleted comments, and comments by bots (sluice's own
+    // answers), are never commands.
+    for (file, kind) in [
+        ("edited.payload.json", "User"),
+        ("deleted.payload.json", "User"),
+        ("created.payload.json", "Bot"),
+    ] {
+        let got = parse_delivery("issue_comment", &pr_comment(file, "/merge", kind)).unwrap();
+        assert!(
+            matches!(got, Delivery::Ignored { .. }),
+            "{file} {kind}: {got:?}"
+        );
+    }
+    // A 70 KiB body is cut to the 64 KiB sluice reads, on a char boundary.
+    let long = "é".repeat(35 * 1024);
+    let Ok(Delivery::Events(events)) = parse_delivery(
+        "issue_comment",
+        &pr_comment("created.payload.json", &long, "User"),
+    ) else {
+        panic!("a long comment is still a comment");
+    };
+    let Event::Commented { body, .. } = &events[0] else {
+        panic!("{events:?}");
+    };
+    assert!(body.len() <= sluice::core::commands::MAX_BODY && body.len() > 60 * 1024);
+}
+
+#[test]
+fn a_rerun_of_the_check_retests_the_prs_on_its_head() {
+    // GitHub's sample names no PR: nothing to retest.
+    let sample = payload("check_run", "rerequested.payload.json");
+    assert!(matches!(
+        parse_delivery("check_run", &sample),
+        Ok(Delivery::Ignored { .. })
+    ));
+    let mut v: Value = serde_json::from_slice(&sample).unwrap();
+    v["check_run"]["pull_requests"] = json!([{
+        "url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/2",
+        "id": 279147437,
+        "number": 2,
+        "head": {"ref": "changes", "sha": "d6fde92930d4715a2b49857d24b940956b26d2d3", "repo": {"id": 186853002, "url": "https://api.github.com/repos/Codertocat/Hello-World", "name": "Hello-World"}},
+        "base": {"ref": "master", "sha": BASE, "repo": {"id": 186853002, "url": "https://api.github.com/repos/Codertocat/Hello-World", "name": "Hello-World"}}
+    }]);
+    let got = parse_delivery("check_run", &serde_json::to_vec(&v).unwrap());
+    assert_eq!(
+        got,
+        Ok(Delivery::Events(vec![Event::Rerun {
+            pr: PrKey {
+                repo: RepoName::parse("github/hello-world").unwrap(),
+                number: 2,
+            },
+            head: Sha::parse("d6fde92930d4715a2b49857d24b940956b26d2d3").unwrap(),
+        }]))
+    );
+    // Created and completed check runs are sluice's own doing.
+    for file in ["created.payload.json", "completed.payload.json"] {
+        let got = parse_delivery("check_run", &payload("check_run", file)).unwrap();
+        assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
+    }
+    // Installations: acknowledged and ignored.
+    for (file, body) in payloads("installation") {
+        let got = parse_delivery("installation", &body).unwrap();
+        assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
+    }
+}

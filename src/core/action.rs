@@ -29,6 +29,13 @@ pub enum Action {
         pair: Pair,
         build: BuildId,
     },
+    /// Ask GitHub whether `user` may write to the repository (answered by
+    /// `Event::WriteAccess`).
+    CheckWriteAccess {
+        repo: RepoName,
+        user: String,
+        comment: u64,
+    },
     /// React to a comment (its commands were all done).
     React {
         repo: RepoName,

@@ -41,6 +41,13 @@ fn allowed(command: &Command, can_write: bool, is_author: bool, policy: &RepoPol
         || (matches!(command, Command::Retest) && is_author && policy.author_may_retest)
 }
 
+fn remember_answered(repo: &mut RepoState, comment: u64) {
+    repo.answered_comments.insert(comment);
+    while repo.answered_comments.len() > ANSWERED_MEMORY {
+        repo.answered_comments.pop_first();
+    }
+}
+
 /// The configured label `asked` names (any case), if any.
 fn priority_label(policy: &RepoPolicy, asked: &str) -> Option<String> {
     policy
@@ -52,31 +59,111 @@ fn priority_label(policy: &RepoPolicy, asked: &str) -> Option<String> {
 }
 
 impl State {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_commented(
         &mut self,
         key: PrKey,
         comment: u64,
-        author: &str,
-        can_write: bool,
-        body: &str,
+        author: String,
+        body: String,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
         let Some(repo) = self.repos.get_mut(&key.repo) else {
             return;
         };
-        if !repo.answered_comments.insert(comment) {
-            return; // a delivery seen before: answered already
+        if repo.answered_comments.contains(&comment) || repo.pending_comments.contains_key(&comment)
+        {
+            return; // a delivery seen before
         }
-        while repo.answered_comments.len() > ANSWERED_MEMORY {
-            repo.answered_comments.pop_first();
-        }
-        let parsed = commands::parse(body);
+        let parsed = commands::parse(&body);
         if parsed.is_empty() {
             return;
         }
+        remember_answered(repo, comment);
         let Some(pr) = repo.prs.get(&key.number) else {
+            out.push(Action::Answer {
+                body: text::commands_answer(&author, &[text::pr_not_tracked(key.number)], false),
+                pr: key,
+                comment,
+            });
+            return;
+        };
+        let is_author = pr.snapshot.author.eq_ignore_ascii_case(&author);
+        let needs_access = parsed
+            .commands
+            .iter()
+            .any(|(_, c)| !allowed(c, false, is_author, &repo.policy));
+        if !needs_access {
+            self.run_commands(key, comment, &author, &parsed, false, now, out);
+            return;
+        }
+        // Asked of GitHub first; the answer runs them (`on_write_access`).
+        while repo.pending_comments.len() >= PENDING_COMMENTS {
+            repo.pending_comments.pop_first();
+        }
+        repo.pending_comments.insert(
+            comment,
+            PendingComment {
+                pr: key.number,
+                author: author.clone(),
+                body,
+            },
+        );
+        out.push(Action::CheckWriteAccess {
+            repo: key.repo,
+            user: author,
+            comment,
+        });
+    }
+
+    pub(crate) fn on_write_access(
+        &mut self,
+        name: &RepoName,
+        comment: u64,
+        can_write: Option<bool>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(pending) = self
+            .repos
+            .get_mut(name)
+            .and_then(|r| r.pending_comments.remove(&comment))
+        else {
+            return; // answered already
+        };
+        let key = PrKey {
+            repo: name.clone(),
+            number: pending.pr,
+        };
+        let Some(can_write) = can_write else {
+            out.push(Action::Answer {
+                body: text::commands_answer(
+                    &pending.author,
+                    &[text::access_unknown(&pending.author, name)],
+                    false,
+                ),
+                pr: key,
+                comment,
+            });
+            return;
+        };
+        let parsed = commands::parse(&pending.body);
+        self.run_commands(key, comment, &pending.author, &parsed, can_write, now, out);
+    }
+
+    /// Runs the commands `author` may give and answers the comment once.
+    #[allow(clippy::too_many_arguments)]
+    fn run_commands(
+        &mut self,
+        key: PrKey,
+        comment: u64,
+        author: &str,
+        parsed: &commands::Parsed,
+        can_write: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(pr) = self.repos[&key.repo].prs.get(&key.number) else {
             out.push(Action::Answer {
                 body: text::commands_answer(author, &[text::pr_not_tracked(key.number)], false),
                 pr: key,

@@ -69,17 +69,27 @@ pub enum Event {
     Retest { pr: PrKey, request: RequestId },
     /// Someone asked for a PR to be merged now.
     TryMerge { pr: PrKey, request: RequestId },
-    /// A new comment on a PR holds lines for sluice (the driver reads only
-    /// `created` comments by people, not bots, and asks GitHub whether the
-    /// author may write to the repository). The core parses `body`
-    /// (`core/commands.rs`) and answers once per `comment` id.
+    /// A new comment on a PR (the webhook adapter passes only `created`
+    /// comments by people, not bots). The core parses `body`
+    /// (`core/commands.rs`), asks whether the author may write to the
+    /// repository when a command needs it (`Action::CheckWriteAccess`),
+    /// and answers once per `comment` id.
     Commented {
         pr: PrKey,
         comment: u64,
         author: String,
-        can_write: bool,
         body: String,
     },
+    /// Whether the author of `comment` may write to the repository
+    /// (answers `CheckWriteAccess`; `None`: GitHub could not say).
+    WriteAccess {
+        repo: RepoName,
+        comment: u64,
+        can_write: Option<bool>,
+    },
+    /// Someone asked GitHub to run sluice's check on `head` again (the
+    /// check run's "Re-run"): a retest, if `head` is still the PR's head.
+    Rerun { pr: PrKey, head: Sha },
     /// A train car's commit was built on `parent` (answers `BuildCar`).
     CarBuilt {
         repo: RepoName,
@@ -167,7 +177,9 @@ impl Event {
             | Event::MergeFinished { pr, .. }
             | Event::Retest { pr, .. }
             | Event::TryMerge { pr, .. }
-            | Event::Commented { pr, .. } => Some(&pr.repo),
+            | Event::Commented { pr, .. }
+            | Event::Rerun { pr, .. } => Some(&pr.repo),
+            Event::WriteAccess { repo, .. } => Some(repo),
             Event::BranchMoved { repo, .. }
             | Event::BranchRead { repo, .. }
             | Event::BranchDeleted { repo, .. }

@@ -215,9 +215,23 @@ impl State {
                 pr,
                 comment,
                 author,
-                can_write,
                 body,
-            } => self.on_commented(pr, comment, &author, can_write, &body, now, &mut out),
+            } => self.on_commented(pr, comment, author, body, now, &mut out),
+            Event::WriteAccess {
+                repo,
+                comment,
+                can_write,
+            } => self.on_write_access(&repo, comment, can_write, now, &mut out),
+            Event::Rerun { pr, head } => {
+                let current = self
+                    .repos
+                    .get(&pr.repo)
+                    .and_then(|r| r.prs.get(&pr.number))
+                    .is_some_and(|p| p.snapshot.head_sha == head);
+                if current {
+                    let _ = self.retest(&pr, now, &mut out);
+                }
+            }
             Event::Tick | Event::BuildsLost { .. } | Event::Restarted => {
                 unreachable!("handled above: they have no repository")
             }
@@ -840,6 +854,14 @@ impl State {
                         repo.index.dirty.insert(*number);
                     }
                 }
+            }
+            // Comments whose author's access was being asked: ask again.
+            for (comment, pending) in &repo.pending_comments {
+                out.push(Action::CheckWriteAccess {
+                    repo: name.clone(),
+                    user: pending.author.clone(),
+                    comment: *comment,
+                });
             }
             self.settle(&name, now, out);
         }

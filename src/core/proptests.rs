@@ -796,7 +796,6 @@ fn run_train(
                     pr: key(pr),
                     comment: f.comments,
                     author: "wendy".into(),
-                    can_write: true,
                     body: command.into(),
                 }
             }
@@ -873,6 +872,14 @@ fn run_train(
                     }
                     Action::Merge { .. } => {
                         return Err(TestCaseError::fail("a GitHub merge in train mode"));
+                    }
+                    // wendy may write.
+                    Action::CheckWriteAccess { repo, comment, .. } => {
+                        events.push(Event::WriteAccess {
+                            repo,
+                            comment,
+                            can_write: Some(true),
+                        });
                     }
                     _ => {}
                 }

@@ -123,6 +123,10 @@ pub struct RepoState {
     /// answered once.
     #[serde(default)]
     pub answered_comments: BTreeSet<u64>,
+    /// Comments waiting for GitHub to say whether their author may write
+    /// (at most `PENDING_COMMENTS`; the oldest are dropped unanswered).
+    #[serde(default)]
+    pub pending_comments: BTreeMap<u64, PendingComment>,
     #[serde(skip)]
     pub(crate) index: RepoIndex,
 }
@@ -131,6 +135,16 @@ pub struct RepoState {
 pub const UNMERGED_MEMORY: usize = 10_000;
 /// How many answered comment ids a repository remembers.
 pub const ANSWERED_MEMORY: usize = 10_000;
+/// How many comments may wait for their author's access at once.
+pub const PENDING_COMMENTS: usize = 1_000;
+
+/// A comment whose commands wait for its author's access to be known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingComment {
+    pub pr: u64,
+    pub author: String,
+    pub body: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Branch {
@@ -285,6 +299,7 @@ impl State {
                             closed: BTreeMap::new(),
                             closed_unmerged: BTreeSet::new(),
                             answered_comments: BTreeSet::new(),
+                            pending_comments: BTreeMap::new(),
                             merging: BTreeMap::new(),
                             trains: BTreeMap::new(),
                             next_car: 0,

@@ -2091,14 +2091,26 @@ fn a_dependency_in_another_repository_lands_first() {
 
 impl Bot {
     /// Comment `id` by `who` on PR `n`.
+    /// Comment `id` by `who` on PR `n`, and GitHub's answer when sluice
+    /// asks whether `who` may write (the actions of both, in order).
     fn comment(&mut self, n: u64, id: u64, who: &str, can_write: bool, body: &str) -> Vec<Action> {
-        self.ev(Event::Commented {
+        let mut a = self.ev(Event::Commented {
             pr: key(n),
             comment: id,
             author: who.into(),
-            can_write,
             body: body.into(),
-        })
+        });
+        let asked = a.iter().any(
+            |x| matches!(x, Action::CheckWriteAccess { user, comment, .. } if user == who && *comment == id),
+        );
+        if asked {
+            a.extend(self.ev(Event::WriteAccess {
+                repo: repo_name(),
+                comment: id,
+                can_write: Some(can_write),
+            }));
+        }
+        a
     }
     /// PR `n` opened, approved and passing its own test.
     fn ready(&mut self, n: u64) -> Vec<Action> {
@@ -2307,4 +2319,60 @@ fn retest_priority_and_help_from_authors_and_writers() {
     let got = answers(&bot.comment(1, 34, "rita", false, "/sluice help"));
     assert_eq!(got.len(), 1);
     assert!(got[0].1.contains("`/merge`: land the PR"), "{}", got[0].1);
+}
+
+#[test]
+fn a_commenters_access_is_asked_once_again_after_a_restart_and_an_unknown_answer_is_said() {
+    let mut bot = Bot::default();
+    bot.ready(1);
+    let a = bot.ev(Event::Commented {
+        pr: key(1),
+        comment: 40,
+        author: "wendy".into(),
+        body: "/hold".into(),
+    });
+    let asks = |a: &[Action]| {
+        a.iter()
+            .filter(|x| matches!(x, Action::CheckWriteAccess { comment: 40, .. }))
+            .count()
+    };
+    assert_eq!(asks(&a), 1);
+    assert!(answers(&a).is_empty(), "nothing is done before the answer");
+    assert_eq!(
+        asks(&bot.ev(Event::Restarted)),
+        1,
+        "asked again after a restart"
+    );
+    // The same delivery again: not asked twice.
+    let again = bot.ev(Event::Commented {
+        pr: key(1),
+        comment: 40,
+        author: "wendy".into(),
+        body: "/hold".into(),
+    });
+    assert_eq!(asks(&again), 0);
+    let a = bot.ev(Event::WriteAccess {
+        repo: repo_name(),
+        comment: 40,
+        can_write: None,
+    });
+    let got = answers(&a);
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]
+            .1
+            .contains("could not ask GitHub whether @wendy may write"),
+        "{}",
+        got[0].1
+    );
+    assert!(bot.state.pr(&key(1)).unwrap().asked.hold.is_none());
+    // A late second answer changes nothing.
+    assert!(
+        bot.ev(Event::WriteAccess {
+            repo: repo_name(),
+            comment: 40,
+            can_write: Some(true),
+        })
+        .is_empty()
+    );
 }

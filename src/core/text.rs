@@ -414,6 +414,11 @@ pub fn cancelled_by_command(who: &str) -> String {
     format!("cancelled by @{who} (/cancel)")
 }
 
+/// GitHub did not say whether the commenter may write.
+pub fn access_unknown(who: &str, repo: &RepoName) -> String {
+    format!("could not ask GitHub whether @{who} may write to {repo}; comment again to retry")
+}
+
 pub fn pr_not_tracked(number: u64) -> String {
     format!("sluice does not track #{number} (closed, or not open against a gated branch)")
 }

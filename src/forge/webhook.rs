@@ -231,7 +231,95 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
             };
             Ok(Delivery::Events(vec![event]))
         }
+        // Rare deliveries, read with octocrab's models whole.
+        "issue_comment" | "check_run" => app_delivery(event, body),
+        "installation" | "installation_repositories" => Ok(ignored(format!(
+            "{event}: sluice looks up each repository's installation when it calls GitHub"
+        ))),
         other => Ok(ignored(format!("event {:?} is not used", short(other)))),
+    }
+}
+
+/// An `issue_comment` or `check_run` delivery, through octocrab's models:
+/// a new comment by a person on a PR (its commands are the core's to
+/// read), or a "Re-run" of sluice's check run.
+fn app_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
+    use octocrab::models::webhook_events::payload::{
+        CheckRunWebhookEventAction, IssueCommentWebhookEventAction,
+    };
+    use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
+    let bad = |message: String| WebhookError::BadPayload {
+        event: event.to_string(),
+        message,
+    };
+    let parsed =
+        WebhookEvent::try_from_header_and_body(event, body).map_err(|e| bad(e.to_string()))?;
+    let repo = parsed
+        .repository
+        .as_ref()
+        .and_then(|r| r.full_name.as_deref())
+        .ok_or_else(|| bad("repository.full_name is missing".into()))?;
+    let repo = RepoName::parse(repo).map_err(|e| bad(format!("repository.full_name: {e}")))?;
+    match parsed.specific {
+        WebhookEventPayload::IssueComment(p) => {
+            if p.action != IssueCommentWebhookEventAction::Created {
+                return Ok(ignored(
+                    "issue_comment not created: commands are read from new comments only".into(),
+                ));
+            }
+            if p.issue.pull_request.is_none() {
+                return Ok(ignored("issue_comment on an issue, not a PR".into()));
+            }
+            // sluice's own answers, and other bots: never commands.
+            if p.comment.user.r#type == "Bot" {
+                return Ok(ignored("issue_comment by a bot".into()));
+            }
+            let mut body = p.comment.body.unwrap_or_default();
+            if body.len() > crate::core::commands::MAX_BODY {
+                let mut cut = crate::core::commands::MAX_BODY;
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                body.truncate(cut);
+            }
+            Ok(Delivery::Events(vec![Event::Commented {
+                pr: PrKey {
+                    repo,
+                    number: p.issue.number,
+                },
+                comment: p.comment.id.into_inner(),
+                author: p.comment.user.login,
+                body,
+            }]))
+        }
+        WebhookEventPayload::CheckRun(p) => {
+            if p.action != CheckRunWebhookEventAction::Rerequested {
+                return Ok(ignored("check_run: only a re-run is acted on".into()));
+            }
+            let run = &p.check_run;
+            let head = run["head_sha"]
+                .as_str()
+                .ok_or_else(|| bad("check_run.head_sha is missing".into()))?;
+            let head = Sha::parse(head).map_err(|e| bad(format!("check_run.head_sha: {e}")))?;
+            let events: Vec<Event> = run["pull_requests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|pr| pr["number"].as_u64())
+                .map(|number| Event::Rerun {
+                    pr: PrKey {
+                        repo: repo.clone(),
+                        number,
+                    },
+                    head: head.clone(),
+                })
+                .collect();
+            if events.is_empty() {
+                return Ok(ignored("check_run re-run on a commit of no PR".into()));
+            }
+            Ok(Delivery::Events(events))
+        }
+        _ => Ok(ignored(format!("event {:?} is not used", short(event)))),
     }
 }
 

@@ -588,6 +588,30 @@ impl Driver {
                         close_landed_pr(&*forge, &shared, &pr, &head, &landed, &comment).await;
                     });
                 }
+                Action::CheckWriteAccess {
+                    repo,
+                    user,
+                    comment,
+                } => {
+                    let (forge, inputs, shared) = self.spawn_parts();
+                    tokio::spawn(async move {
+                        // The forge call retries; an error is said to the
+                        // commenter (the core answers "comment again").
+                        let can_write = match forge.user_can_write(&repo, &user).await {
+                            Ok(can) => Some(can),
+                            Err(e) => {
+                                forge_failed(&shared, "reading a commenter's access", &e);
+                                None
+                            }
+                        };
+                        let answer = Event::WriteAccess {
+                            repo,
+                            comment,
+                            can_write,
+                        };
+                        let _ = inputs.send(Input::Event(answer)).await;
+                    });
+                }
                 Action::React {
                     repo,
                     comment,
@@ -1099,6 +1123,8 @@ fn event_kind(event: &Event) -> &'static str {
         Event::Retest { .. } => "retest",
         Event::TryMerge { .. } => "try_merge",
         Event::Commented { .. } => "commented",
+        Event::WriteAccess { .. } => "write_access",
+        Event::Rerun { .. } => "rerun",
         Event::BuildsLost { .. } => "builds_lost",
         Event::CarBuilt { .. } => "car_built",
         Event::CarConflict { .. } => "car_conflict",
