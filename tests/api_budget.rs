@@ -434,6 +434,7 @@ async fn a_low_budget_pauses_reconcile_but_not_the_reads_the_core_asks_for() {
         state: CommitState::Pending,
         description: "spending".into(),
         target_url: None,
+        summary: String::new(),
     };
     while hub.rate_limit_remaining() > 3 {
         bounded("status", gh.set_status(&repo(), &sha, &status))

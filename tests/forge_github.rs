@@ -637,6 +637,7 @@ async fn set_status_posts_state_context_link_and_short_description() {
             state: CommitState::Failure,
             description: "x".repeat(500),
             target_url: Some("https://sluice.example/results/1".into()),
+            summary: String::new(),
         },
     )
     .await
@@ -648,6 +649,7 @@ async fn set_status_posts_state_context_link_and_short_description() {
             state: CommitState::Pending,
             description: "queued".into(),
             target_url: None,
+            summary: String::new(),
         },
     )
     .await

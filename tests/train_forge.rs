@@ -189,6 +189,7 @@ fn success() -> CommitStatus {
         state: CommitState::Success,
         description: "Car passed".into(),
         target_url: None,
+        summary: String::new(),
     }
 }
 
@@ -1249,6 +1250,7 @@ async fn a_required_check_refuses_the_landing_until_the_car_has_its_success() {
         state: CommitState::Pending,
         description: "testing".into(),
         target_url: None,
+        summary: String::new(),
     };
     gh.set_status(&repo(), &car, &pending).await.unwrap();
     assert!(matches!(

@@ -15,6 +15,9 @@ pub enum Action {
         description: String,
         /// The build whose results page the status links to.
         link: Option<ResultKey>,
+        /// Everything that stands between the PR and landing, in Markdown
+        /// (a check run's summary; the same words as the JSON `waiting_on`).
+        summary: String,
     },
     /// Start testing `candidate`.
     StartBuild {

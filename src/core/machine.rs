@@ -1061,15 +1061,18 @@ impl State {
             .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
             .collect();
         for (number, status) in desired {
-            let pr = repo.prs.get_mut(&number).expect("exists");
+            let pr = &repo.prs[&number];
             if pr.published.as_ref() != Some(&status) {
+                let summary = text::check_summary(&why_not_mergeable(repo, pr));
                 out.push(Action::SetStatus {
                     repo: name.clone(),
                     sha: status.sha.clone(),
                     state: status.state,
                     description: status.description.clone(),
                     link: status.link.clone(),
+                    summary,
                 });
+                let pr = repo.prs.get_mut(&number).expect("exists");
                 pr.published = Some(status);
                 pr.published_at = Some(now);
             }

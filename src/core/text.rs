@@ -469,3 +469,41 @@ pub fn commands_answer(who: &str, said: &[String], help: bool) -> String {
     }
     body
 }
+
+/// A check run's summary: what stands between the PR and landing, one
+/// line each (the JSON's `waiting_on`).
+pub fn check_summary(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        return "Approved and passing: nothing stands between this PR and landing.".into();
+    }
+    let mut out = String::from("What stands between this PR and landing:\n");
+    for reason in reasons {
+        out.push_str("\n- ");
+        out.push_str(reason);
+    }
+    out
+}
+
+/// A check run's summary for a car sluice tested: the PRs it holds.
+pub fn car_summary(description: &str, prs: &[u64]) -> String {
+    let prs: Vec<String> = prs.iter().map(|n| format!("#{n}")).collect();
+    format!("{description}\n\nThis commit holds {}.", prs.join(", "))
+}
+
+/// The end of a failing build's log, for a check run's summary.
+pub fn log_tail(tail: &str) -> String {
+    format!("\n\nThe end of the log:\n\n{}", fenced(tail))
+}
+
+/// `s` as a fenced Markdown code block (a fence longer than any run of
+/// backticks in it).
+pub fn fenced(s: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat((longest + 1).max(3));
+    format!("{fence}\n{}\n{fence}", s.trim_end())
+}

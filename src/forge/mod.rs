@@ -120,6 +120,9 @@ pub struct CommitStatus {
     pub state: CommitState,
     pub description: String,
     pub target_url: Option<String>,
+    /// In Markdown, for a check run's summary (a commit status has only
+    /// its description).
+    pub summary: String,
 }
 
 /// An open PR as the forge lists it, with when the forge last saw it change
@@ -292,6 +295,11 @@ pub trait Forge: Send + Sync {
     ) -> Result<bool, ForgeError> {
         let _ = (repo, ancestor, descendant);
         Err(unsupported("is_ancestor"))
+    }
+    /// Whether `set_status` writes a check run (with its summary) instead
+    /// of a commit status.
+    fn writes_check_runs(&self) -> bool {
+        false
     }
     /// Whether `user` has write access (write, maintain or admin) to the
     /// repository (comment commands).

@@ -142,6 +142,7 @@ pub fn build(
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     tokio::spawn(status_writer(
         adapters.forge.clone(),
+        adapters.results.clone(),
         status_rx,
         shared.clone(),
     ));
@@ -164,7 +165,14 @@ pub fn build(
     Ok((shared, driver))
 }
 
-pub(crate) type StatusUpdate = (RepoName, crate::core::Sha, CommitStatus);
+/// A status to write, and the build whose log tail a check run's summary
+/// shows (a finished build's).
+pub(crate) type StatusUpdate = (
+    RepoName,
+    crate::core::Sha,
+    CommitStatus,
+    Option<crate::core::ResultKey>,
+);
 
 pub struct Driver {
     config: Arc<Config>,
@@ -399,8 +407,12 @@ impl Driver {
                     state,
                     description,
                     link,
+                    summary,
                 } => {
-                    let target_url = link.map(|k| self.adapters.results.link(&k));
+                    let target_url = link.as_ref().map(|k| self.adapters.results.link(k));
+                    // A failing build's log tail goes in a check run's
+                    // summary (read by the writer, off this loop).
+                    let log = link.filter(|_| state != crate::core::CommitState::Pending);
                     let _ = self.status_tx.send((
                         repo,
                         sha,
@@ -408,7 +420,9 @@ impl Driver {
                             state,
                             description,
                             target_url,
+                            summary,
                         },
+                        log,
                     ));
                 }
                 Action::StartBuild { build, candidate } => self.start_build(build, candidate),
@@ -554,16 +568,29 @@ impl Driver {
                     branch,
                     from,
                     to,
-                    through: _,
+                    through,
                     cars,
                     description,
                     link,
                 } => {
                     info!(%repo, %branch, %from, %to, "landing");
+                    let prs: Vec<u64> = self
+                        .shared
+                        .state
+                        .read()
+                        .ok()
+                        .and_then(|s| {
+                            let train = s.repo(&repo)?.trains.get(&branch)?;
+                            let last = train.cars.iter().position(|c| c.id == through)?;
+                            Some(train.cars[..=last].iter().map(|c| c.pr.number).collect())
+                        })
+                        .unwrap_or_default();
+                    let summary = crate::core::text::car_summary(&description, &prs);
                     let status = CommitStatus {
                         state: crate::core::CommitState::Success,
                         description,
                         target_url: Some(self.adapters.results.link(&link)),
+                        summary,
                     };
                     let (forge, inputs, shared) = self.spawn_parts();
                     tokio::spawn(async move {

@@ -9,8 +9,9 @@
 
 use super::metrics::{KindLabel, Metrics};
 use super::{Shared, StatusUpdate, forge_failed};
-use crate::core::{RepoName, Sha};
+use crate::core::{CommitState, RepoName, Sha, text};
 use crate::forge::{ApiBudget, CommitStatus, Forge};
+use crate::results::ResultsStore;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,9 +71,15 @@ impl LastWritten {
 /// commit is sent, and only if it is not what was last written there.
 pub(super) async fn status_writer(
     forge: Arc<dyn Forge>,
+    results: Arc<dyn ResultsStore>,
     mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
     shared: Arc<Shared>,
 ) {
+    let out = Out {
+        forge: &*forge,
+        results: &*results,
+        shared: &shared,
+    };
     let mut written = LastWritten::new(STATUS_MEMORY);
     // Pending statuses not written yet, and when they are due.
     let mut held: Vec<(StatusUpdate, tokio::time::Instant)> = Vec::new();
@@ -94,8 +101,8 @@ pub(super) async fn status_writer(
                 let now = tokio::time::Instant::now();
                 let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| *at <= now);
                 held = later;
-                for ((repo, sha, status), _) in due {
-                    write(&*forge, &shared, &mut written, repo, sha, status).await;
+                for (update, _) in due {
+                    out.write(&mut written, update).await;
                 }
                 continue;
             }
@@ -114,20 +121,20 @@ pub(super) async fn status_writer(
                 None => newest.push(update),
             }
         }
-        for (repo, sha, status) in newest {
+        for update in newest {
             let earlier = held
                 .iter()
-                .position(|((r, s, _), _)| *r == repo && *s == sha)
+                .position(|((r, s, _, _), _)| *r == update.0 && *s == update.1)
                 .map(|i| held.remove(i));
-            if status.state == crate::core::CommitState::Pending {
+            if update.2.state == crate::core::CommitState::Pending {
                 // Held; a pending one already waiting keeps its time, so a
                 // stream of changes cannot hold it back for ever.
                 let at = earlier
                     .map_or_else(|| tokio::time::Instant::now() + PENDING_HOLD, |(_, at)| at);
-                held.push(((repo, sha, status), at));
+                held.push((update, at));
                 continue;
             }
-            write(&*forge, &shared, &mut written, repo, sha, status).await;
+            out.write(&mut written, update).await;
         }
         mirror_budget(&*forge, &shared.metrics, &mut mirrored);
     }
@@ -137,23 +144,50 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(3600)
 }
 
-/// Writes one status unless it is what the commit has already.
-async fn write(
-    forge: &dyn Forge,
-    shared: &Shared,
-    written: &mut LastWritten,
-    repo: RepoName,
-    sha: Sha,
-    status: CommitStatus,
-) {
-    if written.is_repeat(&repo, &sha, &status) {
-        return;
-    }
-    match forge.set_status(&repo, &sha, &status).await {
-        Ok(()) => written.wrote(repo, sha, status),
-        Err(e) => forge_failed(shared, "status", &e),
+/// Where statuses go.
+struct Out<'a> {
+    forge: &'a dyn Forge,
+    results: &'a dyn ResultsStore,
+    shared: &'a Shared,
+}
+
+impl Out<'_> {
+    /// Writes one status unless it is what the commit has already; a check
+    /// run of a finished build that did not pass shows its log's end.
+    async fn write(&self, written: &mut LastWritten, update: StatusUpdate) {
+        let (repo, sha, mut status, log) = update;
+        if written.is_repeat(&repo, &sha, &status) {
+            return;
+        }
+        let failed = matches!(status.state, CommitState::Failure | CommitState::Error);
+        if let (true, true, Some(key)) = (self.forge.writes_check_runs(), failed, log) {
+            let tail = format!("{}/log.txt", key.relative_path());
+            if let Ok(Some(file)) = self.results.read(&tail).await {
+                status
+                    .summary
+                    .push_str(&text::log_tail(&last_lines(&file.bytes)));
+            }
+        }
+        match self.forge.set_status(&repo, &sha, &status).await {
+            Ok(()) => written.wrote(repo, sha, status),
+            Err(e) => forge_failed(self.shared, "status", &e),
+        }
     }
 }
+
+/// The last [`LOG_TAIL_LINES`] lines of a log, at most
+/// [`LOG_TAIL_BYTES`], as text.
+fn last_lines(log: &[u8]) -> String {
+    let start = log.len().saturating_sub(LOG_TAIL_BYTES);
+    let text = String::from_utf8_lossy(&log[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[keep..].join("\n")
+}
+
+/// How much of a failing log a check run shows.
+pub const LOG_TAIL_LINES: usize = 30;
+pub const LOG_TAIL_BYTES: usize = 8 * 1024;
 
 /// Copies the forge's budget into the gauges, and what it spent since
 /// `last` into the request counters.
@@ -199,6 +233,7 @@ mod tests {
             state,
             description: description.into(),
             target_url: link.map(str::to_string),
+            summary: String::new(),
         }
     }
 
@@ -253,7 +288,11 @@ mod tests {
             next_request: AtomicU64::new(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(status_writer(forge, rx, shared.clone()));
+        let results: Arc<dyn ResultsStore> = Arc::new(crate::results::fs::FsResults::new(
+            dir.path().join("results"),
+            "http://s",
+        ));
+        let writer = tokio::spawn(status_writer(forge, results, rx, shared.clone()));
         let repo = RepoName::parse("o/r").unwrap();
         let pending = status(CommitState::Pending, "Testing", Some("http://s/1/"));
         let passed = status(CommitState::Success, "Passed", Some("http://s/1/"));
@@ -262,10 +301,12 @@ mod tests {
         // decided (the writer keeps order).
         let mut markers = 0;
         let mut send = |s: &CommitStatus| {
-            tx.send((repo.clone(), main.clone(), s.clone())).unwrap();
+            tx.send((repo.clone(), main.clone(), s.clone(), None))
+                .unwrap();
             markers += 1;
             let marker = status(CommitState::Pending, &format!("marker {markers}"), None);
-            tx.send((repo.clone(), other.clone(), marker)).unwrap();
+            tx.send((repo.clone(), other.clone(), marker, None))
+                .unwrap();
             markers
         };
         for s in [&pending, &pending, &passed, &passed, &pending] {
@@ -314,8 +355,9 @@ mod tests {
         // final one is written at once.
         let testing = status(CommitState::Pending, "Testing again", Some("http://s/2/"));
         let failed = status(CommitState::Failure, "Failed", Some("http://s/2/"));
-        tx.send((repo.clone(), main.clone(), testing)).unwrap();
-        tx.send((repo.clone(), main.clone(), failed)).unwrap();
+        tx.send((repo.clone(), main.clone(), testing, None))
+            .unwrap();
+        tx.send((repo.clone(), main.clone(), failed, None)).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while hub.statuses("o/r", main.as_str()).len() < 4 {
             assert!(tokio::time::Instant::now() < deadline, "failure not posted");
