@@ -115,8 +115,11 @@ pub struct GithubConfig {
     pub request_timeout_secs: u64,
     /// Retries of a call that failed with 5xx, a timeout or a rate limit.
     pub max_retries: u32,
-    /// The commit status context sluice writes.
+    /// The commit status context sluice writes (and its check run's name).
     pub status_context: String,
+    /// Write a check run per commit instead of a commit status (needs
+    /// `[github.app]`: only Apps may write check runs).
+    pub check_runs: bool,
 }
 
 impl Default for GithubConfig {
@@ -127,6 +130,7 @@ impl Default for GithubConfig {
             request_timeout_secs: 30,
             max_retries: 4,
             status_context: "sluice".into(),
+            check_runs: false,
         }
     }
 }

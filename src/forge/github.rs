@@ -12,6 +12,7 @@
 //! reply's `x-ratelimit-*` headers are recorded ([`Forge::api_budget`]).
 
 mod cache;
+mod check_runs;
 mod checks;
 mod train;
 
@@ -64,6 +65,10 @@ pub struct GitHub {
     /// ETags and converted answers of repeated GETs (bounded, LRU).
     etags: Mutex<EtagCache>,
     budget: Arc<BudgetCell>,
+    /// Write check runs instead of commit statuses (`github.check_runs`).
+    check_runs: bool,
+    /// The check run of each commit sluice wrote one on (bounded).
+    check_run_ids: Mutex<HashMap<(RepoName, Sha), u64>>,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -245,6 +250,8 @@ impl GitHub {
             permissions: Mutex::new(HashMap::new()),
             etags: Mutex::new(EtagCache::new(ETAG_CACHE_ENTRIES)),
             budget: Arc::new(BudgetCell::new()),
+            check_runs: config.check_runs,
+            check_run_ids: Mutex::new(HashMap::new()),
         })
     }
 
@@ -778,6 +785,9 @@ impl Forge for GitHub {
         sha: &Sha,
         status: &CommitStatus,
     ) -> Result<(), ForgeError> {
+        if self.check_runs {
+            return self.write_check_run(repo, sha, status).await;
+        }
         let path = format!("{}/statuses/{}", repo_path(repo), sha);
         let what = format!("POST {path}");
         let mut body = serde_json::json!({
@@ -805,6 +815,10 @@ impl Forge for GitHub {
 
     fn api_budget(&self) -> Option<ApiBudget> {
         Some(self.budget.snapshot())
+    }
+
+    fn writes_check_runs(&self) -> bool {
+        self.check_runs
     }
 
     async fn put_staging_ref(
