@@ -1214,9 +1214,42 @@ fn delivery() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Signature, Option<Stri
         Just(b"push".to_vec()),
         Just(b"ping".to_vec()),
         Just(b"issues".to_vec()),
+        Just(b"issue_comment".to_vec()),
+        Just(b"check_run".to_vec()),
         header_bytes(40),
     ];
+    // A real comment on a PR of the demo repository, with hostile text.
+    let comment: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/webhooks/issue_comment/created.payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let hostile_comment = (
+        prop_oneof![
+            any::<String>(),
+            Just("/priority $(rm -rf /)\n/merge\n/frobnicate".to_string()),
+            "(/[a-z]{1,8}( [^\n]{0,40})?\n){0,40}",
+        ],
+        0..3u64,
+    )
+        .prop_map(move |(text, number)| {
+            let mut v = comment.clone();
+            v["repository"]["full_name"] = json!(DEMO_REPO);
+            v["issue"]["number"] = json!(number);
+            v["issue"]["pull_request"] = json!({
+                "url": "https://api.github.com/repos/octo/demo/pulls/1",
+                "html_url": "https://github.com/octo/demo/pull/1",
+                "diff_url": "https://github.com/octo/demo/pull/1.diff",
+                "patch_url": "https://github.com/octo/demo/pull/1.patch"
+            });
+            v["comment"]["body"] = json!(text);
+            serde_json::to_vec(&v).unwrap()
+        });
     let body = prop_oneof![
+        hostile_comment,
         proptest::collection::vec(any::<u8>(), 0..512),
         json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         (json_value(), "[a-z_]{0,12}").prop_map(|(v, action)| {
@@ -1389,4 +1422,83 @@ async fn branch_control_rejects_bad_requests_and_changes_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 413, "oversized");
     assert_unchanged(&stack, &[pr], &before).await;
+}
+
+// ---- comment commands ----
+
+/// 64 KiB of random text, hostile command arguments and 100 unknown
+/// commands in PR comments: accepted (202), answered at most once each,
+/// nothing run, nothing panics.
+#[tokio::test]
+async fn hostile_comments_are_accepted_and_run_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let n = stack
+        .open_pr("hostile", &[("src/h.txt", "ok\n")], "Hostile")
+        .await
+        .unwrap();
+    let sample: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/webhooks/issue_comment/created.payload.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // xorshift: 64 KiB of printable and control bytes, valid UTF-8.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: String = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_u32((x % 0x3000) as u32).unwrap_or('?')
+        })
+        .collect();
+    let bodies = [
+        random,
+        "/priority $(rm -rf /)\n/retest `touch /tmp/pwned`\n/merge; rm -rf /".to_string(),
+        "/frobnicate\n".repeat(100),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let mut v = sample.clone();
+        v["repository"]["full_name"] = json!(DEMO_REPO);
+        v["issue"]["number"] = json!(n);
+        v["issue"]["pull_request"] = json!({
+            "url": "https://api.github.com/repos/octo/demo/pulls/1",
+            "html_url": "https://github.com/octo/demo/pull/1",
+            "diff_url": "https://github.com/octo/demo/pull/1.diff",
+            "patch_url": "https://github.com/octo/demo/pull/1.patch"
+        });
+        v["comment"]["id"] = json!(900 + i);
+        v["comment"]["user"]["login"] = json!("mallory");
+        v["comment"]["body"] = json!(body);
+        let payload = serde_json::to_vec(&v).unwrap();
+        let response = post_webhook(&stack, Hook::signed("issue_comment", &payload), payload).await;
+        expect_ok(&format!("comment {i}"), response, 202).await;
+    }
+    assert_healthy(&stack).await;
+    // Answered at most once each; nothing landed, no file was touched.
+    stack
+        .wait_for("the answers", Duration::from_secs(20), |s| {
+            s.hub.comments(DEMO_REPO, n).len() >= 2
+        })
+        .await
+        .unwrap();
+    let answers: Vec<String> = stack
+        .hub
+        .comments(DEMO_REPO, n)
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    assert!(answers.len() <= 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.contains("`/retest `touch /tmp/pwned``")
+                || a.contains("/retest takes no argument")),
+        "{answers:?}"
+    );
+    assert!(stack.hub.merges().is_empty());
+    assert!(!Path::new("/tmp/pwned").exists());
 }
