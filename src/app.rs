@@ -1,10 +1,11 @@
 //! Assembles sluice from its configuration: adapters, driver, HTTP server.
 
-use crate::config::{Config, ExecutorKind, ResultsKind, Secrets};
+use crate::config::{Config, ConfigError, ENV_GITHUB_TOKEN, ExecutorKind, ResultsKind, Secrets};
 use crate::executor::Executor;
 use crate::executor::kubernetes::KubernetesExecutor;
 use crate::executor::local::LocalExecutor;
 use crate::forge::github::GitHub;
+use crate::forge::github::app::AppKey;
 use crate::http::{self, DeliveryLog, HttpContext};
 use crate::results::ResultsStore;
 use crate::results::fs::FsResults;
@@ -55,7 +56,7 @@ pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow:
     // kube and octocrab build rustls on ring, the GCS crates on aws-lc-rs:
     // with both compiled in, rustls needs to be told which one to use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let forge = GitHub::new(&config.github, secrets.github_token.clone())?;
+    let forge = github_from_config(config, secrets).await?;
     let executor: Arc<dyn Executor> = match config.executor.kind {
         ExecutorKind::Local => Arc::new(LocalExecutor::new(&config.executor)),
         ExecutorKind::Kubernetes => Arc::new(KubernetesExecutor::from_config(config).await?),
@@ -75,6 +76,50 @@ pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow:
         executor,
         results,
     })
+}
+
+/// The GitHub adapter the configuration names: as the App of
+/// `[github.app]` (which wins over a `GITHUB_TOKEN`), checked with GitHub
+/// once (`GET /app`, and each repository's installation), or with the
+/// personal token.
+pub async fn github_from_config(config: &Config, secrets: &Secrets) -> anyhow::Result<GitHub> {
+    let Some(app) = &config.github.app else {
+        return Ok(GitHub::new(&config.github, secrets.github_token.clone())?);
+    };
+    if secrets.github_token.is_some() {
+        tracing::warn!(
+            app_id = app.app_id,
+            "{ENV_GITHUB_TOKEN} is set and [github.app] is configured: sluice runs as the App and does not use the token"
+        );
+    }
+    let key = AppKey::load(app)?;
+    let forge = GitHub::new_app(&config.github, key)?;
+    let repos: Vec<_> = config.repos.iter().map(|r| r.repo()).collect();
+    forge.verify_app(&repos).await.map_err(|e| {
+        anyhow::anyhow!("cannot authenticate as the GitHub App {}: {e}", app.app_id)
+    })?;
+    Ok(forge)
+}
+
+/// What `sluice check-config` checks beyond the file: the App's private
+/// key (readable, an RSA key that signs a JWT; GitHub is not asked).
+/// Returns notes for the user.
+pub fn check_config(config: &Config, github_token_set: bool) -> Result<Vec<String>, ConfigError> {
+    let mut notes = Vec::new();
+    if let Some(app) = &config.github.app {
+        let key = AppKey::load(app)?;
+        notes.push(format!(
+            "GitHub App {}, private key from {} (an RSA key that signs a JWT; whether it is the App's, only GitHub can tell: `serve` asks at startup)",
+            key.app_id(),
+            key.source()
+        ));
+        if github_token_set {
+            notes.push(format!(
+                "{ENV_GITHUB_TOKEN} is set but not used: with [github.app], sluice runs as the App"
+            ));
+        }
+    }
+    Ok(notes)
 }
 
 /// Starts sluice with the given adapters; `listen` overrides the configured

@@ -33,6 +33,14 @@ pub enum ConfigError {
         name: &'static str,
         why: &'static str,
     },
+    /// The GitHub App's private key is missing, unreadable or malformed.
+    /// The message never quotes the key.
+    #[error("{setting}: the GitHub App's private key ({from}) {message}")]
+    AppKey {
+        setting: &'static str,
+        from: AppKeySource,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +128,217 @@ pub struct GithubConfig {
     /// Write a check run per commit instead of a commit status (needs
     /// `[github.app]`: only Apps may write check runs).
     pub check_runs: bool,
+    /// `[github.app]`: run as a GitHub App (installation tokens) instead of
+    /// with a personal token. With both, the App is used.
+    pub app: Option<GithubAppConfig>,
+}
+
+/// `[github.app]`: the App's id and where its private key is. The key
+/// itself is never in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppConfig {
+    /// The App's id (its settings page: "App ID").
+    pub app_id: u64,
+    /// A PEM file holding the App's private key, as GitHub's "Generate a
+    /// private key" downloads it.
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// The name of an environment variable holding the PEM.
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    /// Only so that a key pasted here is refused with a clear message.
+    #[serde(default)]
+    private_key: Option<toml::Value>,
+}
+
+/// Where an App's private key is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppKeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Display for AppKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppKeySource::File(path) => write!(f, "file {}", path.display()),
+            AppKeySource::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// An App's private key as read: PEM text. Neither `Debug` nor any error
+/// shows it.
+#[derive(Clone)]
+pub struct AppKeyPem(String);
+
+impl AppKeyPem {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AppKeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppKeyPem(..)")
+    }
+}
+
+/// The PEM label GitHub's App keys carry (PKCS#1), and the PKCS#8 one.
+const PEM_RSA_LABEL: &str = "-----BEGIN RSA PRIVATE KEY-----";
+const PEM_PKCS8_LABEL: &str = "-----BEGIN PRIVATE KEY-----";
+
+impl GithubAppConfig {
+    fn validate(&self, bad: &dyn Fn(String, &str) -> ConfigError) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("github.app.{k}");
+        if self.private_key.is_some() {
+            return Err(bad(
+                key("private_key"),
+                "the private key never goes in the configuration file: put it in a file \
+                 (private_key_path) or an environment variable (private_key_env)",
+            ));
+        }
+        if self.app_id == 0 {
+            return Err(bad(
+                key("app_id"),
+                "must be the App's id (> 0, on its settings page)",
+            ));
+        }
+        match (&self.private_key_path, &self.private_key_env) {
+            (None, None) => {
+                return Err(bad(
+                    "github.app".into(),
+                    "needs private_key_path (a PEM file) or private_key_env (an environment \
+                     variable holding the PEM)",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "github.app".into(),
+                    "set one of private_key_path and private_key_env, not both",
+                ));
+            }
+            (Some(path), None) if path.as_os_str().is_empty() => {
+                return Err(bad(key("private_key_path"), "must not be empty"));
+            }
+            (None, Some(name)) => {
+                let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(bad(
+                        key("private_key_env"),
+                        "must be the name of an environment variable (A-Z, a-z, 0-9, _), \
+                         e.g. \"SLUICE_GITHUB_APP_KEY\"",
+                    ));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        Ok(())
+    }
+
+    /// An App configured with a key file.
+    pub fn with_key_file(app_id: u64, path: impl Into<PathBuf>) -> GithubAppConfig {
+        GithubAppConfig {
+            app_id,
+            private_key_path: Some(path.into()),
+            private_key_env: None,
+            private_key: None,
+        }
+    }
+
+    /// An App configured with a key in an environment variable.
+    pub fn with_key_env(app_id: u64, name: impl Into<String>) -> GithubAppConfig {
+        GithubAppConfig {
+            app_id,
+            private_key_path: None,
+            private_key_env: Some(name.into()),
+            private_key: None,
+        }
+    }
+
+    /// Where the key is read from (validated at load: exactly one).
+    pub fn key_source(&self) -> AppKeySource {
+        match (&self.private_key_path, &self.private_key_env) {
+            (Some(path), _) => AppKeySource::File(path.clone()),
+            (None, Some(name)) => AppKeySource::Env(name.clone()),
+            (None, None) => AppKeySource::Env(String::new()),
+        }
+    }
+
+    /// The configuration key that names the key's source.
+    pub fn key_setting(&self) -> &'static str {
+        match self.key_source() {
+            AppKeySource::File(_) => "github.app.private_key_path",
+            AppKeySource::Env(_) => "github.app.private_key_env",
+        }
+    }
+
+    /// Reads the private key and checks it looks like one: a PEM RSA
+    /// private key. Whether it parses (and whether it is the App's) is
+    /// for the GitHub adapter ([`crate::forge::github::app`]) and GitHub.
+    pub fn read_private_key(&self) -> Result<AppKeyPem, ConfigError> {
+        let source = self.key_source();
+        let bad = |message: String| ConfigError::AppKey {
+            setting: self.key_setting(),
+            from: source.clone(),
+            message,
+        };
+        let text = match &source {
+            AppKeySource::File(path) => match std::fs::read(path) {
+                Ok(bytes) => String::from_utf8(bytes)
+                    .map_err(|_| bad("is not text (a PEM file is ASCII)".into()))?,
+                Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+            },
+            AppKeySource::Env(name) => match std::env::var(name) {
+                Ok(v) if v.trim().is_empty() => return Err(bad("is empty".into())),
+                Ok(v) => v,
+                Err(std::env::VarError::NotPresent) => return Err(bad("is not set".into())),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(bad("is not text (a PEM key is ASCII)".into()));
+                }
+            },
+        };
+        check_pem_shape(&text).map_err(|m| bad(m.to_string()))?;
+        Ok(AppKeyPem(text))
+    }
+}
+
+/// The first line (1-based) of `text` that holds a PEM private key's
+/// header, or the start of one pasted into a single string.
+fn pem_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.contains("-----BEGIN") && l.contains("PRIVATE KEY-----"))
+        .map(|i| i + 1)
+}
+
+/// Why `text` is not a PEM RSA private key, judged by its labels only
+/// (never quoting it).
+fn check_pem_shape(text: &str) -> Result<(), &'static str> {
+    if text.contains(PEM_RSA_LABEL) || text.contains(PEM_PKCS8_LABEL) {
+        return Ok(());
+    }
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return Err(
+            "holds an encrypted private key; GitHub's App keys are not encrypted: \
+                    use the PEM file as downloaded",
+        );
+    }
+    if text.contains("-----BEGIN PUBLIC KEY-----")
+        || text.contains("-----BEGIN RSA PUBLIC KEY-----")
+    {
+        return Err("holds a public key, not the App's private key");
+    }
+    if text.contains("-----BEGIN") {
+        return Err(
+            "holds a PEM block that is not an RSA private key (expected -----BEGIN RSA PRIVATE KEY-----)",
+        );
+    }
+    Err(
+        "is not a PEM private key (expected -----BEGIN RSA PRIVATE KEY-----, \
+         as GitHub's \"Generate a private key\" downloads it)",
+    )
 }
 
 impl Default for GithubConfig {
@@ -131,6 +350,7 @@ impl Default for GithubConfig {
             max_retries: 4,
             status_context: "sluice".into(),
             check_runs: false,
+            app: None,
         }
     }
 }
@@ -558,6 +778,18 @@ impl Config {
 
     /// Parses and validates; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // Before TOML sees it: a parse error would quote the line.
+        if let Some(line) = pem_line(text) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "github.app".into(),
+                message: format!(
+                    "line {line} holds a PEM private key; a key never goes in the configuration file: \
+                     put it in a file (github.app.private_key_path) or an environment variable \
+                     (github.app.private_key_env)"
+                ),
+            });
+        }
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
@@ -585,6 +817,9 @@ impl Config {
         }
         if self.github.status_context.trim().is_empty() {
             return Err(bad("github.status_context".into(), "must not be empty"));
+        }
+        if let Some(app) = &self.github.app {
+            app.validate(&bad)?;
         }
         if self.executor.max_parallel == 0 {
             return Err(bad("executor.max_parallel".into(), "must be > 0"));

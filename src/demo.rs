@@ -3,9 +3,9 @@
 //! wired together over real HTTP. The end-to-end tests use the same stack.
 
 use crate::app::{self, Running};
-use crate::config::{Config, Secrets};
+use crate::config::{Config, GithubAppConfig, Secrets};
 use crate::core::Sha;
-use crate::fakehub::FakeHub;
+use crate::fakehub::{AppKeys, FakeHub};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +14,8 @@ pub const DEMO_REPO: &str = "octo/demo";
 pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 pub const API_TOKEN: &str = "demo-api-token";
 pub const GITHUB_TOKEN: &str = "demo-github-token";
+/// The id of the App [`Stack::start_app`] registers.
+pub const DEMO_APP_ID: u64 = 4242;
 
 /// The sample repository's test: fails if any file under src/ says BUG,
 /// sleeps as long as the file `delay` says (so tests can catch a job
@@ -39,6 +41,22 @@ pub struct Stack {
     pub config: Config,
     pub dir: PathBuf,
     pub http: reqwest::Client,
+    /// The App sluice runs as ([`Stack::start_app`]); `None` with a
+    /// personal token.
+    pub app: Option<AppKeys>,
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 /// A configuration for the demo repository against `hub`.
@@ -101,6 +119,15 @@ impl Stack {
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(dir)?;
+        let hub = Stack::demo_hub(dir).await?;
+        Stack::launch(hub, None, dir, listen, tweak).await
+    }
+
+    /// The fake GitHub of [`Stack::start`], with the sample repository and
+    /// its reviewers, and no sluice yet (to prepare more before
+    /// [`Stack::start_app_on`]).
+    pub async fn demo_hub(dir: &Path) -> anyhow::Result<FakeHub> {
+        std::fs::create_dir_all(dir)?;
         let hub = FakeHub::start(&dir.join("github"), Some(GITHUB_TOKEN.into())).await?;
         hub.create_repo(
             DEMO_REPO,
@@ -112,6 +139,57 @@ impl Stack {
             hub.set_permission(DEMO_REPO, reviewer, "write");
         }
         hub.set_permission(DEMO_REPO, "mallory", "read");
+        Ok(hub)
+    }
+
+    /// Like [`Stack::start`], with sluice running as a GitHub App: App
+    /// [`DEMO_APP_ID`] is registered on the fake and installed on the
+    /// demo repository's account for that repository, its private key is
+    /// written to `dir/app-key.pem`, and `[github.app]` points there.
+    /// sluice also gets the personal token, which it must leave unused
+    /// (the App wins).
+    pub async fn start_app(
+        dir: &Path,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Stack> {
+        let hub = Stack::demo_hub(dir).await?;
+        let keys = hub.register_app(DEMO_APP_ID)?;
+        let owner = DEMO_REPO.split('/').next().unwrap_or_default();
+        hub.install_app(DEMO_APP_ID, owner, &[DEMO_REPO])?;
+        Stack::start_app_on(hub, keys, dir, listen, tweak).await
+    }
+
+    /// sluice as the App of `keys` against `hub`, which the caller has
+    /// prepared (Apps registered and installed, more repositories): the
+    /// key is written to `dir/app-key.pem` (mode 0600) and `[github.app]`
+    /// points there. Keys the fake does not know
+    /// ([`crate::fakehub::AppKeys::unregistered`]) make it fail at startup.
+    pub async fn start_app_on(
+        hub: FakeHub,
+        keys: AppKeys,
+        dir: &Path,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(dir)?;
+        let key_path = dir.join("app-key.pem");
+        write_private(&key_path, &keys.private_key_pem)?;
+        let app = GithubAppConfig::with_key_file(keys.app_id, key_path);
+        Stack::launch(hub, Some(keys), dir, listen, move |config| {
+            config.github.app = Some(app);
+            tweak(config);
+        })
+        .await
+    }
+
+    async fn launch(
+        hub: FakeHub,
+        app: Option<AppKeys>,
+        dir: &Path,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Stack> {
         // The public URL is only known once bound; bind first, then build.
         let listener = std::net::TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
@@ -134,6 +212,7 @@ impl Stack {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            app,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The `sluice` command: parse arguments, load the configuration, start.
 
 use clap::{Parser, Subcommand};
-use sluice::config::{Config, LogFormat, Secrets};
+use sluice::config::{Config, ENV_GITHUB_TOKEN, LogFormat, Secrets};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,18 +56,30 @@ fn init_logs(format: LogFormat, default_level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} repositories)", config.display(), c.repos.len());
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            let checked = Config::load(&config).and_then(|c| {
+                let token = std::env::var_os(ENV_GITHUB_TOKEN).is_some_and(|v| !v.is_empty());
+                sluice::app::check_config(&c, token).map(|notes| (c, notes))
+            });
+            match checked {
+                Ok((c, notes)) => {
+                    println!("{}: ok ({} repositories)", config.display(), c.repos.len());
+                    for note in notes {
+                        println!("  {note}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Serve { config } => {
-            let config = match Config::load(&config) {
+            // A bad App key is a configuration error too (exit code 2).
+            let config = match Config::load(&config)
+                .and_then(|c| sluice::app::check_config(&c, false).map(|_| c))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

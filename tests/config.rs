@@ -4,9 +4,12 @@
 
 use proptest::prelude::*;
 use sluice::config::{
-    Config, ConfigError, ENV_WEBHOOK_SECRET, ExecutorKind, LogFormat, ResultsKind,
+    AppKeySource, Config, ConfigError, ENV_WEBHOOK_SECRET, ExecutorKind, GithubAppConfig,
+    LogFormat, ResultsKind,
 };
 use sluice::core::{MergeMethod, PrTests};
+use sluice::fakehub::AppKeys;
+use sluice::forge::github::app::AppKey;
 use sluice::runtime::store::Fsync;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -322,6 +325,215 @@ fn load_reads_files_and_reports_missing_ones() {
     }
 }
 
+// ---- the GitHub App's settings and key ----
+
+fn app_toml(app: &str) -> String {
+    format!("[github.app]\n{app}\n{MINIMAL}")
+}
+
+#[test]
+fn github_app_is_off_by_default_and_takes_a_key_file_or_a_key_variable() {
+    assert!(parse(MINIMAL).unwrap().github.app.is_none());
+    let c = parse(&app_toml(
+        "app_id = 42\nprivate_key_path = \"/etc/sluice/app.pem\"",
+    ))
+    .expect("a key file");
+    let app = c.github.app.expect("[github.app]");
+    assert_eq!(app.app_id, 42);
+    assert_eq!(
+        app.key_source(),
+        AppKeySource::File("/etc/sluice/app.pem".into())
+    );
+    assert_eq!(app.key_setting(), "github.app.private_key_path");
+    let c = parse(&app_toml(
+        "app_id = 42\nprivate_key_env = \"SLUICE_GITHUB_APP_KEY\"",
+    ))
+    .expect("a key variable");
+    let app = c.github.app.unwrap();
+    assert_eq!(
+        app.key_source(),
+        AppKeySource::Env("SLUICE_GITHUB_APP_KEY".into())
+    );
+    assert_eq!(app.key_setting(), "github.app.private_key_env");
+}
+
+#[test]
+fn github_app_settings_are_validated() {
+    for (app, key) in [
+        (
+            "app_id = 0\nprivate_key_path = \"k.pem\"",
+            "github.app.app_id",
+        ),
+        ("app_id = 1", "github.app"),
+        (
+            "app_id = 1\nprivate_key_path = \"k.pem\"\nprivate_key_env = \"K\"",
+            "github.app",
+        ),
+        (
+            "app_id = 1\nprivate_key_path = \"\"",
+            "github.app.private_key_path",
+        ),
+        (
+            "app_id = 1\nprivate_key_env = \"1KEY\"",
+            "github.app.private_key_env",
+        ),
+        (
+            "app_id = 1\nprivate_key_env = \"A-KEY\"",
+            "github.app.private_key_env",
+        ),
+        (
+            "app_id = 1\nprivate_key_env = \"$(id)\"",
+            "github.app.private_key_env",
+        ),
+        // A key inline, even one that is not PEM-shaped, is refused by name.
+        (
+            "app_id = 1\nprivate_key = \"MIIEpAIBAAKCAQEA\"",
+            "github.app.private_key",
+        ),
+    ] {
+        assert_eq!(invalid_key(&app_toml(app)), key, "{app}");
+    }
+    let message = error_naming(&app_toml("app_id = 1"), "github.app");
+    assert!(message.contains("private_key_path"), "{message}");
+    assert!(message.contains("private_key_env"), "{message}");
+    let message = error_naming(
+        &app_toml("app_id = 1\nprivate_key = \"MIIEpAIBAAKCAQEA\""),
+        "github.app.private_key",
+    );
+    assert!(!message.contains("MIIE"), "the key is quoted: {message}");
+    assert!(message.contains("private_key_path"), "{message}");
+    // Unknown keys and wrong types are named as everywhere else.
+    error_naming(&app_toml("app_id = 1\nkey_path = \"k.pem\""), "key_path");
+    error_naming(
+        &app_toml("app_id = \"one\"\nprivate_key_env = \"K\""),
+        "app_id",
+    );
+}
+
+#[test]
+fn a_pem_in_the_toml_is_refused_without_being_quoted() {
+    const BODY: &str = "MIIEowIBAAKCAQEAsecretsecretsecret";
+    let pem = format!("-----BEGIN RSA PRIVATE KEY-----\n{BODY}\n-----END RSA PRIVATE KEY-----");
+    for text in [
+        // Where it would seem to belong.
+        app_toml(&format!("app_id = 1\nprivate_key = \"\"\"\n{pem}\n\"\"\"")),
+        // Pasted into the path setting, on one line.
+        app_toml(&format!(
+            "app_id = 1\nprivate_key_path = \"{}\"",
+            pem.replace('\n', "\\n")
+        )),
+        // Anywhere, in a file TOML cannot even parse (its error would
+        // quote the line).
+        format!("{MINIMAL}\nwhatever = [[ {pem}"),
+        // PKCS#8.
+        app_toml("app_id = 1\nprivate_key = \"-----BEGIN PRIVATE KEY-----MIIE\""),
+    ] {
+        let err = parse(&text).expect_err("a PEM in the configuration");
+        let message = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "github.app"),
+            "{err:?}"
+        );
+        assert!(message.contains("line "), "{message}");
+        assert!(message.contains("private_key_path"), "{message}");
+        assert!(
+            !message.contains(BODY) && !message.contains("MIIE"),
+            "{message}"
+        );
+    }
+}
+
+/// A key file under `dir` holding `text`, and the `[github.app]` naming it.
+fn key_file(dir: &Path, name: &str, text: &[u8]) -> GithubAppConfig {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    GithubAppConfig::with_key_file(42, path)
+}
+
+#[test]
+fn the_app_key_is_read_and_checked_with_errors_naming_the_file_never_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = AppKeys::unregistered(42).unwrap();
+    let app = key_file(dir.path(), "good.pem", good.private_key_pem.as_bytes());
+    let key = AppKey::load(&app).expect("a GitHub-style PKCS#1 key loads");
+    assert_eq!(key.app_id(), 42);
+    assert!(!format!("{key:?}").contains("MII"), "{key:?}");
+
+    let body = good.private_key_pem.lines().nth(1).unwrap().to_string();
+    let cut: String = good
+        .private_key_pem
+        .lines()
+        .take(4)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let missing = GithubAppConfig::with_key_file(42, dir.path().join("nowhere.pem"));
+    let cases: Vec<(GithubAppConfig, &str)> = vec![
+        (missing, "cannot be read"),
+        // A directory: readable by no one as a file (also as root).
+        (
+            GithubAppConfig::with_key_file(42, dir.path().to_path_buf()),
+            "cannot be read",
+        ),
+        (key_file(dir.path(), "binary.pem", &[0xff, 0xfe, 0x00]), "not text"),
+        (key_file(dir.path(), "empty.pem", b""), "not a PEM private key"),
+        (
+            key_file(dir.path(), "id.txt", b"Iv1.0123456789abcdef\n"),
+            "not a PEM private key",
+        ),
+        (
+            key_file(
+                dir.path(),
+                "public.pem",
+                b"-----BEGIN PUBLIC KEY-----\nMIIBIjANBg\n-----END PUBLIC KEY-----\n",
+            ),
+            "public key",
+        ),
+        (
+            key_file(
+                dir.path(),
+                "cert.pem",
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            ),
+            "not an RSA private key",
+        ),
+        (
+            key_file(
+                dir.path(),
+                "encrypted.pem",
+                b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            ),
+            "encrypted",
+        ),
+        // The right label, a body that is not a key: cut short, or garbage.
+        (key_file(dir.path(), "cut.pem", cut.as_bytes()), "RSA private key"),
+        (
+            key_file(
+                dir.path(),
+                "garbage.pem",
+                format!("-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n", "QUJD".repeat(40)).as_bytes(),
+            ),
+            "RSA private key",
+        ),
+    ];
+    for (app, why) in cases {
+        let path = match app.key_source() {
+            AppKeySource::File(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let err = AppKey::load(&app).expect_err(&format!("{}", path.display()));
+        let message = err.to_string();
+        assert!(matches!(err, ConfigError::AppKey { .. }), "{err:?}");
+        assert!(message.contains("github.app.private_key_path"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(why), "{why:?} missing: {message}");
+        assert!(!message.contains(&body), "the key is quoted: {message}");
+        assert!(
+            !message.contains("QUJDQUJD"),
+            "the key is quoted: {message}"
+        );
+    }
+}
+
 // ---- the real binary ----
 
 fn sluice(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -445,6 +657,142 @@ fn serve_checks_the_config_before_the_secrets() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("repos[0].name"), "{stderr}");
+}
+
+#[test]
+fn check_config_checks_the_app_key_from_a_file_or_a_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = AppKeys::unregistered(42).unwrap();
+    let body = key.private_key_pem.lines().nth(1).unwrap().to_string();
+    let pem = dir.path().join("app.pem");
+    std::fs::write(&pem, &key.private_key_pem).unwrap();
+    let write = |name: &str, app: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("[github.app]\napp_id = 42\n{app}\n{MINIMAL}"),
+        )
+        .unwrap();
+        path
+    };
+    let by_file = write(
+        "file.toml",
+        &format!("private_key_path = {:?}", pem.display().to_string()),
+    );
+    let by_env = write("env.toml", "private_key_env = \"SLUICE_GITHUB_APP_KEY\"");
+
+    // Good: ok, saying where the key is; with GITHUB_TOKEN set, that the
+    // App wins.
+    let out = sluice(
+        &["check-config", "--config", by_file.to_str().unwrap()],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("GitHub App 42"), "{stdout}");
+    assert!(stdout.contains("app.pem"), "{stdout}");
+    assert!(!stdout.contains("GITHUB_TOKEN"), "{stdout}");
+    let out = sluice(
+        &["check-config", "--config", by_env.to_str().unwrap()],
+        &[
+            ("SLUICE_GITHUB_APP_KEY", key.private_key_pem.as_str()),
+            ("GITHUB_TOKEN", "ghp_x"),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("environment variable SLUICE_GITHUB_APP_KEY"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GITHUB_TOKEN is set but not used"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&body), "{stdout}");
+
+    // Missing, unreadable, malformed: exit code 2, the setting, the file or
+    // variable, what is wrong; never the key.
+    std::fs::write(
+        dir.path().join("bad.pem"),
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    let cases: Vec<(PathBuf, Vec<(&str, &str)>, Vec<&str>)> = vec![
+        (
+            write(
+                "missing.toml",
+                "private_key_path = \"/nonexistent/app.pem\"",
+            ),
+            vec![],
+            vec![
+                "github.app.private_key_path",
+                "/nonexistent/app.pem",
+                "cannot be read",
+            ],
+        ),
+        (
+            write(
+                "dir.toml",
+                &format!("private_key_path = {:?}", dir.path().display().to_string()),
+            ),
+            vec![],
+            vec!["github.app.private_key_path", "cannot be read"],
+        ),
+        (
+            write(
+                "bad.toml",
+                &format!(
+                    "private_key_path = {:?}",
+                    dir.path().join("bad.pem").display().to_string()
+                ),
+            ),
+            vec![],
+            vec!["github.app.private_key_path", "bad.pem", "RSA private key"],
+        ),
+        (
+            by_env.clone(),
+            vec![],
+            vec![
+                "github.app.private_key_env",
+                "SLUICE_GITHUB_APP_KEY",
+                "is not set",
+            ],
+        ),
+        (
+            by_env.clone(),
+            vec![("SLUICE_GITHUB_APP_KEY", body.as_str())],
+            vec![
+                "github.app.private_key_env",
+                "SLUICE_GITHUB_APP_KEY",
+                "not a PEM private key",
+            ],
+        ),
+    ];
+    for (config, env, needles) in cases {
+        let out = sluice(
+            &["check-config", "--config", config.to_str().unwrap()],
+            &env,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", config.display());
+        assert!(stderr.starts_with("error:"), "{stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+        }
+        assert!(!stderr.contains(&body), "the key is quoted: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
+    }
+
+    // `serve` refuses the same, as a configuration error, before the
+    // secrets.
+    let missing = dir.path().join("missing.toml");
+    let out = sluice(&["serve", "--config", missing.to_str().unwrap()], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("github.app.private_key_path"), "{stderr}");
 }
 
 // ---- arbitrary input ----

@@ -10,7 +10,13 @@
 //! Modified` is answered from the cache, is never an error and never
 //! retried, and GitHub does not count it against the rate limit. Every
 //! reply's `x-ratelimit-*` headers are recorded ([`Forge::api_budget`]).
+//!
+//! Authentication: a personal token ([`GitHub::new`]), or a GitHub App
+//! ([`GitHub::new_app`]): each repository's calls then go out with its
+//! installation's token, minted, renewed and re-minted after a 401 as
+//! [`app`] describes. Everything above `send` is the same in both modes.
 
+pub mod app;
 mod cache;
 mod check_runs;
 mod checks;
@@ -24,6 +30,7 @@ use crate::config::GithubConfig;
 use crate::core::{
     MergeMethod, MergeResult, PrKey, PrSnapshot, RepoName, ReviewFact, ReviewState, Sha, Timestamp,
 };
+use app::{AppAuth, AppKey, Failure};
 use bytes::Bytes;
 pub use cache::ETAG_CACHE_ENTRIES;
 use cache::{Cached, EtagCache};
@@ -69,6 +76,9 @@ pub struct GitHub {
     check_runs: bool,
     /// The check run of each commit sluice wrote one on (bounded).
     check_run_ids: Mutex<HashMap<(RepoName, Sha), u64>>,
+    /// As a GitHub App: `client` is the App's (JWT), and each repository's
+    /// calls go out on its installation's client ([`app`]).
+    app: Option<AppAuth>,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -219,7 +229,19 @@ enum Verdict {
 }
 
 impl GitHub {
+    /// With a personal token (or none: unauthenticated).
     pub fn new(config: &GithubConfig, token: Option<String>) -> Result<GitHub, ForgeError> {
+        GitHub::build(config, Auth::Token(token))
+    }
+
+    /// As the GitHub App of `key`: installation tokens, per repository.
+    /// Call [`GitHub::verify_app`] once before use to learn early whether
+    /// GitHub takes the key.
+    pub fn new_app(config: &GithubConfig, key: AppKey) -> Result<GitHub, ForgeError> {
+        GitHub::build(config, Auth::App(key))
+    }
+
+    fn build(config: &GithubConfig, auth: Auth) -> Result<GitHub, ForgeError> {
         let what = "building the GitHub client";
         let base: Uri = config.api_url.parse().map_err(|e| ForgeError::Transport {
             what: what.into(),
@@ -232,14 +254,19 @@ impl GitHub {
                     what: what.into(),
                     message: e.to_string(),
                 })?;
-        let builder = match token {
-            Some(token) => builder.personal_token(token),
-            None => builder,
+        let (builder, key) = match auth {
+            Auth::Token(Some(token)) => (builder.personal_token(token), None),
+            Auth::Token(None) => (builder, None),
+            Auth::App(key) => (
+                builder.app(octocrab::models::AppId(key.app_id()), key.signing_key()),
+                Some(key),
+            ),
         };
         let client = builder.build().map_err(|e| ForgeError::Transport {
             what: what.into(),
             message: e.to_string(),
         })?;
+        let app = key.map(|key| AppAuth::new(client.clone(), &key));
         Ok(GitHub {
             client,
             base,
@@ -252,7 +279,13 @@ impl GitHub {
             budget: Arc::new(BudgetCell::new()),
             check_runs: config.check_runs,
             check_run_ids: Mutex::new(HashMap::new()),
+            app,
         })
+    }
+
+    /// Whether this adapter runs as a GitHub App.
+    pub fn is_app(&self) -> bool {
+        self.app.is_some()
     }
 
     /// Sets the first backoff wait (doubled on each retry; default 500 ms).
@@ -313,10 +346,15 @@ impl GitHub {
                     .await;
             let outcome = match outcome {
                 Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(message)) => Err(ForgeError::Transport {
+                Ok(Err(Failure::Transport(message))) => Err(ForgeError::Transport {
                     what: what.clone(),
                     message,
                 }),
+                // Only as an App: no retry mends it (the key, a missing
+                // installation).
+                Ok(Err(Failure::Refused(refusal))) => {
+                    return Err(refusal.into_error(&what));
+                }
                 Err(_) => Err(ForgeError::Timeout { what: what.clone() }),
             };
             let (last, wait) = match self.judge(outcome, attempt, &what) {
@@ -394,42 +432,28 @@ impl GitHub {
         Verdict::Done(Ok(reply))
     }
 
-    /// One attempt: the request and its whole body.
+    /// One attempt: the request and its whole body, with the personal
+    /// token, or as an App on the installation of the path's repository.
     async fn send(
         &self,
         method: &Method,
         path: &str,
         body: Option<&serde_json::Value>,
         if_none_match: Option<&HeaderValue>,
-    ) -> Result<Reply, String> {
-        let response = match *method {
-            Method::GET => {
-                let headers = if_none_match.map(|tag| {
-                    let mut h = HeaderMap::new();
-                    h.insert(http::header::IF_NONE_MATCH, tag.clone());
-                    h
-                });
-                self.client._get_with_headers(path, headers).await
-            }
-            Method::POST => self.client._post(path, body).await,
-            Method::PUT => self.client._put(path, body).await,
-            Method::PATCH => self.client._patch(path, body).await,
-            Method::DELETE => self.client._delete(path, body).await,
-            _ => return Err(format!("method {method} is not used")),
-        }
-        .map_err(|e| error_chain(&e))?;
-        let (parts, body) = response.into_parts();
-        self.budget.observe(parts.status, &parts.headers);
-        let body = body
-            .collect()
+    ) -> Result<Reply, Failure> {
+        match &self.app {
+            None => send_on(
+                &self.client,
+                &self.budget,
+                method,
+                path,
+                body,
+                if_none_match,
+            )
             .await
-            .map_err(|e| error_chain(&e))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+            .map_err(Failure::Transport),
+            Some(app) => app.send(method, path, body, if_none_match).await,
+        }
     }
 
     /// A GET that sluice repeats: conditional on the `ETag` of the last 200
@@ -504,7 +528,7 @@ impl GitHub {
         V: Clone + Send + Sync + 'static,
     {
         let mut items = Vec::new();
-        let mut next = Some(first);
+        let mut next = Some(first.clone());
         let mut pages = 0;
         while let Some(path) = next.take() {
             let what = format!("GET {}", path_only(&path));
@@ -532,6 +556,11 @@ impl GitHub {
                 })?),
                 None => None,
             };
+            // GitHub's next-page links name the repository by id
+            // (`/repositories/{id}/…`): an App routes them by the first page.
+            if let (Some(app), Some(next)) = (&self.app, &next) {
+                app.learn_alias(&first, next);
+            }
         }
         Ok(items)
     }
@@ -814,7 +843,10 @@ impl Forge for GitHub {
     }
 
     fn api_budget(&self) -> Option<ApiBudget> {
-        Some(self.budget.snapshot())
+        match &self.app {
+            None => Some(self.budget.snapshot()),
+            Some(app) => Some(app.budget()),
+        }
     }
 
     fn writes_check_runs(&self) -> bool {
@@ -915,6 +947,52 @@ impl Forge for GitHub {
         self.comment_once(pr, &train::answer_marker(comment), body)
             .await
     }
+}
+
+/// One request on `client` and its whole body; the reply's rate-limit
+/// headers go to `budget`.
+async fn send_on(
+    client: &Octocrab,
+    budget: &BudgetCell,
+    method: &Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    if_none_match: Option<&HeaderValue>,
+) -> Result<Reply, String> {
+    let response = match *method {
+        Method::GET => {
+            let headers = if_none_match.map(|tag| {
+                let mut h = HeaderMap::new();
+                h.insert(http::header::IF_NONE_MATCH, tag.clone());
+                h
+            });
+            client._get_with_headers(path, headers).await
+        }
+        Method::POST => client._post(path, body).await,
+        Method::PUT => client._put(path, body).await,
+        Method::PATCH => client._patch(path, body).await,
+        Method::DELETE => client._delete(path, body).await,
+        _ => return Err(format!("method {method} is not used")),
+    }
+    .map_err(|e| error_chain(&e))?;
+    let (parts, body) = response.into_parts();
+    budget.observe(parts.status, &parts.headers);
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| error_chain(&e))?
+        .to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// How a [`GitHub`] authenticates.
+enum Auth {
+    Token(Option<String>),
+    App(AppKey),
 }
 
 fn review_state(state: Option<pulls::ReviewState>) -> ReviewState {

@@ -1,0 +1,526 @@
+//! sluice as a GitHub App, end to end over real HTTP against the fake
+//! GitHub: JWTs signed by octocrab, verified by the fake; installation
+//! tokens per account, renewed before they expire and minted anew after a
+//! 401; a key that is not the App's refused at startup; a repository the
+//! App is not installed on named in the error.
+
+use sluice::config::Config;
+use sluice::core::RepoName;
+use sluice::demo::{CHECK_SCRIPT, DEMO_APP_ID, DEMO_REPO, Stack};
+use sluice::fakehub::{AppKeys, FakeHub, Fault, JWT_UNDECODABLE};
+use sluice::forge::Forge;
+use sluice::forge::github::GitHub;
+use sluice::forge::github::app::AppKey;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+/// A second account with its own installation.
+const ACME_REPO: &str = "acme/widgets";
+const OTHER_REPO: &str = "octo/other";
+
+/// Merged, and the move of main recorded (the fake marks the PR merged
+/// just before it logs the move).
+fn merged(stack: &Stack, repo: &str, pr: u64) -> bool {
+    stack.hub.pr(repo, pr).is_some_and(|p| p.merged)
+        && stack.hub.branch_moves(repo).iter().any(|m| {
+            m.branch == "main" && m.after == stack.hub.pr(repo, pr).and_then(|p| p.merge_commit_sha)
+        })
+}
+
+fn installation(stack: &Stack, repo: &str) -> u64 {
+    stack
+        .hub
+        .installation_of(repo)
+        .unwrap_or_else(|| panic!("the App is installed on {repo}"))
+}
+
+async fn metrics(stack: &Stack) -> String {
+    stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of a counter family's samples (0 when it has none).
+fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// No GitHub call failed as far as the core could see: no forge error and
+/// no failed merge.
+async fn assert_no_failed_calls(stack: &Stack) {
+    let m = metrics(stack).await;
+    assert_eq!(
+        counter_sum(&m, "sluice_forge_errors_total"),
+        0.0,
+        "failed GitHub calls reached the core:\n{m}"
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("sluice_merges_total") && l.contains("fail")),
+        "{m}"
+    );
+}
+
+/// Calls with the hub's personal token: none, when sluice runs as the App
+/// (it was given the token too).
+fn assert_no_personal_token(stack: &Stack) {
+    assert_eq!(
+        stack.hub.rate_limit_used(),
+        0,
+        "sluice used the personal token although it runs as an App"
+    );
+}
+
+/// Opens a PR on `repo` from `branch` writing `files` on main, by carol.
+async fn open_pr(hub: &FakeHub, repo: &str, branch: &str, files: &[(&str, &str)]) -> u64 {
+    hub.commit(repo, branch, Some("main"), files, branch)
+        .await
+        .unwrap();
+    hub.open_pr(repo, branch, "main", branch, "carol")
+        .await
+        .unwrap()
+}
+
+/// The demo fake with App [`DEMO_APP_ID`] installed on the demo repository.
+async fn app_hub(dir: &std::path::Path) -> (FakeHub, AppKeys, u64) {
+    let hub = Stack::demo_hub(dir).await.unwrap();
+    let keys = hub.register_app(DEMO_APP_ID).unwrap();
+    let inst = hub.install_app(DEMO_APP_ID, "octo", &[DEMO_REPO]).unwrap();
+    (hub, keys, inst)
+}
+
+/// The GitHub adapter alone, as the App, against `hub` (the key in a file
+/// under `dir`).
+async fn app_adapter(hub: &FakeHub, keys: &AppKeys, dir: &std::path::Path) -> GitHub {
+    let path = dir.join("adapter-key.pem");
+    std::fs::write(&path, &keys.private_key_pem).unwrap();
+    let mut config = sluice::demo::demo_config(hub, dir, "http://127.0.0.1:9");
+    config.github.app = Some(sluice::config::GithubAppConfig::with_key_file(
+        keys.app_id,
+        path,
+    ));
+    let key = AppKey::load(config.github.app.as_ref().unwrap()).expect("the key loads");
+    GitHub::new_app(&config.github, key)
+        .expect("client")
+        .with_backoff_base(Duration::from_millis(10))
+}
+
+#[tokio::test]
+async fn as_an_app_an_approved_passing_pr_lands_with_installation_tokens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_app(dir.path(), "127.0.0.1:0".parse().unwrap(), |_| {})
+        .await
+        .expect("sluice starts as the App");
+    let inst = installation(&stack, DEMO_REPO);
+    let pr = stack
+        .open_pr(
+            "feature",
+            &[("src/feature.txt", "works\n")],
+            "Add a feature",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("success", WAIT, |s| {
+            s.status_of(pr).is_some_and(|st| st.state == "success")
+        })
+        .await
+        .unwrap();
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+
+    // The App's installation did the work: its tokens, its rate limit, and
+    // GitHub records the merge as the App's bot.
+    let tokens = stack.hub.installation_tokens(inst);
+    assert!(!tokens.is_empty(), "no installation token was minted");
+    assert!(stack.hub.installation_rate_limit_used(inst) > 0);
+    assert_no_personal_token(&stack);
+    let moved = stack.hub.branch_moves(DEMO_REPO);
+    let landing = moved
+        .iter()
+        .rev()
+        .find(|m| m.branch == "main")
+        .expect("main moved");
+    assert_eq!(landing.pusher, "sluice[bot]", "{landing:?}");
+    // One token sufficed (an hour's lifetime): not one per call.
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    // Every call was the App's (`/app…`) or a repository's; none refused.
+    for r in stack.hub.requests() {
+        assert!(
+            r.path.starts_with("/repos/") || r.path.starts_with("/app"),
+            "{r:?}"
+        );
+        assert_ne!(r.status, 401, "{r:?}");
+    }
+    assert_no_failed_calls(&stack).await;
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn an_installation_token_expired_mid_run_is_renewed_without_a_failed_call() {
+    let dir = tempfile::tempdir().unwrap();
+    // Re-reads every second keep calls going while the test runs.
+    let stack = Stack::start_app(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.reconcile.interval_secs = 1;
+    })
+    .await
+    .unwrap();
+    let inst = installation(&stack, DEMO_REPO);
+    let pr = stack
+        .open_pr(
+            "slow",
+            &[("src/slow.txt", "ok\n"), ("delay", "2")],
+            "A slow test",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("the test to run", WAIT, |s| {
+            s.status_of(pr).is_some_and(|st| st.state == "pending")
+        })
+        .await
+        .unwrap();
+    let before = stack.hub.installation_tokens(inst).len();
+    assert!(before >= 1);
+
+    // The hour passes while the test runs: every token sluice holds is
+    // refused from now on.
+    let mark = stack.hub.request_mark();
+    stack.hub.expire_installation_tokens(inst);
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+
+    // The expired token was used and refused (so the renewal was needed),
+    // a new one minted, and nothing failed as far as the core saw.
+    let refused: Vec<_> = stack
+        .hub
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.status == 401)
+        .collect();
+    assert!(!refused.is_empty(), "the expired token was never used");
+    assert!(
+        refused.iter().all(|r| r.path.starts_with("/repos/")),
+        "{refused:?}"
+    );
+    let tokens = stack.hub.installation_tokens(inst);
+    assert!(tokens.len() > before, "no new token: {tokens:?}");
+    let live = tokens
+        .iter()
+        .filter(|t| t.expires_at > std::time::SystemTime::now())
+        .count();
+    assert!(live >= 1, "{tokens:?}");
+    assert_no_failed_calls(&stack).await;
+    assert_no_personal_token(&stack);
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn short_lived_installation_tokens_are_renewed_before_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, inst) = app_hub(dir.path()).await;
+    // octocrab renews a token with less than 30 s left: one of 31 s is
+    // good for about a second, so a run of a few seconds needs several.
+    hub.set_installation_token_lifetime(Duration::from_secs(31));
+    let stack = Stack::start_app_on(hub, keys, dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.reconcile.interval_secs = 1;
+    })
+    .await
+    .unwrap();
+    let mark = stack.hub.request_mark();
+    let pr = stack
+        .open_pr(
+            "renew",
+            &[("src/renew.txt", "ok\n"), ("delay", "3")],
+            "Renewals",
+        )
+        .await
+        .unwrap();
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+    let tokens = stack.hub.installation_tokens(inst);
+    assert!(tokens.len() >= 3, "tokens were not renewed: {tokens:?}");
+    // Renewed ahead of time: no call was ever refused.
+    let refused: Vec<_> = stack
+        .hub
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.status == 401)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_no_failed_calls(&stack).await;
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_installation_token_is_dropped_and_the_call_sent_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, inst) = app_hub(dir.path()).await;
+    let pr = open_pr(&hub, DEMO_REPO, "f", &[("src/f.txt", "f\n")]).await;
+    let forge = app_adapter(&hub, &keys, dir.path()).await;
+    let repo = RepoName::parse(DEMO_REPO).unwrap();
+    let key = sluice::core::PrKey {
+        repo: repo.clone(),
+        number: pr,
+    };
+    forge.get_pr(&key).await.expect("a first call");
+    assert_eq!(hub.installation_tokens(inst).len(), 1);
+
+    // Each installation client repeats a 401 once itself (octocrab, with
+    // a fresh token); the adapter then drops the client and sends the call
+    // once more on a new one: three 401s in a row are absorbed...
+    let path = format!("/repos/{DEMO_REPO}/pulls/{pr}");
+    hub.inject_fault(Fault::status("GET", &path, 401, 3));
+    let mark = hub.request_mark();
+    let got = forge.get_pr(&key).await;
+    assert!(got.is_ok(), "{got:?}");
+    let sent: Vec<_> = hub
+        .requests_since(mark)
+        .into_iter()
+        .filter(|r| r.path.starts_with(&path))
+        .map(|r| r.status)
+        .collect();
+    // (The last is a 304: the adapter's ETag of the first call still holds.)
+    assert!(
+        sent.len() == 4 && sent[..3] == [401, 401, 401] && matches!(sent[3], 200 | 304),
+        "{sent:?}"
+    );
+    assert_eq!(
+        hub.installation_tokens(inst).len(),
+        4,
+        "a new token after each refusal"
+    );
+
+    // ... and four are not: the call is sent again once, not forever.
+    hub.inject_fault(Fault::status("GET", &path, 401, 4));
+    let err = forge
+        .get_pr(&key)
+        .await
+        .expect_err("four 401s fail the call");
+    let message = err.to_string();
+    assert!(message.contains("401"), "{message}");
+    assert!(message.contains(&path), "{message}");
+}
+
+#[tokio::test]
+async fn a_key_the_app_does_not_have_is_refused_at_startup_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, inst) = app_hub(dir.path()).await;
+    // A well-formed RSA key, but not one of the App's: its JWTs are forged.
+    let forged = AppKeys::unregistered(keys.app_id).unwrap();
+    let err = match Stack::start_app_on(
+        hub.clone(),
+        forged.clone(),
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        |_| {},
+    )
+    .await
+    {
+        Ok(_) => panic!("sluice started with a key the App does not have"),
+        Err(e) => format!("{e:#}"),
+    };
+    for needle in [
+        "GitHub App 4242",
+        "GET /app",
+        "401",
+        JWT_UNDECODABLE,
+        "app-key.pem",
+        "github.app.app_id",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    let body = forged
+        .private_key_pem
+        .lines()
+        .nth(1)
+        .expect("a PEM body line");
+    assert!(!err.contains(body), "the error quotes the key: {err}");
+    // It never got as far as a token.
+    assert!(hub.installation_tokens(inst).is_empty());
+
+    // The right key starts (the same fake, the same App).
+    let stack = Stack::start_app_on(
+        hub,
+        keys,
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        |_| {},
+    )
+    .await
+    .expect("the App's own key works");
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn two_installations_on_two_accounts_both_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Stack::demo_hub(dir.path()).await.unwrap();
+    hub.create_repo(
+        ACME_REPO,
+        "main",
+        &[("check.sh", CHECK_SCRIPT), ("src/main.txt", "hello\n")],
+    )
+    .await
+    .unwrap();
+    hub.set_permission(ACME_REPO, "alice", "write");
+    let keys = hub.register_app(DEMO_APP_ID).unwrap();
+    let octo = hub.install_app(DEMO_APP_ID, "octo", &[DEMO_REPO]).unwrap();
+    let acme = hub.install_app(DEMO_APP_ID, "acme", &[ACME_REPO]).unwrap();
+    assert_ne!(octo, acme);
+    let stack = Stack::start_app_on(
+        hub,
+        keys,
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        |c: &mut Config| {
+            let mut acme = c.repos[0].clone();
+            acme.name = ACME_REPO.into();
+            c.repos.push(acme);
+        },
+    )
+    .await
+    .unwrap();
+
+    let a = open_pr(&stack.hub, DEMO_REPO, "a", &[("src/a.txt", "a\n")]).await;
+    let b = open_pr(&stack.hub, ACME_REPO, "b", &[("src/b.txt", "b\n")]).await;
+    for (repo, pr) in [(DEMO_REPO, a), (ACME_REPO, b)] {
+        stack
+            .hub
+            .review(repo, pr, "alice", "APPROVED")
+            .await
+            .unwrap();
+    }
+    stack
+        .wait_for("both merges", WAIT, |s| {
+            merged(s, DEMO_REPO, a) && merged(s, ACME_REPO, b)
+        })
+        .await
+        .unwrap();
+
+    // Each account's calls went out with its own installation's tokens
+    // (a token of one installation opens none of the other's repositories:
+    // the fake answers 404, which would have failed a call).
+    for (inst, repo) in [(octo, DEMO_REPO), (acme, ACME_REPO)] {
+        assert!(
+            !stack.hub.installation_tokens(inst).is_empty(),
+            "no token for the installation on {repo}"
+        );
+        assert!(stack.hub.installation_rate_limit_used(inst) > 0, "{repo}");
+        let landing = stack
+            .hub
+            .branch_moves(repo)
+            .into_iter()
+            .rev()
+            .find(|m| m.branch == "main")
+            .unwrap();
+        assert_eq!(landing.pusher, "sluice[bot]", "{repo}: {landing:?}");
+    }
+    let octo_tokens = stack.hub.installation_tokens(octo);
+    let acme_tokens = stack.hub.installation_tokens(acme);
+    assert!(
+        octo_tokens
+            .iter()
+            .all(|t| acme_tokens.iter().all(|u| u.token != t.token))
+    );
+    assert_no_personal_token(&stack);
+    assert_no_failed_calls(&stack).await;
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn a_repository_the_app_is_not_installed_on_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, inst) = app_hub(dir.path()).await;
+    hub.create_repo(OTHER_REPO, "main", &[("README.md", "x\n")])
+        .await
+        .unwrap();
+    let forge = app_adapter(&hub, &keys, dir.path()).await;
+    let demo = RepoName::parse(DEMO_REPO).unwrap();
+    let other = RepoName::parse(OTHER_REPO).unwrap();
+    // Startup's check passes (the key is good) and only logs the missing
+    // installation.
+    let me = forge
+        .verify_app(&[demo.clone(), other.clone()])
+        .await
+        .expect("the App authenticates");
+    assert_eq!((me.id, me.slug.as_str()), (DEMO_APP_ID, "sluice"));
+    assert_eq!(forge.installation_of(&demo).await, Ok(Some(inst)));
+    assert_eq!(forge.installation_of(&other).await, Ok(None));
+
+    let mark = hub.request_mark();
+    let err = forge
+        .list_open_prs(&other)
+        .await
+        .expect_err("not installed there");
+    let message = err.to_string();
+    for needle in [OTHER_REPO, "not installed", "4242", "404"] {
+        assert!(message.contains(needle), "{needle:?} missing: {message}");
+    }
+    // Refused at once: one lookup, no retries, no call on the repository.
+    let sent: Vec<_> = hub
+        .requests_since(mark)
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        sent,
+        [(
+            "GET".to_string(),
+            format!("/repos/{OTHER_REPO}/installation")
+        )],
+        "{sent:?}"
+    );
+    // The installed repository works meanwhile, with the same adapter.
+    forge
+        .list_open_prs(&demo)
+        .await
+        .expect("the demo repository");
+
+    // Once the owner adds the repository to the installation, its calls
+    // work: a missing installation is not remembered.
+    hub.add_installation_repos(inst, &[OTHER_REPO]).unwrap();
+    let prs = forge.list_open_prs(&other).await.expect("now installed");
+    assert!(prs.is_empty());
+    // The budget is the installation's: its limit, what it has left.
+    let budget = forge.api_budget().expect("a budget");
+    assert!(
+        budget.limit.is_some() && budget.remaining.is_some(),
+        "{budget:?}"
+    );
+    assert!(budget.remaining < budget.limit, "{budget:?}");
+    assert!(budget.counted >= 4, "{budget:?}");
+}
