@@ -818,6 +818,12 @@ impl Config {
         if self.github.status_context.trim().is_empty() {
             return Err(bad("github.status_context".into(), "must not be empty"));
         }
+        if self.github.check_runs && self.github.app.is_none() {
+            return Err(bad(
+                "github.check_runs".into(),
+                "needs [github.app]: GitHub lets only Apps write check runs (with a personal token,                  leave it off and sluice writes commit statuses)",
+            ));
+        }
         if let Some(app) = &self.github.app {
             app.validate(&bad)?;
         }

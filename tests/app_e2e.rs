@@ -524,3 +524,142 @@ async fn a_repository_the_app_is_not_installed_on_is_named_in_the_error() {
     assert!(budget.remaining < budget.limit, "{budget:?}");
     assert!(budget.counted >= 4, "{budget:?}");
 }
+
+// ---- check runs (github.check_runs) ----
+
+async fn checks_stack(dir: &std::path::Path, depth: usize) -> Stack {
+    Stack::start_app(dir, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.github.check_runs = true;
+        c.repos[0].train_depth = depth;
+        c.repos[0].max_concurrent_builds = 4;
+    })
+    .await
+    .expect("sluice starts as the App")
+}
+
+/// sluice's check run on the PR's head.
+fn check_of(stack: &Stack, pr: u64) -> Option<sluice::fakehub::CheckRunView> {
+    let head = stack.hub.pr(DEMO_REPO, pr)?.head_sha;
+    stack
+        .hub
+        .check_runs(DEMO_REPO, head.as_str())
+        .into_iter()
+        .find(|c| c.name == "sluice")
+}
+
+#[tokio::test]
+async fn a_prs_check_run_goes_queued_in_progress_success_and_says_where_it_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = checks_stack(dir.path(), 2).await;
+    let pr = stack
+        .open_pr(
+            "checked",
+            &[("src/checked.txt", "ok\n"), ("delay", "2")],
+            "Checked",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("its own test passes", WAIT, |s| {
+            check_of(s, pr).is_some_and(|c| c.conclusion.as_deref() == Some("success"))
+        })
+        .await
+        .unwrap();
+    let run = check_of(&stack, pr).unwrap();
+    let states: Vec<&str> = run.history.iter().map(|h| h.status.as_str()).collect();
+    assert!(
+        states.contains(&"in_progress") && states.last() == Some(&"completed"),
+        "{states:?}"
+    );
+    let running = run
+        .history
+        .iter()
+        .find(|h| h.status == "in_progress")
+        .unwrap();
+    assert!(
+        running
+            .details_url
+            .as_deref()
+            .is_some_and(|u| u.contains("/results/")),
+        "links its build: {running:?}"
+    );
+    // Not approved yet: the summary says so, in the JSON's words.
+    let summary = run.summary.clone().unwrap_or_default();
+    let view = stack.get_json(&format!("/status?pr={pr}")).await.unwrap();
+    for reason in view["prs"][0]["waiting_on"].as_array().unwrap() {
+        assert!(
+            summary.contains(reason.as_str().unwrap()),
+            "{summary} lacks {reason}"
+        );
+    }
+    assert!(summary.contains("approval"), "{summary}");
+    // Approved: in the train, then landed; the summary named its place.
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+    let run = check_of(&stack, pr).unwrap();
+    assert!(
+        run.history.iter().any(|h| h
+            .summary
+            .as_deref()
+            .is_some_and(|s| s.contains("1st in the train for main"))),
+        "{:?}",
+        run.history
+    );
+    // No commit status was written: check runs replace them.
+    let head = stack.hub.pr(DEMO_REPO, pr).unwrap().head_sha;
+    assert!(stack.hub.statuses(DEMO_REPO, head.as_str()).is_empty());
+    assert_no_failed_calls(&stack).await;
+    stack.sluice.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_check_shows_its_log_tail_and_re_run_tests_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = checks_stack(dir.path(), 0).await;
+    let marker = dir.path().join("flaked");
+    let pr = stack
+        .open_pr(
+            "fails-once",
+            &[("src/f.txt", "ok\n"), ("flaky", marker.to_str().unwrap())],
+            "Fails once",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("the check fails", WAIT, |s| {
+            check_of(s, pr).is_some_and(|c| c.conclusion.as_deref() == Some("failure"))
+        })
+        .await
+        .unwrap();
+    let run = check_of(&stack, pr).unwrap();
+    let summary = run.summary.clone().unwrap_or_default();
+    assert!(summary.contains("The end of the log"), "{summary}");
+    assert!(
+        summary.contains("a flaky failure"),
+        "the log's last lines: {summary}"
+    );
+    // "Re-run" on GitHub: sluice tests it again, and now it passes.
+    stack
+        .hub
+        .rerequest_check_run(DEMO_REPO, run.id, "alice")
+        .unwrap();
+    stack
+        .wait_for("the re-run passes", WAIT, |s| {
+            check_of(s, pr).is_some_and(|c| c.conclusion.as_deref() == Some("success"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        check_of(&stack, pr).unwrap().id,
+        run.id,
+        "the same check run is updated, not a new one"
+    );
+    stack.sluice.stop().await;
+}

@@ -859,3 +859,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn check_runs_need_an_app_and_land_on_reads_its_two_words() {
+    let checks = format!("[github]\ncheck_runs = true\n{MINIMAL}");
+    assert_eq!(invalid_key(&checks), "github.check_runs");
+    let message = error_naming(&checks, "github.check_runs");
+    assert!(message.contains("only Apps write check runs"), "{message}");
+    let command = parse(&format!(
+        "{MINIMAL}land_on = \"command\"\nauthor_may_retest = false\n"
+    ))
+    .unwrap();
+    assert_eq!(command.repos[0].land_on, sluice::core::LandOn::Command);
+    assert!(!command.repos[0].author_may_retest);
+    let default = parse(MINIMAL).unwrap();
+    assert_eq!(default.repos[0].land_on, sluice::core::LandOn::Approval);
+    assert!(default.repos[0].author_may_retest);
+    error_naming(&format!("{MINIMAL}land_on = \"comment\"\n"), "land_on");
+}
