@@ -4,6 +4,7 @@ use crate::config::{Config, ConfigError, ENV_GITHUB_TOKEN, ExecutorKind, Results
 use crate::executor::Executor;
 use crate::executor::kubernetes::KubernetesExecutor;
 use crate::executor::local::LocalExecutor;
+use crate::forge::ForgeError;
 use crate::forge::github::GitHub;
 use crate::forge::github::app::AppKey;
 use crate::http::{self, DeliveryLog, HttpContext};
@@ -95,9 +96,21 @@ pub async fn github_from_config(config: &Config, secrets: &Secrets) -> anyhow::R
     let key = AppKey::load(app)?;
     let forge = GitHub::new_app(&config.github, key)?;
     let repos: Vec<_> = config.repos.iter().map(|r| r.repo()).collect();
-    forge.verify_app(&repos).await.map_err(|e| {
-        anyhow::anyhow!("cannot authenticate as the GitHub App {}: {e}", app.app_id)
-    })?;
+    match forge.verify_app(&repos).await {
+        Ok(_) => {}
+        // GitHub unreachable or failing: no verdict on the key; start, and
+        // let the calls retry (and fail, naming the cause, if it is the key).
+        Err(
+            e @ (ForgeError::Transport { .. }
+            | ForgeError::Timeout { .. }
+            | ForgeError::Http { status: 500.., .. }),
+        ) => tracing::warn!(
+            app_id = app.app_id,
+            error = %e,
+            "could not ask GitHub about the App at startup; starting anyway"
+        ),
+        Err(e) => anyhow::bail!("cannot authenticate as the GitHub App {}: {e}", app.app_id),
+    }
     Ok(forge)
 }
 

@@ -10,7 +10,7 @@ use sluice::demo::{CHECK_SCRIPT, DEMO_APP_ID, DEMO_REPO, Stack};
 use sluice::fakehub::{AppKeys, FakeHub, Fault, JWT_UNDECODABLE};
 use sluice::forge::Forge;
 use sluice::forge::github::GitHub;
-use sluice::forge::github::app::AppKey;
+use sluice::forge::github::app::{AppKey, INSTALLATION_RECHECK};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -372,9 +372,12 @@ async fn a_key_the_app_does_not_have_is_refused_at_startup_clearly() {
     // It never got as far as a token.
     assert!(hub.installation_tokens(inst).is_empty());
 
-    // The right key starts (the same fake, the same App).
+    // The right key starts (the same fake, the same App), even while
+    // GitHub fails the startup check (no verdict on the key: the calls
+    // retry later).
+    hub.inject_fault(Fault::status("GET", "/app", 502, 4));
     let stack = Stack::start_app_on(
-        hub,
+        hub.clone(),
         keys,
         dir.path(),
         "127.0.0.1:0".parse().unwrap(),
@@ -382,6 +385,12 @@ async fn a_key_the_app_does_not_have_is_refused_at_startup_clearly() {
     )
     .await
     .expect("the App's own key works");
+    let failed = hub
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/app" && r.status == 502)
+        .count();
+    assert_eq!(failed, 4, "the startup check was retried, then given up");
     stack.sluice.stop().await;
 }
 
@@ -515,6 +524,27 @@ async fn a_repository_the_app_is_not_installed_on_is_named_in_the_error() {
     hub.add_installation_repos(inst, &[OTHER_REPO]).unwrap();
     let prs = forge.list_open_prs(&other).await.expect("now installed");
     assert!(prs.is_empty());
+
+    // The owner takes the repository away again: once the installation is
+    // due for a re-check, a 404 there is reported as what it is, not as
+    // "no such branch"; a real 404 elsewhere stays one.
+    hub.remove_installation_repos(inst, &[OTHER_REPO]).unwrap();
+    tokio::time::sleep(INSTALLATION_RECHECK).await;
+    let err = forge
+        .branch_head(&other, "main")
+        .await
+        .expect_err("no longer installed");
+    let message = err.to_string();
+    assert!(
+        message.contains("not installed") && message.contains(OTHER_REPO),
+        "{message}"
+    );
+    assert_eq!(
+        forge.branch_head(&demo, "no-such-branch").await.unwrap(),
+        None
+    );
+    assert!(forge.branch_head(&demo, "main").await.unwrap().is_some());
+
     // The budget is the installation's: its limit, what it has left.
     let budget = forge.api_budget().expect("a budget");
     assert!(

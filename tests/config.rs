@@ -719,7 +719,9 @@ fn check_config_checks_the_app_key_from_a_file_or_a_variable() {
         format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\n"),
     )
     .unwrap();
-    let cases: Vec<(PathBuf, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    /// A configuration, the environment, what stderr must say.
+    type Case<'a> = (PathBuf, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             write(
                 "missing.toml",

@@ -17,6 +17,11 @@
 //! repeats once on a 401 when it can replay the body; this is the second,
 //! explicit line.)
 //!
+//! A repository the App loses after its lookup (uninstalled, removed from
+//! the installation) answers 404; a 404 on a repository not confirmed for
+//! [`INSTALLATION_RECHECK`] looks the installation up again, so such calls
+//! fail naming the repository instead of passing for "not found".
+//!
 //! Failures that no retry can mend (the JWT is refused: the key is not the
 //! App's; the App is not installed on the repository) are reported at
 //! once, naming the App, the key's source or the repository.
@@ -30,6 +35,13 @@ use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A 404 on a repository whose installation was confirmed longer ago than
+/// this looks the installation up again: the App may have lost the
+/// repository (uninstalled, or the repository removed from it), and then
+/// the call fails naming that, instead of passing for "not found".
+pub const INSTALLATION_RECHECK: Duration = Duration::from_secs(5);
 
 /// Remembered `/repositories/{id}` prefixes (GitHub's next-page links use
 /// them) at most; past that the map is cleared.
@@ -194,8 +206,9 @@ pub(super) struct AppAuth {
     /// Authenticated as the App (a fresh JWT per call).
     app: Octocrab,
     app_budget: BudgetCell,
-    /// Repository → installation id, looked up once.
-    installations: Mutex<HashMap<RepoName, u64>>,
+    /// Repository → installation id, looked up once, and when GitHub last
+    /// confirmed it.
+    installations: Mutex<HashMap<RepoName, (u64, Instant)>>,
     /// Installation id → its client; dropped on a 401.
     clients: Mutex<HashMap<u64, Arc<InstallationClient>>>,
     /// Installation id → what its replies said about its rate limit (an
@@ -255,11 +268,11 @@ impl AppAuth {
 
     /// The installation of `repo`: remembered, or looked up with the JWT.
     async fn installation_id(&self, repo: &RepoName) -> Result<u64, Failure> {
-        if let Some(id) = lock(&self.installations).get(repo) {
+        if let Some((id, _)) = lock(&self.installations).get(repo) {
             return Ok(*id);
         }
         let _one = self.lookup.lock().await;
-        if let Some(id) = lock(&self.installations).get(repo) {
+        if let Some((id, _)) = lock(&self.installations).get(repo) {
             return Ok(*id);
         }
         let path = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
@@ -282,7 +295,11 @@ impl AppAuth {
             StatusCode::UNAUTHORIZED => {
                 return Err(Failure::Refused(self.jwt_refused(&reply.message())));
             }
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || super::rate_limit_wait(&reply.headers, std::time::SystemTime::now())
+                    .is_some() =>
+            {
                 return Err(Failure::Transport(format!(
                     "looking up the App's installation on {repo}: HTTP {}: {}",
                     s.as_u16(),
@@ -310,7 +327,7 @@ impl AppAuth {
             })
         })?;
         tracing::info!(%repo, installation = found.id, app = self.app_id, "found the App's installation");
-        lock(&self.installations).insert(repo.clone(), found.id);
+        lock(&self.installations).insert(repo.clone(), (found.id, Instant::now()));
         Ok(found.id)
     }
 
@@ -442,39 +459,43 @@ impl AppAuth {
             Route::Repo(repo) => repo,
         };
         let client = self.ready_client(&repo).await?;
-        let reply = send_on(
-            &client.client,
-            &client.budget,
-            method,
-            path,
-            body,
-            if_none_match,
-        )
-        .await
-        .map_err(Failure::Transport)?;
-        if reply.status != StatusCode::UNAUTHORIZED {
-            return Ok(reply);
+        let reply = on_installation(&client, method, path, body, if_none_match).await?;
+        match reply.status {
+            StatusCode::UNAUTHORIZED => {
+                tracing::warn!(
+                    %repo,
+                    installation = client.id,
+                    method = %method,
+                    path = %path_only(path),
+                    message = %reply.message(),
+                    "the installation token was refused (401); minting a new one and sending the call again"
+                );
+                self.drop_client(&client);
+                let client = self.ready_client(&repo).await?;
+                on_installation(&client, method, path, body, if_none_match).await
+            }
+            StatusCode::NOT_FOUND if self.unconfirmed(&repo) => {
+                // Not found, or no longer the App's to see?
+                lock(&self.installations).remove(&repo);
+                let id = self.installation_id(&repo).await?;
+                if id == client.id {
+                    return Ok(reply);
+                }
+                // Moved to another installation (reinstalled): once more
+                // there.
+                let client = self.ready_client(&repo).await?;
+                on_installation(&client, method, path, body, if_none_match).await
+            }
+            _ => Ok(reply),
         }
-        tracing::warn!(
-            %repo,
-            installation = client.id,
-            method = %method,
-            path = %path_only(path),
-            message = %reply.message(),
-            "the installation token was refused (401); minting a new one and sending the call again"
-        );
-        self.drop_client(&client);
-        let client = self.ready_client(&repo).await?;
-        send_on(
-            &client.client,
-            &client.budget,
-            method,
-            path,
-            body,
-            if_none_match,
-        )
-        .await
-        .map_err(Failure::Transport)
+    }
+
+    /// Whether `repo`'s installation was last confirmed more than
+    /// [`INSTALLATION_RECHECK`] ago.
+    fn unconfirmed(&self, repo: &RepoName) -> bool {
+        lock(&self.installations)
+            .get(repo)
+            .is_none_or(|(_, at)| at.elapsed() >= INSTALLATION_RECHECK)
     }
 
     /// The installations' rate limits, tightest first, and every call.
@@ -513,6 +534,26 @@ impl AppAuth {
     pub(super) fn app_id(&self) -> u64 {
         self.app_id
     }
+}
+
+/// One attempt on an installation's client.
+async fn on_installation(
+    client: &InstallationClient,
+    method: &Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    if_none_match: Option<&HeaderValue>,
+) -> Result<Reply, Failure> {
+    send_on(
+        &client.client,
+        &client.budget,
+        method,
+        path,
+        body,
+        if_none_match,
+    )
+    .await
+    .map_err(Failure::Transport)
 }
 
 impl GitHub {
