@@ -760,6 +760,7 @@ impl RepoConfig {
             urgent_label: self.urgent_label.clone(),
             land_on: self.land_on,
             author_may_retest: self.author_may_retest,
+            car_statuses: false,
         }
     }
     pub fn job_timeout(&self) -> Duration {

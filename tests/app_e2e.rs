@@ -642,6 +642,23 @@ async fn a_prs_check_run_goes_queued_in_progress_success_and_says_where_it_stand
         "{:?}",
         run.history
     );
+    // The car it landed with has its own check run: tested, then passed.
+    let main = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let car = stack
+        .hub
+        .check_runs(DEMO_REPO, main.as_str())
+        .into_iter()
+        .find(|c| c.name == "sluice")
+        .expect("the landed car has a check run");
+    let states: Vec<&str> = car.history.iter().map(|h| h.status.as_str()).collect();
+    assert_eq!(states.first(), Some(&"in_progress"), "{:?}", car.history);
+    assert_eq!(car.conclusion.as_deref(), Some("success"));
+    assert!(
+        car.summary
+            .as_deref()
+            .is_some_and(|s| s.contains(&format!("#{pr}"))),
+        "names its PR: {car:?}"
+    );
     // No commit status was written: check runs replace them.
     let head = stack.hub.pr(DEMO_REPO, pr).unwrap().head_sha;
     assert!(stack.hub.statuses(DEMO_REPO, head.as_str()).is_empty());

@@ -57,6 +57,11 @@ pub struct RepoPolicy {
     /// The PR's author may `/retest` it without write access.
     #[serde(default = "yes")]
     pub author_may_retest: bool,
+    /// Train mode: car commits get sluice's status (check run) while they
+    /// are tested and when they fail, not only when they land (on with
+    /// `github.check_runs`; each costs a GitHub call per car).
+    #[serde(default)]
+    pub car_statuses: bool,
 }
 
 fn one() -> usize {
@@ -110,6 +115,7 @@ impl Default for RepoPolicy {
             urgent_label: None,
             land_on: LandOn::Approval,
             author_may_retest: true,
+            car_statuses: false,
         }
     }
 }

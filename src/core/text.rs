@@ -507,3 +507,18 @@ pub fn fenced(s: &str) -> String {
     let fence = "`".repeat((longest + 1).max(3));
     format!("{fence}\n{}\n{fence}", s.trim_end())
 }
+
+/// A car commit's status while its test runs.
+pub fn car_testing(branch: &str, prs: &[u64]) -> String {
+    let list: Vec<String> = prs.iter().map(|n| format!("#{n}")).collect();
+    format!("testing for {branch}: {}", list.join(", "))
+}
+
+/// A car commit's status when its test did not pass (which PR is to blame
+/// is the train's to find).
+pub fn car_test_failed(outcome: Outcome, detail: &str) -> String {
+    match outcome {
+        Outcome::Error => format!("infrastructure error: {detail}"),
+        _ => format!("failed: {detail}"),
+    }
+}

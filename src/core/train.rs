@@ -438,11 +438,24 @@ impl State {
             outcome => {
                 // Blamed once bisection found the culprit (`settle_train`).
                 car.state = CarState::Failed {
-                    sha,
+                    sha: sha.clone(),
                     build: build.clone(),
                     outcome,
                     detail: report.detail.clone(),
                 };
+                let car_pr = car.pr.clone();
+                let prs: Vec<u64> = train.cars[..=index].iter().map(|c| c.pr.number).collect();
+                if self.repos[repo].policy.car_statuses {
+                    let description = text::car_test_failed(outcome, &report.detail);
+                    out.push(Action::SetStatus {
+                        repo: repo.clone(),
+                        sha,
+                        state: CommitState::Failure,
+                        summary: text::car_summary(&description, &prs),
+                        description,
+                        link: Some(car_results(repo, &car_pr, build)),
+                    });
+                }
             }
         }
         true
@@ -1206,9 +1219,21 @@ impl State {
             };
             let id = self.new_build_id();
             train.cars[k].state = CarState::Testing {
-                sha,
+                sha: sha.clone(),
                 build: id.clone(),
             };
+            if self.repos[name].policy.car_statuses {
+                let prs: Vec<u64> = candidate.prs.iter().map(|p| p.number).collect();
+                let description = text::car_testing(branch, &prs);
+                out.push(Action::SetStatus {
+                    repo: name.clone(),
+                    sha,
+                    state: CommitState::Pending,
+                    summary: text::car_summary(&description, &prs),
+                    description,
+                    link: Some(car_results(name, &train.cars[k].pr, &id)),
+                });
+            }
             self.launch(id, candidate, now, out);
             free -= 1;
         }

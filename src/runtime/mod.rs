@@ -106,7 +106,14 @@ pub fn build(
     mut store: Store,
     recovered: Recovered,
 ) -> std::io::Result<(Arc<Shared>, Driver)> {
-    let repos = || config.repos.iter().map(|r| (r.repo(), r.policy()));
+    // Check runs are cheap to read and show on the car commits too.
+    let repos = || {
+        config.repos.iter().map(|r| {
+            let mut policy = r.policy();
+            policy.car_statuses = config.github.check_runs;
+            (r.repo(), policy)
+        })
+    };
     let restored = recovered.state.is_some();
     let state = match recovered.state {
         Some(mut state) => {
