@@ -599,9 +599,38 @@ fn a_rerun_of_the_check_retests_the_prs_on_its_head() {
         let got = parse_delivery("check_run", &payload("check_run", file)).unwrap();
         assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
     }
-    // Installations: acknowledged and ignored.
+    // Installations: read with octocrab's models, acknowledged with what
+    // changed, and otherwise ignored.
     for (file, body) in payloads("installation") {
         let got = parse_delivery("installation", &body).unwrap();
-        assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
+        let Delivery::Ignored { reason } = got else {
+            panic!("{file}: {got:?}");
+        };
+        assert!(reason.starts_with("installation "), "{file}: {reason}");
     }
+    let created = payload("installation", "created.payload.json");
+    let Ok(Delivery::Ignored { reason }) = parse_delivery("installation", &created) else {
+        panic!("created");
+    };
+    assert!(
+        reason.contains("installation created: repositories Codertocat/Hello-World"),
+        "{reason}"
+    );
+    let mut v: Value = serde_json::from_slice(&created).unwrap();
+    v["action"] = json!("added");
+    v["repository_selection"] = json!("selected");
+    v["repositories_added"] = v["repositories"].clone();
+    v["repositories_removed"] = json!([]);
+    let got = parse_delivery(
+        "installation_repositories",
+        &serde_json::to_vec(&v).unwrap(),
+    );
+    let Ok(Delivery::Ignored { reason }) = got else {
+        panic!("{got:?}");
+    };
+    assert!(
+        reason.contains("added Codertocat/Hello-World; removed none"),
+        "{reason}"
+    );
+    assert!(parse_delivery("installation_repositories", b"{\"action\": \"added\"}").is_err());
 }

@@ -233,11 +233,55 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
         }
         // Rare deliveries, read with octocrab's models whole.
         "issue_comment" | "check_run" => app_delivery(event, body),
-        "installation" | "installation_repositories" => Ok(ignored(format!(
-            "{event}: sluice looks up each repository's installation when it calls GitHub"
-        ))),
+        "installation" | "installation_repositories" => installation_delivery(event, body),
         other => Ok(ignored(format!("event {:?} is not used", short(other)))),
     }
+}
+
+/// An App installed, removed, or given or denied repositories: read with
+/// octocrab's models and acknowledged with what changed. sluice needs no
+/// event for it: it looks up each repository's installation when it calls
+/// GitHub, and looks again when a repository's calls start failing.
+fn installation_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
+    use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
+    let parsed = WebhookEvent::try_from_header_and_body(event, body).map_err(|e| {
+        WebhookError::BadPayload {
+            event: event.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    let names = |repos: &[octocrab::models::webhook_events::InstallationEventRepository]| {
+        let names: Vec<&str> = repos
+            .iter()
+            .take(20)
+            .map(|r| r.full_name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let what = match &parsed.specific {
+        WebhookEventPayload::Installation(p) => format!(
+            "installation {}: repositories {}",
+            serde_json::to_value(&p.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            names(p.repositories.as_deref().unwrap_or_default())
+        ),
+        WebhookEventPayload::InstallationRepositories(p) => format!(
+            "installation_repositories: added {}; removed {}",
+            names(&p.repositories_added),
+            names(&p.repositories_removed)
+        ),
+        _ => format!("event {:?}", short(event)),
+    };
+    tracing::info!("{what}");
+    Ok(ignored(format!(
+        "{what} (sluice looks up each repository's installation when it calls GitHub)"
+    )))
 }
 
 /// An `issue_comment` or `check_run` delivery, through octocrab's models:
