@@ -1060,6 +1060,43 @@ async fn history_with_a_bad_query_is_400() {
     assert_unchanged(&stack, &[pr], &before).await;
 }
 
+/// `GET /prs`: counts per state (every state named) and the PRs in one;
+/// an unknown state or parameter is a 400 naming what would work.
+#[tokio::test]
+async fn prs_by_state_count_every_state_and_a_bad_query_is_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, pr) = stack_with_passing_pr(dir.path()).await;
+    let all = stack.get_json("/prs").await.unwrap();
+    let counts = all["counts"].as_object().unwrap();
+    assert_eq!(counts.len(), 7, "{all}");
+    assert_eq!(counts["passed"], 1, "{all}");
+    assert_eq!(counts.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 1);
+    let passed = stack.get_json("/prs?state=passed").await.unwrap();
+    assert_eq!(passed["prs"][0]["number"], pr, "{passed}");
+    assert!(passed["prs"][0]["link"].is_string(), "{passed}");
+    let testing = stack.get_json("/prs?state=testing").await.unwrap();
+    assert_eq!(testing["prs"], json!([]));
+    assert_eq!(testing["counts"]["passed"], 1, "counts are of every state");
+    let other = stack.get_json("/prs?repo=octo/other").await.unwrap();
+    assert_eq!(other["prs"], json!([]));
+    for query in ["state=merged", "state=", "colour=blue", "state=%00"] {
+        let r = stack
+            .http
+            .get(stack.url(&format!("/prs?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(query, r, 400).await;
+        assert!(
+            message.contains("the states are waiting_for_target, conflict, queued")
+                || message.contains("query"),
+            "{query}: {message}"
+        );
+    }
+    let r = stack.http.post(stack.url("/prs")).send().await.unwrap();
+    expect_error("POST /prs", r, 405).await;
+}
+
 // ---- /results ----
 
 /// GET `path` sent exactly as written (no client-side normalisation of

@@ -2376,3 +2376,31 @@ fn a_commenters_access_is_asked_once_again_after_a_restart_and_an_unknown_answer
         .is_empty()
     );
 }
+
+#[test]
+fn prs_by_state_count_every_state_and_filter_one() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    bot.open(2, 0xa2);
+    let b = bot.build_of(1).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    let (counts, prs) = by_state(bot.state.pr_views(), Some(Phase::Passed));
+    assert_eq!(counts.len(), Phase::ALL.len());
+    let count = |p: Phase| counts.iter().find(|(q, _)| *q == p).unwrap().1;
+    assert_eq!((count(Phase::Passed), count(Phase::Testing)), (1, 1));
+    assert_eq!(prs.iter().map(|v| v.number).collect::<Vec<_>>(), vec![1]);
+    let (_, all) = by_state(bot.state.pr_views(), None);
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        Phase::parse("waiting_for_target"),
+        Some(Phase::WaitingForTarget)
+    );
+    assert_eq!(Phase::parse("merged"), None);
+    for p in Phase::ALL {
+        assert_eq!(
+            serde_json::to_value(p).unwrap(),
+            p.name(),
+            "the JSON's name"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use super::types::*;
 use serde::Serialize;
 
 /// Where a PR stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The head of the target branch is not known yet.
@@ -82,6 +82,52 @@ pub struct EjectionView {
     pub stage: &'static str,
     pub kind: super::train::EjectKind,
     pub message: String,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::WaitingForTarget,
+        Phase::Conflict,
+        Phase::Queued,
+        Phase::Testing,
+        Phase::Passed,
+        Phase::Failed,
+        Phase::Error,
+    ];
+
+    /// Its name in the JSON (`waiting_for_target`, `queued`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::WaitingForTarget => "waiting_for_target",
+            Phase::Conflict => "conflict",
+            Phase::Queued => "queued",
+            Phase::Testing => "testing",
+            Phase::Passed => "passed",
+            Phase::Failed => "failed",
+            Phase::Error => "error",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// The PRs by state: how many are in each (every state named, zeros
+/// included), and those in `state` (all when `None`), in repository and
+/// number order.
+pub fn by_state(views: Vec<PrView>, state: Option<Phase>) -> (Vec<(Phase, usize)>, Vec<PrView>) {
+    let mut counts: Vec<(Phase, usize)> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
+    for view in &views {
+        if let Some(slot) = counts.iter_mut().find(|(p, _)| *p == view.phase) {
+            slot.1 += 1;
+        }
+    }
+    let prs = views
+        .into_iter()
+        .filter(|v| state.is_none_or(|s| v.phase == s))
+        .collect();
+    (counts, prs)
 }
 
 impl PrView {

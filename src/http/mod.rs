@@ -90,6 +90,13 @@ pub fn routes(
         .and(with())
         .map(|keep, ctx: Arc<HttpContext>| list_view(&ctx, keep));
 
+    // By state, both ways: counts per state and the PRs in one.
+    let prs = warp::path!("prs")
+        .and(warp::get())
+        .and(warp::query::<PrsQuery>())
+        .and(with())
+        .map(|query: PrsQuery, ctx: Arc<HttpContext>| prs_by_state(&ctx, query));
+
     let queue = warp::path!("queue")
         .and(warp::get())
         .and(with())
@@ -177,6 +184,8 @@ pub fn routes(
         .or(metrics)
         .unify()
         .or(results)
+        .unify()
+        .or(prs)
         .unify()
         .or(views)
         .unify()
@@ -609,6 +618,61 @@ fn view_filter(view: &str) -> Option<fn(&PrView) -> bool> {
         _ => return None,
     };
     Some(keep)
+}
+
+/// `GET /prs?state=testing&repo=octo/demo`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrsQuery {
+    state: Option<String>,
+    repo: Option<String>,
+}
+
+fn prs_by_state(ctx: &HttpContext, query: PrsQuery) -> Response {
+    let state = match query
+        .state
+        .as_deref()
+        .map(|s| (s, crate::core::Phase::parse(s)))
+    {
+        None => None,
+        Some((_, Some(phase))) => Some(phase),
+        Some((asked, None)) => {
+            let names: Vec<&str> = crate::core::Phase::ALL.iter().map(|p| p.name()).collect();
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown state {:?}; the states are {}",
+                    asked.chars().take(64).collect::<String>(),
+                    names.join(", ")
+                ),
+            );
+        }
+    };
+    let views: Vec<PrView> = ctx
+        .shared
+        .state
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .pr_views()
+        .into_iter()
+        .filter(|v| query.repo.as_deref().is_none_or(|r| v.repo.as_str() == r))
+        .collect();
+    let (counts, prs) = crate::core::by_state(views, state);
+    let counts: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(phase, n)| (phase.name().to_string(), n.into()))
+        .collect();
+    let prs: Vec<PrJson> = prs
+        .into_iter()
+        .map(|view| PrJson {
+            link: view.build.as_ref().map(|b| ctx.results.link(&b.result_key)),
+            view,
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "counts": counts, "prs": prs }),
+    )
 }
 
 fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
