@@ -135,13 +135,22 @@ pub fn check_config(config: &Config, github_token_set: bool) -> Result<Vec<Strin
     Ok(notes)
 }
 
-/// Starts sluice with the given adapters; `listen` overrides the configured
-/// address (tests pass 127.0.0.1:0).
+/// Where sluice listens.
+pub enum Listen {
+    /// The configured `server.listen`.
+    Configured,
+    /// A socket the caller bound already (the tests bind 127.0.0.1:0 to
+    /// learn the URL first; handing over the socket leaves no moment in
+    /// which another process could take the port).
+    Bound(std::net::TcpListener),
+}
+
+/// Starts sluice with the given adapters, listening where `listen` says.
 pub async fn start(
     config: Config,
     secrets: Secrets,
     adapters: Adapters,
-    listen: Option<SocketAddr>,
+    listen: Listen,
 ) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let (store, recovered) = Store::open(&config.state.dir)
@@ -160,10 +169,16 @@ pub async fn start(
         deliveries: Mutex::new(deliveries),
     });
     let mut server_rx = rx.clone();
-    let (addr, server) = http::serve(ctx, listen.unwrap_or(config.server.listen), async move {
+    let listener = match listen {
+        Listen::Configured => tokio::net::TcpListener::bind(config.server.listen).await?,
+        Listen::Bound(socket) => {
+            socket.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(socket)?
+        }
+    };
+    let (addr, server) = http::serve(ctx, listener, async move {
         let _ = server_rx.wait_for(|stop| *stop).await;
-    })
-    .await?;
+    })?;
     let driver = tokio::spawn(driver.run(rx));
     tracing::info!(%addr, repos = config.repos.len(), "sluice is listening");
     Ok(Running {

@@ -193,7 +193,6 @@ impl Stack {
         // The public URL is only known once bound; bind first, then build.
         let listener = std::net::TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
-        drop(listener);
         let mut config = demo_config(&hub, dir, &format!("http://{addr}"));
         tweak(&mut config);
         let secrets = Secrets {
@@ -202,7 +201,13 @@ impl Stack {
             api_token: Some(API_TOKEN.into()),
         };
         let adapters = app::adapters_from_config(&config, &secrets).await?;
-        let sluice = app::start(config.clone(), secrets, adapters, Some(addr)).await?;
+        let sluice = app::start(
+            config.clone(),
+            secrets,
+            adapters,
+            app::Listen::Bound(listener),
+        )
+        .await?;
         hub.set_webhook(&format!("{}/webhook", sluice.url()), WEBHOOK_SECRET);
         Ok(Stack {
             hub,

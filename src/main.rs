@@ -96,7 +96,9 @@ fn main() -> ExitCode {
             init_logs(config.server.log_format, "info");
             run(async move {
                 let adapters = sluice::app::adapters_from_config(&config, &secrets).await?;
-                let running = sluice::app::start(config, secrets, adapters, None).await?;
+                let running =
+                    sluice::app::start(config, secrets, adapters, sluice::app::Listen::Configured)
+                        .await?;
                 let stop = running.shutdown_handle();
                 // SIGTERM (Kubernetes, systemd) and SIGINT both stop it.
                 tokio::spawn(async move {

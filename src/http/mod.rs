@@ -711,12 +711,11 @@ async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejecti
 
 /// Binds `addr` and serves until `shutdown` resolves; returns the bound
 /// address and the server task.
-pub async fn serve(
+pub fn serve(
     ctx: Arc<HttpContext>,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let server = warp::serve(routes(ctx))
         .incoming(listener)
