@@ -41,6 +41,15 @@ fn allowed(command: &Command, can_write: bool, is_author: bool, policy: &RepoPol
         || (matches!(command, Command::Retest) && is_author && policy.author_may_retest)
 }
 
+/// The answer to a comment on a PR sluice does not track.
+fn untracked(pr: PrKey, comment: u64, author: &str) -> Action {
+    Action::Answer {
+        body: text::commands_answer(author, &[text::pr_not_tracked(pr.number)], false),
+        pr,
+        comment,
+    }
+}
+
 fn remember_answered(repo: &mut RepoState, comment: u64) {
     repo.answered_comments.insert(comment);
     while repo.answered_comments.len() > ANSWERED_MEMORY {
@@ -81,11 +90,7 @@ impl State {
         }
         remember_answered(repo, comment);
         let Some(pr) = repo.prs.get(&key.number) else {
-            out.push(Action::Answer {
-                body: text::commands_answer(&author, &[text::pr_not_tracked(key.number)], false),
-                pr: key,
-                comment,
-            });
+            out.push(untracked(key, comment, &author));
             return;
         };
         let is_author = pr.snapshot.author.eq_ignore_ascii_case(&author);
@@ -164,11 +169,7 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         let Some(pr) = self.repos[&key.repo].prs.get(&key.number) else {
-            out.push(Action::Answer {
-                body: text::commands_answer(author, &[text::pr_not_tracked(key.number)], false),
-                pr: key,
-                comment,
-            });
+            out.push(untracked(key, comment, author));
             return;
         };
         let is_author = pr.snapshot.author.eq_ignore_ascii_case(author);

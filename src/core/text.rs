@@ -259,15 +259,21 @@ pub fn landed_comment(
     )
 }
 
-/// `s` as a Markdown code span: fenced by more backticks than it holds in
-/// a row, padded so it may start or end with one.
-pub fn code(s: &str) -> String {
+/// The longest run of backticks in `s` (a fence must be longer).
+fn longest_backtick_run(s: &str) -> usize {
     let mut longest = 0;
     let mut run = 0;
     for c in s.chars() {
         run = if c == '`' { run + 1 } else { 0 };
         longest = longest.max(run);
     }
+    longest
+}
+
+/// `s` as a Markdown code span: fenced by more backticks than it holds in
+/// a row, padded so it may start or end with one.
+pub fn code(s: &str) -> String {
+    let longest = longest_backtick_run(s);
     let fence = "`".repeat(longest + 1);
     if longest == 0 {
         format!("{fence}{s}{fence}")
@@ -498,13 +504,7 @@ pub fn log_tail(tail: &str) -> String {
 /// `s` as a fenced Markdown code block (a fence longer than any run of
 /// backticks in it).
 pub fn fenced(s: &str) -> String {
-    let mut longest = 0;
-    let mut run = 0;
-    for c in s.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    let fence = "`".repeat((longest + 1).max(3));
+    let fence = "`".repeat((longest_backtick_run(s) + 1).max(3));
     format!("{fence}\n{}\n{fence}", s.trim_end())
 }
 

@@ -319,13 +319,7 @@ fn app_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
                 return Ok(ignored("issue_comment by a bot".into()));
             }
             let mut body = p.comment.body.unwrap_or_default();
-            if body.len() > crate::core::commands::MAX_BODY {
-                let mut cut = crate::core::commands::MAX_BODY;
-                while !body.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                body.truncate(cut);
-            }
+            body.truncate(body.floor_char_boundary(crate::core::commands::MAX_BODY));
             Ok(Delivery::Events(vec![Event::Commented {
                 pr: PrKey {
                     repo,

@@ -563,6 +563,16 @@ pub struct PrJson {
     pub link: Option<String>,
 }
 
+impl PrJson {
+    /// `view` with the link to its build's results.
+    fn of(ctx: &HttpContext, view: PrView) -> PrJson {
+        PrJson {
+            link: view.build.as_ref().map(|b| ctx.results.link(&b.result_key)),
+            view,
+        }
+    }
+}
+
 /// A history entry as JSON, with the link to the results of its build.
 fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Value {
     let key = match entry {
@@ -662,13 +672,7 @@ fn prs_by_state(ctx: &HttpContext, query: PrsQuery) -> Response {
         .into_iter()
         .map(|(phase, n)| (phase.name().to_string(), n.into()))
         .collect();
-    let prs: Vec<PrJson> = prs
-        .into_iter()
-        .map(|view| PrJson {
-            link: view.build.as_ref().map(|b| ctx.results.link(&b.result_key)),
-            view,
-        })
-        .collect();
+    let prs: Vec<PrJson> = prs.into_iter().map(|view| PrJson::of(ctx, view)).collect();
     json(
         StatusCode::OK,
         &serde_json::json!({ "counts": counts, "prs": prs }),
@@ -685,10 +689,7 @@ fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
     let prs: Vec<PrJson> = views
         .into_iter()
         .filter(keep)
-        .map(|view| PrJson {
-            link: view.build.as_ref().map(|b| ctx.results.link(&b.result_key)),
-            view,
-        })
+        .map(|view| PrJson::of(ctx, view))
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "prs": prs }))
 }
