@@ -1390,28 +1390,27 @@ fn leave_train(repo: &mut RepoState, train: &mut Train, index: usize, cancel: &m
     }
 }
 
-/// Where urgent PR `number` belongs: in front of the first car from
-/// `landing_end` on that is not urgent, but behind every car holding a PR
-/// it depends on.
+/// Where urgent PR `number` belongs: in front of the first car that is not
+/// urgent, from `landing_end` on and behind every car holding a PR it
+/// depends on (so urgent PRs behind a shared dependency keep their order
+/// instead of passing each other on every settle).
 fn urgent_place(repo: &RepoState, train: &Train, landing_end: usize, number: u64) -> usize {
-    let front = (landing_end..train.cars.len())
+    let behind_deps = repo.prs.get(&number).map_or(0, |pr| {
+        let own = &pr.snapshot.key.repo;
+        train
+            .cars
+            .iter()
+            .rposition(|c| {
+                pr.snapshot
+                    .depends_on
+                    .iter()
+                    .any(|d| d.repo == *own && d.number == c.pr.number)
+            })
+            .map_or(0, |k| k + 1)
+    });
+    (landing_end.max(behind_deps)..train.cars.len())
         .find(|&k| train.cars[k].pr.number != number && !is_urgent(repo, train.cars[k].pr.number))
-        .unwrap_or(train.cars.len());
-    let Some(pr) = repo.prs.get(&number) else {
-        return front;
-    };
-    let own = &pr.snapshot.key.repo;
-    let behind_deps = train
-        .cars
-        .iter()
-        .rposition(|c| {
-            pr.snapshot
-                .depends_on
-                .iter()
-                .any(|d| d.repo == *own && d.number == c.pr.number)
-        })
-        .map_or(0, |k| k + 1);
-    front.max(behind_deps)
+        .unwrap_or(train.cars.len())
 }
 
 /// Why PR `number` of `name` may not stand behind the cars `ahead` of the
