@@ -176,8 +176,11 @@ pub async fn start(
             tokio::net::TcpListener::from_std(socket)?
         }
     };
+    let closing = shared.clone();
     let (addr, server) = http::serve(ctx, listener, async move {
         let _ = server_rx.wait_for(|stop| *stop).await;
+        // Open event streams end, or the graceful stop would wait for them.
+        closing.events.close();
     })?;
     let driver = tokio::spawn(driver.run(rx));
     tracing::info!(%addr, repos = config.repos.len(), "sluice is listening");

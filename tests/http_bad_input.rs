@@ -795,6 +795,7 @@ async fn wrong_methods_are_405_and_unknown_paths_404() {
         (Method::GET, "/branch"),
         (Method::PUT, "/branch"),
         (Method::POST, "/queue"),
+        (Method::POST, "/events"),
     ] {
         let what = format!("{method} {path}");
         let r = stack

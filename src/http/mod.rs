@@ -4,10 +4,9 @@
 //! 4xx.
 
 mod deliveries;
+mod events;
 
-use crate::core::{
-    Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId, ResultKey,
-};
+use crate::core::{Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId};
 use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
@@ -143,6 +142,16 @@ pub fn routes(
             )
     };
 
+    // Server-Sent Events; the id header is read raw, so a bogus one (even
+    // one that is not UTF-8) starts the stream from now instead of a 400.
+    let events = warp::path!("events")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(with())
+        .map(|headers: warp::http::HeaderMap, ctx: Arc<HttpContext>| {
+            events::stream(ctx, headers.get("last-event-id").map(|v| v.as_bytes()))
+        });
+
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| json(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
@@ -178,6 +187,8 @@ pub fn routes(
         .or(history)
         .unify()
         .or(queue)
+        .unify()
+        .or(events)
         .unify()
         .or(health)
         .unify()
@@ -575,47 +586,7 @@ impl PrJson {
 
 /// A history entry as JSON, with the link to the results of its build.
 fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Value {
-    let key = match entry {
-        HistoryEntry::BuildFinished {
-            build, candidate, ..
-        }
-        | HistoryEntry::BuildCancelled {
-            build, candidate, ..
-        } => candidate.results_key(build),
-        HistoryEntry::Merged {
-            pr, pair, build, ..
-        } => Some(ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: pair.head.clone(),
-            build: build.clone(),
-        }),
-        HistoryEntry::BranchMode { .. } => None,
-        HistoryEntry::Ejected {
-            pr, head, build, ..
-        }
-        | HistoryEntry::Retried {
-            pr, head, build, ..
-        } => build.as_ref().map(|build| ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: head.clone(),
-            build: build.clone(),
-        }),
-        HistoryEntry::SuspectedFlake {
-            pr, head, build, ..
-        } => Some(ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: head.clone(),
-            build: build.clone(),
-        }),
-    };
-    let mut value = serde_json::to_value(entry).unwrap_or_default();
-    if let (Some(key), Some(object)) = (key, value.as_object_mut()) {
-        object.insert("link".into(), results.link(&key).into());
-    }
-    value
+    crate::runtime::history::with_link(results, entry)
 }
 
 /// Which PRs the list endpoint `view` shows; None if there is no such view.

@@ -1,7 +1,8 @@
 //! The history of builds and merges, kept in memory (bounded) for
 //! `GET /history`.
 
-use crate::core::{HistoryEntry, Sha};
+use crate::core::{HistoryEntry, ResultKey, Sha};
+use crate::results::ResultsStore;
 use std::collections::VecDeque;
 
 pub const HISTORY_CAPACITY: usize = 10_000;
@@ -77,4 +78,49 @@ fn matches(entry: &HistoryEntry, f: &HistoryFilter) -> bool {
             let s = s.to_ascii_lowercase();
             s.len() >= 7 && shas.iter().any(|sha| sha.as_str().starts_with(&s))
         })
+}
+
+/// An entry's JSON, with the link to its build's results where it has one.
+pub fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Value {
+    let key = match entry {
+        HistoryEntry::BuildFinished {
+            build, candidate, ..
+        }
+        | HistoryEntry::BuildCancelled {
+            build, candidate, ..
+        } => candidate.results_key(build),
+        HistoryEntry::Merged {
+            pr, pair, build, ..
+        } => Some(ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: pair.head.clone(),
+            build: build.clone(),
+        }),
+        HistoryEntry::BranchMode { .. } => None,
+        HistoryEntry::Ejected {
+            pr, head, build, ..
+        }
+        | HistoryEntry::Retried {
+            pr, head, build, ..
+        } => build.as_ref().map(|build| ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: head.clone(),
+            build: build.clone(),
+        }),
+        HistoryEntry::SuspectedFlake {
+            pr, head, build, ..
+        } => Some(ResultKey {
+            repo: pr.repo.clone(),
+            pr: pr.number,
+            head: head.clone(),
+            build: build.clone(),
+        }),
+    };
+    let mut value = serde_json::to_value(entry).unwrap_or_default();
+    if let (Some(key), Some(object)) = (key, value.as_object_mut()) {
+        object.insert("link".into(), results.link(&key).into());
+    }
+    value
 }
