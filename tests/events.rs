@@ -305,3 +305,195 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_driver_goes_on() {
     println!("the stalled subscriber was dropped after {rounds} bursts of 100 events");
     stack.sluice.stop().await;
 }
+
+/// A webhook receiver on 127.0.0.1 that answers 503 to its first
+/// `fail_first` requests, then 200, and keeps what it was sent.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(warp::http::HeaderMap, bytes::Bytes)>>>,
+}
+
+async fn receiver(fail_first: usize) -> Receiver {
+    use warp::Filter as _;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let keep = got.clone();
+    let route = warp::post()
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .map(move |headers, body| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < fail_first {
+                return warp::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            keep.lock().unwrap().push((headers, body));
+            warp::http::StatusCode::OK
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    Receiver {
+        url: format!("http://{addr}/hook"),
+        got,
+    }
+}
+
+#[tokio::test]
+async fn webhooks_get_each_event_signed_in_order_and_history_tells_what_landed_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = receiver(2).await;
+    let secret_path = dir.path().join("hook-secret");
+    std::fs::write(&secret_path, "s3cret\n").unwrap();
+    let url = hook.url.clone();
+    let path = secret_path.clone();
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), move |c| {
+        c.events.webhooks.push(sluice::config::EventWebhookConfig {
+            url,
+            secret_env: None,
+            secret_path: Some(path),
+            kinds: vec!["status".into(), "merged".into()],
+            max_attempts: 5,
+            backoff_ms: 50,
+            timeout_secs: 5,
+        });
+    })
+    .await
+    .unwrap();
+    let start = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let mut landed = Vec::new();
+    for (branch, title) in [("first", "First change"), ("second", "Second change")] {
+        let pr = stack
+            .open_pr(branch, &[(&format!("src/{branch}.txt"), "x\n")], title)
+            .await
+            .unwrap();
+        stack
+            .hub
+            .review(DEMO_REPO, pr, "alice", "APPROVED")
+            .await
+            .unwrap();
+        stack
+            .wait_for("the PR to land", WAIT, |s| {
+                s.hub.pr(DEMO_REPO, pr).is_some_and(|p| p.merged)
+            })
+            .await
+            .unwrap();
+        let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+        landed.push((pr, head));
+    }
+    // Both landings reach the webhook (after two refused tries).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let bodies = loop {
+        let bodies: Vec<serde_json::Value> = hook
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(headers, body)| {
+                let sent = headers["x-sluice-signature-256"].to_str().unwrap();
+                assert_eq!(sent, sluice::runtime::outgoing::signature(b"s3cret", body));
+                let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(headers["x-sluice-event"].to_str().unwrap(), value["kind"]);
+                assert_eq!(
+                    headers["x-sluice-delivery"].to_str().unwrap(),
+                    value["seq"].to_string()
+                );
+                value
+            })
+            .collect();
+        if bodies.iter().filter(|b| b["kind"] == "merged").count() == 2 {
+            break bodies;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{bodies:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seqs: Vec<u64> = bodies.iter().map(|b| b["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, once each: {seqs:?}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b["kind"] == "status" || b["kind"] == "merged")
+    );
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_event_webhooks_total{kind=\"retried\"} 2")),
+        "{metrics}"
+    );
+
+    // What landed on main between the start and the second landing, in
+    // order, with titles and approvers: release notes.
+    let notes = stack
+        .get_json(&format!(
+            "/history?branch=main&from={start}&to={}",
+            landed[1].1
+        ))
+        .await
+        .unwrap();
+    let prs: Vec<u64> = notes["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pr"]["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(prs, vec![landed[0].0, landed[1].0], "{notes}");
+    assert_eq!(notes["entries"][0]["title"], "First change");
+    assert_eq!(notes["entries"][1]["approvers"][0], "alice");
+    assert_eq!(notes["order"], "oldest_first");
+    let after_first = stack
+        .get_json(&format!(
+            "/history?branch=main&from={}&to={}",
+            landed[0].1, landed[1].1
+        ))
+        .await
+        .unwrap();
+    assert_eq!(after_first["total"], 1, "{after_first}");
+    // When did the second PR's head land, and as which commit?
+    let head = stack.hub.pr(DEMO_REPO, landed[1].0).unwrap().head_sha;
+    let when = stack
+        .get_json(&format!(
+            "/history?sha={}&kind=merged",
+            &head.as_str()[..10]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        when["entries"][0]["merge_sha"],
+        landed[1].1.as_str(),
+        "{when}"
+    );
+    // Paged: one per page, the next page named.
+    let page = stack.get_json("/history?per_page=1").await.unwrap();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_page"], 2);
+    // Bad queries: a 400 or a 404 with a message.
+    for (query, code) in [
+        ("sha=xyz", 400),
+        ("branch=main&to=0123456789abcdef", 404),
+        ("page=0", 400),
+        ("from=abcdefabc", 400),
+        ("per_page=lots", 400),
+    ] {
+        let r = stack
+            .http
+            .get(stack.url(&format!("/history?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), code, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{query}: {body}");
+    }
+    stack.sluice.stop().await;
+}

@@ -114,17 +114,37 @@ pub fn routes(
         .and(warp::query::<HistoryFilter>())
         .and(with())
         .map(|filter: HistoryFilter, ctx: Arc<HttpContext>| {
-            let entries = ctx
-                .shared
-                .history
-                .read()
-                .map(|h| h.query(&filter))
-                .unwrap_or_default();
-            let entries: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|entry| with_link(&*ctx.results, entry))
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "entries": entries }))
+            let found = match ctx.shared.history.read() {
+                Ok(history) => history.search(&filter),
+                Err(_) => {
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, "history unavailable");
+                }
+            };
+            match found {
+                Ok(page) => {
+                    let entries: Vec<serde_json::Value> = page
+                        .entries
+                        .iter()
+                        .map(|entry| with_link(&*ctx.results, entry))
+                        .collect();
+                    let more = page.page * page.per_page < page.total;
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({
+                            "entries": entries,
+                            "total": page.total,
+                            "page": page.page,
+                            "per_page": page.per_page,
+                            "next_page": more.then_some(page.page + 1),
+                            "order": page.order,
+                        }),
+                    )
+                }
+                Err(e) => json_error(
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    e.message,
+                ),
+            }
         });
 
     let request = |name: &'static str| {

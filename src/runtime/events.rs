@@ -7,7 +7,7 @@
 //! than the buffer is dropped (its stream ends; it may resume with
 //! `Last-Event-ID` while the events are still in the ring).
 
-use crate::core::{Action, Candidate, Event, HistoryEntry, Timestamp};
+use crate::core::{Action, Candidate, Event, Timestamp};
 use crate::results::ResultsStore;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -122,10 +122,7 @@ impl EventBus {
     /// The events after `after` still in the ring, and a receiver for the
     /// ones to come (taken under one lock, so nothing is missed or seen
     /// twice). `None` once the bus is closed.
-    pub fn subscribe(
-        &self,
-        after: Option<u64>,
-    ) -> Option<(Vec<Arc<Published>>, Live)> {
+    pub fn subscribe(&self, after: Option<u64>) -> Option<(Vec<Arc<Published>>, Live)> {
         let ring = self.lock();
         let rx = ring.tx.as_ref()?.subscribe();
         let backlog = match after {
@@ -239,7 +236,7 @@ pub fn of_action(action: &Action, results: &dyn ResultsStore) -> Option<(&'stati
             ("drift", json!({"repo": repo, "differences": differences}))
         }
         Action::Record(entry) => (
-            history_kind(entry),
+            crate::runtime::history::kind_of(entry),
             crate::runtime::history::with_link(results, entry),
         ),
         Action::CheckWriteAccess { .. }
@@ -248,19 +245,6 @@ pub fn of_action(action: &Action, results: &dyn ResultsStore) -> Option<(&'stati
         | Action::FetchPr { .. }
         | Action::Reply { .. } => return None,
     })
-}
-
-/// The stream's kind of a history entry: its `kind` tag in the JSON.
-fn history_kind(entry: &HistoryEntry) -> &'static str {
-    match entry {
-        HistoryEntry::BuildFinished { .. } => "build_finished",
-        HistoryEntry::BuildCancelled { .. } => "build_cancelled",
-        HistoryEntry::Merged { .. } => "merged",
-        HistoryEntry::Ejected { .. } => "ejected",
-        HistoryEntry::BranchMode { .. } => "branch_mode",
-        HistoryEntry::SuspectedFlake { .. } => "suspected_flake",
-        HistoryEntry::Retried { .. } => "retried",
-    }
 }
 
 /// What sluice learned, as one `learned` event (not the whole payload: the

@@ -6,6 +6,7 @@
 pub mod events;
 pub mod history;
 pub mod metrics;
+pub mod outgoing;
 mod reconcile;
 mod status;
 pub mod store;
@@ -137,7 +138,7 @@ pub fn build(
         }
     };
     let (inlet, journaled, keeper) = store.start(config.state.fsync)?;
-    let mut history = History::default();
+    let mut history = History::with_retention(Some(config.history.retain));
     for entry in recovered.history {
         history.push(entry);
     }
