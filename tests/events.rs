@@ -497,3 +497,79 @@ async fn webhooks_get_each_event_signed_in_order_and_history_tells_what_landed_b
     }
     stack.sluice.stop().await;
 }
+
+/// Sends `n` retests of an untracked PR, 50 at a time (each one event the
+/// driver journals, handles and publishes); returns requests per second.
+async fn drive(stack: &Stack, n: usize) -> f64 {
+    let started = std::time::Instant::now();
+    for _ in 0..n / 50 {
+        let burst: Vec<_> = (0..50).map(|_| stack.request("/retest", 999_999)).collect();
+        for r in futures::future::join_all(burst).await {
+            let (code, _) = r.unwrap();
+            assert_eq!(code, 404);
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The figures of issue 11's event-stream goal: `cargo test --test events
+/// -- --ignored --nocapture event_stream_figures` (scripts/bench runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn event_stream_figures() {
+    const N: usize = 3000;
+    const SUBSCRIBERS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |_| {})
+        .await
+        .unwrap();
+    drive(&stack, 500).await; // warm up
+    let alone = drive(&stack, N).await;
+    let mut readers = Vec::new();
+    // Cheap readers (count the events' blank-line ends on a raw socket), so
+    // the figure is sluice's cost of serving them, not the test's parsing.
+    for _ in 0..SUBSCRIBERS {
+        let mut socket = tokio::net::TcpStream::connect(stack.sluice.addr)
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        socket
+            .write_all(b"GET /events HTTP/1.1\r\nhost: sluice\r\n\r\n")
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let (mut learned, mut tail) = (0, Vec::<u8>::new());
+            while learned < N {
+                let read = tokio::time::timeout(WAIT, socket.read(&mut buf)).await;
+                let Ok(Ok(n)) = read else { break };
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                learned += tail.windows(9).filter(|w| w == b"\"learned\"").count();
+                let keep = tail.len().saturating_sub(8);
+                tail.drain(..keep);
+            }
+            learned
+        }));
+    }
+    let watched = drive(&stack, N).await;
+    let mut complete = 0;
+    for reader in readers {
+        if reader.await.unwrap() == N {
+            complete += 1;
+        }
+    }
+    let ratio = watched / alone;
+    println!(
+        "event stream: {N} events through the driver: {alone:.0}/s with no subscriber, {watched:.0}/s with {SUBSCRIBERS} subscribers reading \
+         ({ratio:.2}x); {complete} of {SUBSCRIBERS} saw every event (goal: 100 subscribers without slowing the driver: >= 0.8x, all complete) {}",
+        if ratio >= 0.8 && complete == SUBSCRIBERS {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    stack.sluice.stop().await;
+}

@@ -4,15 +4,16 @@
 //! `missed` event first. A subscriber that stops reading is dropped.
 
 use super::{HttpContext, json_error};
-use crate::runtime::events::{Published, Resume};
+use crate::runtime::events::Resume;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc::error::TrySendError;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::sse;
 
 /// More open streams than this are refused (503): each holds a socket and
 /// a buffer.
@@ -20,11 +21,11 @@ pub const MAX_SUBSCRIBERS: usize = 1000;
 /// A comment line this often keeps proxies from closing an idle stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-fn message(published: &Published) -> sse::Event {
-    sse::Event::default()
-        .id(published.seq.to_string())
-        .data(published.json.clone())
-}
+/// At most this many waiting events go out in one write.
+const COALESCE: usize = 64;
+/// Events queued for one subscriber's connection; one more and it is
+/// dropped as not reading.
+pub const SUBSCRIBER_QUEUE: usize = 256;
 
 /// Counts an open stream in the gauge for as long as it lives.
 struct Open(Arc<HttpContext>);
@@ -50,44 +51,79 @@ pub fn stream(ctx: Arc<HttpContext>, last_event_id: Option<&[u8]>) -> Response {
         Resume::After(seq) => Some(seq),
         Resume::Now | Resume::Lost => None,
     };
-    let Some((backlog, rx)) = bus.subscribe(after) else {
+    let Some((backlog, mut rx)) = bus.subscribe(after) else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
     };
     // Told before anything else, so a page knows to reload what it shows.
     let missed = (resume == Resume::Lost).then(|| {
         let next = bus.next_seq();
-        sse::Event::default()
-            .id(next.saturating_sub(1).to_string())
-            .data(
-                serde_json::json!({
-                    "kind": "missed",
-                    "message": "Last-Event-ID cannot be resumed from (unknown, or older than the events kept); the stream starts from now",
-                    "next_seq": next,
-                })
-                .to_string(),
-            )
+        let data = serde_json::json!({
+            "kind": "missed",
+            "message": "Last-Event-ID cannot be resumed from (unknown, or older than the events kept); the stream starts from now",
+            "next_seq": next,
+        });
+        Bytes::from(format!("id: {}\ndata: {data}\n\n", next.saturating_sub(1)))
     });
     ctx.shared.metrics.event_subscribers.inc();
     let open = Open(ctx.clone());
-    let live = futures::stream::unfold((rx, open), |(mut rx, open)| async move {
-        match rx.recv().await {
-            Ok(published) => Some((message(&published), (rx, open))),
-            Err(RecvError::Lagged(missed)) => {
-                open.0.shared.metrics.event_subscribers_dropped.inc();
-                tracing::info!(
-                    missed,
-                    "an event-stream subscriber fell behind and was dropped"
-                );
-                None
+    // A task per subscriber moves frames (built once at publish) from the
+    // bus to a small queue the response reads. The task is always polled,
+    // so a subscriber that stops reading is noticed (its queue is full, or
+    // it fell a bus buffer behind) and dropped: no more events, nothing
+    // held but what is queued, the driver never waits.
+    let (queue, mut body_rx) = tokio::sync::mpsc::channel::<Bytes>(SUBSCRIBER_QUEUE);
+    tokio::spawn(async move {
+        let open = open;
+        let dropped = |missed: u64| {
+            open.0.shared.metrics.event_subscribers_dropped.inc();
+            tracing::info!(
+                missed,
+                "an event-stream subscriber stopped reading and was dropped"
+            );
+        };
+        loop {
+            let next = tokio::select! {
+                _ = queue.closed() => return,
+                next = tokio::time::timeout(KEEP_ALIVE, rx.recv()) => next,
+            };
+            let chunk = match next {
+                Err(_) => Bytes::from_static(b":\n\n"),
+                Ok(Ok(published)) => published.frame.clone(),
+                Ok(Err(RecvError::Lagged(missed))) => return dropped(missed),
+                Ok(Err(RecvError::Closed)) => return,
+            };
+            match queue.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return dropped(SUBSCRIBER_QUEUE as u64),
+                Err(TrySendError::Closed(_)) => return,
             }
-            Err(RecvError::Closed) => None,
         }
     });
-    let events = futures::stream::iter(missed)
-        .chain(futures::stream::iter(
-            backlog.iter().map(|p| message(p)).collect::<Vec<_>>(),
-        ))
+    // What is waiting goes out in one write.
+    let live = futures::stream::poll_fn(move |cx| {
+        let first = match body_rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(first)) => first,
+            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        let mut chunk = BytesMut::from(&first[..]);
+        for _ in 1..COALESCE {
+            match body_rx.try_recv() {
+                Ok(next) => chunk.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        std::task::Poll::Ready(Some(chunk.freeze()))
+    });
+    let backlog: Vec<Bytes> = backlog.iter().map(|p| p.frame.clone()).collect();
+    let body = futures::stream::iter(missed)
+        .chain(futures::stream::iter(backlog))
         .chain(live)
         .map(Ok::<_, Infallible>);
-    sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response()
+    let reply = warp::reply::with_header(
+        warp::reply::stream(body),
+        "content-type",
+        "text/event-stream",
+    );
+    warp::reply::with_header(reply, "cache-control", "no-cache").into_response()
 }

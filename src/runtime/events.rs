@@ -26,6 +26,9 @@ pub struct Published {
     pub seq: u64,
     pub kind: &'static str,
     pub json: String,
+    /// Its Server-Sent Events frame (`id: N`, `data: JSON`, blank line),
+    /// built once for every subscriber.
+    pub frame: bytes::Bytes,
 }
 
 /// The events to come, for one subscriber.
@@ -83,10 +86,13 @@ impl EventBus {
             object.insert("kind".into(), kind.into());
             object.insert("at".into(), at.0.into());
         }
+        let json = body.to_string();
+        let frame = format!("id: {seq}\ndata: {json}\n\n").into();
         let published = Arc::new(Published {
             seq,
             kind,
-            json: body.to_string(),
+            json,
+            frame,
         });
         if ring.recent.len() == RING {
             ring.recent.pop_front();
