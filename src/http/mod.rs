@@ -4,6 +4,7 @@
 //! 4xx.
 
 mod deliveries;
+pub mod pages;
 
 use crate::core::{
     Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId, ResultKey,
@@ -186,6 +187,8 @@ pub fn routes(
         .or(results)
         .unify()
         .or(prs)
+        .unify()
+        .or(pages::routes(with()))
         .unify()
         .or(views)
         .unify()
