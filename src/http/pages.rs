@@ -32,6 +32,8 @@ pub const WAITING_PER_PAGE: usize = 100;
 pub const RECENT: usize = 20;
 /// History entries a search shows at most (newest first).
 pub const SEARCH_LIMIT: usize = 200;
+/// Cars shown per train (the first ones: they land next).
+pub const CARS_SHOWN: usize = 100;
 
 /// The dashboard's script: on any event of `/events`, debounced, fetch the
 /// page again and swap its `<main id="dashboard">`. Without `/events` (an
@@ -198,7 +200,7 @@ pub fn when(at: Timestamp) -> String {
 pub fn duration(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs} s"),
-        60..3600 if secs % 60 == 0 => format!("{} min", secs / 60),
+        60..3600 if secs.is_multiple_of(60) => format!("{} min", secs / 60),
         60..3600 => format!("{} min {} s", secs / 60, secs % 60),
         _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
     }
@@ -397,6 +399,8 @@ struct TrainRow {
     landing: Option<String>,
     blocked: Option<String>,
     cars: Vec<CarRow>,
+    /// Cars behind the ones shown.
+    more_cars: usize,
 }
 
 struct CarRow {
@@ -504,12 +508,18 @@ impl Dashboard {
             .queue_view()
             .into_iter()
             .map(|t| {
-                let mut held = Vec::new();
+                let first = t.cars.first().map(|c| c.pr).unwrap_or_default();
                 let cars = t
                     .cars
                     .iter()
-                    .map(|c| {
-                        held.push(format!("#{}", c.pr));
+                    .take(CARS_SHOWN)
+                    .enumerate()
+                    .map(|(at, c)| {
+                        let holds = match at {
+                            0 => format!("#{}", c.pr),
+                            1 => format!("#{first}, #{}", c.pr),
+                            _ => format!("#{first} … #{}, {} PRs", c.pr, at + 1),
+                        };
                         let key = |build: &BuildId| ResultKey {
                             repo: t.repo.clone(),
                             pr: c.pr,
@@ -523,7 +533,7 @@ impl Dashboard {
                             title: c.title.clone(),
                             state: c.state,
                             sha: c.sha.as_ref().map(|s| short(s.as_str()).to_string()),
-                            holds: held.join(", "),
+                            holds,
                             build: c.build.as_ref().map(|b| BuildLink {
                                 label: b.to_string(),
                                 href: results.link(&key(b)),
@@ -548,6 +558,7 @@ impl Dashboard {
                     plan: t.plan.clone(),
                     landing: t.landing.as_ref().map(|s| short(s.as_str()).to_string()),
                     blocked: t.blocked.clone(),
+                    more_cars: t.cars.len().saturating_sub(CARS_SHOWN),
                     cars,
                 }
             })
