@@ -84,11 +84,13 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Why a page cannot be shown: a 400 or 404 page with the words.
+/// Why a page cannot be shown: a 400, 404 or 500 page with the words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PageError {
     BadRequest(String),
     NotFound(String),
+    /// A template failed to render (a bug).
+    Internal(String),
 }
 
 /// The routes of the pages; `with` gives each the context. A wrong method
@@ -165,6 +167,7 @@ pub fn error_response(error: &PageError) -> Response {
     let (status, message) = match error {
         PageError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
         PageError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+        PageError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
     };
     let title = format!(
         "{} {}",
@@ -184,7 +187,7 @@ fn rendered(page: impl Template) -> Result<String, PageError> {
     // Rendering writes into a String: it fails only if a value's Display
     // does, which none of these do.
     page.render()
-        .map_err(|e| PageError::NotFound(format!("cannot render the page: {e}")))
+        .map_err(|e| PageError::Internal(format!("cannot render the page: {e}")))
 }
 
 // ---------------------------------------------------------------- words
@@ -707,7 +710,7 @@ impl PrPage {
         let entries = history.query(&HistoryFilter {
             repo: Some(key.repo.to_string()),
             pr: Some(key.number),
-            sha: None,
+            ..HistoryFilter::default()
         });
         let view = state.pr_view_of(key);
         if view.is_none() && entries.is_empty() {
@@ -976,12 +979,13 @@ pub fn search_filter(query: &[(String, String)]) -> Result<HistoryFilter, String
 }
 
 /// The search page for `query`: its status (400 for a bad query, with the
-/// form to correct it) and body.
+/// form to correct it) and body. The search runs under the history's lock
+/// but renders at most [`SEARCH_LIMIT`] entries.
 pub fn search(
     history: &History,
     results: &dyn ResultsStore,
     query: &[(String, String)],
-) -> (StatusCode, String) {
+) -> Result<(StatusCode, String), PageError> {
     let field = |name: &str| {
         query
             .iter()
@@ -1032,12 +1036,7 @@ pub fn search(
             StatusCode::OK
         }
     };
-    match rendered(page) {
-        Ok(body) => (status, body),
-        Err(PageError::BadRequest(m) | PageError::NotFound(m)) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, m)
-        }
-    }
+    Ok((status, rendered(page)?))
 }
 
 fn search_of(ctx: &HttpContext, query: Query) -> Response {
@@ -1045,11 +1044,14 @@ fn search_of(ctx: &HttpContext, query: Query) -> Response {
         Ok(query) => query,
         Err(e) => return error_response(&e),
     };
-    let (status, body) = {
+    let page = {
         let history = ctx.shared.history.read().unwrap_or_else(|e| e.into_inner());
         search(&history, &*ctx.results, &query)
     };
-    html(status, body)
+    match page {
+        Ok((status, body)) => html(status, body),
+        Err(e) => error_response(&e),
+    }
 }
 
 #[cfg(test)]
