@@ -153,6 +153,28 @@ pub async fn start(
     listen: Listen,
 ) -> anyhow::Result<Running> {
     let config = Arc::new(config);
+    // Read before anything starts, so a missing one stops nothing half-way.
+    let hook_secrets = config
+        .events
+        .webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, hook)| {
+            hook.secret()
+                .map_err(|e| anyhow::anyhow!("events.webhooks[{i}] ({}): {e}", hook.url))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    if config.history.retain > 0 && config.state.dir.exists() {
+        let cut = crate::runtime::store::compact_history(&config.state.dir, config.history.retain)
+            .map_err(|e| anyhow::anyhow!("history in {}: {e}", config.state.dir.display()))?;
+        if cut > 0 {
+            tracing::info!(
+                cut,
+                keep = config.history.retain,
+                "history cut to history.retain"
+            );
+        }
+    }
     let (store, recovered) = Store::open(&config.state.dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state.dir.display()))?;
     let mut deliveries = DeliveryLog::default();
@@ -176,15 +198,27 @@ pub async fn start(
             tokio::net::TcpListener::from_std(socket)?
         }
     };
+    let closing = shared.clone();
     let (addr, server) = http::serve(ctx, listener, async move {
         let _ = server_rx.wait_for(|stop| *stop).await;
+        // Open event streams end, or the graceful stop would wait for them.
+        closing.events.close();
     })?;
-    let driver = tokio::spawn(driver.run(rx));
+    let mut tasks = vec![server];
+    for (hook, secret) in config.events.webhooks.iter().zip(hook_secrets) {
+        tasks.push(tokio::spawn(runtime::outgoing::deliver(
+            hook.clone(),
+            secret,
+            shared.clone(),
+            rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(driver.run(rx)));
     tracing::info!(%addr, repos = config.repos.len(), "sluice is listening");
     Ok(Running {
         addr,
         shared,
         shutdown,
-        tasks: vec![server, driver],
+        tasks,
     })
 }

@@ -60,6 +60,85 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub repos: Vec<RepoConfig>,
+    #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// How many history entries are kept (in memory, and in
+    /// `history.jsonl`, which is cut to this at start); 0: all of them.
+    pub retain: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Where every event of `GET /events` is also POSTed.
+    pub webhooks: Vec<EventWebhookConfig>,
+}
+
+/// An outgoing webhook: each event POSTed as JSON, signed like GitHub's
+/// (`X-Sluice-Signature-256: sha256=<HMAC-SHA256 of the body>`), in order,
+/// retried with backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventWebhookConfig {
+    pub url: String,
+    /// The environment variable holding the signing secret...
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// ... or a file holding it.
+    #[serde(default)]
+    pub secret_path: Option<PathBuf>,
+    /// Only these kinds (`merged`, `ejected`, `status`, ...); empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Tries per event before it is given up (logged and counted).
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// The first retry waits this long; each next one twice as long (at
+    /// most a minute).
+    #[serde(default = "default_webhook_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+fn default_webhook_backoff_ms() -> u64 {
+    1000
+}
+fn default_webhook_timeout() -> u64 {
+    10
+}
+
+impl EventWebhookConfig {
+    /// The signing secret, from the environment or the file.
+    pub fn secret(&self) -> Result<String, String> {
+        match (&self.secret_env, &self.secret_path) {
+            (Some(name), None) => std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("environment variable {name} is not set")),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|s| {
+                    if s.is_empty() {
+                        Err(format!("{} is empty", path.display()))
+                    } else {
+                        Ok(s)
+                    }
+                }),
+            _ => Err("set one of secret_env or secret_path".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -827,6 +906,24 @@ impl Config {
         }
         if let Some(app) = &self.github.app {
             app.validate(&bad)?;
+        }
+        for (i, hook) in self.events.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("events.webhooks[{i}].{field}");
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(bad(key("url"), "must be an http:// or https:// URL"));
+            }
+            if hook.secret_env.is_some() == hook.secret_path.is_some() {
+                return Err(bad(
+                    key("secret_env"),
+                    "set one of secret_env or secret_path: every delivery is signed",
+                ));
+            }
+            if hook.max_attempts == 0 || hook.timeout_secs == 0 {
+                return Err(bad(
+                    key("max_attempts"),
+                    "max_attempts and timeout_secs must be > 0",
+                ));
+            }
         }
         if self.executor.max_parallel == 0 {
             return Err(bad("executor.max_parallel".into(), "must be > 0"));

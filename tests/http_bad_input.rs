@@ -795,6 +795,7 @@ async fn wrong_methods_are_405_and_unknown_paths_404() {
         (Method::GET, "/branch"),
         (Method::PUT, "/branch"),
         (Method::POST, "/queue"),
+        (Method::POST, "/events"),
     ] {
         let what = format!("{method} {path}");
         let r = stack
@@ -1050,12 +1051,25 @@ async fn history_with_a_bad_query_is_400() {
     // Good queries still work.
     let all = stack.get_json(&format!("/history?pr={pr}")).await.unwrap();
     assert!(!all["entries"].as_array().unwrap().is_empty());
-    let none = stack.get_json("/history?sha=abc").await.unwrap();
-    assert_eq!(
-        none["entries"],
-        json!([]),
-        "a sha prefix under 7 matches nothing"
-    );
+    let none = stack.get_json("/history?sha=0000000000").await.unwrap();
+    assert_eq!(none["entries"], json!([]), "no such commit: no entries");
+    // A query that parses but asks for nothing sensible names what is wrong.
+    for (query, what) in [
+        ("sha=abc", "sha"),
+        ("sha=not-hex-at-all", "sha"),
+        ("from=0000000", "branch"),
+        ("page=0", "page"),
+        ("per_page=0", "per_page"),
+    ] {
+        let r = stack
+            .http
+            .get(stack.url(&format!("/history?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(query, r, 400).await;
+        assert!(message.contains(what), "{query}: {message}");
+    }
 
     assert_unchanged(&stack, &[pr], &before).await;
 }

@@ -611,23 +611,27 @@ async fn a_failed_batch_is_bisected_and_only_its_culprit_leaves_the_train() {
     // landing when it hears the answer.
     // Under load the answer to the last landing may be lost to the request
     // timeout (10 s); sluice then reads the branch: allow for both.
+    // (The car's sha is in the history before it lands, as a build: wait
+    // for the merged entry itself.)
     let head = stack.hub.branch_head(DEMO_REPO, "main").await.unwrap();
+    let merged_shas = |history: &serde_json::Value| -> BTreeSet<String> {
+        history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "merged")
+            .map(|e| e["merge_sha"].as_str().unwrap().to_string())
+            .collect()
+    };
     for _ in 0..300 {
         let history = stack.get_json("/history").await.unwrap();
-        if history.to_string().contains(head.as_str()) {
+        if merged_shas(&history).contains(head.as_str()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let tested = passing_cars(&stack).await;
-    let history = stack.get_json("/history").await.unwrap();
-    let landed: BTreeSet<String> = history["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "merged")
-        .map(|e| e["merge_sha"].as_str().unwrap().to_string())
-        .collect();
+    let landed = merged_shas(&stack.get_json("/history").await.unwrap());
     assert!(!landed.is_empty());
     for sha in &landed {
         assert!(tested.contains(sha), "{sha} was not a passing car");

@@ -169,6 +169,10 @@ pub enum HistoryEntry {
     Merged {
         pr: PrKey,
         title: String,
+        /// The branch it landed on (empty in entries written before this
+        /// was recorded).
+        #[serde(default)]
+        branch: String,
         pair: Pair,
         build: BuildId,
         approvers: Vec<String>,

@@ -676,6 +676,7 @@ impl State {
                     out.push(Action::Record(HistoryEntry::Merged {
                         pr: key.clone(),
                         title,
+                        branch: base.clone().unwrap_or_default(),
                         pair,
                         build,
                         approvers,

@@ -519,6 +519,7 @@ impl State {
                     number,
                 },
                 title: car.title.clone(),
+                branch: branch.to_string(),
                 pair: Pair {
                     head: car.pr.head_sha.clone(),
                     target: base.clone(),

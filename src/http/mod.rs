@@ -4,11 +4,10 @@
 //! 4xx.
 
 mod deliveries;
+mod events;
 pub mod pages;
 
-use crate::core::{
-    Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId, ResultKey,
-};
+use crate::core::{Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId};
 use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
@@ -116,17 +115,37 @@ pub fn routes(
         .and(warp::query::<HistoryFilter>())
         .and(with())
         .map(|filter: HistoryFilter, ctx: Arc<HttpContext>| {
-            let entries = ctx
-                .shared
-                .history
-                .read()
-                .map(|h| h.query(&filter))
-                .unwrap_or_default();
-            let entries: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|entry| with_link(&*ctx.results, entry))
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "entries": entries }))
+            let found = match ctx.shared.history.read() {
+                Ok(history) => history.search(&filter),
+                Err(_) => {
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, "history unavailable");
+                }
+            };
+            match found {
+                Ok(page) => {
+                    let entries: Vec<serde_json::Value> = page
+                        .entries
+                        .iter()
+                        .map(|entry| with_link(&*ctx.results, entry))
+                        .collect();
+                    let more = page.page * page.per_page < page.total;
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({
+                            "entries": entries,
+                            "total": page.total,
+                            "page": page.page,
+                            "per_page": page.per_page,
+                            "next_page": more.then_some(page.page + 1),
+                            "order": page.order,
+                        }),
+                    )
+                }
+                Err(e) => json_error(
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    e.message,
+                ),
+            }
         });
 
     let request = |name: &'static str| {
@@ -143,6 +162,16 @@ pub fn routes(
                 },
             )
     };
+
+    // Server-Sent Events; the id header is read raw, so a bogus one (even
+    // one that is not UTF-8) starts the stream from now instead of a 400.
+    let events = warp::path!("events")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(with())
+        .map(|headers: warp::http::HeaderMap, ctx: Arc<HttpContext>| {
+            events::stream(ctx, headers.get("last-event-id").map(|v| v.as_bytes()))
+        });
 
     let health = warp::path!("healthz")
         .and(warp::get())
@@ -179,6 +208,8 @@ pub fn routes(
         .or(history)
         .unify()
         .or(queue)
+        .unify()
+        .or(events)
         .unify()
         .or(health)
         .unify()
@@ -578,47 +609,7 @@ impl PrJson {
 
 /// A history entry as JSON, with the link to the results of its build.
 fn with_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> serde_json::Value {
-    let key = match entry {
-        HistoryEntry::BuildFinished {
-            build, candidate, ..
-        }
-        | HistoryEntry::BuildCancelled {
-            build, candidate, ..
-        } => candidate.results_key(build),
-        HistoryEntry::Merged {
-            pr, pair, build, ..
-        } => Some(ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: pair.head.clone(),
-            build: build.clone(),
-        }),
-        HistoryEntry::BranchMode { .. } => None,
-        HistoryEntry::Ejected {
-            pr, head, build, ..
-        }
-        | HistoryEntry::Retried {
-            pr, head, build, ..
-        } => build.as_ref().map(|build| ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: head.clone(),
-            build: build.clone(),
-        }),
-        HistoryEntry::SuspectedFlake {
-            pr, head, build, ..
-        } => Some(ResultKey {
-            repo: pr.repo.clone(),
-            pr: pr.number,
-            head: head.clone(),
-            build: build.clone(),
-        }),
-    };
-    let mut value = serde_json::to_value(entry).unwrap_or_default();
-    if let (Some(key), Some(object)) = (key, value.as_object_mut()) {
-        object.insert("link".into(), results.link(&key).into());
-    }
-    value
+    crate::runtime::history::with_link(results, entry)
 }
 
 /// Which PRs the list endpoint `view` shows; None if there is no such view.

@@ -220,7 +220,7 @@ fn short(sha: &str) -> &str {
 
 /// The link of an entry's build, if it has one.
 fn entry_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> Option<String> {
-    super::with_link(results, entry)
+    crate::runtime::history::with_link(results, entry)
         .get("link")
         .and_then(|l| l.as_str())
         .map(str::to_string)

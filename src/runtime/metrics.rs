@@ -37,6 +37,13 @@ pub struct Metrics {
     pub train_stalls: Family<KindLabel, Gauge>,
     /// Ejections, suspected flakes and retries, by kind.
     pub train_decisions: Family<KindLabel, Counter>,
+    /// `GET /events` streams open now.
+    pub event_subscribers: Gauge,
+    /// Event-stream subscribers dropped because they fell behind.
+    pub event_subscribers_dropped: Counter,
+    /// Outgoing webhook deliveries, by result (delivered, retried, failed,
+    /// dropped).
+    pub event_webhooks: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +65,9 @@ impl Default for Metrics {
             github_requests: Family::default(),
             train_stalls: Family::default(),
             train_decisions: Family::default(),
+            event_subscribers: Gauge::default(),
+            event_subscribers_dropped: Counter::default(),
+            event_webhooks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +140,21 @@ impl Default for Metrics {
             "train_decisions",
             "Train decisions: ejected_<kind> (failed, error, conflict, check_failed), suspected_flake (optimistic), retried_<kind> (infrastructure, land_refused, checks_pending)",
             m.train_decisions.clone(),
+        );
+        registry.register(
+            "event_subscribers",
+            "GET /events streams open now",
+            m.event_subscribers.clone(),
+        );
+        registry.register(
+            "event_subscribers_dropped",
+            "Event-stream subscribers dropped because they stopped reading (fell a buffer behind)",
+            m.event_subscribers_dropped.clone(),
+        );
+        registry.register(
+            "event_webhooks",
+            "Outgoing event webhooks, by result: delivered, retried, failed (gave up), dropped (queue full)",
+            m.event_webhooks.clone(),
         );
         Metrics { registry, ..m }
     }

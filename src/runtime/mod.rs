@@ -3,8 +3,10 @@
 //! the tick (retries waiting on time) and the reconcile loop (re-reads
 //! GitHub so a lost webhook heals itself).
 
+pub mod events;
 pub mod history;
 pub mod metrics;
+pub mod outgoing;
 mod reconcile;
 mod status;
 pub mod store;
@@ -60,6 +62,8 @@ pub struct Shared {
     pub state: RwLock<State>,
     pub history: RwLock<History>,
     pub metrics: Metrics,
+    /// What the driver decides and learns, for `GET /events`.
+    pub events: events::EventBus,
     next_request: AtomicU64,
 }
 
@@ -134,7 +138,7 @@ pub fn build(
         }
     };
     let (inlet, journaled, keeper) = store.start(config.state.fsync)?;
-    let mut history = History::default();
+    let mut history = History::with_retention(Some(config.history.retain));
     for entry in recovered.history {
         history.push(entry);
     }
@@ -144,6 +148,13 @@ pub fn build(
         state: RwLock::new(state),
         history: RwLock::new(history),
         metrics: Metrics::default(),
+        // Microseconds since the epoch: sequence numbers keep increasing
+        // across restarts, so an old `Last-Event-ID` never skips new events.
+        events: events::EventBus::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
+        ),
         next_request: AtomicU64::new(1),
     });
     let (status_tx, status_rx) = mpsc::unbounded_channel();
@@ -361,6 +372,9 @@ impl Driver {
     fn apply(&mut self, event: Event, at: Timestamp, seq: u64) {
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
+        if let Some(learned) = events::of_event(&event, kind) {
+            self.shared.events.publish("learned", at, learned);
+        }
         let (actions, stalls) = {
             let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
             let tick = matches!(event, Event::Tick);
@@ -378,7 +392,7 @@ impl Driver {
             self.watch(&stalls);
         }
         self.keeper.applied();
-        self.execute(actions, seq);
+        self.execute(actions, seq, at);
     }
 
     /// The watchdog: a gauge per kind of stall, and one log line when a
@@ -405,8 +419,11 @@ impl Driver {
         });
     }
 
-    fn execute(&mut self, actions: Vec<Action>, seq: u64) {
+    fn execute(&mut self, actions: Vec<Action>, seq: u64, at: Timestamp) {
         for action in actions {
+            if let Some((kind, body)) = events::of_action(&action, &*self.adapters.results) {
+                self.shared.events.publish(kind, at, body);
+            }
             match action {
                 Action::SetStatus {
                     repo,

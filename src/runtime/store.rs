@@ -143,6 +143,34 @@ fn open_append(path: PathBuf) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Cuts `history.jsonl` in `dir` to its last `keep` lines (at start, before
+/// [`Store::open`]; `history.retain`). Written beside and renamed over, so a
+/// kill leaves the old file or the new one. Returns how many lines went.
+pub fn compact_history(dir: &Path, keep: usize) -> io::Result<usize> {
+    let path = dir.join(HISTORY);
+    if keep == 0 || !path.exists() {
+        return Ok(0);
+    }
+    let lines: Vec<String> = BufReader::new(File::open(&path)?)
+        .lines()
+        .collect::<io::Result<_>>()?;
+    if lines.len() <= keep {
+        return Ok(0);
+    }
+    let cut = lines.len() - keep;
+    let next = dir.join("history.jsonl.next");
+    {
+        let mut file = File::create(&next)?;
+        for line in &lines[cut..] {
+            writeln!(file, "{line}")?;
+        }
+        file.sync_all()?;
+    }
+    std::fs::rename(&next, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(cut)
+}
+
 impl Store {
     /// Opens the state directory and replays what it holds.
     pub fn open(dir: &Path) -> io::Result<(Store, Recovered)> {
@@ -762,6 +790,33 @@ mod tests {
         for _ in 0..2 {
             let (_, rec) = Store::open(dir.path()).unwrap();
             assert_eq!(rec.history.len(), 1, "restored exactly once");
+        }
+    }
+
+    #[test]
+    fn history_cut_to_its_retention_keeps_the_newest_lines_and_is_not_refilled() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let line = |seq: u64, n: u64| {
+            format!(
+                "{{\"seq\":{seq},\"entry\":{{\"kind\":\"branch_mode\",\"repo\":\"o/r\",\"branch\":\"b{n}\",\"from\":\"running\",\"to\":\"paused\",\"at\":{n}}}}}\n"
+            )
+        };
+        let text: String = (1..=5).map(|n| line(n, n)).collect();
+        std::fs::write(dir.path().join(HISTORY), text).unwrap();
+        assert_eq!(compact_history(dir.path(), 10).unwrap(), 0, "under the limit");
+        assert_eq!(compact_history(dir.path(), 2).unwrap(), 3);
+        for _ in 0..2 {
+            let (_, rec) = Store::open(dir.path()).unwrap();
+            let branches: Vec<String> = rec
+                .history
+                .iter()
+                .map(|e| match e {
+                    HistoryEntry::BranchMode { branch, .. } => branch.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            assert_eq!(branches, vec!["b4", "b5"]);
         }
     }
 
