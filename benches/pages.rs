@@ -1,11 +1,11 @@
 //! The pages at scale: the dashboard and a PR page rendered with 10,000
 //! tracked PRs and a full history.
 //!
-//!     cargo bench --bench pages [-- --prs 10000 --runs 30]
+//!     cargo bench --bench pages [-- --prs 10000 --runs 30 --history 10000]
 //!
 //! Builds the state through the core's own events (PRs opened, builds
 //! started and finished, a merge train of 200 cars on a second
-//! repository), fills the history to its capacity, then renders the
+//! repository), fills the history (`--history` entries), then renders the
 //! dashboard (its first page and a later one) and one PR page, each
 //! `--runs` times, and prints the median and p99 next to the goal
 //! (dashboard <= 200 ms with 10,000 PRs tracked). The figure covers what a
@@ -14,7 +14,7 @@
 use sluice::core::*;
 use sluice::http::pages::{Dashboard, PrPage};
 use sluice::results::fs::FsResults;
-use sluice::runtime::history::{HISTORY_CAPACITY, History};
+use sluice::runtime::history::History;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -84,6 +84,7 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let prs = arg("--prs", if full { 10_000 } else { 300 });
     let runs = arg("--runs", if full { 30 } else { 3 });
+    let entries = arg("--history", if full { 10_000 } else { 1_000 });
     let mono = RepoName::parse("bench/monorepo").unwrap();
     let trains = RepoName::parse("bench/trains").unwrap();
     let train_policy = RepoPolicy {
@@ -188,7 +189,7 @@ fn main() {
 
     // A full history: builds, landings, ejections.
     let mut history = History::default();
-    for i in 0..HISTORY_CAPACITY as u64 {
+    for i in 0..entries {
         let n = 1 + i % prs;
         let pr = PrKey {
             repo: mono.clone(),
@@ -200,6 +201,7 @@ fn main() {
             0 => HistoryEntry::Merged {
                 pr,
                 title: format!("Change {n}"),
+                branch: "main".into(),
                 pair: Pair {
                     head: sha(0x1_0000_0000 + n),
                     target: sha(1),
@@ -243,7 +245,7 @@ fn main() {
         });
     }
     let results = FsResults::new("bench-results".into(), "https://sluice.example.com");
-    let at = Timestamp(now + HISTORY_CAPACITY as u64);
+    let at = Timestamp(now + entries);
 
     let mut failed = false;
     let waiting_pages = (prs as usize).div_ceil(sluice::http::pages::WAITING_PER_PAGE);
@@ -280,7 +282,7 @@ fn main() {
     });
     println!(
         "PR page ({} history entries of it): median {:.1} ms, p99 {:.1} ms, {} KiB",
-        HISTORY_CAPACITY as u64 / prs.max(1),
+        entries / prs.max(1),
         pct(&ms, 0.5),
         pct(&ms, 0.99),
         bytes / 1024

@@ -18,7 +18,7 @@ use crate::core::{
     by_state,
 };
 use crate::results::ResultsStore;
-use crate::runtime::history::{History, HistoryFilter};
+use crate::runtime::history::{History, HistoryFilter, kind_of};
 use askama::Template;
 use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
@@ -30,8 +30,8 @@ use warp::{Filter, Rejection};
 pub const WAITING_PER_PAGE: usize = 100;
 /// Landed and ejected PRs the dashboard shows (newest first).
 pub const RECENT: usize = 20;
-/// History entries a search shows at most (newest first).
-pub const SEARCH_LIMIT: usize = 200;
+/// History entries a search page shows.
+pub const SEARCH_PER_PAGE: usize = 100;
 /// Cars shown per train (the first ones: they land next).
 pub const CARS_SHOWN: usize = 100;
 
@@ -224,18 +224,6 @@ fn entry_link(results: &dyn ResultsStore, entry: &HistoryEntry) -> Option<String
         .get("link")
         .and_then(|l| l.as_str())
         .map(str::to_string)
-}
-
-fn entry_kind(entry: &HistoryEntry) -> &'static str {
-    match entry {
-        HistoryEntry::BuildFinished { .. } => "build_finished",
-        HistoryEntry::BuildCancelled { .. } => "build_cancelled",
-        HistoryEntry::Merged { .. } => "merged",
-        HistoryEntry::Ejected { .. } => "ejected",
-        HistoryEntry::BranchMode { .. } => "branch_mode",
-        HistoryEntry::SuspectedFlake { .. } => "suspected_flake",
-        HistoryEntry::Retried { .. } => "retried",
-    }
 }
 
 fn entry_at(entry: &HistoryEntry) -> Timestamp {
@@ -593,41 +581,55 @@ impl Dashboard {
                 title: v.title,
             })
             .collect();
-        let (mut landed, mut ejected) = (Vec::new(), Vec::new());
-        for entry in history.query(&HistoryFilter::default()) {
-            if landed.len() >= RECENT && ejected.len() >= RECENT {
-                break;
-            }
-            match &entry {
+        // The newest of each kind: a search clones only the page it keeps.
+        let recent = |kind: &str| {
+            history
+                .search(&HistoryFilter {
+                    kind: Some(kind.to_string()),
+                    per_page: Some(RECENT),
+                    ..HistoryFilter::default()
+                })
+                .map(|page| page.entries)
+                .unwrap_or_default()
+        };
+        let landed = recent("merged")
+            .iter()
+            .filter_map(|entry| match entry {
                 HistoryEntry::Merged {
                     pr,
                     title,
                     merge_sha,
                     at,
                     ..
-                } if landed.len() < RECENT => landed.push(LandedRow {
+                } => Some(LandedRow {
                     repo: pr.repo.to_string(),
                     number: pr.number,
                     pr_href: pr_href(&pr.repo, pr.number),
                     title: title.clone(),
                     sha: merge_sha.as_str().to_string(),
                     sha_short: short(merge_sha.as_str()).to_string(),
-                    build_href: entry_link(results, &entry).unwrap_or_default(),
+                    build_href: entry_link(results, entry).unwrap_or_default(),
                     when: when(*at),
                 }),
+                _ => None,
+            })
+            .collect();
+        let ejected = recent("ejected")
+            .iter()
+            .filter_map(|entry| match entry {
                 HistoryEntry::Ejected {
                     pr, message, at, ..
-                } if ejected.len() < RECENT => ejected.push(EjectedRow {
+                } => Some(EjectedRow {
                     repo: pr.repo.to_string(),
                     number: pr.number,
                     pr_href: pr_href(&pr.repo, pr.number),
                     message: message.clone(),
-                    build_href: entry_link(results, &entry),
+                    build_href: entry_link(results, entry),
                     when: when(*at),
                 }),
-                _ => {}
-            }
-        }
+                _ => None,
+            })
+            .collect();
         Dashboard {
             script: SCRIPT,
             now: when(now),
@@ -784,7 +786,7 @@ impl PrPage {
         let history_rows = entries
             .iter()
             .map(|entry| HistoryRow {
-                kind: entry_kind(entry),
+                kind: kind_of(entry),
                 text: entry_text(entry),
                 href: entry_link(results, entry),
                 when: when(entry_at(entry)),
@@ -924,53 +926,76 @@ struct EntryRow {
     when: String,
 }
 
+/// The search form's fields (name, label), in the order the form shows
+/// them.
+pub const SEARCH_FIELDS: [(&str, &str); 7] = [
+    (
+        "sha",
+        "commit (7+ hex digits: a PR head, a car, a landed commit)",
+    ),
+    ("repo", "repository (owner/name)"),
+    ("pr", "PR"),
+    ("kind", "kind (merged, ejected, build_finished, ...)"),
+    ("branch", "landed on branch"),
+    ("from", "after commit (with branch)"),
+    ("to", "up to commit (with branch)"),
+];
+
 #[derive(Template)]
 #[template(path = "search.html")]
 struct SearchPage {
-    sha: String,
-    repo: String,
-    pr: String,
+    /// Each field's name, label and what was asked (to fill the form
+    /// again).
+    fields: Vec<(&'static str, &'static str, String)>,
     error: Option<String>,
     summary: String,
     entries: Vec<EntryRow>,
+    prev: Option<String>,
+    next: Option<String>,
 }
 
-/// The filter of a search form; empty fields are not filters.
+/// The filter of a search form; empty fields are not filters. Shas are
+/// checked by [`History::search`], which says which field is wrong.
 pub fn search_filter(query: &[(String, String)]) -> Result<HistoryFilter, String> {
-    let mut filter = HistoryFilter::default();
+    let mut filter = HistoryFilter {
+        per_page: Some(SEARCH_PER_PAGE),
+        ..HistoryFilter::default()
+    };
+    let number = |name: &str, value: &str| {
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "{name} must be a number from 1, not {:?}",
+                    value.chars().take(40).collect::<String>()
+                )
+            })
+    };
     for (key, value) in query {
         let value = value.trim();
         if value.is_empty() {
             continue;
         }
+        let text = Some(value.to_string());
         match key.as_str() {
-            "sha" => {
-                let ok =
-                    (7..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_hexdigit());
-                if !ok {
-                    return Err(format!(
-                        "sha must be 7 to 64 hex digits, not {:?}",
-                        value.chars().take(70).collect::<String>()
-                    ));
-                }
-                filter.sha = Some(value.to_ascii_lowercase());
-            }
+            "sha" => filter.sha = text,
+            "from" => filter.from = text,
+            "to" => filter.to = text,
+            "kind" => filter.kind = text,
+            "branch" => filter.branch = text,
             "repo" => {
-                let repo = RepoName::parse(value).map_err(|e| e.to_string())?;
-                filter.repo = Some(repo.to_string());
+                RepoName::parse(value).map_err(|e| e.to_string())?;
+                filter.repo = text;
             }
-            "pr" => {
-                filter.pr = Some(value.parse::<u64>().map_err(|_| {
-                    format!(
-                        "pr must be a number, not {:?}",
-                        value.chars().take(40).collect::<String>()
-                    )
-                })?);
-            }
+            "pr" => filter.pr = Some(number("pr", value)? as u64),
+            "page" => filter.page = Some(number("page", value)?),
             other => {
                 return Err(format!(
-                    "unknown parameter {:?}; the search takes sha, repo and pr",
-                    other.chars().take(40).collect::<String>()
+                    "unknown parameter {:?}; the search takes {} and page",
+                    other.chars().take(40).collect::<String>(),
+                    SEARCH_FIELDS.map(|(name, _)| name).join(", ")
                 ));
             }
         }
@@ -978,52 +1003,94 @@ pub fn search_filter(query: &[(String, String)]) -> Result<HistoryFilter, String
     Ok(filter)
 }
 
-/// The search page for `query`: its status (400 for a bad query, with the
-/// form to correct it) and body. The search runs under the history's lock
-/// but renders at most [`SEARCH_LIMIT`] entries.
+/// `/search?...` with the form's fields and `page`.
+fn search_href(fields: &[(&str, &str, String)], page: usize) -> String {
+    let mut href = String::from("/search?");
+    for (name, _, value) in fields.iter().filter(|(_, _, v)| !v.is_empty()) {
+        href.push_str(&format!("{name}={}&", encode(value)));
+    }
+    href.push_str(&format!("page={page}"));
+    href
+}
+
+/// Percent-encodes all but the unreserved characters of a URL.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The search page for `query`: its status (400 for a bad query, 404 for a
+/// commit that never landed, each with the form to correct it) and body.
+/// It searches under the history's lock and renders one page of entries.
 pub fn search(
     history: &History,
     results: &dyn ResultsStore,
     query: &[(String, String)],
 ) -> Result<(StatusCode, String), PageError> {
-    let field = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.chars().take(200).collect::<String>())
-            .unwrap_or_default()
-    };
+    let fields: Vec<(&'static str, &'static str, String)> = SEARCH_FIELDS
+        .iter()
+        .map(|(name, label)| {
+            let value = query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim().chars().take(200).collect::<String>())
+                .unwrap_or_default();
+            (*name, *label, value)
+        })
+        .collect();
     let mut page = SearchPage {
-        sha: field("sha"),
-        repo: field("repo"),
-        pr: field("pr"),
+        fields,
         error: None,
         summary: String::new(),
         entries: Vec::new(),
+        prev: None,
+        next: None,
     };
-    let status = match search_filter(query) {
-        Err(error) => {
+    let found = search_filter(query)
+        .map_err(|message| (StatusCode::BAD_REQUEST, message))
+        .and_then(|filter| {
+            history.search(&filter).map_err(|e| {
+                (
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    e.message,
+                )
+            })
+        });
+    let status = match found {
+        Err((status, error)) => {
             page.error = Some(error);
-            StatusCode::BAD_REQUEST
+            status
         }
-        Ok(filter) => {
-            let found = history.query(&filter);
-            let any = filter.sha.is_some() || filter.repo.is_some() || filter.pr.is_some();
-            page.summary = match (any, found.len()) {
-                (true, 0) => "Nothing in the history matches.".to_string(),
-                (_, n) if n > SEARCH_LIMIT => {
-                    format!("{n} entries; the newest {SEARCH_LIMIT} are shown.")
-                }
-                (true, n) => format!("{n} entries, newest first."),
-                (false, n) => format!("The whole history: {n} entries, newest first."),
+        Ok(found) => {
+            let order = if found.order == "oldest_first" {
+                "oldest first"
+            } else {
+                "newest first"
+            };
+            let first = (found.page - 1) * found.per_page;
+            page.summary = match found.total {
+                0 => "Nothing in the history matches.".to_string(),
+                n if first >= n => format!("{n} entries; page {} is past the last.", found.page),
+                n => format!(
+                    "{n} entries, {order}; {} to {} shown.",
+                    first + 1,
+                    (first + found.entries.len()).min(n)
+                ),
             };
             page.entries = found
+                .entries
                 .iter()
-                .take(SEARCH_LIMIT)
                 .map(|entry| {
                     let pr = entry_pr(entry);
                     EntryRow {
-                        kind: entry_kind(entry),
+                        kind: kind_of(entry),
                         sha: entry_sha(entry),
                         pr_href: pr.as_ref().map(|p| pr_href(&p.repo, p.number)),
                         pr_label: pr.map(|p| p.to_string()).unwrap_or_default(),
@@ -1033,6 +1100,9 @@ pub fn search(
                     }
                 })
                 .collect();
+            page.prev = (found.page > 1).then(|| search_href(&page.fields, found.page - 1));
+            page.next = (found.page * found.per_page < found.total)
+                .then(|| search_href(&page.fields, found.page + 1));
             StatusCode::OK
         }
     };
@@ -1090,14 +1160,28 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        let f = search_filter(&q(&[("sha", "ABCDEF0"), ("repo", ""), ("pr", "")])).unwrap();
+        let f = search_filter(&q(&[("sha", " abcdef0 "), ("repo", ""), ("pr", "")])).unwrap();
         assert_eq!(f.sha.as_deref(), Some("abcdef0"));
         assert!(f.repo.is_none() && f.pr.is_none());
-        assert!(search_filter(&q(&[("sha", "abc")])).is_err());
-        assert!(search_filter(&q(&[("sha", "zzzzzzz")])).is_err());
+        assert_eq!(f.per_page, Some(SEARCH_PER_PAGE));
+        let f = search_filter(&q(&[("branch", "main"), ("page", "2")])).unwrap();
+        assert_eq!((f.branch.as_deref(), f.page), (Some("main"), Some(2)));
         assert!(search_filter(&q(&[("pr", "one")])).is_err());
+        assert!(search_filter(&q(&[("page", "0")])).is_err());
         assert!(search_filter(&q(&[("repo", "no-slash")])).is_err());
         assert!(search_filter(&q(&[("what", "1")])).is_err());
+    }
+
+    #[test]
+    fn pager_links_keep_the_fields_encoded() {
+        let fields = [
+            ("sha", "", String::new()),
+            ("branch", "", "feat/$(x) y".to_string()),
+        ];
+        assert_eq!(
+            search_href(&fields, 3),
+            "/search?branch=feat%2F%24%28x%29%20y&page=3"
+        );
     }
 
     #[test]
