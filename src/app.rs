@@ -186,6 +186,7 @@ pub async fn start(
     let ctx = Arc::new(HttpContext {
         shared: shared.clone(),
         results: adapters.results.clone(),
+        executor: adapters.executor.clone(),
         webhook_secret: secrets.webhook_secret.clone().into_bytes(),
         api_token: secrets.api_token.clone(),
         deliveries: Mutex::new(deliveries),

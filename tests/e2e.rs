@@ -155,6 +155,7 @@ on_every_backend!(
     retest_and_try_merge_work_and_refuse_correctly,
     a_hostile_branch_name_runs_nothing_but_the_test,
     a_lost_webhook_is_healed_by_reconcile,
+    a_running_build_page_shows_its_log_as_it_grows,
 );
 
 // ---------------------------------------------------------------- GCS emulator
@@ -432,6 +433,112 @@ async fn a_push_to_a_pr_cancels_its_running_job_and_tests_the_new_head(backend: 
     // The old head never got a verdict.
     let old = stack.hub.statuses(DEMO_REPO, old_head.as_str());
     assert!(old.iter().all(|s| s.state == "pending"), "{old:?}");
+    stack.stop().await;
+}
+
+async fn a_running_build_page_shows_its_log_as_it_grows(backend: Backend) {
+    let stack = Env::start(backend, |_| {}).await;
+    let pr = stack
+        .open_pr(
+            "slowlog",
+            &[("src/slow.txt", "ok\n"), ("delay", "4")],
+            "Slow log",
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("the job to run", WAIT, |s| {
+            s.status_of(pr)
+                .and_then(|st| st.description)
+                .is_some_and(|d| d.starts_with("testing"))
+        })
+        .await
+        .unwrap();
+    let link = stack.status_of(pr).unwrap().target_url.unwrap();
+    // The check script prints what it tests, then sleeps: while it sleeps
+    // the build's own page shows that line.
+    let said = format!("testing {DEMO_REPO} PR {pr}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let page = loop {
+        let page = stack
+            .http
+            .get(&link)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.contains(&said) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running page never showed the log: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(page.contains("id=\"log\""), "{page}");
+    assert!(page.contains("Running for"), "{page}");
+    assert!(
+        page.contains("#") && page.contains("slowlog"),
+        "the PR list: {page}"
+    );
+    // The live log, from the start, until the build ends.
+    let client = reqwest::Client::new();
+    let mut live = client
+        .get(format!("{link}live?from=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let mut body = String::new();
+    while !body.contains("\"end\":true") {
+        let chunk = tokio::time::timeout(WAIT, live.chunk())
+            .await
+            .expect("the live log moves or ends")
+            .unwrap()
+            .expect("the stream ends with an end event");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<serde_json::Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect();
+    let text: String = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert!(text.contains(&said), "{events:?}");
+    assert_eq!(events.last().unwrap()["page"], link.as_str());
+    // Then the page is the finished one, with the whole log.
+    stack
+        .wait_for("the build to pass", WAIT, |s| {
+            state_of(s, pr).as_deref() == Some("success")
+        })
+        .await
+        .unwrap();
+    let done = stack
+        .http
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        done.contains("all good") && done.contains("passed"),
+        "{done}"
+    );
+    // A finished build's live log ends at once.
+    let after = client
+        .get(format!("{link}live"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(after.contains("\"end\":true"), "{after}");
     stack.stop().await;
 }
 

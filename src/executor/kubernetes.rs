@@ -272,6 +272,25 @@ impl Executor for KubernetesExecutor {
         tokio::spawn(Arc::clone(shared).create(job, manifest, generation));
     }
 
+    /// The newest pod's containers' output so far, as the API serves it
+    /// (each read bounded by `log_limit_bytes` and the call timeout).
+    fn log_so_far(&self, build: &BuildId) -> futures::future::BoxFuture<'_, Option<Vec<u8>>> {
+        let build = build.clone();
+        Box::pin(async move {
+            let pod = self.shared.newest_pod(&build).await.ok()??;
+            let name = pod.metadata.name.clone()?;
+            let mut log = Vec::new();
+            for container in [manifest::PREPARE_CONTAINER, manifest::TEST_CONTAINER] {
+                if started(Some(&pod), container)
+                    && let Ok(bytes) = self.shared.container_log(&name, container).await
+                {
+                    log.extend_from_slice(&bytes);
+                }
+            }
+            Some(log)
+        })
+    }
+
     fn cancel(&self, build: &BuildId) {
         if lock(&self.shared.tracked).remove(build).is_none() {
             return;

@@ -59,6 +59,8 @@ struct Shared {
 struct Running {
     generation: u64,
     cancel: watch::Sender<bool>,
+    /// The job's log as it grows (the live build page reads it).
+    log: Log,
 }
 
 impl LocalExecutor {
@@ -149,11 +151,13 @@ impl Executor for LocalExecutor {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
         let build = job.build.clone();
+        let log = Log::new(self.shared.log_cap);
         let replaced = lock(&self.shared.jobs).insert(
             build.clone(),
             Running {
                 generation,
                 cancel: cancel_tx,
+                log: log.clone(),
             },
         );
         if let Some(old) = replaced {
@@ -163,7 +167,7 @@ impl Executor for LocalExecutor {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let candidate = job.candidate.clone();
-            let finished = shared.run(job, cancel_rx).await;
+            let finished = shared.run(job, cancel_rx, log).await;
             // Deciding whether to report and forgetting the job happen under
             // the same lock `cancel` takes: a job cancelled before this point
             // reports nothing, one cancelled after it is an unknown id.
@@ -188,6 +192,11 @@ impl Executor for LocalExecutor {
                 _ => tracing::info!(%build, "job cancelled"),
             }
         });
+    }
+
+    fn log_so_far(&self, build: &BuildId) -> futures::future::BoxFuture<'_, Option<Vec<u8>>> {
+        let log = lock(&self.shared.jobs).get(build).map(|r| r.log.clone());
+        Box::pin(async move { log.map(|log| log.snapshot()) })
     }
 
     fn cancel(&self, build: &BuildId) {
@@ -247,6 +256,7 @@ impl Shared {
         &self,
         job: JobSpec,
         mut cancel: watch::Receiver<bool>,
+        log: Log,
     ) -> Option<(JobReport, Vec<u8>)> {
         let _permit = tokio::select! {
             permit = Arc::clone(&self.permits).acquire_owned() => permit.ok()?,
@@ -254,7 +264,6 @@ impl Shared {
         };
         let started_at = now_ms();
         let clock = Instant::now();
-        let log = Log::new(self.log_cap);
         let verdict = match Workspace::create(&self.work_dir, &job.build) {
             Err(e) => {
                 log.line(&format!(
@@ -794,6 +803,11 @@ impl Log {
         }
         buf.bytes.extend_from_slice(text.as_bytes());
         buf.bytes.push(b'\n');
+    }
+
+    /// What it holds so far.
+    fn snapshot(&self) -> Vec<u8> {
+        lock(&self.0).bytes.clone()
     }
 
     fn finish(self) -> Vec<u8> {

@@ -40,6 +40,12 @@ pub trait Executor: Send + Sync {
     fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>);
     /// Stops a job and everything it started. Unknown ids are ignored.
     fn cancel(&self, build: &BuildId);
+    /// The log of a running job so far, for its live build page; `None`
+    /// if the job is not running here (or has no log yet).
+    fn log_so_far(&self, build: &BuildId) -> BoxFuture<'_, Option<Vec<u8>>> {
+        let _ = build;
+        Box::pin(async { None })
+    }
     /// After a restart: the builds sluice believed running. Re-adopts what it
     /// can (their results will be sent on `done`, as if `start` had been
     /// called) and returns the builds it lost, making sure none of them still

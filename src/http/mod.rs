@@ -5,6 +5,7 @@
 
 mod deliveries;
 mod events;
+mod live;
 pub mod pages;
 
 use crate::core::{Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId};
@@ -37,6 +38,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpContext {
     pub shared: Arc<Shared>,
     pub results: Arc<dyn ResultsStore>,
+    /// For the live log of a running build.
+    pub executor: Arc<dyn crate::executor::Executor>,
     pub webhook_secret: Vec<u8>,
     pub api_token: Option<String>,
     pub deliveries: Mutex<DeliveryLog>,
@@ -193,10 +196,13 @@ pub fn routes(
     let results = warp::path("results")
         .and(warp::get())
         .and(warp::path::tail())
+        .and(warp::query::<LiveQuery>())
         .and(with())
-        .and_then(|tail: warp::path::Tail, ctx: Arc<HttpContext>| async move {
-            serve_result(&ctx, tail.as_str()).await
-        });
+        .and_then(
+            |tail: warp::path::Tail, query: LiveQuery, ctx: Arc<HttpContext>| async move {
+                serve_result(ctx, tail.as_str(), query).await
+            },
+        );
 
     webhook
         .or(request("retest"))
@@ -688,7 +694,41 @@ fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "prs": prs }))
 }
 
-async fn serve_result(ctx: &HttpContext, tail: &str) -> Result<Response, Rejection> {
+/// `?from=N` of a running build's `live` log.
+#[derive(Debug, Default, serde::Deserialize)]
+struct LiveQuery {
+    from: Option<usize>,
+}
+
+async fn serve_result(
+    ctx: Arc<HttpContext>,
+    tail: &str,
+    query: LiveQuery,
+) -> Result<Response, Rejection> {
+    // A running build's page and live log come from sluice itself (the
+    // store holds only a placeholder until the build ends).
+    if let Some((build, file)) = live::running_build(&ctx, tail) {
+        match file.as_str() {
+            "" | "index.html" => return Ok(live::page(&ctx, &build).await),
+            "live" => {
+                let page = build
+                    .candidate
+                    .results_key(&build.id)
+                    .map(|k| ctx.results.link(&k));
+                return Ok(live::stream(ctx, build.id, query.from.unwrap_or(0), page));
+            }
+            _ => {}
+        }
+    } else if tail.ends_with("/live") {
+        // Finished (or never started here): the stream says so at once.
+        if let Some(build) = tail
+            .rsplit('/')
+            .nth(1)
+            .and_then(|b| crate::core::BuildId::parse(b).ok())
+        {
+            return Ok(live::stream(ctx, build, usize::MAX, None));
+        }
+    }
     match ctx.results.read(tail).await {
         Ok(Some(file)) => {
             Ok(

@@ -215,7 +215,7 @@ fn candidate_rows(key: &ResultKey, candidate: &Candidate) -> Vec<(&'static str, 
     rows
 }
 
-fn page(title: &str, refresh: bool, rows: &[(&'static str, String)], body: &str) -> String {
+fn page(title: &str, head: &str, rows: &[(&'static str, String)], body: &str) -> String {
     let mut table = String::new();
     for (name, value) in rows {
         table.push_str(&format!(
@@ -224,13 +224,8 @@ fn page(title: &str, refresh: bool, rows: &[(&'static str, String)], body: &str)
             html_escape(value)
         ));
     }
-    let refresh = if refresh {
-        "<meta http-equiv=\"refresh\" content=\"30\">\n"
-    } else {
-        ""
-    };
     format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{refresh}\
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{head}\
          <title>{title}</title>\n<style>\n\
          body {{ font-family: sans-serif; margin: 2em; }}\n\
          th {{ text-align: left; padding-right: 1em; }}\n\
@@ -253,7 +248,31 @@ pub fn running_page(key: &ResultKey, candidate: &Candidate) -> String {
     let rows = candidate_rows(key, candidate);
     let body =
         "<p>This build is running. This page will show its result and log when it ends.</p>\n";
-    page(&page_title(key, candidate, "running"), true, &rows, body)
+    let refresh = "<meta http-equiv=\"refresh\" content=\"30\">\n";
+    page(&page_title(key, candidate, "running"), refresh, &rows, body)
+}
+
+/// The page sluice serves while a build runs: its log so far, followed
+/// live from `live` (Server-Sent Events) by a small script; without
+/// JavaScript the page reloads every 3 s. Reloaded when the build ends.
+pub fn live_page(key: &ResultKey, candidate: &Candidate, elapsed_ms: u64, log: &[u8]) -> String {
+    let mut rows = candidate_rows(key, candidate);
+    rows.push(("Running for", fmt_duration_ms(elapsed_ms)));
+    let head = "<noscript><meta http-equiv=\"refresh\" content=\"3\"></noscript>\n";
+    let body = format!(
+        "<p id=\"live-state\">This build is running; its log grows below.</p>\n\
+         <h2>Log so far</h2>\n<pre id=\"log\">{}</pre>\n\
+         <script>\n\
+         (function () {{\n\
+           var log = document.getElementById('log');\n\
+           var source = new EventSource('live?from=' + {});\n\
+           source.onmessage = function (m) {{ var e = JSON.parse(m.data); if (e.text) {{ log.textContent += e.text; }} if (e.end) {{ source.close(); location.reload(); }} }};\n\
+         }})();\n\
+         </script>\n",
+        html_escape(&String::from_utf8_lossy(log)),
+        log.len()
+    );
+    page(&page_title(key, candidate, "running"), head, &rows, &body)
 }
 
 /// The page of a finished build, with the tail of its log.
@@ -284,7 +303,7 @@ pub fn finished_page(record: &BuildRecord, log: &[u8]) -> String {
         html_escape(&tail)
     );
     let title = page_title(&record.key, &record.candidate, outcome_word(r.outcome));
-    page(&title, false, &rows, &body)
+    page(&title, "", &rows, &body)
 }
 
 #[cfg(test)]

@@ -146,6 +146,10 @@ impl EventBus {
         self.lock().next
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.lock().tx.is_none()
+    }
+
     /// Ends every stream (at shutdown, so that the server's graceful stop
     /// does not wait for open streams).
     pub fn close(&self) {

@@ -804,7 +804,11 @@ mod tests {
         };
         let text: String = (1..=5).map(|n| line(n, n)).collect();
         std::fs::write(dir.path().join(HISTORY), text).unwrap();
-        assert_eq!(compact_history(dir.path(), 10).unwrap(), 0, "under the limit");
+        assert_eq!(
+            compact_history(dir.path(), 10).unwrap(),
+            0,
+            "under the limit"
+        );
         assert_eq!(compact_history(dir.path(), 2).unwrap(), 3);
         for _ in 0..2 {
             let (_, rec) = Store::open(dir.path()).unwrap();

@@ -538,12 +538,22 @@ impl FakeKube {
             ] {
                 for c in containers {
                     let cname = c["name"].as_str().unwrap_or("").to_string();
-                    let code = fake.run_container(&pod_name, &c, &root).await;
+                    // Running (its log readable) while it runs, as a
+                    // kubelet reports it.
+                    let started_at = now_rfc3339();
                     pod_ref["status"][list].as_array_mut().unwrap().push(json!({
+                        "name": cname, "image": c["image"], "ready": true, "restartCount": 0,
+                        "state": {"running": {"startedAt": started_at}},
+                    }));
+                    fake.put_pod(pod_ref.clone());
+                    let code = fake.run_container(&pod_name, &c, &root).await;
+                    let statuses = pod_ref["status"][list].as_array_mut().unwrap();
+                    statuses.pop();
+                    statuses.push(json!({
                         "name": cname, "image": c["image"], "ready": false, "restartCount": 0,
                         "state": {"terminated": {
                             "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                            "startedAt": now_rfc3339(), "finishedAt": now_rfc3339(),
+                            "startedAt": started_at, "finishedAt": now_rfc3339(),
                         }},
                     }));
                     if code != 0 {
@@ -612,14 +622,44 @@ impl FakeKube {
         let _ = std::fs::create_dir_all(&cwd);
         cmd.current_dir(cwd);
         let name = c["name"].as_str().unwrap_or("");
-        match cmd.output().await {
-            Ok(out) => {
-                let mut log = out.stdout;
-                log.extend_from_slice(&out.stderr);
-                self.lock()
-                    .logs
-                    .insert((pod.to_string(), name.to_string()), log);
-                i64::from(out.status.code().unwrap_or(137))
+        // As a kubelet does, the log grows while the container runs.
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let key = (pod.to_string(), name.to_string());
+        self.lock().logs.insert(key.clone(), Vec::new());
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let mut readers = Vec::new();
+                let outputs: [Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>; 2] = [
+                    child.stdout.take().map(|o| Box::new(o) as _),
+                    child.stderr.take().map(|e| Box::new(e) as _),
+                ];
+                for mut output in outputs.into_iter().flatten() {
+                    let fake = self.clone();
+                    let key = key.clone();
+                    readers.push(tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt as _;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = output.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            fake.lock()
+                                .logs
+                                .entry(key.clone())
+                                .or_default()
+                                .extend_from_slice(&buf[..n]);
+                        }
+                    }));
+                }
+                let status = child.wait().await;
+                for reader in readers {
+                    let _ = reader.await;
+                }
+                match status {
+                    Ok(status) => i64::from(status.code().unwrap_or(137)),
+                    Err(_) => 137,
+                }
             }
             Err(e) => {
                 self.set_log(pod, name, &format!("cannot run {program}: {e}\n"));
