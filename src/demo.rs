@@ -439,10 +439,16 @@ pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<
         );
     }
     println!("\nhistory: GET {}", stack.url("/history"));
+    println!(
+        "dashboard: {} (the failing PR's page: {})",
+        stack.url("/"),
+        stack.url(&format!("/pr/{DEMO_REPO}/{b}"))
+    );
     if keep_running {
         println!(
-            "\nsluice keeps running at {} (Ctrl-C to stop)",
-            stack.sluice.url()
+            "\nsluice keeps running at {} (Ctrl-C to stop); the dashboard: {}",
+            stack.sluice.url(),
+            stack.url("/")
         );
         let _ = tokio::signal::ctrl_c().await;
     }

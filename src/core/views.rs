@@ -371,3 +371,76 @@ impl State {
         all
     }
 }
+
+/// One reviewer's latest verdict on a PR, whether it counts and why: the
+/// approvals section of the PR page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReviewView {
+    pub reviewer: String,
+    /// `approved`, `changes_requested`, `dismissed` (comments never
+    /// change a verdict, so they are not kept).
+    pub state: &'static str,
+    /// It takes part in the approval: an approval that counts, or a change
+    /// request that blocks.
+    pub counts: bool,
+    /// Why it counts or does not, in words.
+    pub why: String,
+}
+
+impl State {
+    /// The latest decisive review of each reviewer of `key`, with whether
+    /// it counts (as [`super::approval::approval`] decided) and why; `None`
+    /// for an untracked PR.
+    pub fn review_views(&self, key: &PrKey) -> Option<Vec<ReviewView>> {
+        let repo = self.repos.get(&key.repo)?;
+        let pr = repo.prs.get(&key.number)?;
+        let approval = repo.approval(pr);
+        let author = &pr.snapshot.author;
+        Some(
+            pr.reviews
+                .values()
+                .map(|review| {
+                    let who = &review.reviewer;
+                    let approves = approval.approvers.contains(who);
+                    let blocks = approval.blockers.contains(who);
+                    let (state, decisive) = match review.state {
+                        ReviewState::Approved => ("approved", true),
+                        ReviewState::ChangesRequested => ("changes_requested", true),
+                        ReviewState::Dismissed => ("dismissed", false),
+                        ReviewState::Commented => ("commented", false),
+                        ReviewState::Pending => ("pending", false),
+                    };
+                    let why = if approves {
+                        "counts: an approval from someone with write access".to_string()
+                    } else if blocks {
+                        format!(
+                            "blocks: changes requested by someone with write access; it counts until {who} approves or the review is dismissed"
+                        )
+                    } else if who == author {
+                        "does not count: the author's own review".to_string()
+                    } else if !review.can_write {
+                        format!("does not count: {who} has no write access to {}", key.repo)
+                    } else if review.state == ReviewState::Dismissed {
+                        "does not count: dismissed".to_string()
+                    } else if !decisive {
+                        "does not count: only a comment, which does not change a verdict"
+                            .to_string()
+                    } else {
+                        "does not count".to_string()
+                    };
+                    ReviewView {
+                        reviewer: who.clone(),
+                        state,
+                        counts: approves || blocks,
+                        why,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// When the running build `id` started, if it runs.
+    pub fn build_started_at(&self, id: &BuildId) -> Option<Timestamp> {
+        self.builds.get(id).map(|b| b.started_at)
+    }
+}

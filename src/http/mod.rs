@@ -6,6 +6,7 @@
 mod deliveries;
 mod events;
 mod live;
+pub mod pages;
 
 use crate::core::{Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId};
 use crate::forge::webhook::{self, Delivery};
@@ -223,6 +224,8 @@ pub fn routes(
         .or(results)
         .unify()
         .or(prs)
+        .unify()
+        .or(pages::routes(with()))
         .unify()
         .or(views)
         .unify()
