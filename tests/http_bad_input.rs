@@ -810,7 +810,6 @@ async fn wrong_methods_are_405_and_unknown_paths_404() {
     }
 
     for (method, path) in [
-        (Method::GET, "/"),
         (Method::GET, "/nope"),
         (Method::POST, "/nope"),
         (Method::GET, "/status/extra"),
