@@ -106,6 +106,20 @@ impl Subscriber {
     }
 }
 
+/// The `/metrics` text.
+async fn metrics(stack: &Stack) -> String {
+    let response = stack.http.get(stack.url("/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// One sample of the `/metrics` text, by its name and labels.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A subscriber that sends its request and never reads a byte, with a
 /// small receive buffer so that sluice's side of the socket fills soon.
 fn stalled_subscriber(stack: &Stack) -> std::net::TcpStream {
@@ -206,19 +220,9 @@ async fn the_stream_shows_a_pr_tested_and_landed_and_resumes_where_it_left_off()
 
     // The subscriber that never read held nothing up, and is still counted
     // until it goes; stopping sluice ends the open streams (stop returns).
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&stack).await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("sluice_event_subscribers ")),
+        sample(&metrics, "sluice_event_subscribers").is_some(),
         "{metrics}"
     );
     tokio::time::timeout(Duration::from_secs(20), stack.sluice.stop())
@@ -239,25 +243,10 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_driver_goes_on() {
     // Many events: each /retest of a PR sluice does not track is learned
     // and answered by the core.
     let pr = 999_999;
-    let dropped = |metrics: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("sluice_event_subscribers_dropped_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let mut rounds = 0;
     loop {
-        let metrics = stack
-            .http
-            .get(stack.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if dropped(&metrics) >= 1 {
+        let metrics = metrics(&stack).await;
+        if sample(&metrics, "sluice_event_subscribers_dropped_total").unwrap_or(0.0) >= 1.0 {
             break;
         }
         rounds += 1;
@@ -285,22 +274,12 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_driver_goes_on() {
     let got = reader.until(|e| e["kind"] == "learned").await;
     assert!(!got.is_empty());
     // sluice let go of the dropped one: one stream open, the reader's.
-    let gauge = |metrics: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("sluice_event_subscribers "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-    };
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(gauge(&metrics), Some(1), "{metrics}");
+    let metrics = metrics(&stack).await;
+    assert_eq!(
+        sample(&metrics, "sluice_event_subscribers"),
+        Some(1.0),
+        "{metrics}"
+    );
     drop(stalled);
     println!("the stalled subscriber was dropped after {rounds} bursts of 100 events");
     stack.sluice.stop().await;
@@ -416,19 +395,10 @@ async fn webhooks_get_each_event_signed_in_order_and_history_tells_what_landed_b
             .iter()
             .all(|b| b["kind"] == "status" || b["kind"] == "merged")
     );
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("sluice_event_webhooks_total{kind=\"retried\"} 2")),
+    let metrics = metrics(&stack).await;
+    assert_eq!(
+        sample(&metrics, "sluice_event_webhooks_total{kind=\"retried\"}"),
+        Some(2.0),
         "{metrics}"
     );
 

@@ -62,7 +62,7 @@ pub fn stream(ctx: Arc<HttpContext>, last_event_id: Option<&[u8]>) -> Response {
             "message": "Last-Event-ID cannot be resumed from (unknown, or older than the events kept); the stream starts from now",
             "next_seq": next,
         });
-        Bytes::from(format!("id: {}\ndata: {data}\n\n", next.saturating_sub(1)))
+        crate::runtime::events::frame(next.saturating_sub(1), &data.to_string())
     });
     ctx.shared.metrics.event_subscribers.inc();
     let open = Open(ctx.clone());

@@ -19,6 +19,11 @@ pub const RING: usize = 4096;
 /// How far one subscriber may fall behind before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// An event's Server-Sent Events frame: `id: N`, `data: JSON`, blank line.
+pub fn frame(id: u64, json: &str) -> bytes::Bytes {
+    format!("id: {id}\ndata: {json}\n\n").into()
+}
+
 /// One published event: its sequence number and its JSON, serialized once
 /// for every subscriber.
 #[derive(Debug)]
@@ -87,7 +92,7 @@ impl EventBus {
             object.insert("at".into(), at.0.into());
         }
         let json = body.to_string();
-        let frame = format!("id: {seq}\ndata: {json}\n\n").into();
+        let frame = frame(seq, &json);
         let published = Arc::new(Published {
             seq,
             kind,
