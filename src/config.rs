@@ -729,6 +729,15 @@ pub struct RepoConfig {
     /// The PR's author may `/retest` it without write access.
     #[serde(default = "default_author_may_retest")]
     pub author_may_retest: bool,
+    /// Train mode with batches: a train with nothing tested waits until no
+    /// PR entered for this many milliseconds (at most ten times as long)
+    /// before it tests, so PRs approved together share batches. 0: never.
+    #[serde(default = "default_gather_ms")]
+    pub gather_ms: u64,
+}
+
+fn default_gather_ms() -> u64 {
+    1000
 }
 
 fn default_author_may_retest() -> bool {
@@ -840,6 +849,7 @@ impl RepoConfig {
             land_on: self.land_on,
             author_may_retest: self.author_may_retest,
             car_statuses: false,
+            gather_ms: self.gather_ms,
         }
     }
     pub fn job_timeout(&self) -> Duration {
@@ -990,6 +1000,9 @@ impl Config {
             }
             if !(1..=64).contains(&repo.max_batch) {
                 return Err(bad(key("max_batch"), "must be from 1 to 64"));
+            }
+            if repo.gather_ms > 60_000 {
+                return Err(bad(key("gather_ms"), "must be at most 60000 (a minute)"));
             }
             if !(1..=8).contains(&repo.bisect_parallel) {
                 return Err(bad(key("bisect_parallel"), "must be from 1 to 8"));

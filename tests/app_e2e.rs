@@ -710,3 +710,47 @@ async fn a_failing_check_shows_its_log_tail_and_re_run_tests_it_again() {
     );
     stack.sluice.stop().await;
 }
+
+// ---- installation events ----
+
+/// A repository the App is given later: its open PRs are gated at once
+/// (the `installation_repositories` delivery starts a re-read), not at the
+/// next periodic re-read, which here never comes.
+#[tokio::test]
+async fn a_repository_added_to_the_installation_is_read_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Stack::demo_hub(dir.path()).await.unwrap();
+    let keys = hub.register_app(DEMO_APP_ID).unwrap();
+    let inst = hub.install_app(DEMO_APP_ID, "octo", &[]).unwrap();
+    // Approved and passing before sluice can see the repository at all.
+    let pr = open_pr(&hub, DEMO_REPO, "early", &[("src/early.txt", "works\n")]).await;
+    hub.review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    let stack = Stack::start_app_on(hub, keys, dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.reconcile.interval_secs = 0
+    })
+    .await
+    .expect("sluice starts (and warns) although the App is not installed there");
+    // Its first re-read found nothing it could read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(stack.status_of(pr).is_none(), "no status without access");
+    assert!(!merged(&stack, DEMO_REPO, pr));
+
+    stack
+        .hub
+        .add_installation_repos(inst, &[DEMO_REPO])
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+    let m = metrics(&stack).await;
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("sluice_webhook_deliveries_total{event=\"installation_repositories\",result=\"accepted\"}")),
+        "{m}"
+    );
+
+    stack.sluice.stop().await;
+}

@@ -482,8 +482,48 @@ async fn drive(stack: &Stack, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The driver's busy seconds and events applied so far, from `/metrics`.
+async fn driver_load(stack: &Stack) -> (f64, f64) {
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (mut busy, mut events) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name == "sluice_driver_busy_seconds_total" {
+            busy = value;
+        } else if name.starts_with("sluice_events_total{") {
+            events += value;
+        }
+    }
+    (busy, events)
+}
+
+/// Drives `n` events and returns (requests per second end to end, the
+/// driver's microseconds per event).
+async fn measure(stack: &Stack, n: usize) -> (f64, f64) {
+    let (busy0, events0) = driver_load(stack).await;
+    let rate = drive(stack, n).await;
+    let (busy1, events1) = driver_load(stack).await;
+    (rate, (busy1 - busy0) * 1e6 / (events1 - events0).max(1.0))
+}
+
 /// The figures of issue 11's event-stream goal: `cargo test --test events
 /// -- --ignored --nocapture event_stream_figures` (scripts/bench runs it).
+/// "Without slowing the driver" is measured where it happens: the driver's
+/// own CPU time per event (`sluice_driver_busy_seconds_total` over
+/// `sluice_events_total`), with no subscriber and with 100 reading. The
+/// end-to-end request rate is printed too; on a small machine it also pays
+/// for the CPU that serving 100 sockets takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn event_stream_figures() {
@@ -494,7 +534,7 @@ async fn event_stream_figures() {
         .await
         .unwrap();
     drive(&stack, 500).await; // warm up
-    let alone = drive(&stack, N).await;
+    let (alone, alone_us) = measure(&stack, N).await;
     let mut readers = Vec::new();
     // Cheap readers (count the events' blank-line ends on a raw socket), so
     // the figure is sluice's cost of serving them, not the test's parsing.
@@ -524,22 +564,26 @@ async fn event_stream_figures() {
             learned
         }));
     }
-    let watched = drive(&stack, N).await;
+    let (watched, watched_us) = measure(&stack, N).await;
     let mut complete = 0;
     for reader in readers {
         if reader.await.unwrap() == N {
             complete += 1;
         }
     }
-    let ratio = watched / alone;
+    let slowdown = watched_us / alone_us;
     println!(
-        "event stream: {N} events through the driver: {alone:.0}/s with no subscriber, {watched:.0}/s with {SUBSCRIBERS} subscribers reading \
-         ({ratio:.2}x); {complete} of {SUBSCRIBERS} saw every event (goal: 100 subscribers without slowing the driver: >= 0.8x, all complete) {}",
-        if ratio >= 0.8 && complete == SUBSCRIBERS {
+        "event stream: {N} events; the driver's CPU time per event: {alone_us:.1} us with no subscriber, {watched_us:.1} us with {SUBSCRIBERS} subscribers reading \
+         ({slowdown:.2}x); {complete} of {SUBSCRIBERS} saw every event (goal: 100 subscribers without slowing the driver: <= 1.25x, all complete) {}",
+        if slowdown <= 1.25 && complete == SUBSCRIBERS {
             "met"
         } else {
             "MISSED"
         }
+    );
+    println!(
+        "event stream: end to end (HTTP request, journal, driver, reply, on the same cores as the readers): {alone:.0} requests/s alone, {watched:.0}/s with {SUBSCRIBERS} subscribers ({:.2}x)",
+        watched / alone
     );
     stack.sluice.stop().await;
 }

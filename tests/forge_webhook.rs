@@ -281,7 +281,6 @@ fn other_events_are_ignored() {
     for event in [
         "check_run",
         "check_suite",
-        "installation",
         "issue_comment",
         "merge_group",
         "pull_request_review_comment",
@@ -599,38 +598,38 @@ fn a_rerun_of_the_check_retests_the_prs_on_its_head() {
         let got = parse_delivery("check_run", &payload("check_run", file)).unwrap();
         assert!(matches!(got, Delivery::Ignored { .. }), "{file}: {got:?}");
     }
-    // Installations: read with octocrab's models, acknowledged with what
-    // changed, and otherwise ignored.
+    // Installations: read with octocrab's models into the repositories
+    // the App was given or denied (the driver re-reads the given ones).
     for (file, body) in payloads("installation") {
         let got = parse_delivery("installation", &body).unwrap();
-        let Delivery::Ignored { reason } = got else {
+        let Delivery::Access(change) = got else {
             panic!("{file}: {got:?}");
         };
-        assert!(reason.starts_with("installation "), "{file}: {reason}");
+        assert!(
+            change.what.starts_with("installation "),
+            "{file}: {change:?}"
+        );
     }
     let created = payload("installation", "created.payload.json");
-    let Ok(Delivery::Ignored { reason }) = parse_delivery("installation", &created) else {
+    let Ok(Delivery::Access(change)) = parse_delivery("installation", &created) else {
         panic!("created");
     };
-    assert!(
-        reason.contains("installation created: repositories Codertocat/Hello-World"),
-        "{reason}"
-    );
+    let hello = RepoName::parse("Codertocat/Hello-World").unwrap();
+    assert_eq!(change.granted, vec![hello.clone()]);
+    assert!(change.revoked.is_empty());
     let mut v: Value = serde_json::from_slice(&created).unwrap();
-    v["action"] = json!("added");
+    v["action"] = json!("removed");
     v["repository_selection"] = json!("selected");
-    v["repositories_added"] = v["repositories"].clone();
-    v["repositories_removed"] = json!([]);
+    v["repositories_added"] = json!([]);
+    v["repositories_removed"] = v["repositories"].clone();
     let got = parse_delivery(
         "installation_repositories",
         &serde_json::to_vec(&v).unwrap(),
     );
-    let Ok(Delivery::Ignored { reason }) = got else {
+    let Ok(Delivery::Access(change)) = got else {
         panic!("{got:?}");
     };
-    assert!(
-        reason.contains("added Codertocat/Hello-World; removed none"),
-        "{reason}"
-    );
+    assert_eq!(change.what, "installation_repositories removed");
+    assert_eq!((change.granted.len(), change.revoked), (0, vec![hello]));
     assert!(parse_delivery("installation_repositories", b"{\"action\": \"added\"}").is_err());
 }

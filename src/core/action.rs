@@ -115,6 +115,9 @@ pub enum Action {
     Record(HistoryEntry),
     /// A re-read of the forge found facts no webhook had reported.
     Drift { repo: RepoName, differences: u32 },
+    /// Handle a `Tick` at (or soon after) this time: a wait ends then
+    /// (a train's gathering).
+    WakeAt { at: Timestamp },
 }
 
 /// The answer to `retest` or `try-merge`.

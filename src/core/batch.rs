@@ -39,6 +39,10 @@ pub struct Plan {
     /// Cars of one failed batch tested at once while bisecting.
     pub bisect_parallel: usize,
     pub optimistic: bool,
+    /// The tested cars at the front of the train hold one PR each, the
+    /// rest `batch` PRs ([`hedge_size`]): a hedge while the failure rate is
+    /// still a guess (see `planner`).
+    pub hedge: bool,
 }
 
 impl Plan {
@@ -46,6 +50,26 @@ impl Plan {
     /// planned now may cover.
     pub fn built_window(&self) -> usize {
         self.depth.max(1) * self.batch.max(1)
+    }
+
+    /// PRs in the tested car that has `ahead` tested cars before it.
+    pub fn batch_at(&self, ahead: usize) -> usize {
+        if self.hedge {
+            hedge_size(self.batch, self.depth, ahead)
+        } else {
+            self.batch.max(1)
+        }
+    }
+}
+
+/// PRs in a hedged plan's tested car with `ahead` tested cars before it:
+/// the first 3/8 of the depth (at least one) are single PRs, tested as
+/// speculation would; the rest hold `batch` PRs.
+pub fn hedge_size(batch: usize, depth: usize, ahead: usize) -> usize {
+    if ahead < (depth * 3 / 8).max(1) {
+        1
+    } else {
+        batch.max(1)
     }
 }
 
@@ -127,6 +151,19 @@ pub fn tests_to_start(cars: &[Car], plan: &Plan) -> Vec<usize> {
         if in_flight >= parts {
             return Vec::new();
         }
+        if interior.len() <= 2 * parts {
+            // The first `parts` cars, each on its own: a culprit among them
+            // is pinned this round (the first failing PR of a batch is
+            // likelier early than late), and otherwise at most `parts` cars
+            // are left, tested singly next round. Evenly spaced points
+            // would only narrow the range to pairs, pinning almost nothing.
+            return interior
+                .into_iter()
+                .filter(|&k| !passed(&cars[k]) && !testing(&cars[k]))
+                .take(parts - in_flight)
+                .filter(|&k| built(k))
+                .collect();
+        }
         // Evenly spaced points splitting [start, f] into parts + 1 pieces;
         // a point is the last car of its piece.
         let span = f - start + 1;
@@ -149,14 +186,19 @@ pub fn tests_to_start(cars: &[Car], plan: &Plan) -> Vec<usize> {
         .rposition(|c| testing(c) || passed(c))
         .map(|k| k + 1)
         .unwrap_or(0);
+    let mut ahead = cars[..covered]
+        .iter()
+        .filter(|c| testing(c) || passed(c))
+        .count();
     let mut out = Vec::new();
     while in_flight < plan.depth.max(1) && covered < window {
-        let point = (covered + plan.batch.max(1) - 1).min(window - 1);
+        let point = (covered + plan.batch_at(ahead) - 1).min(window - 1);
         if !built(point) {
             break;
         }
         out.push(point);
         in_flight += 1;
+        ahead += 1;
         covered = point + 1;
     }
     out
@@ -208,6 +250,7 @@ mod tests {
                     state,
                     errors: 0,
                     eta_ms: None,
+                    entered_at: crate::core::Timestamp(0),
                 }
             })
             .collect()
@@ -219,6 +262,7 @@ mod tests {
             depth,
             bisect_parallel: parts,
             optimistic: false,
+            hedge: false,
         }
     }
 
@@ -234,6 +278,23 @@ mod tests {
         assert!(tests_to_start(&cars("...t...t"), &plan(4, 2, 1)).is_empty());
         // Batch 1 is speculation: every car, up to the depth.
         assert_eq!(tests_to_start(&cars("...."), &plan(1, 3, 1)), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_hedge_tests_single_prs_at_the_front_then_whole_batches() {
+        let hedge = Plan {
+            hedge: true,
+            ..plan(6, 8, 1)
+        };
+        // Three singles (3/8 of 8), then batches of 6.
+        let all = cars(&".".repeat(40));
+        assert_eq!(
+            tests_to_start(&all, &hedge),
+            vec![0, 1, 2, 8, 14, 20, 26, 32]
+        );
+        // Counted from the train's front: with three tested cars ahead,
+        // the next one is a batch (and the last holds what is left).
+        assert_eq!(tests_to_start(&cars("ttt......."), &hedge), vec![8, 9]);
     }
 
     #[test]

@@ -435,6 +435,31 @@ impl State {
     ) {
         if let Some(build) = self.builds.remove(&id) {
             out.push(Action::CancelBuild { build: id.clone() });
+            // A car commit's status (and check run) would otherwise stay
+            // "in progress" forever: nothing else ever writes to it.
+            let candidate = &build.candidate;
+            if let (Some(car), Some(last)) = (&candidate.car, candidate.prs.last())
+                && self
+                    .repos
+                    .get(&candidate.repo)
+                    .is_some_and(|r| r.policy.car_statuses)
+            {
+                let description = text::car_cancelled(&why);
+                let prs: Vec<u64> = candidate.prs.iter().map(|p| p.number).collect();
+                out.push(Action::SetStatus {
+                    repo: candidate.repo.clone(),
+                    sha: car.clone(),
+                    state: CommitState::Cancelled,
+                    summary: text::car_summary(&description, &prs),
+                    description,
+                    link: Some(ResultKey {
+                        repo: candidate.repo.clone(),
+                        pr: last.number,
+                        head: last.head_sha.clone(),
+                        build: id.clone(),
+                    }),
+                });
+            }
             out.push(Action::Record(HistoryEntry::BuildCancelled {
                 build: id,
                 candidate: build.candidate,
@@ -927,6 +952,8 @@ impl State {
             repo.index.dirty = repo.prs.keys().copied().collect();
             self.settle(&name, now, &mut out);
         }
+        // A timer asked for again is not a decision missed.
+        out.retain(|a| !matches!(a, Action::WakeAt { .. }));
         out
     }
 

@@ -62,6 +62,12 @@ pub struct RepoPolicy {
     /// `github.check_runs`; each costs a GitHub call per car).
     #[serde(default)]
     pub car_statuses: bool,
+    /// Train mode with batches: a train with nothing tested waits until no
+    /// PR entered for this long (and at most ten times as long from the
+    /// first) before it starts testing, so PRs approved together share
+    /// batches (`train::gather_until`). 0: never waits.
+    #[serde(default)]
+    pub gather_ms: u64,
 }
 
 fn one() -> usize {
@@ -116,6 +122,7 @@ impl Default for RepoPolicy {
             land_on: LandOn::Approval,
             author_may_retest: true,
             car_statuses: false,
+            gather_ms: 0,
         }
     }
 }
@@ -136,8 +143,8 @@ pub use approval::{Approval, approval, latest_per_reviewer};
 pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, MERGE_RETRY_MS};
 pub use state::*;
 pub use train::{
-    Car, CarState, EjectKind, Ejection, Landing, RetryKind, STAGING_PREFIX, STALL_MS, Stall, Train,
-    staging_ref,
+    Car, CarState, EjectKind, Ejection, GATHER_MAX_FACTOR, Landing, RetryKind, STAGING_PREFIX,
+    STALL_MS, Stall, Train, gather_until, staging_ref,
 };
 pub use views::*;
 

@@ -17,11 +17,18 @@
 //!   in flight) and p ≥ 0.1, speculation one PR per car wins: a failure
 //!   costs no bisection, the culprit is known at once.
 //! - The depth is every runner, capped by `train_depth`.
-//!
-//! p is measured over the last [`WINDOW`] PRs the train decided on (landed
-//! or ejected as the culprit), with a prior of [`PRIOR_FAILURES`] in
-//! [`PRIOR_PRS`] for a repository with no history, so one early failure does
-//! not swing the plan.
+//! - While the history is shorter than the prior's weight ([`PRIOR_PRS`]
+//!   decided PRs), p is a guess, and a guess of "few failures" that is
+//!   wrong costs a whole round: batches of 8 at a real p = 0.2 fail 83% of
+//!   the time. So a new repository's first rounds *hedge*: the tested cars
+//!   at the front (3/8 of the runners) hold one PR each, as speculation
+//!   would test them, and the rest batches big enough that the runners
+//!   still cover every waiting PR, as batching would.
+//! - Once the history outweighs the prior, speculation is chosen on a
+//!   pessimistic p (the estimate plus one standard error).
+//! - A failed batch is bisected at as many points as there are runners
+//!   (`batch::tests_to_start`: its first cars singly when that leaves at
+//!   most one more round).
 
 use super::batch::Plan;
 use serde::{Deserialize, Serialize};
@@ -33,6 +40,9 @@ pub const WINDOW: usize = 40;
 /// few real outcomes move it).
 pub const PRIOR_FAILURES: f64 = 0.5;
 pub const PRIOR_PRS: f64 = 10.0;
+/// Decided PRs below which the planner hedges (the prior weighs more than
+/// what was measured).
+pub const HEDGE_UNTIL: usize = PRIOR_PRS as usize;
 
 /// The recent decisions of a repository's trains: `true` for a PR ejected
 /// as a culprit, `false` for one landed.
@@ -69,6 +79,13 @@ impl Outcomes {
         let failures = self.recent.iter().filter(|f| **f).count() as f64;
         (failures + PRIOR_FAILURES) / (self.recent.len() as f64 + PRIOR_PRS)
     }
+
+    /// A pessimistic failure rate: the estimate plus one standard error.
+    pub fn failure_rate_high(&self) -> f64 {
+        let p = self.failure_rate();
+        let n = self.recent.len() as f64 + PRIOR_PRS;
+        p + (p * (1.0 - p) / n).sqrt()
+    }
 }
 
 /// How a repository's batches are sized.
@@ -104,6 +121,20 @@ pub fn batch_cap(p: f64) -> usize {
     ((1.0 / (2.5 * p)).floor() as usize).max(1)
 }
 
+/// The smallest batch b (at most `max`) such that a hedge on `runners`
+/// runners (single PRs, then batches of b: `batch::hedge_size`) covers
+/// `waiting` PRs.
+pub fn hedge_batch(waiting: usize, runners: usize, max: usize) -> usize {
+    let covers = |b: usize| -> usize {
+        (0..runners)
+            .map(|i| super::batch::hedge_size(b, runners, i))
+            .sum()
+    };
+    (1..=max.max(1))
+        .find(|&b| covers(b) >= waiting)
+        .unwrap_or(max.max(1))
+}
+
 /// Whether failures are frequent enough among `runners` cars in flight
 /// that one PR per car (no bisection) lands more.
 pub fn speculation_wins(p: f64, runners: usize) -> bool {
@@ -130,14 +161,33 @@ pub fn plan(
         BatchSize::Adaptive { .. } => bisect_parallel.max(runners),
         BatchSize::Fixed(_) => bisect_parallel.max(1),
     };
+    let mut hedge = false;
     let (batch, why) = match size {
         BatchSize::Fixed(b) => (b.max(1), "fixed by the configuration".to_string()),
         BatchSize::Adaptive { max } => {
             let fill = waiting.div_ceil(runners).max(1);
             let cap = batch_cap(p);
             let max = max.max(1);
-            if speculation_wins(p, runners) {
+            let short = outcomes.len() < HEDGE_UNTIL;
+            // Once the history outweighs the prior, speculation is chosen
+            // on a pessimistic p (one standard error up): a wrong bet on
+            // batches costs a bisection round, a wrong bet on speculation
+            // only some batching's gain. Before, p is mostly the prior,
+            // whose standard error would choose speculation everywhere.
+            let cautious = if short {
+                p
+            } else {
+                outcomes.failure_rate_high()
+            };
+            if speculation_wins(cautious, runners) {
                 (1, "p·R ≥ 0.8: one PR per car, no bisection".to_string())
+            } else if short && runners > 1 && fill > 1 {
+                hedge = true;
+                let batch = hedge_batch(waiting, runners, max);
+                (
+                    batch,
+                    format!("a hedge while fewer than {HEDGE_UNTIL} PRs were decided"),
+                )
             } else {
                 let batch = cap.min(fill).min(max);
                 let limit = if batch == max && cap > max {
@@ -162,10 +212,16 @@ pub fn plan(
             depth: runners,
             bisect_parallel,
             optimistic,
+            hedge,
         },
         failure_rate: p,
         reason: format!(
-            "batch {batch}, depth {runners}: p ≈ {p:.2} over {window}, {free} runners free (batch from {why})"
+            "{}, depth {runners}: p ≈ {p:.2} over {window}, {free} runners free (batch from {why})",
+            if hedge {
+                format!("single PRs, then batch {batch}")
+            } else {
+                format!("batch {batch}")
+            }
         ),
     }
 }
@@ -207,6 +263,41 @@ mod tests {
             (3, 2, 1)
         );
         assert!(p.reason.contains("fixed"), "{}", p.reason);
+    }
+
+    #[test]
+    fn a_new_repository_hedges_until_enough_prs_were_decided() {
+        let adaptive = BatchSize::Adaptive { max: 32 };
+        // No history, 64 PRs, 8 runners: 3 singles and 5 batches of 13.
+        let p = plan(adaptive, 8, 1, false, &Outcomes::default(), 64, 8);
+        assert!(p.plan.hedge, "{}", p.reason);
+        assert_eq!(p.plan.batch, 13, "{}", p.reason);
+        assert!(
+            p.reason.starts_with("single PRs, then batch 13, depth 8"),
+            "{}",
+            p.reason
+        );
+        // Enough history: the rule, no hedge.
+        let p = plan(adaptive, 8, 1, false, &outcomes(0, HEDGE_UNTIL), 64, 8);
+        assert!(!p.plan.hedge, "{}", p.reason);
+        assert_eq!(p.plan.batch, 8, "{}", p.reason);
+        // One runner has nothing to hedge across.
+        let p = plan(adaptive, 1, 1, false, &Outcomes::default(), 64, 1);
+        assert!(!p.plan.hedge, "{}", p.reason);
+        assert_eq!(hedge_batch(16, 4, 32), 5, "1 + 5 + 5 + 5");
+        assert_eq!(hedge_batch(3, 4, 8), 1);
+        assert_eq!(hedge_batch(1000, 4, 8), 8, "at most max");
+    }
+
+    #[test]
+    fn with_enough_history_a_pessimistic_p_chooses_speculation() {
+        let adaptive = BatchSize::Adaptive { max: 32 };
+        // 2 failures in 20: p ≈ 0.083, one standard error up ≈ 0.13.
+        let p = plan(adaptive, 8, 1, false, &outcomes(2, 20), 64, 8);
+        assert_eq!(p.plan.batch, 1, "{}", p.reason);
+        // None in 40: batches.
+        let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 64, 8);
+        assert_eq!(p.plan.batch, 8, "{}", p.reason);
     }
 
     #[test]

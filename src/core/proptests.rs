@@ -549,8 +549,10 @@ fn run_train(
     optimistic: bool,
     deps: Vec<Option<u64>>,
     land_on: LandOn,
+    gather_ms: u64,
 ) -> Result<(), TestCaseError> {
     let policy = RepoPolicy {
+        gather_ms,
         max_concurrent_builds: 3,
         train_depth: 3,
         pr_tests,
@@ -972,7 +974,8 @@ proptest! {
         optimistic in proptest::bool::ANY,
         deps in proptest::collection::vec(proptest::option::weighted(0.3, 1..8u64), 7),
         land_on in prop_oneof![Just(LandOn::Approval), Just(LandOn::Command)],
+        gather_ms in prop_oneof![Just(0u64), Just(1_500u64)],
     ) {
-        run_train(ops, pr_tests, batch, optimistic, deps, land_on)?;
+        run_train(ops, pr_tests, batch, optimistic, deps, land_on, gather_ms)?;
     }
 }

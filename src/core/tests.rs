@@ -1637,6 +1637,110 @@ fn an_urgent_pr_goes_to_the_front_of_the_train_and_the_cars_behind_are_rebuilt()
     assert_eq!(order(&bot), vec![3, 2, 1]);
 }
 
+/// PRs approved one after another share batches: a train with nothing
+/// tested yet waits until no PR entered for `gather_ms`, asks to be woken
+/// then, and tests them as one plan; without batches it never waits.
+#[test]
+fn a_train_gathers_prs_entering_together_before_its_first_tests() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 2,
+        train_depth: 2,
+        batch: planner::BatchSize::Fixed(2),
+        gather_ms: 10_000,
+        ..RepoPolicy::default()
+    });
+    // Four PRs enter a second apart (each `ev` is a second).
+    bot.enter_train(4);
+    bot.build_train();
+    assert!(
+        bot.car_tests().is_empty(),
+        "nothing tested while PRs arrive"
+    );
+    let train = &bot.state.repo(&repo_name()).unwrap().trains["main"];
+    let last = train.cars.iter().map(|c| c.entered_at.0).max().unwrap();
+    assert_eq!(train.cars.len(), 4);
+    // A settle inside the window asks to be woken when it is quiet.
+    let a = bot.ev(Event::Tick);
+    assert!(
+        a.contains(&Action::WakeAt {
+            at: Timestamp(last + 10_000)
+        }),
+        "{a:?}"
+    );
+    assert!(bot.car_tests().is_empty());
+    // Then both batches start: cars 2 and 4 (PRs 1-2 and 3-4).
+    bot.now = last + 10_000;
+    bot.ev(Event::Tick);
+    let tested: Vec<usize> = bot.car_tests().iter().map(|(_, c)| c.prs.len()).collect();
+    assert_eq!(tested.len(), 2, "{tested:?}");
+    assert!(tested.contains(&2) && tested.contains(&4), "{tested:?}");
+
+    // Speculation one PR per car gains nothing from waiting.
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 2,
+        train_depth: 2,
+        gather_ms: 5_000,
+        ..RepoPolicy::default()
+    });
+    bot.enter_train(1);
+    bot.build_train();
+    assert_eq!(bot.car_tests().len(), 1);
+}
+
+/// A car whose build is stopped (the train was rebuilt) gets a final
+/// status: its check run must not stay "in progress" forever.
+#[test]
+fn a_cancelled_cars_commit_is_marked_cancelled() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        train_depth: 3,
+        urgent_label: Some("urgent".into()),
+        car_statuses: true,
+        ..RepoPolicy::default()
+    });
+    let mut all = Vec::new();
+    for n in 1..=2 {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+        let b = bot.build_of(n).unwrap();
+        all.extend(bot.finish(&b, Outcome::Passed));
+    }
+    for _ in 0..2 {
+        all = bot.build_cars(&all);
+    }
+    let cars: Vec<Sha> = bot
+        .car_tests()
+        .iter()
+        .filter_map(|(_, c)| c.car.clone())
+        .collect();
+    assert_eq!(cars.len(), 2);
+    let mut urgent = snap(3, 0xa3, "main");
+    urgent.labels = vec!["urgent".into()];
+    bot.ev(Event::PrUpdated(urgent));
+    bot.approve(3);
+    let b = bot.build_of(3).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    for car in &cars {
+        let status = a.iter().find_map(|x| match x {
+            Action::SetStatus {
+                sha,
+                state,
+                description,
+                link,
+                ..
+            } if sha == car => Some((*state, description.clone(), link.clone())),
+            _ => None,
+        });
+        let (state, description, link) = status.expect("the stopped car gets a status");
+        assert_eq!(state, CommitState::Cancelled);
+        assert!(
+            description.starts_with("cancelled: the car is rebuilt"),
+            "{description}"
+        );
+        assert!(link.is_some(), "it still links its (partial) build");
+    }
+}
+
 /// The driver stores a build's results at `Candidate::results_key`; every
 /// link the train writes must name that page. Car 2 holds #1 and #2: its
 /// page is under #2, whose car it is (not under #1, which lands first).

@@ -514,6 +514,11 @@ pub fn car_testing(branch: &str, prs: &[u64]) -> String {
     format!("testing for {branch}: {}", list.join(", "))
 }
 
+/// A car commit's status when its build was stopped before a result.
+pub fn car_cancelled(why: &str) -> String {
+    format!("cancelled: {why}")
+}
+
 /// A car commit's status when its test did not pass (which PR is to blame
 /// is the train's to find).
 pub fn car_test_failed(outcome: Outcome, detail: &str) -> String {

@@ -75,6 +75,9 @@ pub struct Car {
     /// (derived: recomputed at every settle, not stored).
     #[serde(skip)]
     pub eta_ms: Option<u64>,
+    /// When its PR entered the train (the gathering wait, `gather_until`).
+    #[serde(default)]
+    pub entered_at: Timestamp,
 }
 
 /// The durations of a repository's recent tests (its own tests and cars
@@ -270,6 +273,39 @@ impl Train {
 
 /// Where sluice's staging branches live (never a target).
 pub const STAGING_PREFIX: &str = "sluice/";
+
+/// How much longer than the quiet time gathering may last, at most.
+pub const GATHER_MAX_FACTOR: u64 = 10;
+
+/// Until when a train waits before its first tests: while batches are on
+/// (`gather_ms` > 0, a batch plan), no car of it has been tested since it
+/// was last empty, and a PR entered less than `gather_ms` ago (and the
+/// first less than ten times that ago). PRs approved in one go (a burst of
+/// `/merge`, a restart, a release day) then share batches instead of the
+/// first ones taking the runners as singles one by one.
+pub fn gather_until(
+    cars: &[Car],
+    policy: &crate::core::RepoPolicy,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let batches = !matches!(policy.batch, planner::BatchSize::Fixed(1));
+    if policy.gather_ms == 0 || !batches || cars.is_empty() {
+        return None;
+    }
+    let untested = cars.iter().all(|c| {
+        matches!(
+            c.state,
+            CarState::Waiting | CarState::Building { .. } | CarState::Built { .. }
+        )
+    });
+    if !untested {
+        return None;
+    }
+    let first = cars.iter().map(|c| c.entered_at.0).min()?;
+    let last = cars.iter().map(|c| c.entered_at.0).max()?;
+    let until = (last + policy.gather_ms).min(first + GATHER_MAX_FACTOR * policy.gather_ms);
+    (now.0 < until).then_some(Timestamp(until))
+}
 
 /// The staging ref of a car.
 pub fn staging_ref(branch: &str, car: u64) -> String {
@@ -912,7 +948,15 @@ impl State {
                 repo.refile(number);
             }
             // 3. Who enters.
-            self.enter_ready(name, branch, &mut train, mode, landing_end, &mut cancel);
+            self.enter_ready(
+                name,
+                branch,
+                &mut train,
+                mode,
+                landing_end,
+                now,
+                &mut cancel,
+            );
             let repo = self.repos.get_mut(name).expect("exists");
             let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
             for number in dirty {
@@ -983,6 +1027,7 @@ impl State {
     /// Ready PRs enter `train` in queue order (none unless `mode` is
     /// running), each behind what it depends on; one whose dependency
     /// enters later in the same pass enters on the next pass.
+    #[allow(clippy::too_many_arguments)]
     fn enter_ready(
         &mut self,
         name: &RepoName,
@@ -990,6 +1035,7 @@ impl State {
         train: &mut Train,
         mode: BranchMode,
         landing_end: usize,
+        now: Timestamp,
         cancel: &mut Vec<BuildId>,
     ) {
         let repo = &self.repos[name];
@@ -1042,6 +1088,7 @@ impl State {
                         state: CarState::Waiting,
                         errors: 0,
                         eta_ms: None,
+                        entered_at: now,
                     },
                 );
                 // The cars behind it are rebuilt on it, with ids after its
@@ -1192,6 +1239,12 @@ impl State {
                 description: text::car_passed(branch, &prs),
                 link: car_results(name, &last.pr, build),
             });
+        }
+        // A train with nothing tested yet gathers the PRs entering together
+        // first, so that they share batches.
+        if let Some(until) = gather_until(&train.cars, &self.repos[name].policy, now) {
+            out.push(Action::WakeAt { at: until });
+            return;
         }
         // Test built cars, first in line first, within the build budget.
         let running = self

@@ -369,15 +369,20 @@ pub enum CommitState {
     Success,
     Failure,
     Error,
+    /// A car's build stopped before it had a result (the train was rebuilt,
+    /// or a car behind it landed): no verdict on the commit. A check run
+    /// says `cancelled`; a commit status, which has no such state, `error`.
+    Cancelled,
 }
 
 impl CommitState {
+    /// The state as a commit status names it.
     pub fn as_str(self) -> &'static str {
         match self {
             CommitState::Pending => "pending",
             CommitState::Success => "success",
             CommitState::Failure => "failure",
-            CommitState::Error => "error",
+            CommitState::Error | CommitState::Cancelled => "error",
         }
     }
 }

@@ -849,6 +849,12 @@ impl Forge for GitHub {
         }
     }
 
+    fn forget_installation(&self, repo: &RepoName) {
+        if let Some(app) = &self.app {
+            app.forget(repo);
+        }
+    }
+
     fn writes_check_runs(&self) -> bool {
         self.check_runs
     }

@@ -189,6 +189,9 @@ pub trait Forge: Send + Sync {
     fn api_budget(&self) -> Option<ApiBudget> {
         None
     }
+    /// The App's access to `repo` changed: whatever is remembered of its
+    /// installation is stale (the next call looks it up again).
+    fn forget_installation(&self, _repo: &RepoName) {}
 
     // ---- the merge train: cars on staging refs, landed by fast-forward
 

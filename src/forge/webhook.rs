@@ -71,10 +71,24 @@ pub enum Delivery {
     Events(Vec<Event>),
     /// GitHub's `ping` when a hook is created.
     Ping,
+    /// The App's access to repositories changed (`installation`,
+    /// `installation_repositories`).
+    Access(AccessChange),
     /// A well-formed delivery sluice has no use for.
     Ignored {
         reason: String,
     },
+}
+
+/// Repositories the App was given (installed, unsuspended, added) or
+/// denied (uninstalled, suspended, removed) in one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessChange {
+    /// The event and its action, e.g. `installation_repositories added`.
+    pub what: String,
+    pub installation: u64,
+    pub granted: Vec<RepoName>,
+    pub revoked: Vec<RepoName>,
 }
 
 /// Why a delivery could not be understood (a 400 to GitHub).
@@ -238,50 +252,57 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError
     }
 }
 
-/// An App installed, removed, or given or denied repositories: read with
-/// octocrab's models and acknowledged with what changed. sluice needs no
-/// event for it: it looks up each repository's installation when it calls
-/// GitHub, and looks again when a repository's calls start failing.
+/// An App installed, removed, or given or denied repositories, read with
+/// octocrab's models. sluice acts on the repositories it gates: a cached
+/// installation is forgotten (the next call looks it up again), and a
+/// repository the App can now reach is re-read at once, so its open PRs are
+/// gated without waiting for the periodic re-read.
 fn installation_delivery(event: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
+    use octocrab::models::webhook_events::payload::InstallationWebhookEventAction as Action;
     use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
-    let parsed = WebhookEvent::try_from_header_and_body(event, body).map_err(|e| {
-        WebhookError::BadPayload {
-            event: event.to_string(),
-            message: e.to_string(),
-        }
-    })?;
-    let names = |repos: &[octocrab::models::webhook_events::InstallationEventRepository]| {
-        let names: Vec<&str> = repos
+    let bad = |message: String| WebhookError::BadPayload {
+        event: event.to_string(),
+        message,
+    };
+    let parsed =
+        WebhookEvent::try_from_header_and_body(event, body).map_err(|e| bad(e.to_string()))?;
+    let repos = |listed: &[octocrab::models::webhook_events::InstallationEventRepository]| {
+        listed
             .iter()
-            .take(20)
-            .map(|r| r.full_name.as_str())
-            .collect();
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
+            .filter_map(|r| RepoName::parse(&r.full_name).ok())
+            .collect::<Vec<RepoName>>()
+    };
+    let (granted, revoked) = match &parsed.specific {
+        WebhookEventPayload::Installation(p) => {
+            let listed = repos(p.repositories.as_deref().unwrap_or_default());
+            match p.action {
+                Action::Created | Action::Unsuspend | Action::NewPermissionsAccepted => {
+                    (listed, Vec::new())
+                }
+                Action::Deleted | Action::Suspend => (Vec::new(), listed),
+                _ => (Vec::new(), Vec::new()),
+            }
         }
+        WebhookEventPayload::InstallationRepositories(p) => {
+            (repos(&p.repositories_added), repos(&p.repositories_removed))
+        }
+        _ => return Ok(ignored(format!("event {:?}", short(event)))),
     };
-    let what = match &parsed.specific {
-        WebhookEventPayload::Installation(p) => format!(
-            "installation {}: repositories {}",
-            serde_json::to_value(&p.action)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            names(p.repositories.as_deref().unwrap_or_default())
-        ),
-        WebhookEventPayload::InstallationRepositories(p) => format!(
-            "installation_repositories: added {}; removed {}",
-            names(&p.repositories_added),
-            names(&p.repositories_removed)
-        ),
-        _ => format!("event {:?}", short(event)),
+    let action = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("action")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let installation = match &parsed.installation {
+        Some(octocrab::models::webhook_events::EventInstallation::Full(i)) => i.id.0,
+        Some(octocrab::models::webhook_events::EventInstallation::Minimal(i)) => i.id.0,
+        None => 0,
     };
-    tracing::info!("{what}");
-    Ok(ignored(format!(
-        "{what} (sluice looks up each repository's installation when it calls GitHub)"
-    )))
+    Ok(Delivery::Access(AccessChange {
+        what: format!("{event} {}", short(&action)),
+        installation,
+        granted,
+        revoked,
+    }))
 }
 
 /// An `issue_comment` or `check_run` delivery, through octocrab's models:
@@ -589,6 +610,55 @@ mod tests {
             }
         }
         assert!(compared >= 15, "only {compared} payloads compared");
+    }
+
+    #[test]
+    fn installation_events_name_the_repositories_granted_and_revoked() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/webhooks/installation");
+        let read = |name: &str| {
+            let body = std::fs::read(root.join(name)).unwrap();
+            match parse_delivery("installation", &body).unwrap() {
+                Delivery::Access(change) => change,
+                other => panic!("{name}: {other:?}"),
+            }
+        };
+        let created = read("created.payload.json");
+        assert!(!created.granted.is_empty() && created.revoked.is_empty());
+        assert!(created.installation > 0);
+        assert_eq!(created.what, "installation created");
+        let deleted = read("deleted.payload.json");
+        assert!(deleted.granted.is_empty() && !deleted.revoked.is_empty());
+        let suspended = read("suspend.payload.json");
+        assert!(suspended.granted.is_empty());
+        assert_eq!(suspended.revoked.len(), suspended.revoked.len());
+
+        let body = serde_json::json!({
+            "action": "removed",
+            "installation": {"id": 7, "node_id": "x"},
+            "repository_selection": "selected",
+            "repositories_added": [],
+            "repositories_removed": [
+                {"id": 1, "node_id": "a", "name": "app", "full_name": "acme/app", "private": true}
+            ],
+            "requester": null,
+            "sender": {"login": "o", "id": 1, "node_id": "u", "avatar_url": "http://x/a",
+                "gravatar_id": "", "url": "http://x/u", "html_url": "http://x/o",
+                "followers_url": "http://x/f", "following_url": "http://x/g",
+                "gists_url": "http://x/h", "starred_url": "http://x/s",
+                "subscriptions_url": "http://x/b", "organizations_url": "http://x/o",
+                "repos_url": "http://x/r", "events_url": "http://x/e",
+                "received_events_url": "http://x/v", "type": "User", "site_admin": false}
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        match parse_delivery("installation_repositories", &body).unwrap() {
+            Delivery::Access(change) => {
+                assert_eq!(change.revoked, vec![RepoName::parse("acme/app").unwrap()]);
+                assert!(change.granted.is_empty());
+                assert_eq!(change.installation, 7);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

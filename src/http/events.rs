@@ -51,9 +51,13 @@ pub fn stream(ctx: Arc<HttpContext>, last_event_id: Option<&[u8]>) -> Response {
         Resume::After(seq) => Some(seq),
         Resume::Now | Resume::Lost => None,
     };
-    let Some((backlog, mut rx)) = bus.subscribe(after) else {
+    let Some(mut rx) = bus.subscribe(after) else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
     };
+    let backlog: Vec<Bytes> = std::mem::take(&mut rx.backlog)
+        .iter()
+        .map(|p| p.frame.clone())
+        .collect();
     // Told before anything else, so a page knows to reload what it shows.
     let missed = (resume == Resume::Lost).then(|| {
         let next = bus.next_seq();
@@ -115,7 +119,6 @@ pub fn stream(ctx: Arc<HttpContext>, last_event_id: Option<&[u8]>) -> Response {
         }
         std::task::Poll::Ready(Some(chunk.freeze()))
     });
-    let backlog: Vec<Bytes> = backlog.iter().map(|p| p.frame.clone()).collect();
     let body = futures::stream::iter(missed)
         .chain(futures::stream::iter(backlog))
         .chain(live)

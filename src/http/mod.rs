@@ -355,6 +355,9 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
             );
         }
         Delivery::Events(events) => events,
+        Delivery::Access(change) => {
+            return on_access(ctx, change, delivery_id.clone(), claim, count).await;
+        }
     };
     let unknown = events
         .iter()
@@ -412,6 +415,77 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
     json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "status": "accepted", "events": n }),
+    )
+}
+
+/// The App's access changed: the gated repositories in `change` go to the
+/// driver (which forgets their installations and re-reads the granted
+/// ones), with the delivery id, durably.
+async fn on_access(
+    ctx: &HttpContext,
+    change: webhook::AccessChange,
+    delivery_id: String,
+    claim: Claim<'_>,
+    count: impl Fn(&str),
+) -> Response {
+    let gated = |repos: Vec<RepoName>| -> Vec<RepoName> {
+        repos
+            .into_iter()
+            .filter(|r| ctx.shared.repos.contains(r))
+            .collect()
+    };
+    let (granted, revoked) = (gated(change.granted), gated(change.revoked));
+    info!(
+        what = %change.what,
+        installation = change.installation,
+        granted = ?granted.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        revoked = ?revoked.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "the GitHub App's access changed"
+    );
+    if granted.is_empty() && revoked.is_empty() {
+        count("ignored");
+        claim.applied();
+        return json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "status": "ignored",
+                "reason": format!("{}: no repository sluice gates", change.what),
+            }),
+        );
+    }
+    let n = granted.len() + revoked.len();
+    let mut inputs = vec![Input::Access { granted, revoked }];
+    if !delivery_id.is_empty() {
+        inputs.push(Input::Delivery(delivery_id));
+    }
+    let durable = match ctx.shared.inputs.submit_durable(inputs) {
+        Ok(durable) => durable,
+        Err(Refused::Full) => {
+            count("overloaded");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "event queue full; redeliver later",
+            );
+        }
+        Err(Refused::Closed) => {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
+        }
+    };
+    match tokio::time::timeout(JOURNAL_TIMEOUT, durable).await {
+        Ok(Ok(Ok(()))) => {}
+        _ => {
+            count("not_journaled");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal did not take the delivery; redeliver later",
+            );
+        }
+    }
+    claim.applied();
+    count("accepted");
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "status": "accepted", "repositories": n, "what": change.what }),
     )
 }
 

@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -44,6 +45,9 @@ pub struct Metrics {
     /// Outgoing webhook deliveries, by result (delivered, retried, failed,
     /// dropped).
     pub event_webhooks: Family<KindLabel, Counter>,
+    /// CPU time the driver spent applying events (the core and dispatching
+    /// its actions): divided by `events`, what one event costs the driver.
+    pub driver_busy_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -68,6 +72,7 @@ impl Default for Metrics {
             event_subscribers: Gauge::default(),
             event_subscribers_dropped: Counter::default(),
             event_webhooks: Family::default(),
+            driver_busy_seconds: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -79,6 +84,11 @@ impl Default for Metrics {
             "snapshot_failures",
             "Snapshots that could not be written (retried with backoff)",
             m.snapshot_failures.clone(),
+        );
+        registry.register(
+            "driver_busy_seconds",
+            "CPU seconds the driver spent applying events (the core and dispatching its actions)",
+            m.driver_busy_seconds.clone(),
         );
         registry.register(
             "events",

@@ -40,6 +40,13 @@ pub enum Input {
     Event(Event),
     /// A webhook delivery id was accepted (journaled for restarts).
     Delivery(String),
+    /// The App was given or denied gated repositories. Not journaled: it
+    /// changes what the adapters remember, not what the core knows (a lost
+    /// one is healed by the periodic re-read).
+    Access {
+        granted: Vec<RepoName>,
+        revoked: Vec<RepoName>,
+    },
     /// A person's request; the answer goes back on `reply`.
     Request {
         event: Event,
@@ -63,7 +70,7 @@ pub struct Shared {
     pub history: RwLock<History>,
     pub metrics: Metrics,
     /// What the driver decides and learns, for `GET /events`.
-    pub events: events::EventBus,
+    pub events: Arc<events::EventBus>,
     next_request: AtomicU64,
 }
 
@@ -150,13 +157,14 @@ pub fn build(
         metrics: Metrics::default(),
         // Microseconds since the epoch: sequence numbers keep increasing
         // across restarts, so an old `Last-Event-ID` never skips new events.
-        events: events::EventBus::new(
+        events: Arc::new(events::EventBus::new(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64),
-        ),
+        )),
         next_request: AtomicU64::new(1),
     });
+    tokio::spawn(shared.events.clone().fan_out());
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     tokio::spawn(status_writer(
         adapters.forge.clone(),
@@ -179,6 +187,7 @@ pub fn build(
         keeper,
         restored,
         stalled: BTreeSet::new(),
+        wakes: BTreeSet::new(),
     };
     Ok((shared, driver))
 }
@@ -211,6 +220,17 @@ pub struct Driver {
     /// The stalls the watchdog has logged (repo:branch:kind), so each is
     /// logged once while it lasts.
     stalled: BTreeSet<String>,
+    /// The times the core asked to be woken at (`Action::WakeAt`) with a
+    /// timer armed, so one time gets one timer.
+    wakes: BTreeSet<u64>,
+}
+
+/// CPU time of the calling thread: what `apply` (which never awaits, so
+/// stays on one thread) costs, without the time the thread was preempted.
+fn thread_cpu_seconds() -> f64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
 impl Driver {
@@ -329,6 +349,7 @@ impl Driver {
         match input {
             Input::Event(event) => self.apply(event, at, seq),
             Input::Delivery(id) => self.keeper.delivery(id),
+            Input::Access { granted, revoked } => self.on_access(granted, revoked),
             Input::Request {
                 event,
                 request,
@@ -370,6 +391,7 @@ impl Driver {
     /// Feeds one journaled event to the core (at the time it was journaled,
     /// as a replay will) and carries out the actions.
     fn apply(&mut self, event: Event, at: Timestamp, seq: u64) {
+        let started = thread_cpu_seconds();
         let kind = event_kind(&event);
         Metrics::count(&self.shared.metrics.events, kind);
         if let Some(learned) = events::of_event(&event, kind) {
@@ -393,6 +415,11 @@ impl Driver {
         }
         self.keeper.applied();
         self.execute(actions, seq, at);
+        let busy = thread_cpu_seconds() - started;
+        self.shared
+            .metrics
+            .driver_busy_seconds
+            .inc_by(busy.max(0.0));
     }
 
     /// The watchdog: a gauge per kind of stall, and one log line when a
@@ -688,6 +715,7 @@ impl Driver {
                         let _ = reply.send(answer);
                     }
                 }
+                Action::WakeAt { at: wake } => self.wake_at(wake),
                 Action::Drift { repo, differences } => {
                     info!(%repo, differences, "reconcile found differences no webhook reported");
                     self.shared
@@ -790,32 +818,68 @@ impl Driver {
         });
     }
 
+    /// A `Tick` at `at` (the core's timers between the periodic ticks).
+    fn wake_at(&mut self, at: Timestamp) {
+        let now = now().0;
+        self.wakes.retain(|&t| t > now);
+        if !self.wakes.insert(at.0) {
+            return;
+        }
+        let inputs = self.shared.inputs.clone();
+        // A little late rather than early: the core compares with the time
+        // the tick is journaled at.
+        let delay = Duration::from_millis(at.0.saturating_sub(now) + 5);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inputs.try_send(Input::Event(Event::Tick));
+        });
+    }
+
+    /// The App's access changed: forget what the forge remembers of those
+    /// repositories' installations, and re-read the ones it can now reach.
+    fn on_access(&self, granted: Vec<RepoName>, revoked: Vec<RepoName>) {
+        for repo in &revoked {
+            warn!(%repo, "the GitHub App lost access to this repository: sluice cannot read or write it until the App is given it again");
+            self.adapters.forge.forget_installation(repo);
+        }
+        for repo in granted {
+            info!(%repo, "the GitHub App was given this repository: re-reading it now");
+            self.adapters.forge.forget_installation(&repo);
+            self.start_reconcile_of(repo);
+        }
+    }
+
     /// Re-reads every repository from GitHub, in the background.
     fn start_reconcile(&self) {
         for repo in &self.config.repos {
-            let name = repo.repo();
-            {
-                let mut running = self
-                    .reconcile_running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if !running.insert(name.clone()) {
-                    continue; // the previous re-read of this repository is still going
-                }
-            }
-            let (forge, inputs, shared) = self.spawn_parts();
-            let running = self.reconcile_running.clone();
-            let memory = self.reconcile_memory.clone();
-            tokio::spawn(async move {
-                if let Err(e) = reconcile(&*forge, &name, &inputs, &memory).await {
-                    forge_failed(&shared, "reconcile", &e);
-                }
-                running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
-            });
+            self.start_reconcile_of(repo.repo());
         }
+    }
+
+    /// Re-reads `name` from GitHub in the background, unless a re-read of
+    /// it is already running.
+    fn start_reconcile_of(&self, name: RepoName) {
+        {
+            let mut running = self
+                .reconcile_running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !running.insert(name.clone()) {
+                return; // the previous re-read of this repository is still going
+            }
+        }
+        let (forge, inputs, shared) = self.spawn_parts();
+        let running = self.reconcile_running.clone();
+        let memory = self.reconcile_memory.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reconcile(&*forge, &name, &inputs, &memory).await {
+                forge_failed(&shared, "reconcile", &e);
+            }
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+        });
     }
 }
 

@@ -34,7 +34,7 @@ pub async fn deliver(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some((_, mut live)) = shared.events.subscribe(None) else {
+    let Some(mut live) = shared.events.subscribe(None) else {
         return;
     };
     let client = match reqwest::Client::builder()

@@ -285,7 +285,7 @@ mod tests {
             state: RwLock::new(State::new(std::iter::empty(), "b")),
             history: RwLock::new(History::default()),
             metrics: Metrics::default(),
-            events: crate::runtime::events::EventBus::new(1),
+            events: Arc::new(crate::runtime::events::EventBus::new(1)),
             next_request: AtomicU64::new(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();

@@ -487,6 +487,8 @@ impl JournalWriter {
                             id: id.clone(),
                         }))
                     }
+                    // Forwarded, not written: nothing to replay.
+                    Input::Access { .. } => None,
                     Input::Checkpoint { .. } => {
                         // Everything before it must be in the sealed file.
                         if let Err(e) = self.flush(&mut buffer) {

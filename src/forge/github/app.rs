@@ -534,6 +534,11 @@ impl AppAuth {
     pub(super) fn app_id(&self) -> u64 {
         self.app_id
     }
+
+    /// Forgets `repo`'s installation (given to or taken from the App).
+    pub(super) fn forget(&self, repo: &RepoName) {
+        lock(&self.installations).remove(repo);
+    }
 }
 
 /// One attempt on an installation's client.

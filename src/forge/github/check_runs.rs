@@ -12,7 +12,8 @@
 //! links a running build), success and failure become `completed` with
 //! that conclusion, and an error (an infrastructure error past its
 //! retries) a `failure`: a `neutral` conclusion would satisfy a required
-//! check.
+//! check. A car whose build was stopped (the train was rebuilt) is
+//! `completed` as `cancelled` rather than left `in_progress`.
 
 use super::{GitHub, repo_path};
 use crate::core::{CommitState, RepoName, Sha};
@@ -44,6 +45,7 @@ pub(super) fn run_body(name: &str, sha: &Sha, status: &CommitStatus) -> serde_js
         CommitState::Pending => ("queued", None),
         CommitState::Success => ("completed", Some("success")),
         CommitState::Failure | CommitState::Error => ("completed", Some("failure")),
+        CommitState::Cancelled => ("completed", Some("cancelled")),
     };
     let summary = if status.summary.is_empty() {
         status.description.clone()
@@ -177,6 +179,11 @@ mod tests {
         for state in [CommitState::Failure, CommitState::Error] {
             assert_eq!(body(status(state, None))["conclusion"], "failure");
         }
+        let stopped = body(status(CommitState::Cancelled, Some("http://x/b/")));
+        assert_eq!(
+            (stopped["status"].as_str(), stopped["conclusion"].as_str()),
+            (Some("completed"), Some("cancelled"))
+        );
         assert_eq!(queued["output"]["title"], "2nd in the train for main");
         assert!(
             queued["output"]["summary"]
