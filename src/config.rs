@@ -226,9 +226,18 @@ pub struct GithubAppConfig {
     /// The name of an environment variable holding the PEM.
     #[serde(default)]
     pub private_key_env: Option<String>,
+    /// Jobs fetch with a token of the installation scoped to the one
+    /// repository and `contents: read`, minted per job (so private
+    /// repositories can be cloned). The test process never sees it.
+    #[serde(default = "default_clone_with_token")]
+    pub clone_with_token: bool,
     /// Only so that a key pasted here is refused with a clear message.
     #[serde(default)]
     private_key: Option<toml::Value>,
+}
+
+fn default_clone_with_token() -> bool {
+    true
 }
 
 /// Where an App's private key is read from.
@@ -323,6 +332,7 @@ impl GithubAppConfig {
             app_id,
             private_key_path: Some(path.into()),
             private_key_env: None,
+            clone_with_token: true,
             private_key: None,
         }
     }
@@ -333,6 +343,7 @@ impl GithubAppConfig {
             app_id,
             private_key_path: None,
             private_key_env: Some(name.into()),
+            clone_with_token: true,
             private_key: None,
         }
     }

@@ -754,3 +754,87 @@ async fn a_repository_added_to_the_installation_is_read_at_once() {
 
     stack.sluice.stop().await;
 }
+
+// ---- private repositories ----
+
+/// Every job log under the results directory, concatenated.
+fn all_logs(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "log.txt") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    text
+}
+
+/// A private repository is fetched over HTTP with an installation token
+/// minted per job (one repository, `contents: read`): the PR lands, and
+/// the PR's own code, which goes looking for credentials in its
+/// environment and its clone's configuration, finds none.
+#[tokio::test]
+async fn a_private_repository_is_fetched_with_a_token_the_test_never_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, _) = app_hub(dir.path()).await;
+    hub.set_private(DEMO_REPO, true);
+    let base = hub.http_clone_base();
+    // Anonymous clones of it are refused, as GitHub refuses them.
+    let url = format!("{base}/{DEMO_REPO}.git");
+    let anonymous = tokio::process::Command::new("git")
+        .args(["ls-remote", "--", &url])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!anonymous.status.success(), "an anonymous clone worked");
+    let stack = Stack::start_app_on(hub, keys, dir.path(), "127.0.0.1:0".parse().unwrap(), {
+        let base = base.clone();
+        move |c| c.github.clone_base = base
+    })
+    .await
+    .unwrap();
+    let snoop = "#!/bin/sh\nset -u\necho '--- env'; env\necho '--- .git/config'; cat .git/config\n\
+                 echo '--- git config'; git config --list\necho '--- snooped'\n";
+    let pr = open_pr(&stack.hub, DEMO_REPO, "snoop", &[("check.sh", snoop)]).await;
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+    let logs = all_logs(&dir.path().join("results"));
+    assert!(logs.contains("--- snooped"), "the check ran: {logs}");
+    assert!(
+        logs.contains("with a read-only token (for the fetch only)"),
+        "{logs}"
+    );
+    let tokens = stack.hub.issued_tokens();
+    assert!(tokens.len() >= 2, "sluice's own token and the job's");
+    for token in &tokens {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a token reached the job's log"
+        );
+    }
+    for secret in [
+        "x-access-token",
+        "Authorization",
+        "extraheader",
+        sluice::demo::GITHUB_TOKEN,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} in the job's log: {logs}"
+        );
+    }
+    stack.sluice.stop().await;
+}

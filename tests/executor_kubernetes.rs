@@ -218,6 +218,7 @@ fn spec(build: &str) -> JobSpec {
         clone_url: "https://github.com/octo/demo.git".into(),
         command: vec!["cargo".into(), "test".into(), "--locked".into()],
         timeout: Duration::from_secs(1800),
+        clone_token: None,
     }
 }
 

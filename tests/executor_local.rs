@@ -145,6 +145,7 @@ impl Fixture {
             clone_url: self.clone_url(),
             command: command.iter().map(|s| s.to_string()).collect(),
             timeout,
+            clone_token: None,
         }
     }
     fn path(&self, name: &str) -> String {

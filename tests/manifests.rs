@@ -551,6 +551,7 @@ fn job_spec(build: &str) -> JobSpec {
         clone_url: "https://github.com/octo/demo.git".into(),
         command: vec!["make".into(), "test".into()],
         timeout: Duration::from_secs(600),
+        clone_token: None,
     }
 }
 

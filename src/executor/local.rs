@@ -9,7 +9,7 @@
 //! shell. On the job's timeout, or when it is cancelled, the whole process
 //! group is killed, so grandchildren die too.
 
-use super::{Executor, JobResult, JobSpec};
+use super::{CloneToken, Executor, JobResult, JobSpec};
 use crate::config::ExecutorConfig;
 use crate::core::{BuildId, Candidate, JobReport, Outcome, Sha, Timestamp};
 use nix::sys::signal::{Signal, killpg};
@@ -344,17 +344,23 @@ impl Shared {
             wanted.push(&c.target_sha);
         }
         log.line(&format!(
-            "sluice: fetching {} from {}",
+            "sluice: fetching {} from {}{}",
             wanted
                 .iter()
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
-            redact_url(&job.clone_url)
+            redact_url(&job.clone_url),
+            if job.clone_token.is_some() {
+                " with a read-only token (for the fetch only)"
+            } else {
+                ""
+            }
         ));
         let mut fetch: Vec<&str> = vec!["fetch", "--no-tags", "--", &job.clone_url];
         fetch.extend(wanted.iter().map(|s| s.as_str()));
-        self.git(ws, log, limits, "fetch", &fetch).await?;
+        self.git_with(ws, log, limits, "fetch", &fetch, job.clone_token.as_ref())
+            .await?;
 
         // One PR: check out its head exactly and merge the target into it.
         // Several (a merge train): start from the target, merge them in order.
@@ -536,7 +542,25 @@ impl Shared {
         step: &str,
         args: &[&str],
     ) -> Step<()> {
-        match self.git_status(ws, log, limits, step, args).await? {
+        self.git_with(ws, log, limits, step, args, None).await
+    }
+
+    /// [`Self::git`], sending `token` with git's HTTP requests: through
+    /// git's environment (`GIT_CONFIG_*`), so it is in no argv, no file of
+    /// the workspace and no later process (the test never sees it).
+    async fn git_with(
+        &self,
+        ws: &Workspace,
+        log: &Log,
+        limits: &mut Limits<'_>,
+        step: &str,
+        args: &[&str],
+        token: Option<&CloneToken>,
+    ) -> Step<()> {
+        match self
+            .git_status_with(ws, log, limits, step, args, token)
+            .await?
+        {
             Ok(()) => Ok(()),
             Err(code) => {
                 let code = code.map_or_else(|| "a signal".to_string(), |c| c.to_string());
@@ -558,9 +582,32 @@ impl Shared {
         step: &str,
         args: &[&str],
     ) -> Step<Result<(), Option<i32>>> {
+        self.git_status_with(ws, log, limits, step, args, None)
+            .await
+    }
+
+    async fn git_status_with(
+        &self,
+        ws: &Workspace,
+        log: &Log,
+        limits: &mut Limits<'_>,
+        step: &str,
+        args: &[&str],
+        token: Option<&CloneToken>,
+    ) -> Step<Result<(), Option<i32>>> {
         let git_deadline = Instant::now() + self.git_timeout;
         let deadline = git_deadline.min(limits.deadline);
-        let env = git_env(ws);
+        let mut env = git_env(ws);
+        if let Some(token) = token {
+            env.extend(
+                [
+                    ("GIT_CONFIG_COUNT", "1".to_string()),
+                    ("GIT_CONFIG_KEY_0", "http.extraHeader".to_string()),
+                    ("GIT_CONFIG_VALUE_0", token.authorization()),
+                ]
+                .map(|(k, v)| (k.into(), v.into())),
+            );
+        }
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let ended = run_process(
             OsStr::new("git"),

@@ -22,6 +22,43 @@ pub struct JobSpec {
     pub command: Vec<String>,
     /// The whole job (fetch, merge, test) is killed after this.
     pub timeout: Duration,
+    /// A short-lived read-only token for the fetch (a GitHub App's, for
+    /// private repositories): given to git for the fetch only, never to
+    /// the test.
+    pub clone_token: Option<CloneToken>,
+}
+
+/// A credential for fetching, never printed (`Debug` shows only that
+/// there is one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CloneToken(String);
+
+impl CloneToken {
+    pub fn new(token: String) -> CloneToken {
+        CloneToken(token)
+    }
+
+    /// The HTTP `Authorization` header value git sends with the fetch
+    /// (GitHub's form for installation tokens: Basic `x-access-token`).
+    pub fn authorization(&self) -> String {
+        use base64::Engine;
+        let pair = format!("x-access-token:{}", self.0);
+        format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    /// The token itself (for a Kubernetes Secret).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CloneToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloneToken(redacted)")
+    }
 }
 
 /// A finished job: what happened and its log (stdout and stderr, with

@@ -40,6 +40,7 @@ mod hooks;
 mod refs;
 mod server;
 mod shapes;
+mod smart_http;
 mod state;
 
 pub use apps::{

@@ -227,6 +227,10 @@ pub(crate) async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
+    // Clones over HTTP are git's, not the API's (no rate limit).
+    if path.starts_with("/git/") {
+        return super::smart_http::serve(inner, method, path, query, headers, body).await;
+    }
     // Who is calling; the rate limit counts per token (per installation
     // for installation tokens, as on GitHub), and not for a call refused as
     // unauthorized (GitHub counts those elsewhere).

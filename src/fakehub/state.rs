@@ -15,6 +15,8 @@ pub(crate) struct State {
     pub tokens: HashMap<String, TokenRec>,
     /// How long a new installation token lives (None: GitHub's hour).
     pub token_lifetime: Option<Duration>,
+    /// Repositories cloned over HTTP only with credentials.
+    pub private: BTreeSet<String>,
 }
 
 impl State {

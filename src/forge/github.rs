@@ -855,6 +855,22 @@ impl Forge for GitHub {
         }
     }
 
+    async fn clone_token(&self, repo: &RepoName) -> Result<Option<String>, ForgeError> {
+        let Some(app) = &self.app else {
+            return Ok(None);
+        };
+        let what = format!("a clone token for {repo}");
+        let call = app.clone_token(repo);
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(ForgeError::Timeout { what }),
+            Ok(Ok(token)) => Ok(Some(token)),
+            Ok(Err(app::Failure::Refused(r))) => Err(r.into_error(&what)),
+            Ok(Err(app::Failure::Transport(message))) => {
+                Err(ForgeError::Transport { what, message })
+            }
+        }
+    }
+
     fn writes_check_runs(&self) -> bool {
         self.check_runs
     }

@@ -192,6 +192,13 @@ pub trait Forge: Send + Sync {
     /// The App's access to `repo` changed: whatever is remembered of its
     /// installation is stale (the next call looks it up again).
     fn forget_installation(&self, _repo: &RepoName) {}
+    /// A short-lived credential a job may fetch `repo`'s commits with (a
+    /// GitHub App's installation token scoped to that one repository and
+    /// `contents: read`); `None` when this forge has none to give (a
+    /// personal token is never handed to a job).
+    async fn clone_token(&self, _repo: &RepoName) -> Result<Option<String>, ForgeError> {
+        Ok(None)
+    }
 
     // ---- the merge train: cars on staging refs, landed by fast-forward
 

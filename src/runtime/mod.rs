@@ -19,7 +19,7 @@ use crate::core::{
     Action, Answer, Candidate, Event, HistoryEntry, Landing, MergeResult, RepoName, RequestId,
     State, Timestamp,
 };
-use crate::executor::{Executor, JobResult, JobSpec};
+use crate::executor::{CloneToken, Executor, JobResult, JobSpec};
 use crate::forge::{CarStep, CommitStatus, Forge, PrClose, PrFetch, RefUpdate};
 use crate::results::{BuildRecord, ResultsStore};
 use history::History;
@@ -765,20 +765,38 @@ impl Driver {
         };
         info!(%build, repo = %candidate.repo, pr = key.pr, head = %key.head,
               target = %candidate.target_sha, "starting build");
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             build: build.clone(),
             candidate: candidate.clone(),
             clone_url: self.config.clone_url(repo),
             command: repo.test_command.clone(),
             timeout: repo.job_timeout(),
+            clone_token: None,
         };
         let results = self.adapters.results.clone();
         let executor = self.adapters.executor.clone();
+        let forge = self.adapters.forge.clone();
+        let with_token = self
+            .config
+            .github
+            .app
+            .as_ref()
+            .is_some_and(|app| app.clone_with_token);
         let done = self.jobs_tx.clone();
         // The "running" page first, so the pending status's link works.
         tokio::spawn(async move {
             if let Err(e) = results.started(&key, &candidate).await {
                 warn!(error = %e, "could not write the running page");
+            }
+            if with_token {
+                // Without one a private repository's fetch fails, an
+                // infrastructure error the core retries.
+                match forge.clone_token(&candidate.repo).await {
+                    Ok(token) => spec.clone_token = token.map(CloneToken::new),
+                    Err(e) => {
+                        warn!(%build, error = %e, "no clone token for the job: it fetches without one")
+                    }
+                }
             }
             executor.start(spec, done);
         });

@@ -191,6 +191,16 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
         ("GIT_CONFIG_NOSYSTEM", "1".to_string()),
         ("LC_ALL", "C".to_string()),
     ]);
+    // A read-only token for the fetch (a private repository): in the init
+    // container's git configuration through its environment, never in the
+    // test container, which runs after it has exited.
+    if let Some(token) = &job.clone_token {
+        prepare_env.extend([
+            ("GIT_CONFIG_COUNT", "1".to_string()),
+            ("GIT_CONFIG_KEY_0", "http.extraHeader".to_string()),
+            ("GIT_CONFIG_VALUE_0", token.authorization()),
+        ]);
+    }
 
     let mount = vec![VolumeMount {
         name: VOLUME.into(),
@@ -431,5 +441,76 @@ mod tests {
         );
         c.car = Some(sha('3'));
         assert_eq!(checkout_and_merges(&c), (sha('3').to_string(), vec![]));
+    }
+
+    #[test]
+    fn a_clone_token_is_in_the_init_containers_git_config_only() {
+        use crate::core::{BuildId, CandidatePr, RepoName, Sha};
+        use crate::executor::{CloneToken, JobSpec};
+        let sha = |c: char| Sha::parse(&c.to_string().repeat(40)).unwrap();
+        let job = JobSpec {
+            build: BuildId::parse("k1-1").unwrap(),
+            candidate: Candidate {
+                car: Some(sha('3')),
+                repo: RepoName::parse("o/r").unwrap(),
+                target_branch: "main".into(),
+                target_sha: sha('1'),
+                prs: vec![CandidatePr {
+                    number: 1,
+                    head_sha: sha('2'),
+                    head_ref: "f".into(),
+                }],
+            },
+            clone_url: "https://github.com/o/r.git".into(),
+            command: vec!["make".into()],
+            timeout: std::time::Duration::from_secs(60),
+            clone_token: Some(CloneToken::new("ghs_secret".into())),
+        };
+        let settings = JobSettings::new(&crate::config::KubernetesConfig::default(), None);
+        let manifest = build_job(&job, &settings);
+        let pod = manifest
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let env_of = |c: &Container| -> Vec<(String, String)> {
+            c.env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        };
+        let init = env_of(&pod.init_containers.as_ref().unwrap()[0]);
+        let header = init
+            .iter()
+            .find(|(k, _)| k == "GIT_CONFIG_VALUE_0")
+            .map(|(_, v)| v.clone())
+            .expect("the fetch's header");
+        assert_eq!(header, CloneToken::new("ghs_secret".into()).authorization());
+        assert!(init.contains(&("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into())));
+        // Nowhere else in the Job: not the test container, not a label or
+        // an annotation (the token is base64 in the header; look for both).
+        let mut rest = manifest.clone();
+        rest.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers = None;
+        let text = serde_json::to_string(&rest).unwrap();
+        let encoded = header.trim_start_matches("Authorization: Basic ");
+        assert!(
+            !text.contains("ghs_secret") && !text.contains(encoded),
+            "{text}"
+        );
+        assert!(
+            !format!("{job:?}").contains("ghs_secret"),
+            "Debug redacts it"
+        );
     }
 }

@@ -535,6 +535,75 @@ impl AppAuth {
         self.app_id
     }
 
+    /// A token for a job's fetch of `repo`: its installation's, scoped to
+    /// that one repository and `contents: read` (it cannot push, comment
+    /// or read other repositories), minted anew for each job and expiring
+    /// within the hour.
+    pub(super) async fn clone_token(&self, repo: &RepoName) -> Result<String, Failure> {
+        let id = self.installation_id(repo).await?;
+        let path = format!("/app/installations/{id}/access_tokens");
+        let body = serde_json::json!({
+            "repositories": [repo.name()],
+            "permissions": {"contents": "read"},
+        });
+        let reply = send_on(
+            &self.app,
+            &self.app_budget,
+            &Method::POST,
+            &path,
+            Some(&body),
+            None,
+        )
+        .await
+        .map_err(Failure::Transport)?;
+        match reply.status {
+            StatusCode::CREATED | StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => {
+                return Err(Failure::Refused(self.jwt_refused(&reply.message())));
+            }
+            StatusCode::NOT_FOUND => {
+                lock(&self.installations).remove(repo);
+                return Err(Failure::Refused(Refusal {
+                    status: 404,
+                    message: format!(
+                        "installation {id} of the GitHub App {} (found for {repo}) is gone: was \
+                         the App uninstalled? ({})",
+                        self.app_id,
+                        reply.message()
+                    ),
+                }));
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                return Err(Failure::Transport(format!(
+                    "POST {path}: HTTP {}: {}",
+                    s.as_u16(),
+                    reply.message()
+                )));
+            }
+            s => {
+                return Err(Failure::Refused(Refusal {
+                    status: s.as_u16(),
+                    message: format!(
+                        "GitHub refused a read-only token for {repo} (installation {id}): {} \
+                         (does the App have the contents: read permission?)",
+                        reply.message()
+                    ),
+                }));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Minted {
+            token: String,
+        }
+        let minted: Minted = serde_json::from_slice(&reply.body).map_err(|e| {
+            Failure::Refused(Refusal {
+                status: reply.status.as_u16(),
+                message: format!("POST {path}: unexpected response: {e}"),
+            })
+        })?;
+        Ok(minted.token)
+    }
+
     /// Forgets `repo`'s installation (given to or taken from the App).
     pub(super) fn forget(&self, repo: &RepoName) {
         lock(&self.installations).remove(repo);
