@@ -380,35 +380,8 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
         inputs.push(Input::Delivery(delivery_id.clone()));
     }
     // Answered only once the events are on disk (group commit).
-    let durable = match ctx.shared.inputs.submit_durable(inputs) {
-        Ok(durable) => durable,
-        Err(Refused::Full) => {
-            count("overloaded");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "event queue full; redeliver later",
-            );
-        }
-        Err(Refused::Closed) => {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
-        }
-    };
-    match tokio::time::timeout(JOURNAL_TIMEOUT, durable).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => {
-            count("not_journaled");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot write the journal ({error}); redeliver later"),
-            );
-        }
-        Ok(Err(_)) | Err(_) => {
-            count("not_journaled");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the journal did not answer in time; redeliver later",
-            );
-        }
+    if let Err(refused) = journal(ctx, inputs, &count).await {
+        return refused;
     }
     claim.applied();
     count("accepted");
@@ -458,28 +431,8 @@ async fn on_access(
     if !delivery_id.is_empty() {
         inputs.push(Input::Delivery(delivery_id));
     }
-    let durable = match ctx.shared.inputs.submit_durable(inputs) {
-        Ok(durable) => durable,
-        Err(Refused::Full) => {
-            count("overloaded");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "event queue full; redeliver later",
-            );
-        }
-        Err(Refused::Closed) => {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
-        }
-    };
-    match tokio::time::timeout(JOURNAL_TIMEOUT, durable).await {
-        Ok(Ok(Ok(()))) => {}
-        _ => {
-            count("not_journaled");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the journal did not take the delivery; redeliver later",
-            );
-        }
+    if let Err(refused) = journal(ctx, inputs, &count).await {
+        return refused;
     }
     claim.applied();
     count("accepted");
@@ -487,6 +440,48 @@ async fn on_access(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "status": "accepted", "repositories": n, "what": change.what }),
     )
+}
+
+/// Submits a delivery's inputs and waits until they are on disk (a 202
+/// means durable); otherwise the 503 to answer, asking for a redelivery.
+async fn journal(
+    ctx: &HttpContext,
+    inputs: Vec<Input>,
+    count: &impl Fn(&str),
+) -> Result<(), Response> {
+    let durable = match ctx.shared.inputs.submit_durable(inputs) {
+        Ok(durable) => durable,
+        Err(Refused::Full) => {
+            count("overloaded");
+            return Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "event queue full; redeliver later",
+            ));
+        }
+        Err(Refused::Closed) => {
+            return Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sluice is shutting down",
+            ));
+        }
+    };
+    match tokio::time::timeout(JOURNAL_TIMEOUT, durable).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(error))) => {
+            count("not_journaled");
+            Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot write the journal ({error}); redeliver later"),
+            ))
+        }
+        Ok(Err(_)) | Err(_) => {
+            count("not_journaled");
+            Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal did not answer in time; redeliver later",
+            ))
+        }
+    }
 }
 
 /// A delivery id being handled. Dropped without [`Claim::applied`] (a 400,
