@@ -1645,7 +1645,7 @@ fn a_train_gathers_prs_entering_together_before_its_first_tests() {
     let mut bot = Bot::new(RepoPolicy {
         max_concurrent_builds: 2,
         train_depth: 2,
-        batch: planner::BatchSize::Fixed(2),
+        batch: planner::BatchSize::Fixed(3),
         gather_ms: 10_000,
         ..RepoPolicy::default()
     });
@@ -1668,12 +1668,25 @@ fn a_train_gathers_prs_entering_together_before_its_first_tests() {
         "{a:?}"
     );
     assert!(bot.car_tests().is_empty());
-    // Then both batches start: cars 2 and 4 (PRs 1-2 and 3-4).
+    // Then both batches start: cars 3 and 4 (PRs 1-3, and 4).
     bot.now = last + 10_000;
     bot.ev(Event::Tick);
     let tested: Vec<usize> = bot.car_tests().iter().map(|(_, c)| c.prs.len()).collect();
     assert_eq!(tested.len(), 2, "{tested:?}");
-    assert!(tested.contains(&2) && tested.contains(&4), "{tested:?}");
+    assert!(tested.contains(&3) && tested.contains(&4), "{tested:?}");
+
+    // A train holding what one round can test (2 runners, batches of 2:
+    // four PRs) does not wait for more.
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 2,
+        train_depth: 2,
+        batch: planner::BatchSize::Fixed(2),
+        gather_ms: 10_000,
+        ..RepoPolicy::default()
+    });
+    bot.enter_train(4);
+    bot.build_train();
+    assert_eq!(bot.car_tests().len(), 2);
 
     // Speculation one PR per car gains nothing from waiting.
     let mut bot = Bot::new(RepoPolicy {

@@ -279,8 +279,9 @@ pub const GATHER_MAX_FACTOR: u64 = 10;
 
 /// Until when a train waits before its first tests: while batches are on
 /// (`gather_ms` > 0, a batch plan), no car of it has been tested since it
-/// was last empty, and a PR entered less than `gather_ms` ago (and the
-/// first less than ten times that ago). PRs approved in one go (a burst of
+/// was last empty, it holds fewer PRs than one round can test, and a PR
+/// entered less than `gather_ms` ago (and the first less than ten times
+/// that ago). PRs approved in one go (a burst of
 /// `/merge`, a restart, a release day) then share batches instead of the
 /// first ones taking the runners as singles one by one.
 pub fn gather_until(
@@ -288,8 +289,13 @@ pub fn gather_until(
     policy: &crate::core::RepoPolicy,
     now: Timestamp,
 ) -> Option<Timestamp> {
-    let batches = !matches!(policy.batch, planner::BatchSize::Fixed(1));
-    if policy.gather_ms == 0 || !batches || cars.is_empty() {
+    let largest = match policy.batch {
+        planner::BatchSize::Fixed(b) => b,
+        planner::BatchSize::Adaptive { max } => max,
+    };
+    // What one round can test at most: waiting for more gains nothing.
+    let round = policy.train_depth.min(policy.max_concurrent_builds).max(1) * largest.max(1);
+    if policy.gather_ms == 0 || largest <= 1 || cars.is_empty() || cars.len() >= round {
         return None;
     }
     let untested = cars.iter().all(|c| {
