@@ -281,9 +281,9 @@ pub const GATHER_MAX_FACTOR: u64 = 10;
 /// (`gather_ms` > 0, a batch plan), no car of it has been tested since it
 /// was last empty, it holds fewer PRs than one round can test, and a PR
 /// entered less than `gather_ms` ago (and the first less than ten times
-/// that ago). PRs approved in one go (a burst of
-/// `/merge`, a restart, a release day) then share batches instead of the
-/// first ones taking the runners as singles one by one.
+/// that ago). PRs approved in one go (a burst of `/merge`, a restart, a
+/// release day) then share batches instead of the first ones taking the
+/// runners as singles one by one.
 pub fn gather_until(
     cars: &[Car],
     policy: &crate::core::RepoPolicy,
