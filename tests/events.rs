@@ -484,27 +484,13 @@ async fn drive(stack: &Stack, n: usize) -> f64 {
 
 /// The driver's busy seconds and events applied so far, from `/metrics`.
 async fn driver_load(stack: &Stack) -> (f64, f64) {
-    let text = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let (mut busy, mut events) = (0.0, 0.0);
-    for line in text.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        if name == "sluice_driver_busy_seconds_total" {
-            busy = value;
-        } else if name.starts_with("sluice_events_total{") {
-            events += value;
-        }
-    }
+    let text = metrics(stack).await;
+    let busy = sample(&text, "sluice_driver_busy_seconds_total").unwrap_or(0.0);
+    let events = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_events_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
     (busy, events)
 }
 

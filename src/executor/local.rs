@@ -331,6 +331,7 @@ impl Shared {
             limits,
             "init",
             &["-c", "init.defaultBranch=sluice", "init", "-q"],
+            None,
         )
         .await?;
 
@@ -359,7 +360,7 @@ impl Shared {
         ));
         let mut fetch: Vec<&str> = vec!["fetch", "--no-tags", "--", &job.clone_url];
         fetch.extend(wanted.iter().map(|s| s.as_str()));
-        self.git_with(ws, log, limits, "fetch", &fetch, job.clone_token.as_ref())
+        self.git(ws, log, limits, "fetch", &fetch, job.clone_token.as_ref())
             .await?;
 
         // One PR: check out its head exactly and merge the target into it.
@@ -393,6 +394,7 @@ impl Shared {
             limits,
             "checkout",
             &["checkout", "-q", "--detach", base.as_str()],
+            None,
         )
         .await?;
         for (sha, what) in merges {
@@ -406,7 +408,10 @@ impl Shared {
                 "--no-edit",
                 sha.as_str(),
             ];
-            match self.git_status(ws, log, limits, "merge", &args).await? {
+            match self
+                .git_status(ws, log, limits, "merge", &args, None)
+                .await?
+            {
                 Ok(()) => {}
                 Err(code) => return Err(Some(self.merge_failed(ws, log, limits, c, code).await?)),
             }
@@ -427,7 +432,9 @@ impl Shared {
     ) -> Step<Verdict> {
         let names = Log::new(1024 * 1024);
         let args = ["diff", "--name-only", "--diff-filter=U", "-z"];
-        let listed = self.git_status(ws, &names, limits, "diff", &args).await?;
+        let listed = self
+            .git_status(ws, &names, limits, "diff", &args, None)
+            .await?;
         let bytes = names.finish();
         let files: Vec<String> = bytes
             .split(|b| *b == 0)
@@ -541,26 +548,9 @@ impl Shared {
         limits: &mut Limits<'_>,
         step: &str,
         args: &[&str],
-    ) -> Step<()> {
-        self.git_with(ws, log, limits, step, args, None).await
-    }
-
-    /// [`Self::git`], sending `token` with git's HTTP requests: through
-    /// git's environment (`GIT_CONFIG_*`), so it is in no argv, no file of
-    /// the workspace and no later process (the test never sees it).
-    async fn git_with(
-        &self,
-        ws: &Workspace,
-        log: &Log,
-        limits: &mut Limits<'_>,
-        step: &str,
-        args: &[&str],
         token: Option<&CloneToken>,
     ) -> Step<()> {
-        match self
-            .git_status_with(ws, log, limits, step, args, token)
-            .await?
-        {
+        match self.git_status(ws, log, limits, step, args, token).await? {
             Ok(()) => Ok(()),
             Err(code) => {
                 let code = code.map_or_else(|| "a signal".to_string(), |c| c.to_string());
@@ -573,20 +563,11 @@ impl Shared {
     }
 
     /// Runs a git command under the git timeout and the job's deadline:
-    /// `Ok(Err(code))` when git ran but failed.
+    /// `Ok(Err(code))` when git ran but failed. `token` goes with git's
+    /// HTTP requests through its environment (`GIT_CONFIG_*`), so it is in
+    /// no argv, no file of the workspace and no later process (the test
+    /// never sees it).
     async fn git_status(
-        &self,
-        ws: &Workspace,
-        log: &Log,
-        limits: &mut Limits<'_>,
-        step: &str,
-        args: &[&str],
-    ) -> Step<Result<(), Option<i32>>> {
-        self.git_status_with(ws, log, limits, step, args, None)
-            .await
-    }
-
-    async fn git_status_with(
         &self,
         ws: &Workspace,
         log: &Log,

@@ -76,6 +76,9 @@ pub struct GitHub {
     check_runs: bool,
     /// The check run of each commit sluice wrote one on (bounded).
     check_run_ids: Mutex<HashMap<(RepoName, Sha), u64>>,
+    /// As an App, jobs fetch with a token of their own
+    /// (`github.app.clone_with_token`).
+    clone_tokens: bool,
     /// As a GitHub App: `client` is the App's (JWT), and each repository's
     /// calls go out on its installation's client ([`app`]).
     app: Option<AppAuth>,
@@ -279,6 +282,7 @@ impl GitHub {
             budget: Arc::new(BudgetCell::new()),
             check_runs: config.check_runs,
             check_run_ids: Mutex::new(HashMap::new()),
+            clone_tokens: config.app.as_ref().is_some_and(|a| a.clone_with_token),
             app,
         })
     }
@@ -856,7 +860,7 @@ impl Forge for GitHub {
     }
 
     async fn clone_token(&self, repo: &RepoName) -> Result<Option<String>, ForgeError> {
-        let Some(app) = &self.app else {
+        let Some(app) = self.app.as_ref().filter(|_| self.clone_tokens) else {
             return Ok(None);
         };
         let what = format!("a clone token for {repo}");

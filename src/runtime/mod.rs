@@ -776,26 +776,19 @@ impl Driver {
         let results = self.adapters.results.clone();
         let executor = self.adapters.executor.clone();
         let forge = self.adapters.forge.clone();
-        let with_token = self
-            .config
-            .github
-            .app
-            .as_ref()
-            .is_some_and(|app| app.clone_with_token);
         let done = self.jobs_tx.clone();
         // The "running" page first, so the pending status's link works.
         tokio::spawn(async move {
             if let Err(e) = results.started(&key, &candidate).await {
                 warn!(error = %e, "could not write the running page");
             }
-            if with_token {
-                // Without one a private repository's fetch fails, an
-                // infrastructure error the core retries.
-                match forge.clone_token(&candidate.repo).await {
-                    Ok(token) => spec.clone_token = token.map(CloneToken::new),
-                    Err(e) => {
-                        warn!(%build, error = %e, "no clone token for the job: it fetches without one")
-                    }
+            // Only an App configured for it gives one. Without it a private
+            // repository's fetch fails, an infrastructure error the core
+            // retries.
+            match forge.clone_token(&candidate.repo).await {
+                Ok(token) => spec.clone_token = token.map(CloneToken::new),
+                Err(e) => {
+                    warn!(%build, error = %e, "no clone token for the job: it fetches without one")
                 }
             }
             executor.start(spec, done);

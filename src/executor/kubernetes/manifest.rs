@@ -420,21 +420,28 @@ mod tests {
         assert_eq!(deadline_secs(Duration::ZERO), 1);
     }
 
-    #[test]
-    fn a_car_is_checked_out_exactly_and_a_pr_merges_its_target() {
-        use crate::core::{CandidatePr, RepoName, Sha};
-        let sha = |c: char| Sha::parse(&c.to_string().repeat(40)).unwrap();
-        let mut c = Candidate {
+    fn sha(c: char) -> crate::core::Sha {
+        crate::core::Sha::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    /// PR #1 (head 22…) of o/r on main at 11….
+    fn candidate() -> Candidate {
+        Candidate {
             car: None,
-            repo: RepoName::parse("o/r").unwrap(),
+            repo: crate::core::RepoName::parse("o/r").unwrap(),
             target_branch: "main".into(),
             target_sha: sha('1'),
-            prs: vec![CandidatePr {
+            prs: vec![crate::core::CandidatePr {
                 number: 1,
                 head_sha: sha('2'),
                 head_ref: "f".into(),
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn a_car_is_checked_out_exactly_and_a_pr_merges_its_target() {
+        let mut c = candidate();
         assert_eq!(
             checkout_and_merges(&c),
             (sha('2').to_string(), vec![sha('1').to_string()])
@@ -445,21 +452,13 @@ mod tests {
 
     #[test]
     fn a_clone_token_is_in_the_init_containers_git_config_only() {
-        use crate::core::{BuildId, CandidatePr, RepoName, Sha};
+        use crate::core::BuildId;
         use crate::executor::{CloneToken, JobSpec};
-        let sha = |c: char| Sha::parse(&c.to_string().repeat(40)).unwrap();
         let job = JobSpec {
             build: BuildId::parse("k1-1").unwrap(),
             candidate: Candidate {
                 car: Some(sha('3')),
-                repo: RepoName::parse("o/r").unwrap(),
-                target_branch: "main".into(),
-                target_sha: sha('1'),
-                prs: vec![CandidatePr {
-                    number: 1,
-                    head_sha: sha('2'),
-                    head_ref: "f".into(),
-                }],
+                ..candidate()
             },
             clone_url: "https://github.com/o/r.git".into(),
             command: vec!["make".into()],
