@@ -1,5 +1,9 @@
 //! The `sluice` command: parse arguments, load the configuration, start.
 
+// As in lib.rs: an optimized build instantiates the HTTP face's deep warp
+// filter chain here, past the default trait-evaluation depth.
+#![recursion_limit = "256"]
+
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, ENV_GITHUB_TOKEN, LogFormat, Secrets};
 use std::path::PathBuf;
