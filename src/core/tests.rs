@@ -1700,6 +1700,34 @@ fn a_train_gathers_prs_entering_together_before_its_first_tests() {
     assert_eq!(bot.car_tests().len(), 1);
 }
 
+/// The tests a failure stops (the cars behind it hold the failing change)
+/// free their runners for the bisection at once, not a CI cycle later.
+#[test]
+fn a_failed_batch_is_bisected_on_the_runners_its_doomed_cars_held() {
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 4,
+        train_depth: 4,
+        batch: planner::BatchSize::Fixed(4),
+        bisect_parallel: 3,
+        ..RepoPolicy::default()
+    });
+    bot.enter_train(16);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    let sizes: Vec<usize> = tests.iter().map(|(_, c)| c.prs.len()).collect();
+    assert_eq!(sizes, vec![4, 8, 12, 16], "four batches of four");
+    // The first batch fails while the three behind it still run.
+    bot.finish(&tests[0].0, Outcome::Failed);
+    let mut now: Vec<usize> = bot.car_tests().iter().map(|(_, c)| c.prs.len()).collect();
+    now.sort();
+    assert_eq!(
+        now,
+        vec![1, 2, 3],
+        "the batch's first three cars, each on the runner a stopped test held"
+    );
+}
+
 /// A car whose build is stopped (the train was rebuilt) gets a final
 /// status: its check run must not stay "in progress" forever.
 #[test]

@@ -991,13 +991,14 @@ impl State {
         // while a landing is in flight, when sluice may already have heard
         // the target at the landing car, and the cars behind it still hold
         // that car's PRs. Paused: nothing is built, tested or landed.
+        // Stopped tests first: their runners are free for what starts now.
+        for id in cancel {
+            self.cancel_build(id, text::cancelled_car_rebuilt(), now, out);
+        }
         if let (Some(_), Some(base), false) =
             (&head, train.base.clone(), mode == BranchMode::Paused)
         {
             self.advance(name, branch, &mut train, &base, &planned.plan, now, out);
-        }
-        for id in cancel {
-            self.cancel_build(id, text::cancelled_car_rebuilt(), now, out);
         }
         // Positions changed: the PRs in the train say so in their status.
         let repo = self.repos.get_mut(name).expect("exists");
