@@ -43,6 +43,8 @@ fn main() {
                     batch: planner::BatchSize::Fixed(1),
                     optimistic: false,
                     flaky: vec![],
+                    warmup: 0,
+                    warmup_failing: vec![],
                 };
                 let s = run(&base);
                 let t = run(&Scenario {
@@ -51,6 +53,8 @@ fn main() {
                     batch: planner::BatchSize::Fixed(1),
                     optimistic: false,
                     flaky: vec![],
+                    warmup: 0,
+                    warmup_failing: vec![],
                     ..base
                 });
                 assert!(

@@ -32,6 +32,11 @@ pub struct Scenario {
     /// PRs whose test flips: the first car holding one fails, every later
     /// test passes (a flaky test).
     pub flaky: Vec<u64>,
+    /// PRs drained before the measured ones (numbered after them), which of
+    /// them fail given as 1-based positions: a repository with a history
+    /// instead of a new one. Empty: a new repository.
+    pub warmup: u64,
+    pub warmup_failing: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,172 +114,194 @@ pub fn run(s: &Scenario) -> Outcome {
     let mut cars: BTreeMap<Sha, Vec<u64>> = BTreeMap::new();
     // Running builds: id -> (ends at, candidate).
     let mut running: BTreeMap<BuildId, (u64, Candidate)> = BTreeMap::new();
+    let mut flipped: std::collections::BTreeSet<u64> = Default::default();
     let mut queue: Vec<Event> = vec![Event::BranchMoved {
         repo: repo.clone(),
         branch: "main".into(),
         sha: main.clone(),
         before: None,
     }];
-    for n in 1..=s.prs {
-        queue.push(Event::PrOpened(PrSnapshot {
-            key: PrKey {
-                repo: repo.clone(),
-                number: n,
-            },
-            head_sha: sha(0x10_0000 + n),
-            head_ref: format!("f{n}"),
-            base_ref: "main".into(),
-            base_sha: None,
-            title: format!("PR {n}"),
-            author: "dev".into(),
-            draft: false,
-            mergeable: None,
-            labels: vec![],
-            created_at: Timestamp(n),
-            depends_on: Vec::new(),
-        }));
-        queue.push(Event::Reviews {
-            pr: PrKey {
-                repo: repo.clone(),
-                number: n,
-            },
-            reviews: vec![ReviewFact {
-                reviewer: "lead".into(),
-                state: ReviewState::Approved,
-                id: n,
-                can_write: true,
-            }],
-        });
-    }
-    let fails = |prs: &[u64]| prs.iter().any(|n| s.failing.contains(n));
-    let mut flipped: std::collections::BTreeSet<u64> = Default::default();
-    let limit = s.test_ms * (s.prs + 10) * 4;
-    loop {
-        while !queue.is_empty() {
-            let event = queue.remove(0);
-            for action in state.handle(event, Timestamp(now)) {
-                match action {
-                    Action::StartBuild { build, candidate } => {
-                        builds += 1;
-                        running.insert(build, (now + s.test_ms, candidate));
-                    }
-                    Action::CancelBuild { build } => {
-                        running.remove(&build);
-                    }
-                    Action::BuildCar {
-                        branch,
-                        car,
-                        parent,
-                        head,
-                        ..
-                    } => {
-                        next_sha += 1;
-                        let built = sha(next_sha);
-                        let mut prs = cars.get(&parent).cloned().unwrap_or_default();
-                        prs.push(head_number(&head));
-                        cars.insert(built.clone(), prs);
-                        queue.push(Event::CarBuilt {
-                            repo: repo.clone(),
+    // A repository with history drains a queue first; what is measured
+    // (time, builds, merges) starts when it is done.
+    let failing_all: Vec<u64> = s
+        .failing
+        .iter()
+        .copied()
+        .chain(s.warmup_failing.iter().map(|n| s.prs + n))
+        .collect();
+    let phases = [
+        (s.prs + 1..=s.prs + s.warmup).collect::<Vec<u64>>(),
+        (1..=s.prs).collect(),
+    ];
+    let mut started = 0;
+    let mut failing_landed = false;
+    for (phase, numbers) in phases.into_iter().enumerate() {
+        if phase == 1 {
+            started = now;
+            builds = 0;
+            failing_landed = merged.iter().any(|m| failing_all.contains(m));
+            merged.clear();
+        }
+        for n in numbers {
+            queue.push(Event::PrOpened(PrSnapshot {
+                key: PrKey {
+                    repo: repo.clone(),
+                    number: n,
+                },
+                head_sha: sha(0x10_0000 + n),
+                head_ref: format!("f{n}"),
+                base_ref: "main".into(),
+                base_sha: None,
+                title: format!("PR {n}"),
+                author: "dev".into(),
+                draft: false,
+                mergeable: None,
+                labels: vec![],
+                created_at: Timestamp(n),
+                depends_on: Vec::new(),
+            }));
+            queue.push(Event::Reviews {
+                pr: PrKey {
+                    repo: repo.clone(),
+                    number: n,
+                },
+                reviews: vec![ReviewFact {
+                    reviewer: "lead".into(),
+                    state: ReviewState::Approved,
+                    id: n,
+                    can_write: true,
+                }],
+            });
+        }
+        let fails = |prs: &[u64]| prs.iter().any(|n| failing_all.contains(n));
+        let limit = started + s.test_ms * (s.prs + s.warmup + 10) * 4;
+        loop {
+            while !queue.is_empty() {
+                let event = queue.remove(0);
+                for action in state.handle(event, Timestamp(now)) {
+                    match action {
+                        Action::StartBuild { build, candidate } => {
+                            builds += 1;
+                            running.insert(build, (now + s.test_ms, candidate));
+                        }
+                        Action::CancelBuild { build } => {
+                            running.remove(&build);
+                        }
+                        Action::BuildCar {
                             branch,
                             car,
                             parent,
-                            sha: built,
-                        });
-                    }
-                    Action::Land {
-                        branch, from, to, ..
-                    } => {
-                        if from == main {
-                            main = to.clone();
-                            // The car holds every PR since the base it was
-                            // built on; those already on `from` landed before.
-                            let before = cars.get(&from).cloned().unwrap_or_default();
-                            let landed: Vec<u64> = cars
-                                .get(&to)
-                                .cloned()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .filter(|n| !before.contains(n))
-                                .collect();
-                            queue.push(Event::Landed {
+                            head,
+                            ..
+                        } => {
+                            next_sha += 1;
+                            let built = sha(next_sha);
+                            let mut prs = cars.get(&parent).cloned().unwrap_or_default();
+                            prs.push(head_number(&head));
+                            cars.insert(built.clone(), prs);
+                            queue.push(Event::CarBuilt {
                                 repo: repo.clone(),
                                 branch,
-                                sha: to,
-                            });
-                            for n in landed {
-                                merged.push(n);
-                            }
-                        } else {
-                            queue.push(Event::LandRefused {
-                                repo: repo.clone(),
-                                branch,
-                                moved: true,
-                                reason: "not a fast forward".into(),
+                                car,
+                                parent,
+                                sha: built,
                             });
                         }
-                    }
-                    Action::Merge { pr, pair, .. } => {
-                        let result = if pair.target == main {
-                            next_sha += 1;
-                            main = sha(next_sha);
-                            merged.push(pr.number);
-                            MergeResult::Merged {
-                                merge_sha: main.clone(),
+                        Action::Land {
+                            branch, from, to, ..
+                        } => {
+                            if from == main {
+                                main = to.clone();
+                                // The car holds every PR since the base it was
+                                // built on; those already on `from` landed before.
+                                let before = cars.get(&from).cloned().unwrap_or_default();
+                                let landed: Vec<u64> = cars
+                                    .get(&to)
+                                    .cloned()
+                                    .unwrap_or_default()
+                                    .into_iter()
+                                    .filter(|n| !before.contains(n))
+                                    .collect();
+                                queue.push(Event::Landed {
+                                    repo: repo.clone(),
+                                    branch,
+                                    sha: to,
+                                });
+                                for n in landed {
+                                    merged.push(n);
+                                }
+                            } else {
+                                queue.push(Event::LandRefused {
+                                    repo: repo.clone(),
+                                    branch,
+                                    moved: true,
+                                    reason: "not a fast forward".into(),
+                                });
                             }
-                        } else {
-                            MergeResult::Refused {
-                                reason: "base moved".into(),
-                            }
-                        };
-                        queue.push(Event::MergeFinished { pr, pair, result });
+                        }
+                        Action::Merge { pr, pair, .. } => {
+                            let result = if pair.target == main {
+                                next_sha += 1;
+                                main = sha(next_sha);
+                                merged.push(pr.number);
+                                MergeResult::Merged {
+                                    merge_sha: main.clone(),
+                                }
+                            } else {
+                                MergeResult::Refused {
+                                    reason: "base moved".into(),
+                                }
+                            };
+                            queue.push(Event::MergeFinished { pr, pair, result });
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
+            // The next build to finish.
+            let Some((id, (at, candidate))) = running
+                .iter()
+                .min_by_key(|(id, (at, _))| (*at, (*id).clone()))
+                .map(|(id, v)| (id.clone(), v.clone()))
+            else {
+                break;
+            };
+            if at > limit {
+                break;
+            }
+            running.remove(&id);
+            now = at;
+            let holds: Vec<u64> = match &candidate.car {
+                Some(car) => cars.get(car).cloned().unwrap_or_default(),
+                None if s.depth > 0 => vec![], // own tests pass in train mode
+                None => candidate.prs.iter().map(|p| p.number).collect(),
+            };
+            let flake = holds
+                .iter()
+                .find(|n| s.flaky.contains(n) && !flipped.contains(n))
+                .copied();
+            if let Some(n) = flake {
+                flipped.insert(n);
+            }
+            let outcome = if fails(&holds) || flake.is_some() {
+                crate::core::Outcome::Failed
+            } else {
+                crate::core::Outcome::Passed
+            };
+            queue.push(Event::JobFinished {
+                build: id,
+                candidate,
+                report: JobReport {
+                    outcome,
+                    exit_code: Some(0),
+                    detail: String::new(),
+                    started_at: Timestamp(now),
+                    finished_at: Timestamp(now),
+                },
+            });
         }
-        // The next build to finish.
-        let Some((id, (at, candidate))) = running
-            .iter()
-            .min_by_key(|(id, (at, _))| (*at, (*id).clone()))
-            .map(|(id, v)| (id.clone(), v.clone()))
-        else {
-            break;
-        };
-        if at > limit {
-            break;
-        }
-        running.remove(&id);
-        now = at;
-        let holds: Vec<u64> = match &candidate.car {
-            Some(car) => cars.get(car).cloned().unwrap_or_default(),
-            None if s.depth > 0 => vec![], // own tests pass in train mode
-            None => candidate.prs.iter().map(|p| p.number).collect(),
-        };
-        let flake = holds
-            .iter()
-            .find(|n| s.flaky.contains(n) && !flipped.contains(n))
-            .copied();
-        if let Some(n) = flake {
-            flipped.insert(n);
-        }
-        let outcome = if fails(&holds) || flake.is_some() {
-            crate::core::Outcome::Failed
-        } else {
-            crate::core::Outcome::Passed
-        };
-        queue.push(Event::JobFinished {
-            build: id,
-            candidate,
-            report: JobReport {
-                outcome,
-                exit_code: Some(0),
-                detail: String::new(),
-                started_at: Timestamp(now),
-                finished_at: Timestamp(now),
-            },
-        });
     }
-    let t = (now.max(1)) as f64 / s.test_ms as f64;
+    let t = (now - started).max(1) as f64 / s.test_ms as f64;
     let n = merged.len() as u64;
     Outcome {
         merged: n,
@@ -282,7 +309,7 @@ pub fn run(s: &Scenario) -> Outcome {
         builds,
         builds_per_merged: builds as f64 / n.max(1) as f64,
         merged_per_t: n as f64 / t,
-        failing_landed: merged.iter().any(|m| s.failing.contains(m)),
+        failing_landed: failing_landed || merged.iter().any(|m| failing_all.contains(m)),
     }
 }
 
@@ -307,6 +334,8 @@ mod tests {
                 batch: planner::BatchSize::Fixed(1),
                 optimistic,
                 flaky: vec![2],
+                warmup: 0,
+                warmup_failing: vec![],
             })
         };
         // Without it, #2's car fails once on a passing car ahead: #2 is
@@ -333,6 +362,8 @@ mod tests {
             batch: planner::BatchSize::Fixed(1),
             optimistic: false,
             flaky: vec![],
+            warmup: 0,
+            warmup_failing: vec![],
         });
         let train = run(&Scenario {
             prs: 12,
@@ -344,6 +375,8 @@ mod tests {
             batch: planner::BatchSize::Fixed(1),
             optimistic: false,
             flaky: vec![],
+            warmup: 0,
+            warmup_failing: vec![],
         });
         assert_eq!(serial.merged, 10, "{serial:?}");
         assert_eq!(train.merged, 10, "{train:?}");
@@ -352,6 +385,35 @@ mod tests {
         // tests); serial mode needs 11.
         assert!(train.drain_in_t <= 6.0, "train {train:?}");
         assert!(serial.drain_in_t >= 10.0, "serial {serial:?}");
+    }
+
+    #[test]
+    fn a_repository_with_a_history_is_measured_after_it() {
+        let scenario = |warmup: u64| Scenario {
+            prs: 32,
+            failing: failing(32, 0.2, 11),
+            runners: 8,
+            depth: 8,
+            test_ms: 1000,
+            pr_tests: PrTests::TrainOnly,
+            batch: planner::BatchSize::Adaptive { max: 32 },
+            optimistic: false,
+            flaky: vec![],
+            warmup,
+            warmup_failing: failing(warmup, 0.2, 12),
+        };
+        let (cold, warm) = (run(&scenario(0)), run(&scenario(40)));
+        let passing = 32 - failing(32, 0.2, 11).len() as u64;
+        // Only the measured queue counts, and all of its passing PRs land.
+        assert_eq!((cold.merged, warm.merged), (passing, passing));
+        assert!(!cold.failing_landed && !warm.failing_landed);
+        // Knowing p ≈ 0.2, the planner speculates from the first car on:
+        // one build per car, as many as speculation would start.
+        let spec = run(&Scenario {
+            batch: planner::BatchSize::Fixed(1),
+            ..scenario(0)
+        });
+        assert_eq!(warm.builds, spec.builds, "{warm:?} {spec:?}");
     }
 
     #[test]

@@ -39,38 +39,30 @@ pub struct Plan {
     /// Cars of one failed batch tested at once while bisecting.
     pub bisect_parallel: usize,
     pub optimistic: bool,
-    /// The tested cars at the front of the train hold one PR each, the
-    /// rest `batch` PRs ([`hedge_size`]): a hedge while the failure rate is
-    /// still a guess (see `planner`).
-    pub hedge: bool,
+    /// The first this many tested cars hold one PR each (they land
+    /// soonest, as speculation would), the rest `batch` PRs (they cover
+    /// the queue): see `planner`.
+    pub singles: usize,
 }
 
 impl Plan {
     /// How many cars have their commits built ahead: every car a test
     /// planned now may cover.
     pub fn built_window(&self) -> usize {
-        self.depth.max(1) * self.batch.max(1)
+        let singles = self.singles.min(self.depth.max(1));
+        singles + (self.depth.max(1) - singles) * self.batch.max(1)
     }
 
     /// PRs in the tested car that has `ahead` tested cars before it.
     pub fn batch_at(&self, ahead: usize) -> usize {
-        if self.hedge {
-            hedge_size(self.batch, self.depth, ahead)
-        } else {
-            self.batch.max(1)
-        }
+        batch_size(self.batch, self.singles, ahead)
     }
 }
 
-/// PRs in a hedged plan's tested car with `ahead` tested cars before it:
-/// the first 3/8 of the depth (at least one) are single PRs, tested as
-/// speculation would; the rest hold `batch` PRs.
-pub fn hedge_size(batch: usize, depth: usize, ahead: usize) -> usize {
-    if ahead < (depth * 3 / 8).max(1) {
-        1
-    } else {
-        batch.max(1)
-    }
+/// PRs in the tested car with `ahead` tested cars before it, when the first
+/// `singles` hold one PR each and the rest `batch`.
+pub fn batch_size(batch: usize, singles: usize, ahead: usize) -> usize {
+    if ahead < singles { 1 } else { batch.max(1) }
 }
 
 /// Below this many cars between a passing and a failing one, each is
@@ -262,7 +254,7 @@ mod tests {
             depth,
             bisect_parallel: parts,
             optimistic: false,
-            hedge: false,
+            singles: 0,
         }
     }
 
@@ -281,20 +273,20 @@ mod tests {
     }
 
     #[test]
-    fn a_hedge_tests_single_prs_at_the_front_then_whole_batches() {
-        let hedge = Plan {
-            hedge: true,
+    fn a_shaped_plan_tests_single_prs_at_the_front_then_whole_batches() {
+        let shaped = Plan {
+            singles: 3,
             ..plan(6, 8, 1)
         };
-        // Three singles (3/8 of 8), then batches of 6.
+        // Three singles, then batches of 6.
         let all = cars(&".".repeat(40));
         assert_eq!(
-            tests_to_start(&all, &hedge),
+            tests_to_start(&all, &shaped),
             vec![0, 1, 2, 8, 14, 20, 26, 32]
         );
         // Counted from the train's front: with three tested cars ahead,
         // the next one is a batch (and the last holds what is left).
-        assert_eq!(tests_to_start(&cars("ttt......."), &hedge), vec![8, 9]);
+        assert_eq!(tests_to_start(&cars("ttt......."), &shaped), vec![8, 9]);
     }
 
     #[test]

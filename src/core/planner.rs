@@ -1,34 +1,29 @@
-//! The planner: per branch, the batch size and speculation depth of the
-//! train, from the measured failure rate of recent PRs and the free build
-//! budget.
+//! The planner: per branch, the shape of the train's next tests (which
+//! tested cars hold one PR, which hold batches) and the speculation depth,
+//! from the measured failure rate of recent PRs and the free build budget.
 //!
-//! The rule, fitted to the simulator's sweep over fixed batch sizes
-//! (`cargo bench --bench batch -- --sweep`; the table is in design/):
+//! The rule, fitted to the simulator (`cargo bench --bench batch`, with
+//! `-- --sweep` for fixed batch sizes; the tables are in design/):
 //!
-//! - A batch of b PRs passes with probability q^b (q = 1 − p). Bisecting a
-//!   failed one costs about log2 b more cycles, during which the PRs behind
-//!   it wait; so the batch is kept where a failure is the exception:
-//!   b ≤ 1/(2.5·p) (p = 0.02: 20; 0.05: 8; 0.1: 4; 0.2: 2).
-//! - There is no point in a batch larger than what fills the runners: with
-//!   n PRs in the train and R runners, b ≤ ⌈n/R⌉, so a short queue is
-//!   tested one PR per car (which lands soonest) and a long one in batches
-//!   (which lands most per CI cycle).
+//! - The depth is every runner, capped by `train_depth`.
 //! - When p·R ≥ 0.8 (most rounds hold a failure somewhere among the R cars
 //!   in flight) and p ≥ 0.1, speculation one PR per car wins: a failure
 //!   costs no bisection, the culprit is known at once.
-//! - The depth is every runner, capped by `train_depth`.
-//! - While the history is shorter than the prior's weight ([`PRIOR_PRS`]
-//!   decided PRs), p is a guess, and a guess of "few failures" that is
-//!   wrong costs a whole round: batches of 8 at a real p = 0.2 fail 83% of
-//!   the time. So a new repository's first rounds *hedge*: the tested cars
-//!   at the front (3/8 of the runners) hold one PR each, as speculation
-//!   would test them, and the rest batches big enough that the runners
-//!   still cover every waiting PR, as batching would.
-//! - Once the history outweighs the prior, speculation is chosen on a
-//!   pessimistic p (the estimate plus one standard error).
-//! - A failed batch is bisected at as many points as there are runners
-//!   (`batch::tests_to_start`: its first cars singly when that leaves at
-//!   most one more round).
+//! - Otherwise, with several runners and more PRs than runners, the tested
+//!   cars are *shaped*: the first 3/8 of them hold one PR each, the rest
+//!   batches just big enough that the round covers every waiting PR. The
+//!   front lands soonest whatever p is (it is what speculation would test),
+//!   and the back lands the whole queue in one CI cycle when nothing fails.
+//!   A failed batch is bisected on every runner at once
+//!   (`batch::tests_to_start`), so a large batch costs about one cycle more
+//!   when it fails, not log2 b: the simulator found this shape better than
+//!   batches capped by p at every p below speculation's threshold.
+//! - With one runner (or no more PRs than runners), the batch is kept
+//!   where a failure is the exception, b ≤ 1/(2.5·p) (p = 0.02: 20; 0.05:
+//!   8; 0.1: 4), and no larger than what fills the runners.
+//! - p is the share of culprits among the last [`WINDOW`] decided PRs,
+//!   blended with a prior of 1 in 20 weighing [`PRIOR_PRS`] PRs, so a new
+//!   repository starts shaped and a few failures move it to speculation.
 
 use super::batch::Plan;
 use serde::{Deserialize, Serialize};
@@ -40,9 +35,6 @@ pub const WINDOW: usize = 40;
 /// few real outcomes move it).
 pub const PRIOR_FAILURES: f64 = 0.5;
 pub const PRIOR_PRS: f64 = 10.0;
-/// Decided PRs below which the planner hedges (the prior weighs more than
-/// what was measured).
-pub const HEDGE_UNTIL: usize = PRIOR_PRS as usize;
 
 /// The recent decisions of a repository's trains: `true` for a PR ejected
 /// as a culprit, `false` for one landed.
@@ -79,13 +71,6 @@ impl Outcomes {
         let failures = self.recent.iter().filter(|f| **f).count() as f64;
         (failures + PRIOR_FAILURES) / (self.recent.len() as f64 + PRIOR_PRS)
     }
-
-    /// A pessimistic failure rate: the estimate plus one standard error.
-    pub fn failure_rate_high(&self) -> f64 {
-        let p = self.failure_rate();
-        let n = self.recent.len() as f64 + PRIOR_PRS;
-        p + (p * (1.0 - p) / n).sqrt()
-    }
 }
 
 /// How a repository's batches are sized.
@@ -121,18 +106,25 @@ pub fn batch_cap(p: f64) -> usize {
     ((1.0 / (2.5 * p)).floor() as usize).max(1)
 }
 
-/// The smallest batch b (at most `max`) such that a hedge on `runners`
-/// runners (single PRs, then batches of b: `batch::hedge_size`) covers
+/// The tested cars at the front of a shaped train that hold one PR each:
+/// 3/8 of the runners, at least one.
+pub fn front_singles(runners: usize) -> usize {
+    (runners * 3 / 8).max(1)
+}
+
+/// The smallest batch b (at most `max`) such that `runners` tested cars,
+/// the first `singles` of them single PRs and the rest b PRs each, cover
 /// `waiting` PRs.
-pub fn hedge_batch(waiting: usize, runners: usize, max: usize) -> usize {
-    let covers = |b: usize| -> usize {
-        (0..runners)
-            .map(|i| super::batch::hedge_size(b, runners, i))
-            .sum()
-    };
-    (1..=max.max(1))
-        .find(|&b| covers(b) >= waiting)
-        .unwrap_or(max.max(1))
+pub fn covering_batch(waiting: usize, runners: usize, singles: usize, max: usize) -> usize {
+    let singles = singles.min(runners);
+    let rest = runners - singles;
+    if rest == 0 {
+        return 1;
+    }
+    waiting
+        .saturating_sub(singles)
+        .div_ceil(rest)
+        .clamp(1, max.max(1))
 }
 
 /// Whether failures are frequent enough among `runners` cars in flight
@@ -161,34 +153,25 @@ pub fn plan(
         BatchSize::Adaptive { .. } => bisect_parallel.max(runners),
         BatchSize::Fixed(_) => bisect_parallel.max(1),
     };
-    let mut hedge = false;
+    let mut singles = 0;
     let (batch, why) = match size {
         BatchSize::Fixed(b) => (b.max(1), "fixed by the configuration".to_string()),
         BatchSize::Adaptive { max } => {
             let fill = waiting.div_ceil(runners).max(1);
-            let cap = batch_cap(p);
             let max = max.max(1);
-            let short = outcomes.len() < HEDGE_UNTIL;
-            // Once the history outweighs the prior, speculation is chosen
-            // on a pessimistic p (one standard error up): a wrong bet on
-            // batches costs a bisection round, a wrong bet on speculation
-            // only some batching's gain. Before, p is mostly the prior,
-            // whose standard error would choose speculation everywhere.
-            let cautious = if short {
-                p
-            } else {
-                outcomes.failure_rate_high()
-            };
-            if speculation_wins(cautious, runners) {
+            if speculation_wins(p, runners) {
                 (1, "p·R ≥ 0.8: one PR per car, no bisection".to_string())
-            } else if short && runners > 1 && fill > 1 {
-                hedge = true;
-                let batch = hedge_batch(waiting, runners, max);
-                (
-                    batch,
-                    format!("a hedge while fewer than {HEDGE_UNTIL} PRs were decided"),
-                )
+            } else if runners > 1 && fill > 1 {
+                singles = front_singles(runners);
+                let batch = covering_batch(waiting, runners, singles, max);
+                let limit = if batch == max {
+                    "max_batch".to_string()
+                } else {
+                    format!("{waiting} PRs over {runners} runners")
+                };
+                (batch, limit)
             } else {
+                let cap = batch_cap(p);
                 let batch = cap.min(fill).min(max);
                 let limit = if batch == max && cap > max {
                     "max_batch".to_string()
@@ -212,13 +195,14 @@ pub fn plan(
             depth: runners,
             bisect_parallel,
             optimistic,
-            hedge,
+            singles,
         },
         failure_rate: p,
         reason: format!(
             "{}, depth {runners}: p ≈ {p:.2} over {window}, {free} runners free (batch from {why})",
-            if hedge {
-                format!("single PRs, then batch {batch}")
+            if singles > 0 {
+                let s = if singles == 1 { "" } else { "s" };
+                format!("{singles} single PR{s}, then batch {batch}")
             } else {
                 format!("batch {batch}")
             }
@@ -239,14 +223,25 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_follows_the_failure_rate_and_the_queue() {
+    fn the_shape_follows_the_failure_rate_and_the_queue() {
         let adaptive = BatchSize::Adaptive { max: 16 };
-        // Few failures, a long queue: big batches.
+        // Few failures, a long queue, 8 runners: 3 single PRs at the front,
+        // then batches covering the 64 (3 + 5 x 13 would, but max is 16
+        // and 61/5 rounds up to 13).
         let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 64, 8);
-        assert_eq!(p.plan.batch, 8, "{}", p.reason);
+        assert_eq!((p.plan.singles, p.plan.batch), (3, 13), "{}", p.reason);
+        assert!(
+            p.reason.starts_with("3 single PRs, then batch 13, depth 8"),
+            "{}",
+            p.reason
+        );
+        // A longer queue than the runners and max_batch can cover.
+        let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 500, 8);
+        assert_eq!(p.plan.batch, 16, "{}", p.reason);
+        assert!(p.reason.contains("max_batch"), "{}", p.reason);
         // Many failures and many runners: one PR per car.
         let p = plan(adaptive, 8, 1, false, &outcomes(12, 40), 64, 8);
-        assert_eq!(p.plan.batch, 1, "{}", p.reason);
+        assert_eq!((p.plan.singles, p.plan.batch), (0, 1), "{}", p.reason);
         // Many failures, one runner: small batches.
         let p = plan(adaptive, 8, 1, false, &outcomes(8, 40), 64, 1);
         assert_eq!(p.plan.batch, 2, "{}", p.reason);
@@ -259,45 +254,42 @@ mod tests {
         // The configuration wins.
         let p = plan(BatchSize::Fixed(3), 8, 1, false, &outcomes(12, 40), 64, 2);
         assert_eq!(
-            (p.plan.batch, p.plan.depth, p.plan.bisect_parallel),
-            (3, 2, 1)
+            (
+                p.plan.batch,
+                p.plan.depth,
+                p.plan.bisect_parallel,
+                p.plan.singles
+            ),
+            (3, 2, 1, 0)
         );
         assert!(p.reason.contains("fixed"), "{}", p.reason);
     }
 
     #[test]
-    fn a_new_repository_hedges_until_enough_prs_were_decided() {
+    fn a_new_repository_starts_shaped_and_a_few_failures_move_it_to_speculation() {
         let adaptive = BatchSize::Adaptive { max: 32 };
-        // No history, 64 PRs, 8 runners: 3 singles and 5 batches of 13.
+        // No history: the prior (1 in 20) shapes the train.
         let p = plan(adaptive, 8, 1, false, &Outcomes::default(), 64, 8);
-        assert!(p.plan.hedge, "{}", p.reason);
-        assert_eq!(p.plan.batch, 13, "{}", p.reason);
-        assert!(
-            p.reason.starts_with("single PRs, then batch 13, depth 8"),
-            "{}",
-            p.reason
-        );
-        // Enough history: the rule, no hedge.
-        let p = plan(adaptive, 8, 1, false, &outcomes(0, HEDGE_UNTIL), 64, 8);
-        assert!(!p.plan.hedge, "{}", p.reason);
-        assert_eq!(p.plan.batch, 8, "{}", p.reason);
-        // One runner has nothing to hedge across.
+        assert_eq!((p.plan.singles, p.plan.batch), (3, 13), "{}", p.reason);
+        assert!(p.reason.contains("the prior"), "{}", p.reason);
+        // 2 failures in the first 10 decided: p = 2.5/20 = 0.125.
+        let p = plan(adaptive, 8, 1, false, &outcomes(2, 10), 64, 8);
+        assert_eq!((p.plan.singles, p.plan.batch), (0, 1), "{}", p.reason);
+        // One runner has nothing to shape.
         let p = plan(adaptive, 1, 1, false, &Outcomes::default(), 64, 1);
-        assert!(!p.plan.hedge, "{}", p.reason);
-        assert_eq!(hedge_batch(16, 4, 32), 5, "1 + 5 + 5 + 5");
-        assert_eq!(hedge_batch(3, 4, 8), 1);
-        assert_eq!(hedge_batch(1000, 4, 8), 8, "at most max");
+        assert_eq!((p.plan.singles, p.plan.batch), (0, 8), "{}", p.reason);
     }
 
     #[test]
-    fn with_enough_history_a_pessimistic_p_chooses_speculation() {
-        let adaptive = BatchSize::Adaptive { max: 32 };
-        // 2 failures in 20: p ≈ 0.083, one standard error up ≈ 0.13.
-        let p = plan(adaptive, 8, 1, false, &outcomes(2, 20), 64, 8);
-        assert_eq!(p.plan.batch, 1, "{}", p.reason);
-        // None in 40: batches.
-        let p = plan(adaptive, 8, 1, false, &outcomes(0, 40), 64, 8);
-        assert_eq!(p.plan.batch, 8, "{}", p.reason);
+    fn the_covering_batch_is_the_smallest_that_covers_the_queue() {
+        assert_eq!(covering_batch(16, 4, 1, 32), 5, "1 + 5 + 5 + 5");
+        assert_eq!(covering_batch(3, 4, 1, 8), 1);
+        assert_eq!(covering_batch(1000, 4, 1, 8), 8, "at most max");
+        assert_eq!(covering_batch(10, 2, 2, 8), 1, "no batch cars");
+        assert_eq!(
+            (front_singles(1), front_singles(8), front_singles(16)),
+            (1, 3, 6)
+        );
     }
 
     #[test]
@@ -312,8 +304,9 @@ mod tests {
             6,
         );
         assert!(
-            p.reason
-                .starts_with("batch 8, depth 3: p ≈ 0.05 over the last 40 PRs, 6 runners free"),
+            p.reason.starts_with(
+                "1 single PR, then batch 8, depth 3: p ≈ 0.05 over the last 40 PRs, 6 runners free"
+            ),
             "{}",
             p.reason
         );
