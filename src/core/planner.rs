@@ -8,7 +8,10 @@
 //! - The depth is every runner, capped by `train_depth`.
 //! - When p·R ≥ 0.8 (most rounds hold a failure somewhere among the R cars
 //!   in flight) and p ≥ 0.1, speculation one PR per car wins: a failure
-//!   costs no bisection, the culprit is known at once.
+//!   costs no bisection, the culprit is known at once. Also when one round
+//!   of speculation is expected to land at least what one shaped round
+//!   would ([`expected_landed`]): with few runners and a high p, where the
+//!   shaped round's batches would mostly fail (R = 4, p = 0.2).
 //! - Otherwise, with several runners and more PRs than runners, the tested
 //!   cars are *shaped*: the first 3/8 of them hold one PR each, the rest
 //!   batches just big enough that the round covers every waiting PR. The
@@ -127,6 +130,32 @@ pub fn covering_batch(waiting: usize, runners: usize, singles: usize, max: usize
         .clamp(1, max.max(1))
 }
 
+/// PRs expected to land in one round when `runners` tested cars, the first
+/// `singles` of them single PRs and the rest `batch` PRs each, cover at most
+/// `waiting` PRs, each failing with probability `p`: a tested car lands
+/// everything up to it when none of its PRs nor any ahead fails.
+pub fn expected_landed(
+    p: f64,
+    runners: usize,
+    singles: usize,
+    batch: usize,
+    waiting: usize,
+) -> f64 {
+    let q = 1.0 - p.clamp(0.0, 1.0);
+    let mut covered = 0;
+    let mut expected = 0.0;
+    for k in 0..runners {
+        if covered >= waiting {
+            break;
+        }
+        let size = if k < singles { 1 } else { batch.max(1) };
+        let end = (covered + size).min(waiting);
+        expected += (end - covered) as f64 * q.powi(end as i32);
+        covered = end;
+    }
+    expected
+}
+
 /// Whether failures are frequent enough among `runners` cars in flight
 /// that one PR per car (no bisection) lands more.
 pub fn speculation_wins(p: f64, runners: usize) -> bool {
@@ -159,11 +188,26 @@ pub fn plan(
         BatchSize::Adaptive { max } => {
             let fill = waiting.div_ceil(runners).max(1);
             let max = max.max(1);
-            if speculation_wins(p, runners) {
-                (1, "p·R ≥ 0.8: one PR per car, no bisection".to_string())
-            } else if runners > 1 && fill > 1 {
-                singles = front_singles(runners);
-                let batch = covering_batch(waiting, runners, singles, max);
+            // Speculation when failures are frequent among the cars in
+            // flight, or when one round of it is expected to land at least
+            // what one shaped round would (few runners, high p).
+            let shape = (runners > 1 && fill > 1).then(|| {
+                let singles = front_singles(runners);
+                (singles, covering_batch(waiting, runners, singles, max))
+            });
+            let speculate = speculation_wins(p, runners)
+                || shape.is_some_and(|(singles, batch)| {
+                    expected_landed(p, runners, 0, 1, waiting)
+                        >= expected_landed(p, runners, singles, batch, waiting)
+                });
+            if speculate {
+                (
+                    1,
+                    "p·R ≥ 0.8 or one round of it lands more: one PR per car, no bisection"
+                        .to_string(),
+                )
+            } else if let Some((front, batch)) = shape {
+                singles = front;
                 let limit = if batch == max {
                     "max_batch".to_string()
                 } else {
@@ -278,6 +322,27 @@ mod tests {
         // One runner has nothing to shape.
         let p = plan(adaptive, 1, 1, false, &Outcomes::default(), 64, 1);
         assert_eq!((p.plan.singles, p.plan.batch), (0, 8), "{}", p.reason);
+    }
+
+    #[test]
+    fn with_few_runners_and_many_failures_speculation_lands_more() {
+        // p·R = 0.72 < 0.8 at R = 4, but one round of 4 single PRs
+        // (0.82 + 0.67 + 0.55 + 0.45 ≈ 2.5 expected to land) beats 1 single
+        // and 3 batches of 21 that almost surely fail (≈ 1.1).
+        assert!(!speculation_wins(0.18, 4));
+        let spec = expected_landed(0.18, 4, 0, 1, 64);
+        let shaped = expected_landed(0.18, 4, 1, 21, 64);
+        assert!((spec - 2.49).abs() < 0.01, "{spec}");
+        assert!((shaped - 1.09).abs() < 0.01, "{shaped}");
+        let adaptive = BatchSize::Adaptive { max: 32 };
+        let p = plan(adaptive, 4, 1, false, &outcomes(9, 40), 64, 4);
+        assert_eq!((p.plan.singles, p.plan.batch), (0, 1), "{}", p.reason);
+        // At p ≈ 0.05 the shaped round lands far more (the queue is long).
+        assert!(expected_landed(0.05, 4, 1, 21, 64) > expected_landed(0.05, 4, 0, 1, 64));
+        let p = plan(adaptive, 4, 1, false, &outcomes(2, 40), 64, 4);
+        assert_eq!((p.plan.singles, p.plan.batch), (1, 21), "{}", p.reason);
+        // Nothing counts past the queue.
+        assert!((expected_landed(0.0, 8, 3, 13, 5) - 5.0).abs() < 1e-9);
     }
 
     #[test]
