@@ -90,64 +90,110 @@ fn sha(n: u64) -> Sha {
 }
 
 pub fn run(s: &Scenario) -> Outcome {
-    let repo = RepoName::parse("sim/repo").expect("valid");
-    let policy = RepoPolicy {
-        required_approvals: 1,
-        max_concurrent_builds: s.runners.max(1),
-        max_infra_retries: 0,
-        priority_labels: vec![],
-        train_depth: s.depth,
-        pr_tests: s.pr_tests,
-        merge_method: Default::default(),
-        batch: s.batch,
-        bisect_parallel: 1,
-        optimistic: s.optimistic,
-        ..RepoPolicy::default()
-    };
-    let mut state = State::new([(repo.clone(), policy)], "sim");
-    let mut now = 0u64;
-    let mut main = sha(0x100);
-    let mut next_sha = 0x1000u64;
-    let mut builds = 0u64;
-    let mut merged: Vec<u64> = Vec::new();
-    // Car commits: sha -> the PRs it holds.
-    let mut cars: BTreeMap<Sha, Vec<u64>> = BTreeMap::new();
-    // Running builds: id -> (ends at, candidate).
-    let mut running: BTreeMap<BuildId, (u64, Candidate)> = BTreeMap::new();
-    let mut flipped: std::collections::BTreeSet<u64> = Default::default();
-    let mut queue: Vec<Event> = vec![Event::BranchMoved {
-        repo: repo.clone(),
-        branch: "main".into(),
-        sha: main.clone(),
-        before: None,
-    }];
-    // A repository with history drains a queue first; what is measured
-    // (time, builds, merges) starts when it is done.
-    let failing_all: Vec<u64> = s
+    let failing: Vec<u64> = s
         .failing
         .iter()
         .copied()
         .chain(s.warmup_failing.iter().map(|n| s.prs + n))
         .collect();
-    let phases = [
-        (s.prs + 1..=s.prs + s.warmup).collect::<Vec<u64>>(),
-        (1..=s.prs).collect(),
-    ];
-    let mut started = 0;
-    let mut failing_landed = false;
-    for (phase, numbers) in phases.into_iter().enumerate() {
-        if phase == 1 {
-            started = now;
-            builds = 0;
-            failing_landed = merged.iter().any(|m| failing_all.contains(m));
-            merged.clear();
+    let mut sim = Sim::new(s, failing);
+    // A repository with history drains a queue first (its PRs numbered
+    // after the measured ones); what is measured (time, builds, merges)
+    // starts when it is done.
+    sim.open_approved(s.prs + 1..=s.prs + s.warmup);
+    sim.drain();
+    let warmup_failing_landed = sim.failing_landed();
+    let started = sim.now;
+    sim.builds = 0;
+    sim.merged.clear();
+    sim.open_approved(1..=s.prs);
+    sim.drain();
+    let t = (sim.now - started).max(1) as f64 / s.test_ms as f64;
+    let n = sim.merged.len() as u64;
+    Outcome {
+        merged: n,
+        drain_in_t: t,
+        builds: sim.builds,
+        builds_per_merged: sim.builds as f64 / n.max(1) as f64,
+        merged_per_t: n as f64 / t,
+        failing_landed: warmup_failing_landed || sim.failing_landed(),
+    }
+}
+
+/// The core and what the simulator plays around it: GitHub's commits and
+/// branch, the runners, the clock.
+struct Sim<'a> {
+    s: &'a Scenario,
+    repo: RepoName,
+    state: State,
+    /// Which PRs fail (the warm-up's and the measured ones).
+    failing: Vec<u64>,
+    now: u64,
+    main: Sha,
+    next_sha: u64,
+    builds: u64,
+    merged: Vec<u64>,
+    /// Car commits: sha -> the PRs it holds.
+    cars: BTreeMap<Sha, Vec<u64>>,
+    /// Running builds: id -> (ends at, candidate).
+    running: BTreeMap<BuildId, (u64, Candidate)>,
+    /// Flaky PRs whose one failure happened.
+    flipped: std::collections::BTreeSet<u64>,
+    queue: Vec<Event>,
+}
+
+impl<'a> Sim<'a> {
+    fn new(s: &'a Scenario, failing: Vec<u64>) -> Sim<'a> {
+        let repo = RepoName::parse("sim/repo").expect("valid");
+        let policy = RepoPolicy {
+            required_approvals: 1,
+            max_concurrent_builds: s.runners.max(1),
+            max_infra_retries: 0,
+            priority_labels: vec![],
+            train_depth: s.depth,
+            pr_tests: s.pr_tests,
+            merge_method: Default::default(),
+            batch: s.batch,
+            bisect_parallel: 1,
+            optimistic: s.optimistic,
+            ..RepoPolicy::default()
+        };
+        let main = sha(0x100);
+        Sim {
+            s,
+            state: State::new([(repo.clone(), policy)], "sim"),
+            queue: vec![Event::BranchMoved {
+                repo: repo.clone(),
+                branch: "main".into(),
+                sha: main.clone(),
+                before: None,
+            }],
+            repo,
+            failing,
+            now: 0,
+            main,
+            next_sha: 0x1000,
+            builds: 0,
+            merged: Vec::new(),
+            cars: BTreeMap::new(),
+            running: BTreeMap::new(),
+            flipped: Default::default(),
         }
+    }
+
+    fn failing_landed(&self) -> bool {
+        self.merged.iter().any(|m| self.failing.contains(m))
+    }
+
+    /// PRs `numbers` opened and approved.
+    fn open_approved(&mut self, numbers: impl IntoIterator<Item = u64>) {
         for n in numbers {
-            queue.push(Event::PrOpened(PrSnapshot {
-                key: PrKey {
-                    repo: repo.clone(),
-                    number: n,
-                },
+            let key = PrKey {
+                repo: self.repo.clone(),
+                number: n,
+            };
+            self.queue.push(Event::PrOpened(PrSnapshot {
+                key: key.clone(),
                 head_sha: sha(0x10_0000 + n),
                 head_ref: format!("f{n}"),
                 base_ref: "main".into(),
@@ -160,11 +206,8 @@ pub fn run(s: &Scenario) -> Outcome {
                 created_at: Timestamp(n),
                 depends_on: Vec::new(),
             }));
-            queue.push(Event::Reviews {
-                pr: PrKey {
-                    repo: repo.clone(),
-                    number: n,
-                },
+            self.queue.push(Event::Reviews {
+                pr: key,
                 reviews: vec![ReviewFact {
                     reviewer: "lead".into(),
                     state: ReviewState::Approved,
@@ -173,143 +216,143 @@ pub fn run(s: &Scenario) -> Outcome {
                 }],
             });
         }
-        let fails = |prs: &[u64]| prs.iter().any(|n| failing_all.contains(n));
-        let limit = started + s.test_ms * (s.prs + s.warmup + 10) * 4;
+    }
+
+    /// Runs until no build is left (or past a generous time limit).
+    fn drain(&mut self) {
+        let s = self.s;
+        let limit = self.now + s.test_ms * (s.prs + s.warmup + 10) * 4;
         loop {
-            while !queue.is_empty() {
-                let event = queue.remove(0);
-                for action in state.handle(event, Timestamp(now)) {
-                    match action {
-                        Action::StartBuild { build, candidate } => {
-                            builds += 1;
-                            running.insert(build, (now + s.test_ms, candidate));
-                        }
-                        Action::CancelBuild { build } => {
-                            running.remove(&build);
-                        }
-                        Action::BuildCar {
-                            branch,
-                            car,
-                            parent,
-                            head,
-                            ..
-                        } => {
-                            next_sha += 1;
-                            let built = sha(next_sha);
-                            let mut prs = cars.get(&parent).cloned().unwrap_or_default();
-                            prs.push(head_number(&head));
-                            cars.insert(built.clone(), prs);
-                            queue.push(Event::CarBuilt {
-                                repo: repo.clone(),
-                                branch,
-                                car,
-                                parent,
-                                sha: built,
-                            });
-                        }
-                        Action::Land {
-                            branch, from, to, ..
-                        } => {
-                            if from == main {
-                                main = to.clone();
-                                // The car holds every PR since the base it was
-                                // built on; those already on `from` landed before.
-                                let before = cars.get(&from).cloned().unwrap_or_default();
-                                let landed: Vec<u64> = cars
-                                    .get(&to)
-                                    .cloned()
-                                    .unwrap_or_default()
-                                    .into_iter()
-                                    .filter(|n| !before.contains(n))
-                                    .collect();
-                                queue.push(Event::Landed {
-                                    repo: repo.clone(),
-                                    branch,
-                                    sha: to,
-                                });
-                                for n in landed {
-                                    merged.push(n);
-                                }
-                            } else {
-                                queue.push(Event::LandRefused {
-                                    repo: repo.clone(),
-                                    branch,
-                                    moved: true,
-                                    reason: "not a fast forward".into(),
-                                });
-                            }
-                        }
-                        Action::Merge { pr, pair, .. } => {
-                            let result = if pair.target == main {
-                                next_sha += 1;
-                                main = sha(next_sha);
-                                merged.push(pr.number);
-                                MergeResult::Merged {
-                                    merge_sha: main.clone(),
-                                }
-                            } else {
-                                MergeResult::Refused {
-                                    reason: "base moved".into(),
-                                }
-                            };
-                            queue.push(Event::MergeFinished { pr, pair, result });
-                        }
-                        _ => {}
-                    }
+            while !self.queue.is_empty() {
+                let event = self.queue.remove(0);
+                for action in self.state.handle(event, Timestamp(self.now)) {
+                    self.play(action);
                 }
             }
             // The next build to finish.
-            let Some((id, (at, candidate))) = running
+            let Some((id, (at, candidate))) = self
+                .running
                 .iter()
                 .min_by_key(|(id, (at, _))| (*at, (*id).clone()))
                 .map(|(id, v)| (id.clone(), v.clone()))
             else {
-                break;
+                return;
             };
             if at > limit {
-                break;
+                return;
             }
-            running.remove(&id);
-            now = at;
-            let holds: Vec<u64> = match &candidate.car {
-                Some(car) => cars.get(car).cloned().unwrap_or_default(),
-                None if s.depth > 0 => vec![], // own tests pass in train mode
-                None => candidate.prs.iter().map(|p| p.number).collect(),
-            };
-            let flake = holds
-                .iter()
-                .find(|n| s.flaky.contains(n) && !flipped.contains(n))
-                .copied();
-            if let Some(n) = flake {
-                flipped.insert(n);
-            }
-            let outcome = if fails(&holds) || flake.is_some() {
-                crate::core::Outcome::Failed
-            } else {
-                crate::core::Outcome::Passed
-            };
-            queue.push(Event::JobFinished {
+            self.running.remove(&id);
+            self.now = at;
+            let outcome = self.outcome_of(&candidate);
+            self.queue.push(Event::JobFinished {
                 build: id,
                 candidate,
                 report: JobReport {
                     outcome,
                     exit_code: Some(0),
                     detail: String::new(),
-                    started_at: Timestamp(now),
-                    finished_at: Timestamp(now),
+                    started_at: Timestamp(self.now),
+                    finished_at: Timestamp(self.now),
                 },
             });
         }
     }
-    let t = (now - started).max(1) as f64 / s.test_ms as f64;
-    let n = merged.len() as u64;
-    Outcome {
-        merged: n,
-        drain_in_t: t,
-        builds,
-        builds_per_merged: builds as f64 / n.max(1) as f64,
-        merged_per_t: n as f64 / t,
-        failing_landed: failing_landed || merged.iter().any(|m| failing_all.contains(m)),
+
+    /// A build's result: failed if it holds a failing PR, or a flaky one
+    /// for the first time.
+    fn outcome_of(&mut self, candidate: &Candidate) -> crate::core::Outcome {
+        let holds: Vec<u64> = match &candidate.car {
+            Some(car) => self.cars.get(car).cloned().unwrap_or_default(),
+            None if self.s.depth > 0 => vec![], // own tests pass in train mode
+            None => candidate.prs.iter().map(|p| p.number).collect(),
+        };
+        let flake = holds
+            .iter()
+            .find(|n| self.s.flaky.contains(n) && !self.flipped.contains(n))
+            .copied();
+        if let Some(n) = flake {
+            self.flipped.insert(n);
+        }
+        if holds.iter().any(|n| self.failing.contains(n)) || flake.is_some() {
+            crate::core::Outcome::Failed
+        } else {
+            crate::core::Outcome::Passed
+        }
+    }
+
+    /// What GitHub and the runners do with one of the core's actions.
+    fn play(&mut self, action: Action) {
+        match action {
+            Action::StartBuild { build, candidate } => {
+                self.builds += 1;
+                self.running
+                    .insert(build, (self.now + self.s.test_ms, candidate));
+            }
+            Action::CancelBuild { build } => {
+                self.running.remove(&build);
+            }
+            Action::BuildCar {
+                branch,
+                car,
+                parent,
+                head,
+                ..
+            } => {
+                self.next_sha += 1;
+                let built = sha(self.next_sha);
+                let mut prs = self.cars.get(&parent).cloned().unwrap_or_default();
+                prs.push(head_number(&head));
+                self.cars.insert(built.clone(), prs);
+                self.queue.push(Event::CarBuilt {
+                    repo: self.repo.clone(),
+                    branch,
+                    car,
+                    parent,
+                    sha: built,
+                });
+            }
+            Action::Land {
+                branch, from, to, ..
+            } => {
+                if from != self.main {
+                    self.queue.push(Event::LandRefused {
+                        repo: self.repo.clone(),
+                        branch,
+                        moved: true,
+                        reason: "not a fast forward".into(),
+                    });
+                    return;
+                }
+                self.main = to.clone();
+                // The car holds every PR since the base it was built on;
+                // those already on `from` landed before.
+                let before = self.cars.get(&from).cloned().unwrap_or_default();
+                let landed = self.cars.get(&to).cloned().unwrap_or_default();
+                self.merged
+                    .extend(landed.into_iter().filter(|n| !before.contains(n)));
+                self.queue.push(Event::Landed {
+                    repo: self.repo.clone(),
+                    branch,
+                    sha: to,
+                });
+            }
+            Action::Merge { pr, pair, .. } => {
+                let result = if pair.target == self.main {
+                    self.next_sha += 1;
+                    self.main = sha(self.next_sha);
+                    self.merged.push(pr.number);
+                    MergeResult::Merged {
+                        merge_sha: self.main.clone(),
+                    }
+                } else {
+                    MergeResult::Refused {
+                        reason: "base moved".into(),
+                    }
+                };
+                self.queue.push(Event::MergeFinished { pr, pair, result });
+            }
+            _ => {}
+        }
     }
 }
 

@@ -27,6 +27,19 @@ fn merged(stack: &Stack, repo: &str, pr: u64) -> bool {
         })
 }
 
+/// Alice approves `pr` of the demo repository; waits until it is merged.
+async fn approve_and_wait_for_the_merge(stack: &Stack, pr: u64) {
+    stack
+        .hub
+        .review(DEMO_REPO, pr, "alice", "APPROVED")
+        .await
+        .unwrap();
+    stack
+        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
+        .await
+        .unwrap();
+}
+
 fn installation(stack: &Stack, repo: &str) -> u64 {
     stack
         .hub
@@ -146,15 +159,7 @@ async fn as_an_app_an_approved_passing_pr_lands_with_installation_tokens_only() 
         })
         .await
         .unwrap();
-    stack
-        .hub
-        .review(DEMO_REPO, pr, "alice", "APPROVED")
-        .await
-        .unwrap();
-    stack
-        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
-        .await
-        .unwrap();
+    approve_and_wait_for_the_merge(&stack, pr).await;
 
     // The App's installation did the work: its tokens, its rate limit, and
     // GitHub records the merge as the App's bot.
@@ -221,15 +226,7 @@ async fn an_installation_token_expired_mid_run_is_renewed_without_a_failed_call(
     // refused from now on.
     let mark = stack.hub.request_mark();
     stack.hub.expire_installation_tokens(inst);
-    stack
-        .hub
-        .review(DEMO_REPO, pr, "alice", "APPROVED")
-        .await
-        .unwrap();
-    stack
-        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
-        .await
-        .unwrap();
+    approve_and_wait_for_the_merge(&stack, pr).await;
 
     // The expired token was used and refused (so the renewal was needed),
     // a new one minted, and nothing failed as far as the core saw.
@@ -277,15 +274,7 @@ async fn short_lived_installation_tokens_are_renewed_before_they_expire() {
         )
         .await
         .unwrap();
-    stack
-        .hub
-        .review(DEMO_REPO, pr, "alice", "APPROVED")
-        .await
-        .unwrap();
-    stack
-        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
-        .await
-        .unwrap();
+    approve_and_wait_for_the_merge(&stack, pr).await;
     let tokens = call_tokens(&stack.hub, inst);
     assert!(tokens.len() >= 3, "tokens were not renewed: {tokens:?}");
     // Renewed ahead of time: no call was ever refused.
@@ -640,15 +629,7 @@ async fn a_prs_check_run_goes_queued_in_progress_success_and_says_where_it_stand
     }
     assert!(summary.contains("approval"), "{summary}");
     // Approved: in the train, then landed; the summary named its place.
-    stack
-        .hub
-        .review(DEMO_REPO, pr, "alice", "APPROVED")
-        .await
-        .unwrap();
-    stack
-        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
-        .await
-        .unwrap();
+    approve_and_wait_for_the_merge(&stack, pr).await;
     let run = check_of(&stack, pr).unwrap();
     assert!(
         run.history.iter().any(|h| h
@@ -818,15 +799,7 @@ async fn a_private_repository_is_fetched_with_a_token_the_test_never_sees() {
     let snoop = "#!/bin/sh\nset -u\necho '--- env'; env\necho '--- .git/config'; cat .git/config\n\
                  echo '--- git config'; git config --list\necho '--- snooped'\n";
     let pr = open_pr(&stack.hub, DEMO_REPO, "snoop", &[("check.sh", snoop)]).await;
-    stack
-        .hub
-        .review(DEMO_REPO, pr, "alice", "APPROVED")
-        .await
-        .unwrap();
-    stack
-        .wait_for("the merge", WAIT, |s| merged(s, DEMO_REPO, pr))
-        .await
-        .unwrap();
+    approve_and_wait_for_the_merge(&stack, pr).await;
     let logs = all_logs(&dir.path().join("results"));
     assert!(logs.contains("--- snooped"), "the check ran: {logs}");
     assert!(

@@ -356,7 +356,7 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
         }
         Delivery::Events(events) => events,
         Delivery::Access(change) => {
-            return on_access(ctx, change, delivery_id.clone(), claim, count).await;
+            return on_access(ctx, change, &delivery_id, claim, count).await;
         }
     };
     let unknown = events
@@ -372,23 +372,9 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
             &serde_json::json!({ "status": "ignored", "reason": reason }),
         );
     }
-    let n = events.len();
-    let mut inputs: Vec<Input> = events.into_iter().map(Input::Event).collect();
-    if !delivery_id.is_empty() {
-        // Journaled with its events, so a redelivery after a restart is
-        // still recognised.
-        inputs.push(Input::Delivery(delivery_id.clone()));
-    }
-    // Answered only once the events are on disk (group commit).
-    if let Err(refused) = journal(ctx, inputs, &count).await {
-        return refused;
-    }
-    claim.applied();
-    count("accepted");
-    json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({ "status": "accepted", "events": n }),
-    )
+    let answer = serde_json::json!({ "status": "accepted", "events": events.len() });
+    let inputs = events.into_iter().map(Input::Event).collect();
+    accept_durably(ctx, inputs, &delivery_id, claim, count, answer).await
 }
 
 /// The App's access changed: the gated repositories in `change` go to the
@@ -397,7 +383,7 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
 async fn on_access(
     ctx: &HttpContext,
     change: webhook::AccessChange,
-    delivery_id: String,
+    delivery_id: &str,
     claim: Claim<'_>,
     count: impl Fn(&str),
 ) -> Response {
@@ -426,24 +412,39 @@ async fn on_access(
             }),
         );
     }
-    let n = granted.len() + revoked.len();
-    let mut inputs = vec![Input::Access { granted, revoked }];
+    let answer = serde_json::json!({
+        "status": "accepted",
+        "repositories": granted.len() + revoked.len(),
+        "what": change.what,
+    });
+    let inputs = vec![Input::Access { granted, revoked }];
+    accept_durably(ctx, inputs, delivery_id, claim, count, answer).await
+}
+
+/// Journals a delivery's inputs with its id (so that a redelivery after a
+/// restart is still recognised) and answers 202 with `answer` only once
+/// they are on disk (group commit): a 202 means durable.
+async fn accept_durably(
+    ctx: &HttpContext,
+    mut inputs: Vec<Input>,
+    delivery_id: &str,
+    claim: Claim<'_>,
+    count: impl Fn(&str),
+    answer: serde_json::Value,
+) -> Response {
     if !delivery_id.is_empty() {
-        inputs.push(Input::Delivery(delivery_id));
+        inputs.push(Input::Delivery(delivery_id.to_string()));
     }
     if let Err(refused) = journal(ctx, inputs, &count).await {
         return refused;
     }
     claim.applied();
     count("accepted");
-    json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({ "status": "accepted", "repositories": n, "what": change.what }),
-    )
+    json(StatusCode::ACCEPTED, &answer)
 }
 
-/// Submits a delivery's inputs and waits until they are on disk (a 202
-/// means durable); otherwise the 503 to answer, asking for a redelivery.
+/// Submits a delivery's inputs and waits until they are on disk; otherwise
+/// the 503 to answer, asking for a redelivery.
 async fn journal(
     ctx: &HttpContext,
     inputs: Vec<Input>,

@@ -266,6 +266,25 @@ impl AppAuth {
         }
     }
 
+    /// What an App-level call (`what`) answered that is not about the call
+    /// itself: the JWT refused, or GitHub unavailable or rate limiting (worth
+    /// trying again).
+    fn jwt_or_unavailable(&self, reply: &Reply, what: &str) -> Option<Failure> {
+        let s = reply.status;
+        if s.is_success() {
+            return None;
+        }
+        if s == StatusCode::UNAUTHORIZED {
+            return Some(Failure::Refused(self.jwt_refused(&reply.message())));
+        }
+        // GitHub says "rate limited" with a 403 and its headers (or a 429).
+        let limited = s == StatusCode::FORBIDDEN
+            && super::rate_limit_wait(&reply.headers, std::time::SystemTime::now()).is_some();
+        (s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || limited).then(|| {
+            Failure::Transport(format!("{what}: HTTP {}: {}", s.as_u16(), reply.message()))
+        })
+    }
+
     /// The installation of `repo`: remembered, or looked up with the JWT.
     async fn installation_id(&self, repo: &RepoName) -> Result<u64, Failure> {
         if let Some((id, _)) = lock(&self.installations).get(repo) {
@@ -279,6 +298,12 @@ impl AppAuth {
         let reply = send_on(&self.app, &self.app_budget, &Method::GET, &path, None, None)
             .await
             .map_err(Failure::Transport)?;
+        if let Some(failure) = self.jwt_or_unavailable(
+            &reply,
+            &format!("looking up the App's installation on {repo}"),
+        ) {
+            return Err(failure);
+        }
         match reply.status {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => {
@@ -291,20 +316,6 @@ impl AppAuth {
                         repo.owner()
                     ),
                 }));
-            }
-            StatusCode::UNAUTHORIZED => {
-                return Err(Failure::Refused(self.jwt_refused(&reply.message())));
-            }
-            s if s.is_server_error()
-                || s == StatusCode::TOO_MANY_REQUESTS
-                || super::rate_limit_wait(&reply.headers, std::time::SystemTime::now())
-                    .is_some() =>
-            {
-                return Err(Failure::Transport(format!(
-                    "looking up the App's installation on {repo}: HTTP {}: {}",
-                    s.as_u16(),
-                    reply.message()
-                )));
             }
             s => {
                 return Err(Failure::Refused(Refusal {
@@ -556,11 +567,11 @@ impl AppAuth {
         )
         .await
         .map_err(Failure::Transport)?;
+        if let Some(failure) = self.jwt_or_unavailable(&reply, &format!("POST {path}")) {
+            return Err(failure);
+        }
         match reply.status {
             StatusCode::CREATED | StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED => {
-                return Err(Failure::Refused(self.jwt_refused(&reply.message())));
-            }
             StatusCode::NOT_FOUND => {
                 lock(&self.installations).remove(repo);
                 return Err(Failure::Refused(Refusal {
@@ -572,13 +583,6 @@ impl AppAuth {
                         reply.message()
                     ),
                 }));
-            }
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                return Err(Failure::Transport(format!(
-                    "POST {path}: HTTP {}: {}",
-                    s.as_u16(),
-                    reply.message()
-                )));
             }
             s => {
                 return Err(Failure::Refused(Refusal {
