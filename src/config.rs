@@ -476,6 +476,9 @@ pub struct ExecutorConfig {
     pub max_parallel: usize,
     /// Timeout of each git command a job runs, in seconds.
     pub git_timeout_secs: u64,
+    /// Local jobs run as this user (sluice must run as root), not as
+    /// sluice's own: what the test can read is then that user's.
+    pub run_as: Option<String>,
     /// Used when `kind = "kubernetes"`.
     pub kubernetes: KubernetesConfig,
 }
@@ -487,6 +490,7 @@ impl Default for ExecutorConfig {
             work_dir: PathBuf::from("sluice-work"),
             max_parallel: 4,
             git_timeout_secs: 300,
+            run_as: None,
             kubernetes: KubernetesConfig::default(),
         }
     }
@@ -954,6 +958,12 @@ impl Config {
         }
         if self.executor.kind == ExecutorKind::Kubernetes {
             self.executor.kubernetes.validate(&bad)?;
+        }
+        if self.executor.kind == ExecutorKind::Local
+            && let Some(user) = &self.executor.run_as
+        {
+            crate::executor::local::job_user(user)
+                .map_err(|e| bad("executor.run_as".into(), &e))?;
         }
         match (&self.results.kind, &self.results.gcs) {
             (ResultsKind::Gcs, None) => {

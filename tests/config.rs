@@ -302,6 +302,12 @@ fn invalid_values_name_their_key() {
         invalid_key(&format!("[executor]\ngit_timeout_secs = 0\n{MINIMAL}")),
         "executor.git_timeout_secs"
     );
+    assert_eq!(
+        invalid_key(&format!(
+            "[executor]\nrun_as = \"no-such-user-here\"\n{MINIMAL}"
+        )),
+        "executor.run_as"
+    );
     assert_eq!(invalid_key(""), "repos");
     assert_eq!(invalid_key("repos = []\n"), "repos");
     let message = error_naming("[server]\n", "repos");

@@ -523,3 +523,66 @@ async fn a_train_car_is_checked_out_exactly_and_nothing_is_merged() {
     assert!(!log.contains("\nTWO-PARENTS\n"), "{log}");
     assert!(!log.contains("sluice: merging"), "{log}");
 }
+
+/// With `executor.run_as`, the test runs as that user and cannot read what
+/// only sluice's user can: a key file, or sluice's environment (its
+/// tokens) through `/proc`. Without it, as root, it can: the contrast shows
+/// what the setting is for. Switching users needs root; elsewhere this
+/// test says so and checks nothing.
+#[tokio::test]
+async fn with_run_as_the_test_cannot_read_what_sluice_can() {
+    setup();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running jobs as another user needs root");
+        return;
+    }
+    let fx = fixture(false, "feature");
+    let key = fx.tmp.path().join("app.pem");
+    std::fs::write(&key, "KEY-TEST-SECRET\n").unwrap();
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&key, private).unwrap();
+    let sluice_pid = std::process::id().to_string();
+    let key_path = key.to_str().unwrap();
+    let command = [
+        "sh",
+        "-c",
+        "cat \"$1\"; tr '\\0' '\\n' < /proc/\"$2\"/environ; echo \"uid $(id -u)\"; exit 0",
+        "sh",
+        key_path,
+        &sluice_pid,
+    ];
+    // What /proc shows of a process's environment is what it started
+    // with (sluice's tokens, in production; cargo's variables here).
+    let started_with = "CARGO_PKG_NAME=sluice\n";
+    // As sluice's own user (root here), the test reads both.
+    let (_, log) = run(&fx.executor(1), fx.spec("b-as-root", &command, LONG)).await;
+    assert!(log.contains("KEY-TEST-SECRET"), "{log}");
+    assert!(log.contains(started_with), "{log}");
+    // The job's user must reach its workspace and the repository it
+    // fetches (git refuses a repository someone else owns).
+    let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(fx.tmp.path(), open).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "nobody:"])
+        .arg(fx.tmp.path().join("origin.git"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_nobody = LocalExecutor::new(&ExecutorConfig {
+        work_dir: fx.work_dir(),
+        max_parallel: 1,
+        git_timeout_secs: 60,
+        run_as: Some("nobody".into()),
+        ..ExecutorConfig::default()
+    });
+    let (result, log) = run(&as_nobody, fx.spec("b-run-as", &command, LONG)).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+    let nobody = sluice::executor::local::job_user("nobody").unwrap().0;
+    assert!(log.contains(&format!("uid {nobody}\n")), "{log}");
+    assert!(!log.contains("KEY-TEST-SECRET"), "the key leaked:\n{log}");
+    assert!(
+        !log.contains(started_with),
+        "sluice's environment leaked:\n{log}"
+    );
+    assert_eq!(log.matches("Permission denied").count(), 2, "{log}");
+}

@@ -52,6 +52,9 @@ struct Shared {
     permits: Arc<Semaphore>,
     jobs: Mutex<HashMap<BuildId, Running>>,
     next_generation: AtomicU64,
+    /// `executor.run_as`: the uid and gid jobs run as (their workspace is
+    /// theirs), or why that user cannot be used; `None`: sluice's own.
+    run_as: Option<Result<(u32, u32), String>>,
 }
 
 /// A job that was started and has not finished: `cancel` tells it to stop.
@@ -61,6 +64,20 @@ struct Running {
     cancel: watch::Sender<bool>,
     /// The job's log as it grows (the live build page reads it).
     log: Log,
+}
+
+/// The uid and gid of local user `name`, whom jobs can be run as: only
+/// when sluice runs as root (switching users needs it).
+pub fn job_user(name: &str) -> Result<(u32, u32), String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("no user {name:?} on this machine"))?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "running jobs as {name:?} needs sluice to run as root"
+        ));
+    }
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
 impl LocalExecutor {
@@ -83,6 +100,7 @@ impl LocalExecutor {
                 permits: Arc::new(Semaphore::new(config.max_parallel.max(1))),
                 jobs: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(0),
+                run_as: config.run_as.as_deref().map(job_user),
             }),
         }
     }
@@ -264,27 +282,40 @@ impl Shared {
         };
         let started_at = now_ms();
         let clock = Instant::now();
-        let verdict = match Workspace::create(&self.work_dir, &job.build) {
+        let owner = match &self.run_as {
+            None => Ok(None),
+            Some(Ok(ids)) => Ok(Some(*ids)),
+            Some(Err(e)) => Err(e.clone()),
+        };
+        let verdict = match owner {
+            // Checked when the configuration was read: not running the job
+            // is the safe answer if the machine changed since.
             Err(e) => {
-                log.line(&format!(
-                    "sluice: cannot create a workspace under {}: {e}",
-                    self.work_dir.display()
-                ));
-                Some(Verdict::error(format!("cannot create workspace: {e}")))
+                log.line(&format!("sluice: executor.run_as: {e}"));
+                Some(Verdict::error(format!("executor.run_as: {e}")))
             }
-            Ok(ws) => {
-                let mut limits = Limits {
-                    deadline: clock + job.timeout,
-                    timeout: job.timeout,
-                    cancel: &mut cancel,
-                };
-                let verdict = match self.run_in(&job, &ws, &log, &mut limits).await {
-                    Ok(v) | Err(Some(v)) => Some(v),
-                    Err(None) => None,
-                };
-                ws.remove().await;
-                verdict
-            }
+            Ok(owner) => match Workspace::create(&self.work_dir, &job.build, owner) {
+                Err(e) => {
+                    log.line(&format!(
+                        "sluice: cannot create a workspace under {}: {e}",
+                        self.work_dir.display()
+                    ));
+                    Some(Verdict::error(format!("cannot create workspace: {e}")))
+                }
+                Ok(ws) => {
+                    let mut limits = Limits {
+                        deadline: clock + job.timeout,
+                        timeout: job.timeout,
+                        cancel: &mut cancel,
+                    };
+                    let verdict = match self.run_in(&job, &ws, &log, &mut limits).await {
+                        Ok(v) | Err(Some(v)) => Some(v),
+                        Err(None) => None,
+                    };
+                    ws.remove().await;
+                    verdict
+                }
+            },
         };
         // A cancel that raced the end of the job still wins.
         let verdict = verdict.filter(|_| !*cancel.borrow())?;
@@ -494,7 +525,7 @@ impl Shared {
         let ended = run_process(
             OsStr::new(program),
             &args,
-            &ws.repo,
+            ws,
             &env,
             log,
             limits.deadline,
@@ -593,7 +624,7 @@ impl Shared {
         let ended = run_process(
             OsStr::new("git"),
             &args,
-            &ws.repo,
+            ws,
             &env,
             log,
             deadline,
@@ -695,7 +726,7 @@ fn base_env(ws: &Workspace) -> Vec<(OsString, OsString)> {
 async fn run_process(
     program: &OsStr,
     args: &[&OsStr],
-    cwd: &Path,
+    ws: &Workspace,
     env: &[(OsString, OsString)],
     log: &Log,
     deadline: Instant,
@@ -713,7 +744,7 @@ async fn run_process(
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .current_dir(cwd)
+            .current_dir(&ws.repo)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -721,6 +752,10 @@ async fn run_process(
             .stderr(Stdio::from(err))
             .process_group(0)
             .kill_on_drop(true);
+        if let Some((uid, gid)) = ws.owner {
+            // std drops root's supplementary groups along with the ids.
+            cmd.uid(uid).gid(gid);
+        }
         cmd.spawn()?
         // `cmd` drops here with our copies of the pipe's write end, so the
         // reader sees EOF once every process of the group is gone.
@@ -728,8 +763,8 @@ async fn run_process(
     let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     // Commands run in `<workspace>/repo`; the group id beside it lets a
     // restarted sluice kill what a killed sluice left running.
-    if let (Some(id), Some(workspace)) = (child.id(), cwd.parent()) {
-        let _ = std::fs::write(workspace.join(PGID_FILE), id.to_string());
+    if let Some(id) = child.id() {
+        let _ = std::fs::write(ws.root.path().join(PGID_FILE), id.to_string());
     }
     let mut reader = tokio::spawn(read_into(receiver, log.clone()));
     let ended = tokio::select! {
@@ -853,10 +888,17 @@ struct Workspace {
     repo: PathBuf,
     home: PathBuf,
     tmp: PathBuf,
+    /// The uid and gid its processes run as (`executor.run_as`).
+    owner: Option<(u32, u32)>,
 }
 
 impl Workspace {
-    fn create(work_dir: &Path, build: &BuildId) -> io::Result<Workspace> {
+    /// `owner`: the uid and gid the job runs as, who gets the workspace.
+    fn create(
+        work_dir: &Path,
+        build: &BuildId,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<Workspace> {
         std::fs::create_dir_all(work_dir)?;
         let root = tempfile::Builder::new()
             .prefix(&format!("{build}-"))
@@ -865,11 +907,17 @@ impl Workspace {
         for dir in [&repo, &home, &tmp] {
             std::fs::create_dir(dir)?;
         }
+        if let Some((uid, gid)) = owner {
+            for dir in [root.path(), &repo, &home, &tmp] {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            }
+        }
         Ok(Workspace {
             root,
             repo,
             home,
             tmp,
+            owner,
         })
     }
 
