@@ -10,7 +10,7 @@
 use super::metrics::{KindLabel, Metrics};
 use super::{Shared, StatusUpdate, forge_failed};
 use crate::core::{CommitState, RepoName, Sha, text};
-use crate::forge::{ApiBudget, CommitStatus, Forge};
+use crate::forge::{ApiBudget, CommitStatus, Forge, ForgeError};
 use crate::results::ResultsStore;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,6 +29,40 @@ pub const PENDING_HOLD: Duration = Duration::from_secs(1);
 /// How often the forge's API budget is copied into the metrics (also after
 /// every batch of writes).
 pub const BUDGET_MIRROR: Duration = Duration::from_secs(2);
+/// A status GitHub would not take for a reason that passes (an outage
+/// longer than the adapter's own retries, a rate limit) is tried again
+/// this long after, the wait doubling up to [`STATUS_RETRY_MAX`], at most
+/// [`STATUS_ATTEMPTS`] times in all; a newer status of the commit replaces
+/// it. Without this a commit kept its stale status (a "pending" whose build
+/// had long finished) until its status next changed.
+#[cfg(not(test))]
+pub const STATUS_RETRY_FIRST: Duration = Duration::from_secs(30);
+#[cfg(test)]
+pub const STATUS_RETRY_FIRST: Duration = Duration::from_millis(50);
+pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(600);
+pub const STATUS_ATTEMPTS: u32 = 8;
+
+/// The wait before a status's next attempt, after `failed` failed ones.
+fn retry_wait(failed: u32) -> Duration {
+    STATUS_RETRY_FIRST
+        .saturating_mul(1u32 << failed.saturating_sub(1).min(16))
+        .min(STATUS_RETRY_MAX)
+}
+
+/// Whether a failed write may succeed later as it is.
+fn worth_retrying(e: &ForgeError) -> bool {
+    match e {
+        ForgeError::Timeout { .. } | ForgeError::Transport { .. } => true,
+        ForgeError::Http {
+            status, message, ..
+        } => {
+            *status >= 500
+                || *status == 429
+                || (*status == 403 && message.to_ascii_lowercase().contains("rate limit"))
+        }
+        _ => false,
+    }
+}
 
 /// The last status written per (repository, commit), bounded.
 struct LastWritten {
@@ -81,13 +115,14 @@ pub(super) async fn status_writer(
         shared: &shared,
     };
     let mut written = LastWritten::new(STATUS_MEMORY);
-    // Pending statuses not written yet, and when they are due.
-    let mut held: Vec<(StatusUpdate, tokio::time::Instant)> = Vec::new();
+    // Statuses not written yet (pending ones held back, failed ones to try
+    // again), when they are due, and how many attempts failed.
+    let mut held: Vec<(StatusUpdate, tokio::time::Instant, u32)> = Vec::new();
     let mut mirrored = ApiBudget::default();
     let mut mirror = tokio::time::interval(BUDGET_MIRROR);
     mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let due_at = held.iter().map(|(_, at)| *at).min();
+        let due_at = held.iter().map(|(_, at, _)| *at).min();
         let first = tokio::select! {
             update = rx.recv() => match update {
                 Some(update) => update,
@@ -99,10 +134,10 @@ pub(super) async fn status_writer(
             }
             _ = tokio::time::sleep_until(due_at.unwrap_or_else(far_future)), if due_at.is_some() => {
                 let now = tokio::time::Instant::now();
-                let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| *at <= now);
+                let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at, _)| *at <= now);
                 held = later;
-                for (update, _) in due {
-                    out.write(&mut written, update).await;
+                for (update, _, failed) in due {
+                    held.extend(out.write(&mut written, update, failed).await);
                 }
                 continue;
             }
@@ -124,17 +159,19 @@ pub(super) async fn status_writer(
         for update in newest {
             let earlier = held
                 .iter()
-                .position(|((r, s, _, _), _)| *r == update.0 && *s == update.1)
+                .position(|((r, s, _, _), _, _)| *r == update.0 && *s == update.1)
                 .map(|i| held.remove(i));
             if update.2.state == crate::core::CommitState::Pending {
                 // Held; a pending one already waiting keeps its time, so a
                 // stream of changes cannot hold it back for ever.
-                let at = earlier
-                    .map_or_else(|| tokio::time::Instant::now() + PENDING_HOLD, |(_, at)| at);
-                held.push((update, at));
+                let at = earlier.map_or_else(
+                    || tokio::time::Instant::now() + PENDING_HOLD,
+                    |(_, at, _)| at,
+                );
+                held.push((update, at, 0));
                 continue;
             }
-            out.write(&mut written, update).await;
+            held.extend(out.write(&mut written, update, 0).await);
         }
         mirror_budget(&*forge, &shared.metrics, &mut mirrored);
     }
@@ -154,13 +191,22 @@ struct Out<'a> {
 impl Out<'_> {
     /// Writes one status unless it is what the commit has already; a check
     /// run of a finished build that did not pass shows its log's end.
-    async fn write(&self, written: &mut LastWritten, update: StatusUpdate) {
-        let (repo, sha, mut status, log) = update;
-        if written.is_repeat(&repo, &sha, &status) {
-            return;
+    /// `failed`: the attempts that failed before. Returns the update and
+    /// when to try it again, if this attempt failed for a reason that
+    /// passes and attempts are left.
+    async fn write(
+        &self,
+        written: &mut LastWritten,
+        update: StatusUpdate,
+        failed: u32,
+    ) -> Option<(StatusUpdate, tokio::time::Instant, u32)> {
+        let (repo, sha, status, log) = &update;
+        if written.is_repeat(repo, sha, status) {
+            return None;
         }
-        let failed = matches!(status.state, CommitState::Failure | CommitState::Error);
-        if let (true, true, Some(key)) = (self.forge.writes_check_runs(), failed, log) {
+        let (repo, sha, mut status) = (repo.clone(), sha.clone(), status.clone());
+        let did_not_pass = matches!(status.state, CommitState::Failure | CommitState::Error);
+        if let (true, true, Some(key)) = (self.forge.writes_check_runs(), did_not_pass, log) {
             let tail = format!("{}/log.txt", key.relative_path());
             if let Ok(Some(file)) = self.results.read(&tail).await {
                 status
@@ -169,8 +215,18 @@ impl Out<'_> {
             }
         }
         match self.forge.set_status(&repo, &sha, &status).await {
-            Ok(()) => written.wrote(repo, sha, status),
-            Err(e) => forge_failed(self.shared, "status", &e),
+            Ok(()) => {
+                written.wrote(repo, sha, status);
+                None
+            }
+            Err(e) => {
+                forge_failed(self.shared, "status", &e);
+                let failed = failed + 1;
+                (worth_retrying(&e) && failed < STATUS_ATTEMPTS).then(|| {
+                    let at = tokio::time::Instant::now() + retry_wait(failed);
+                    (update, at, failed)
+                })
+            }
         }
     }
 }
@@ -257,6 +313,105 @@ mod tests {
         assert_eq!(w.order.len(), 2);
     }
 
+    /// A status writer with the GitHub adapter against `hub` (`max_retries`:
+    /// the adapter's own retries, if not its default).
+    fn writer_against(
+        hub: &FakeHub,
+        dir: &std::path::Path,
+        max_retries: Option<u32>,
+    ) -> (
+        mpsc::UnboundedSender<StatusUpdate>,
+        Arc<Shared>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let mut config = GithubConfig {
+            api_url: hub.api_url(),
+            request_timeout_secs: 5,
+            ..GithubConfig::default()
+        };
+        config.max_retries = max_retries.unwrap_or(config.max_retries);
+        let forge: Arc<dyn Forge> = Arc::new(GitHub::new(&config, Some("tok".into())).unwrap());
+        let (inputs, _keep) = crate::runtime::store::Inlet::channel(1);
+        let shared = Arc::new(Shared {
+            inputs,
+            repos: Default::default(),
+            state: RwLock::new(State::new(std::iter::empty(), "b")),
+            history: RwLock::new(History::default()),
+            metrics: Metrics::default(),
+            events: Arc::new(crate::runtime::events::EventBus::new(1)),
+            next_request: AtomicU64::new(1),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let results: Arc<dyn ResultsStore> = Arc::new(crate::results::fs::FsResults::new(
+            dir.join("results"),
+            "http://s",
+        ));
+        let writer = tokio::spawn(status_writer(forge, results, rx, shared.clone()));
+        (tx, shared, writer)
+    }
+
+    /// Real HTTP: a final status GitHub answers 502 to (past the adapter's
+    /// own retries) is written once GitHub answers again; one it refuses
+    /// for good (422) is not tried again.
+    #[tokio::test]
+    async fn a_status_github_failed_to_take_is_written_when_it_answers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = FakeHub::start(dir.path(), Some("tok".into()))
+            .await
+            .unwrap();
+        let main = hub
+            .create_repo("o/r", "main", &[("a", "a\n")])
+            .await
+            .unwrap();
+        let other = hub
+            .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
+            .await
+            .unwrap();
+        let (tx, _shared, writer) = writer_against(&hub, dir.path(), Some(0));
+        let repo = RepoName::parse("o/r").unwrap();
+        let fail = |sha: &Sha, status: u16, times: u32| {
+            hub.inject_fault(crate::fakehub::Fault::Status {
+                method: Some("POST".into()),
+                path_prefix: format!("/repos/o/r/statuses/{sha}"),
+                status,
+                retry_after: None,
+                times,
+            })
+        };
+        fail(&main, 502, 3);
+        fail(&other, 422, 1);
+        let passed = status(CommitState::Success, "Passed", Some("http://s/1/"));
+        tx.send((repo.clone(), main.clone(), passed.clone(), None))
+            .unwrap();
+        tx.send((repo.clone(), other.clone(), passed, None))
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while hub.statuses("o/r", main.as_str()).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let states: Vec<String> = hub
+            .statuses("o/r", main.as_str())
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        assert_eq!(states, vec!["success"]);
+        // Three retries' worth of waiting later, the refused one was tried
+        // once.
+        tokio::time::sleep(retry_wait(1) + retry_wait(2) + retry_wait(3)).await;
+        let posts = |sha: &Sha| {
+            hub.requests()
+                .iter()
+                .filter(|r| r.method == "POST" && r.path.contains(sha.as_str()))
+                .count()
+        };
+        assert_eq!(posts(&main), 4, "3 answered 502, then written");
+        assert_eq!(posts(&other), 1);
+        assert!(hub.statuses("o/r", other.as_str()).is_empty());
+        drop(tx);
+        writer.await.unwrap();
+    }
+
     /// Real HTTP: the writer, the GitHub adapter and the fake GitHub.
     #[tokio::test]
     async fn an_identical_status_for_a_commit_is_not_sent_again() {
@@ -272,28 +427,7 @@ mod tests {
             .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
             .await
             .unwrap();
-        let config = GithubConfig {
-            api_url: hub.api_url(),
-            request_timeout_secs: 5,
-            ..GithubConfig::default()
-        };
-        let forge: Arc<dyn Forge> = Arc::new(GitHub::new(&config, Some("tok".into())).unwrap());
-        let (inputs, _keep) = crate::runtime::store::Inlet::channel(1);
-        let shared = Arc::new(Shared {
-            inputs,
-            repos: Default::default(),
-            state: RwLock::new(State::new(std::iter::empty(), "b")),
-            history: RwLock::new(History::default()),
-            metrics: Metrics::default(),
-            events: Arc::new(crate::runtime::events::EventBus::new(1)),
-            next_request: AtomicU64::new(1),
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let results: Arc<dyn ResultsStore> = Arc::new(crate::results::fs::FsResults::new(
-            dir.path().join("results"),
-            "http://s",
-        ));
-        let writer = tokio::spawn(status_writer(forge, results, rx, shared.clone()));
+        let (tx, shared, writer) = writer_against(&hub, dir.path(), None);
         let repo = RepoName::parse("o/r").unwrap();
         let pending = status(CommitState::Pending, "Testing", Some("http://s/1/"));
         let passed = status(CommitState::Success, "Passed", Some("http://s/1/"));
