@@ -313,6 +313,24 @@ mod tests {
         assert_eq!(w.order.len(), 2);
     }
 
+    /// The fake GitHub with repository `o/r`: `main`'s commit and one
+    /// on `topic`.
+    async fn hub_with_two_commits() -> (tempfile::TempDir, FakeHub, [Sha; 2]) {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = FakeHub::start(dir.path(), Some("tok".into()))
+            .await
+            .unwrap();
+        let main = hub
+            .create_repo("o/r", "main", &[("a", "a\n")])
+            .await
+            .unwrap();
+        let other = hub
+            .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
+            .await
+            .unwrap();
+        (dir, hub, [main, other])
+    }
+
     /// A status writer with the GitHub adapter against `hub` (`max_retries`:
     /// the adapter's own retries, if not its default).
     fn writer_against(
@@ -355,18 +373,7 @@ mod tests {
     /// for good (422) is not tried again.
     #[tokio::test]
     async fn a_status_github_failed_to_take_is_written_when_it_answers_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = FakeHub::start(dir.path(), Some("tok".into()))
-            .await
-            .unwrap();
-        let main = hub
-            .create_repo("o/r", "main", &[("a", "a\n")])
-            .await
-            .unwrap();
-        let other = hub
-            .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
-            .await
-            .unwrap();
+        let (dir, hub, [main, other]) = hub_with_two_commits().await;
         let (tx, _shared, writer) = writer_against(&hub, dir.path(), Some(0));
         let repo = RepoName::parse("o/r").unwrap();
         let fail = |sha: &Sha, status: u16, times: u32| {
@@ -415,18 +422,7 @@ mod tests {
     /// Real HTTP: the writer, the GitHub adapter and the fake GitHub.
     #[tokio::test]
     async fn an_identical_status_for_a_commit_is_not_sent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = FakeHub::start(dir.path(), Some("tok".into()))
-            .await
-            .unwrap();
-        let main = hub
-            .create_repo("o/r", "main", &[("a", "a\n")])
-            .await
-            .unwrap();
-        let other = hub
-            .commit("o/r", "topic", Some("main"), &[("b", "b\n")], "b")
-            .await
-            .unwrap();
+        let (dir, hub, [main, other]) = hub_with_two_commits().await;
         let (tx, shared, writer) = writer_against(&hub, dir.path(), None);
         let repo = RepoName::parse("o/r").unwrap();
         let pending = status(CommitState::Pending, "Testing", Some("http://s/1/"));
