@@ -53,8 +53,8 @@ struct Shared {
     jobs: Mutex<HashMap<BuildId, Running>>,
     next_generation: AtomicU64,
     /// `executor.run_as`: the uid and gid jobs run as (their workspace is
-    /// theirs), or why that user cannot be used; `None`: sluice's own.
-    run_as: Option<Result<(u32, u32), String>>,
+    /// theirs; `None`: sluice's own), or why that user cannot be used.
+    run_as: Result<Option<(u32, u32)>, String>,
 }
 
 /// A job that was started and has not finished: `cancel` tells it to stop.
@@ -100,7 +100,7 @@ impl LocalExecutor {
                 permits: Arc::new(Semaphore::new(config.max_parallel.max(1))),
                 jobs: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(0),
-                run_as: config.run_as.as_deref().map(job_user),
+                run_as: config.run_as.as_deref().map(job_user).transpose(),
             }),
         }
     }
@@ -282,40 +282,24 @@ impl Shared {
         };
         let started_at = now_ms();
         let clock = Instant::now();
-        let owner = match &self.run_as {
-            None => Ok(None),
-            Some(Ok(ids)) => Ok(Some(*ids)),
-            Some(Err(e)) => Err(e.clone()),
-        };
-        let verdict = match owner {
-            // Checked when the configuration was read: not running the job
-            // is the safe answer if the machine changed since.
+        let verdict = match self.workspace(&job.build) {
             Err(e) => {
-                log.line(&format!("sluice: executor.run_as: {e}"));
-                Some(Verdict::error(format!("executor.run_as: {e}")))
+                log.line(&format!("sluice: {e}"));
+                Some(Verdict::error(e))
             }
-            Ok(owner) => match Workspace::create(&self.work_dir, &job.build, owner) {
-                Err(e) => {
-                    log.line(&format!(
-                        "sluice: cannot create a workspace under {}: {e}",
-                        self.work_dir.display()
-                    ));
-                    Some(Verdict::error(format!("cannot create workspace: {e}")))
-                }
-                Ok(ws) => {
-                    let mut limits = Limits {
-                        deadline: clock + job.timeout,
-                        timeout: job.timeout,
-                        cancel: &mut cancel,
-                    };
-                    let verdict = match self.run_in(&job, &ws, &log, &mut limits).await {
-                        Ok(v) | Err(Some(v)) => Some(v),
-                        Err(None) => None,
-                    };
-                    ws.remove().await;
-                    verdict
-                }
-            },
+            Ok(ws) => {
+                let mut limits = Limits {
+                    deadline: clock + job.timeout,
+                    timeout: job.timeout,
+                    cancel: &mut cancel,
+                };
+                let verdict = match self.run_in(&job, &ws, &log, &mut limits).await {
+                    Ok(v) | Err(Some(v)) => Some(v),
+                    Err(None) => None,
+                };
+                ws.remove().await;
+                verdict
+            }
         };
         // A cancel that raced the end of the job still wins.
         let verdict = verdict.filter(|_| !*cancel.borrow())?;
@@ -329,6 +313,22 @@ impl Shared {
             },
             log.finish(),
         ))
+    }
+
+    /// A fresh workspace for `build`, owned by the `run_as` user if any.
+    fn workspace(&self, build: &BuildId) -> Result<Workspace, String> {
+        // Checked when the configuration was read: not running the job is
+        // the safe answer if the machine changed since.
+        let owner = self
+            .run_as
+            .clone()
+            .map_err(|e| format!("executor.run_as: {e}"))?;
+        Workspace::create(&self.work_dir, build, owner).map_err(|e| {
+            format!(
+                "cannot create a workspace under {}: {e}",
+                self.work_dir.display()
+            )
+        })
     }
 
     async fn run_in(
