@@ -41,6 +41,22 @@ pub const STATUS_RETRY_FIRST: Duration = Duration::from_secs(30);
 pub const STATUS_RETRY_FIRST: Duration = Duration::from_millis(50);
 pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(600);
 pub const STATUS_ATTEMPTS: u32 = 8;
+/// At most this many statuses wait to be tried again (a long outage with
+/// many PRs moving): beyond it a failed one is dropped as before, so the
+/// writer's memory and its scans of what it holds stay bounded.
+pub const STATUS_RETRYING_MAX: usize = 1000;
+
+type Held = Vec<(StatusUpdate, tokio::time::Instant, u32)>;
+
+/// Holds `retry` (a failed write to try again) unless
+/// [`STATUS_RETRYING_MAX`] already wait.
+fn retry_later(held: &mut Held, retry: Option<(StatusUpdate, tokio::time::Instant, u32)>) {
+    if let Some(retry) = retry
+        && held.iter().filter(|(_, _, failed)| *failed > 0).count() < STATUS_RETRYING_MAX
+    {
+        held.push(retry);
+    }
+}
 
 /// The wait before a status's next attempt, after `failed` failed ones.
 fn retry_wait(failed: u32) -> Duration {
@@ -117,7 +133,7 @@ pub(super) async fn status_writer(
     let mut written = LastWritten::new(STATUS_MEMORY);
     // Statuses not written yet (pending ones held back, failed ones to try
     // again), when they are due, and how many attempts failed.
-    let mut held: Vec<(StatusUpdate, tokio::time::Instant, u32)> = Vec::new();
+    let mut held: Held = Vec::new();
     let mut mirrored = ApiBudget::default();
     let mut mirror = tokio::time::interval(BUDGET_MIRROR);
     mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -137,7 +153,8 @@ pub(super) async fn status_writer(
                 let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at, _)| *at <= now);
                 held = later;
                 for (update, _, failed) in due {
-                    held.extend(out.write(&mut written, update, failed).await);
+                    let retry = out.write(&mut written, update, failed).await;
+                    retry_later(&mut held, retry);
                 }
                 continue;
             }
@@ -171,7 +188,8 @@ pub(super) async fn status_writer(
                 held.push((update, at, 0));
                 continue;
             }
-            held.extend(out.write(&mut written, update, 0).await);
+            let retry = out.write(&mut written, update, 0).await;
+            retry_later(&mut held, retry);
         }
         mirror_budget(&*forge, &shared.metrics, &mut mirrored);
     }
