@@ -185,7 +185,8 @@ impl Executor for LocalExecutor {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let candidate = job.candidate.clone();
-            let finished = shared.run(job, cancel_rx, log).await;
+            let finished =
+                unless_it_panics(shared.run(job, cancel_rx, log.clone()), &build, log).await;
             // Deciding whether to report and forgetting the job happen under
             // the same lock `cancel` takes: a job cancelled before this point
             // reports nothing, one cancelled after it is an unknown id.
@@ -223,6 +224,42 @@ impl Executor for LocalExecutor {
             let _ = running.cancel.send(true);
         }
     }
+}
+
+/// Awaits a job; a panic in sluice's own code (a bug) ends it with an
+/// infrastructure error, which the core retries a bounded number of times.
+/// Without this the job's task would die silently and its build stay
+/// "testing" until the next restart. The job's processes are killed as the
+/// panic unwinds through their guard.
+async fn unless_it_panics(
+    job: impl std::future::Future<Output = Option<(JobReport, Vec<u8>)>>,
+    build: &BuildId,
+    log: Log,
+) -> Option<(JobReport, Vec<u8>)> {
+    use futures::FutureExt;
+    let started_at = now_ms();
+    let panic = match std::panic::AssertUnwindSafe(job).catch_unwind().await {
+        Ok(finished) => return finished,
+        Err(panic) => panic,
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    tracing::error!(%build, panic = %what, "the job's runner panicked");
+    let detail = format!("sluice's job runner failed: {what}");
+    log.line(&format!("sluice: {detail}"));
+    Some((
+        JobReport {
+            outcome: Outcome::Error,
+            exit_code: None,
+            detail,
+            started_at,
+            finished_at: now_ms(),
+        },
+        log.finish(),
+    ))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1014,6 +1051,73 @@ mod tests {
         assert!(text.starts_with("0123456789\nsluice: log truncated"));
         assert!(text.contains("sluice: done\n"));
         assert!(text.ends_with("sluice: 6 bytes of output were dropped\n"));
+    }
+
+    /// A bug in the runner panics while the job's test runs: the build
+    /// still gets a result (an infrastructure error the core retries), its
+    /// log says why, and the test's process group is killed.
+    #[tokio::test]
+    async fn a_panicking_job_runner_reports_an_error_and_kills_the_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = BuildId::parse("b-panic").unwrap();
+        let ws = Workspace::create(dir.path(), &build, None).unwrap();
+        let pid_file = dir.path().join("test.pid");
+        let log = Log::new(1 << 16);
+        let (_keep, mut cancel) = watch::channel(false);
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        let job = async {
+            log.line("sluice: running the test");
+            let (args, env) = ([OsStr::new("-c"), OsStr::new(&script)], base_env(&ws));
+            let test = run_process(
+                OsStr::new("sh"),
+                &args,
+                &ws,
+                &env,
+                &log,
+                Instant::now() + Duration::from_secs(60),
+                &mut cancel,
+            );
+            tokio::select! {
+                _ = test => None,
+                _ = async {
+                    while !pid_file.exists() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                } => panic!("an index out of range"),
+            }
+        };
+        let (report, log) = unless_it_panics(job, &build, log.clone())
+            .await
+            .expect("a panic is a result, not a cancel");
+        assert_eq!(report.outcome, Outcome::Error);
+        assert_eq!(
+            report.detail,
+            "sluice's job runner failed: an index out of range"
+        );
+        let log = String::from_utf8(log).unwrap();
+        assert!(log.contains("sluice: running the test\n"), "{log}");
+        assert!(
+            log.contains("sluice: sluice's job runner failed: an index out of range"),
+            "{log}"
+        );
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed, then reaped by tokio's child handling; poll briefly
+        // rather than race the reaper.
+        let mut alive = true;
+        for _ in 0..200 {
+            alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "));
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive, "the test's process {pid} outlived the panic");
     }
 
     #[test]
