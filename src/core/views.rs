@@ -142,10 +142,14 @@ impl PrView {
 impl State {
     /// Every tracked PR, by repository and number.
     pub fn pr_views(&self) -> Vec<PrView> {
+        self.pr_views_iter().collect()
+    }
+
+    /// [`State::pr_views`], one view at a time.
+    pub fn pr_views_iter(&self) -> impl Iterator<Item = PrView> + '_ {
         self.repos
             .values()
-            .flat_map(|repo| repo.prs.values().map(move |pr| self.pr_view(repo, pr)))
-            .collect()
+            .flat_map(move |repo| repo.prs.values().map(move |pr| self.pr_view(repo, pr)))
     }
 
     pub fn pr_view_of(&self, key: &PrKey) -> Option<PrView> {

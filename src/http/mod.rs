@@ -688,8 +688,8 @@ impl PrJson {
 // `serde_json::json!` would first build a `Value` tree of every PR, which
 // for 10,000 PRs costs about ten times the memory of the answer itself.
 #[derive(Serialize)]
-struct PrsJson {
-    prs: Vec<PrJson>,
+struct PrsJson<'a> {
+    prs: PrList<'a>,
 }
 
 #[derive(Serialize)]
@@ -767,18 +767,34 @@ fn prs_by_state(ctx: &HttpContext, query: PrsQuery) -> Response {
 }
 
 fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
-    let views = ctx
-        .shared
-        .state
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .pr_views();
-    let prs: Vec<PrJson> = views
-        .into_iter()
-        .filter(keep)
-        .map(|view| PrJson::of(ctx, view))
-        .collect();
+    // Serialized under the read lock, one view at a time: for 10,000 PRs
+    // this holds the lock some 30 ms longer than collecting the views
+    // first, and spares the ~10 MB that list of views would take.
+    let state = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner());
+    let prs = PrList {
+        ctx,
+        state: &state,
+        keep,
+    };
     json(StatusCode::OK, &PrsJson { prs })
+}
+
+/// The PRs `keep` selects as a JSON array, each view made as it is written.
+struct PrList<'a> {
+    ctx: &'a HttpContext,
+    state: &'a crate::core::State,
+    keep: fn(&PrView) -> bool,
+}
+
+impl Serialize for PrList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.state
+                .pr_views_iter()
+                .filter(self.keep)
+                .map(|view| PrJson::of(self.ctx, view)),
+        )
+    }
 }
 
 /// `?from=N` of a running build's `live` log.
