@@ -452,6 +452,25 @@ pub enum MergeResult {
     },
 }
 
+/// Whether git accepts `name` as a branch (`git check-ref-format
+/// --branch`), checked without running git. Branch names come from
+/// webhooks and configuration, and end up in git's argv and in ref paths.
+pub fn valid_branch_name(name: &str) -> bool {
+    let bad_char =
+        |c: char| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\');
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.ends_with('.')
+        && name != "@"
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.chars().any(bad_char)
+        // Also refuses a leading or trailing '/' and "//" (empty parts).
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
+}
+
 /// Identifies a person's request (retest, try-merge) so its answer can be
 /// routed back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -466,6 +485,26 @@ mod tests {
         assert!(RepoName::parse("octo/hello-world").is_ok());
         for bad in ["octo", "../x", "octo/..", "a/b/c", "a/$(x)", "/x", "a/"] {
             assert!(RepoName::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn branch_names_are_what_git_accepts() {
+        for good in [
+            "main",
+            "release/1.2",
+            "sluice/main/12",
+            "feature-x",
+            "a.b",
+            "v1@2",
+        ] {
+            assert!(valid_branch_name(good), "{good} refused");
+        }
+        for bad in [
+            "", "-x", "/x", "x/", "a//b", "a..b", ".x", "a/.b", "x.", "x.lock", "a.lock/b", "@",
+            "a@{1}", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[b", "a\\b", "a\tb",
+        ] {
+            assert!(!valid_branch_name(bad), "{bad:?} accepted");
         }
     }
 

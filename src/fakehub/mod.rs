@@ -308,21 +308,7 @@ async fn pr_range(
 }
 
 fn check_branch_name(name: &str) -> anyhow::Result<()> {
-    // What `git check-ref-format --branch` refuses, checked without a shell.
-    let bad = name.is_empty()
-        || name.starts_with('-')
-        || name.starts_with('/')
-        || name.ends_with('/')
-        || name.ends_with('.')
-        || name.ends_with(".lock")
-        || name.contains("..")
-        || name.contains("//")
-        || name.contains("@{")
-        || name == "@"
-        || name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'));
-    if bad {
+    if !crate::core::valid_branch_name(name) {
         bail!("invalid branch name {name:?}");
     }
     Ok(())

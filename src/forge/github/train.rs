@@ -63,7 +63,7 @@
 //! failed attempt reads the comments again before the next.
 
 use super::{GitHub, Reply, enc, repo_path};
-use crate::core::{MergeMethod, PrKey, RepoName, Sha, text};
+use crate::core::{MergeMethod, PrKey, RepoName, Sha, text, valid_branch_name};
 use crate::forge::{CarStep, Forge, ForgeError, PrClose, PrFetch, RefUpdate, STAGING_PREFIX};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -271,26 +271,6 @@ fn landed_marker(landed: &Sha) -> String {
 fn heads_path(name: &str) -> String {
     let parts: Vec<String> = name.split('/').map(enc).collect();
     format!("heads/{}", parts.join("/"))
-}
-
-/// A branch name git would accept (`git check-ref-format --branch`), checked
-/// without a shell.
-fn valid_branch_name(name: &str) -> bool {
-    !(name.is_empty()
-        || name.starts_with('-')
-        || name.starts_with('/')
-        || name.ends_with('/')
-        || name.ends_with('.')
-        || name.ends_with(".lock")
-        || name.contains("..")
-        || name.contains("//")
-        || name.contains("/.")
-        || name.starts_with('.')
-        || name.contains("@{")
-        || name == "@"
-        || name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')))
 }
 
 /// Refuses any name outside sluice's own staging refs.
