@@ -700,7 +700,6 @@ fn timed_out(log: &Log, timeout: Duration) -> Verdict {
 
 /// The test command's environment: an allow-list, nothing inherited.
 fn job_env(job: &JobSpec, ws: &Workspace) -> Vec<(OsString, OsString)> {
-    let c = &job.candidate;
     let mut env = base_env(ws);
     for name in ["LANG", "LC_ALL"] {
         if let Some(v) = std::env::var_os(name) {
@@ -708,26 +707,7 @@ fn job_env(job: &JobSpec, ws: &Workspace) -> Vec<(OsString, OsString)> {
         }
     }
     env.push(("TMPDIR".into(), ws.tmp.clone().into()));
-    let first = c.first_pr();
-    let values = [
-        ("SLUICE_REPO", c.repo.to_string()),
-        (
-            "SLUICE_PR",
-            first.map(|p| p.number.to_string()).unwrap_or_default(),
-        ),
-        (
-            "SLUICE_HEAD_SHA",
-            first.map(|p| p.head_sha.to_string()).unwrap_or_default(),
-        ),
-        (
-            "SLUICE_HEAD_REF",
-            first.map(|p| p.head_ref.clone()).unwrap_or_default(),
-        ),
-        ("SLUICE_TARGET_BRANCH", c.target_branch.clone()),
-        ("SLUICE_TARGET_SHA", c.target_sha.to_string()),
-        ("SLUICE_BUILD_ID", job.build.to_string()),
-    ];
-    env.extend(values.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env.extend(job.sluice_env().map(|(k, v)| (k.into(), v.into())));
     env
 }
 

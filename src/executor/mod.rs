@@ -28,6 +28,33 @@ pub struct JobSpec {
     pub clone_token: Option<CloneToken>,
 }
 
+impl JobSpec {
+    /// The `SLUICE_*` variables a test sees, the same on every executor:
+    /// what it tests (the first PR of a car, empty for a car of none).
+    pub fn sluice_env(&self) -> [(&'static str, String); 7] {
+        let c = &self.candidate;
+        let first = c.first_pr();
+        [
+            ("SLUICE_REPO", c.repo.to_string()),
+            (
+                "SLUICE_PR",
+                first.map(|p| p.number.to_string()).unwrap_or_default(),
+            ),
+            (
+                "SLUICE_HEAD_SHA",
+                first.map(|p| p.head_sha.to_string()).unwrap_or_default(),
+            ),
+            (
+                "SLUICE_HEAD_REF",
+                first.map(|p| p.head_ref.clone()).unwrap_or_default(),
+            ),
+            ("SLUICE_TARGET_BRANCH", c.target_branch.clone()),
+            ("SLUICE_TARGET_SHA", c.target_sha.to_string()),
+            ("SLUICE_BUILD_ID", self.build.to_string()),
+        ]
+    }
+}
+
 /// A credential for fetching, never printed (`Debug` shows only that
 /// there is one).
 #[derive(Clone, PartialEq, Eq)]

@@ -90,7 +90,7 @@ impl ResultsStore for FsResults {
         let (root, dir) = (self.dir.clone(), self.build_dir(key)?);
         blocking(move || {
             prepare(&root, &dir)?;
-            write_atomic(&dir, "index.html", page.as_bytes())
+            write_atomic(&dir, "index.html", page.as_bytes(), Readers::Everyone)
         })
         .await
     }
@@ -104,9 +104,9 @@ impl ResultsStore for FsResults {
         // The page last, so the links on it work once it says "finished".
         blocking(move || {
             prepare(&root, &dir)?;
-            write_atomic(&dir, "log.txt", &log)?;
-            write_atomic(&dir, "result.json", &json)?;
-            write_atomic(&dir, "index.html", page.as_bytes())
+            write_atomic(&dir, "log.txt", &log, Readers::Everyone)?;
+            write_atomic(&dir, "result.json", &json, Readers::Everyone)?;
+            write_atomic(&dir, "index.html", page.as_bytes(), Readers::Everyone)
         })
         .await
     }
@@ -139,15 +139,29 @@ fn prepare(root: &Path, dir: &Path) -> Result<(), ResultsError> {
     Ok(())
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> ResultsError {
+pub(super) fn io_error(path: &Path, source: std::io::Error) -> ResultsError {
     ResultsError::Io {
         path: path.display().to_string(),
         source,
     }
 }
 
+/// Who may read a file [`write_atomic`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Readers {
+    /// Served files: readable by the web server, not only by us (0644).
+    Everyone,
+    /// Spooled files: ours only (0600, the temporary file's mode).
+    Us,
+}
+
 /// Writes `dir/name` through a temporary file in `dir` and a rename.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ResultsError> {
+pub(super) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    readers: Readers,
+) -> Result<(), ResultsError> {
     let path = dir.join(name);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
@@ -155,8 +169,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ResultsError
         .map_err(|e| io_error(&path, e))?;
     tmp.write_all(bytes).map_err(|e| io_error(&path, e))?;
     tmp.as_file().sync_all().map_err(|e| io_error(&path, e))?;
-    // Served files are public: readable by the web server, not only by us.
-    {
+    if readers == Readers::Everyone {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::Permissions::from_mode(0o644);
         std::fs::set_permissions(tmp.path(), mode).map_err(|e| io_error(&path, e))?;

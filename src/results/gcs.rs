@@ -13,7 +13,7 @@
 //! `GOOGLE_APPLICATION_CREDENTIALS`) in production; anonymous when an
 //! emulator endpoint is configured. Every call to GCS has a timeout.
 
-use super::fs::{finished_page, running_page};
+use super::fs::{Readers, finished_page, io_error, running_page, write_atomic};
 use super::{BuildRecord, ResultsError, ResultsStore};
 use crate::config::{GcsConfig, GcsLink};
 use crate::core::{Candidate, ResultKey};
@@ -21,7 +21,6 @@ use bytes::Bytes;
 use google_cloud_storage::client::Storage;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -242,7 +241,7 @@ impl Inner {
                 )));
             }
             for (name, bytes) in files {
-                write_atomic(&dir, name, &bytes)?;
+                write_atomic(&dir, name, &bytes, Readers::Us)?;
             }
             Ok(())
         })
@@ -516,26 +515,6 @@ fn spooled_builds(root: &Path) -> Vec<PathBuf> {
     walk(root, root, 0, &mut out);
     out.sort();
     out
-}
-
-fn io_error(path: &Path, source: std::io::Error) -> ResultsError {
-    ResultsError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Writes `dir/name` through a temporary file in `dir` and a rename.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ResultsError> {
-    let path = dir.join(name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)
-        .map_err(|e| io_error(&path, e))?;
-    tmp.write_all(bytes).map_err(|e| io_error(&path, e))?;
-    tmp.as_file().sync_all().map_err(|e| io_error(&path, e))?;
-    tmp.persist(&path).map_err(|e| io_error(&path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

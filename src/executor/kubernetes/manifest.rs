@@ -146,7 +146,6 @@ impl JobSettings {
 /// The Job for one build.
 pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
     let c = &job.candidate;
-    let first = c.first_pr();
     let labels = labels(job);
     let annotations = annotations(job);
     let (checkout, merges) = checkout_and_merges(c);
@@ -161,26 +160,8 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
             })
             .collect()
     };
-    let common = vec![
-        ("HOME", HOME.to_string()),
-        ("TMPDIR", TMP.to_string()),
-        ("SLUICE_REPO", c.repo.to_string()),
-        (
-            "SLUICE_PR",
-            first.map(|p| p.number.to_string()).unwrap_or_default(),
-        ),
-        (
-            "SLUICE_HEAD_SHA",
-            first.map(|p| p.head_sha.to_string()).unwrap_or_default(),
-        ),
-        (
-            "SLUICE_HEAD_REF",
-            first.map(|p| p.head_ref.clone()).unwrap_or_default(),
-        ),
-        ("SLUICE_TARGET_BRANCH", c.target_branch.clone()),
-        ("SLUICE_TARGET_SHA", c.target_sha.to_string()),
-        ("SLUICE_BUILD_ID", job.build.to_string()),
-    ];
+    let mut common = vec![("HOME", HOME.to_string()), ("TMPDIR", TMP.to_string())];
+    common.extend(job.sluice_env());
     let mut prepare_env = common.clone();
     prepare_env.extend([
         ("SLUICE_WORKSPACE", WORKSPACE.to_string()),
