@@ -479,6 +479,10 @@ pub struct ExecutorConfig {
     /// Local jobs run as this user (sluice must run as root), not as
     /// sluice's own: what the test can read is then that user's.
     pub run_as: Option<String>,
+    /// Local jobs run each as a uid of its own from this range,
+    /// `"FIRST-LAST"` (sluice must run as root; no user may hold them):
+    /// jobs running at once cannot reach each other's workspaces.
+    pub job_uids: Option<String>,
     /// Used when `kind = "kubernetes"`.
     pub kubernetes: KubernetesConfig,
 }
@@ -491,6 +495,7 @@ impl Default for ExecutorConfig {
             max_parallel: 4,
             git_timeout_secs: 300,
             run_as: None,
+            job_uids: None,
             kubernetes: KubernetesConfig::default(),
         }
     }
@@ -964,6 +969,18 @@ impl Config {
         {
             crate::executor::local::job_user(user)
                 .map_err(|e| bad("executor.run_as".into(), &e))?;
+        }
+        if self.executor.kind == ExecutorKind::Local
+            && let Some(range) = &self.executor.job_uids
+        {
+            if self.executor.run_as.is_some() {
+                return Err(bad(
+                    "executor.job_uids".into(),
+                    "set either run_as (one user for every job) or job_uids, not both",
+                ));
+            }
+            crate::executor::local::job_uid_range(range, self.executor.max_parallel)
+                .map_err(|e| bad("executor.job_uids".into(), &e))?;
         }
         match (&self.results.kind, &self.results.gcs) {
             (ResultsKind::Gcs, None) => {

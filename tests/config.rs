@@ -308,6 +308,26 @@ fn invalid_values_name_their_key() {
         )),
         "executor.run_as"
     );
+    // Per-job uids: a range, enough for max_parallel (default 4), held by
+    // no user, and not together with run_as.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user nobody")
+        .uid;
+    let held = format!("{}-{}", nobody.as_raw().saturating_sub(4), nobody);
+    for (range, says) in [
+        ("10-5", "not a range of uids"),
+        ("0-9", "not a range of uids"),
+        ("200000-200001", "2 uids for max_parallel = 4"),
+        (held.as_str(), "belongs to user"),
+    ] {
+        let text = format!("[executor]\njob_uids = \"{range}\"\n{MINIMAL}");
+        let message = error_naming(&text, "executor.job_uids");
+        assert!(message.contains(says), "{range}: {message}");
+    }
+    let both = format!("[executor]\nrun_as = \"nobody\"\njob_uids = \"200000-200063\"\n{MINIMAL}");
+    let message = error_naming(&both, "executor.job_uids");
+    assert!(message.contains("not both"), "{message}");
     assert_eq!(invalid_key(""), "repos");
     assert_eq!(invalid_key("repos = []\n"), "repos");
     let message = error_naming("[server]\n", "repos");

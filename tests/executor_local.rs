@@ -586,3 +586,125 @@ async fn with_run_as_the_test_cannot_read_what_sluice_can() {
     );
     assert_eq!(log.matches("Permission denied").count(), 2, "{log}");
 }
+
+/// With `executor.job_uids`, two jobs running at once run as two uids of
+/// their own: neither can read or change the other's workspace (a test
+/// could otherwise alter what another PR's test runs on), and a process a
+/// job left running outside its process group is killed before its uid is
+/// lent again. Needs root; elsewhere this test says so and checks nothing.
+#[tokio::test]
+async fn with_job_uids_jobs_running_at_once_cannot_reach_each_other() {
+    setup();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running jobs as other uids needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Served over HTTP: git refuses a local repository another uid owns.
+    let hub = sluice::fakehub::FakeHub::start(&tmp.path().join("hub"), None)
+        .await
+        .unwrap();
+    let target = hub
+        .create_repo("octo/demo", "main", &[("a.txt", "a\n")])
+        .await
+        .unwrap();
+    let head = hub
+        .commit(
+            "octo/demo",
+            "feature",
+            Some("main"),
+            &[("b.txt", "b\n")],
+            "b",
+        )
+        .await
+        .unwrap();
+    let open = |path: &Path, mode| {
+        std::fs::create_dir_all(path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(mode);
+        std::fs::set_permissions(path, mode).unwrap();
+    };
+    open(tmp.path(), 0o755);
+    let shared = tmp.path().join("shared");
+    open(&shared, 0o1777);
+    let ex = LocalExecutor::new(&ExecutorConfig {
+        work_dir: tmp.path().join("work"),
+        max_parallel: 2,
+        git_timeout_secs: 60,
+        job_uids: Some("200100-200101".into()),
+        ..ExecutorConfig::default()
+    });
+    let spec = |build: &str, script: &str| JobSpec {
+        build: BuildId::parse(build).unwrap(),
+        candidate: Candidate {
+            car: None,
+            repo: RepoName::parse("octo/demo").unwrap(),
+            target_branch: "main".into(),
+            target_sha: target.clone(),
+            prs: vec![CandidatePr {
+                number: 7,
+                head_sha: head.clone(),
+                head_ref: "feature".into(),
+            }],
+        },
+        clone_url: format!("{}/git/octo/demo.git", hub.api_url()),
+        command: ["sh", "-c", script, "sh", shared.to_str().unwrap()]
+            .map(String::from)
+            .to_vec(),
+        timeout: LONG,
+        clone_token: None,
+    };
+    // A keeps a file in its checkout and leaves a process behind in a
+    // session of its own; B, once A is ready, tries A's workspace.
+    let a = spec(
+        "b-uid-a",
+        "id -u > \"$1/uid-a\"; echo secret-of-a > mine.txt; \
+         setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > \"$1/leftover\"; \
+         touch \"$1/a-ready\"; \
+         while [ ! -e \"$1/b-done\" ]; do sleep 0.05; done; \
+         cat mine.txt; [ -e evil.txt ] && echo TAMPERED; exit 0",
+    );
+    let b = spec(
+        "b-uid-b",
+        "while [ ! -e \"$1/a-ready\" ]; do sleep 0.05; done; id -u > \"$1/uid-b\"; \
+         mine=\"$(dirname \"$PWD\")\"; \
+         for ws in \"$(dirname \"$mine\")\"/*; do \
+           [ \"$ws\" = \"$mine\" ] && continue; echo \"trying $ws\"; \
+           ls \"$ws\"; cat \"$ws/repo/mine.txt\"; echo evil > \"$ws/repo/evil.txt\"; \
+         done; touch \"$1/b-done\"; exit 0",
+    );
+    let (tx, mut rx) = unbounded_channel();
+    ex.start(a, tx.clone());
+    ex.start(b, tx);
+    let mut logs = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let result = next(&mut rx).await.expect("a result");
+        let log = String::from_utf8_lossy(&result.log).into_owned();
+        assert_eq!(result.report.outcome, Outcome::Passed, "{log}");
+        logs.insert(result.build.to_string(), log);
+    }
+    let (log_a, log_b) = (&logs["b-uid-a"], &logs["b-uid-b"]);
+    assert!(log_a.contains("secret-of-a\n"), "{log_a}");
+    // (The log's first lines quote the script: match whole output lines.)
+    assert!(!log_a.contains("\nTAMPERED\n"), "{log_a}");
+    assert!(
+        log_b.contains("\ntrying /"),
+        "B saw no other workspace:\n{log_b}"
+    );
+    assert!(!log_b.contains("secret-of-a"), "B read A's file:\n{log_b}");
+    assert_eq!(log_b.matches("Permission denied").count(), 3, "{log_b}");
+    let uid = |name: &str| -> u32 {
+        let text = std::fs::read_to_string(shared.join(name)).unwrap();
+        text.trim().parse().unwrap()
+    };
+    let (uid_a, uid_b) = (uid("uid-a"), uid("uid-b"));
+    assert_ne!(uid_a, uid_b);
+    assert!([200100, 200101].contains(&uid_a) && [200100, 200101].contains(&uid_b));
+    // A's result came after its workspace was removed and its uid given
+    // back: its leftover was killed first (at most a zombie now).
+    let leftover = uid("leftover");
+    let stat = std::fs::read_to_string(format!("/proc/{leftover}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "A's leftover {leftover} still runs: {stat}"
+    );
+}

@@ -52,9 +52,119 @@ struct Shared {
     permits: Arc<Semaphore>,
     jobs: Mutex<HashMap<BuildId, Running>>,
     next_generation: AtomicU64,
-    /// `executor.run_as`: the uid and gid jobs run as (their workspace is
-    /// theirs; `None`: sluice's own), or why that user cannot be used.
-    run_as: Result<Option<(u32, u32)>, String>,
+    /// Whom jobs run as, or why the configured user or uids cannot be used.
+    owners: Result<Owners, String>,
+}
+
+/// Whom a job's processes run as; the job's workspace is theirs.
+enum Owners {
+    /// sluice's own user.
+    Sluice,
+    /// `executor.run_as`: this uid and gid for every job.
+    User(u32, u32),
+    /// `executor.job_uids`: a uid of its own (and the same gid) for each
+    /// running job, taken from this pool and given back when the job ends.
+    PerJob(Arc<Mutex<Vec<u32>>>),
+}
+
+/// A uid lent to one running job. Given back (on drop) only after every
+/// process left with it is killed, so the next job to get it meets none.
+struct UidLease {
+    uid: u32,
+    pool: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        let killed = kill_processes_of(self.uid);
+        if killed > 0 {
+            tracing::info!(uid = self.uid, killed, "killed what a job left running");
+        }
+        lock(&self.pool).push(self.uid);
+    }
+}
+
+/// SIGKILLs every process whose real or effective uid is `uid`, in passes
+/// until none is left (a process may fork while it is being killed), and
+/// returns how many it killed. Blocking: reads `/proc`.
+fn kill_processes_of(uid: u32) -> usize {
+    let mut killed = 0;
+    for _ in 0..50 {
+        let found: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| runs_as(*pid, uid))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed
+}
+
+/// Whether process `pid` is alive (not a zombie) with real or effective uid
+/// `uid`.
+fn runs_as(pid: i32, uid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let zombie = field("State:").is_some_and(|s| s.starts_with('Z'));
+    let uids: Vec<u32> = field("Uid:")
+        .unwrap_or("")
+        .split_whitespace()
+        .take(2)
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    !zombie && uids.contains(&uid)
+}
+
+/// The uids of `executor.job_uids` (`"FIRST-LAST"`): enough for
+/// `max_parallel` jobs at once, none of them a user's (a job could then
+/// reach that user's files), and only when sluice runs as root.
+pub fn job_uid_range(range: &str, max_parallel: usize) -> Result<Vec<u32>, String> {
+    let parsed = range
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+    let Some((first, last)) = parsed.filter(|(a, b)| *a > 0 && a <= b) else {
+        return Err(format!(
+            "{range:?} is not a range of uids \"FIRST-LAST\" with 0 < FIRST <= LAST"
+        ));
+    };
+    let count = (last - first) as usize + 1;
+    if count < max_parallel.max(1) {
+        return Err(format!(
+            "{count} uids for max_parallel = {max_parallel}: each running job needs its own"
+        ));
+    }
+    if count > 65_536 {
+        return Err(format!("{count} uids: at most 65536"));
+    }
+    if let Some(user) = (first..=last)
+        .find_map(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()?)
+    {
+        return Err(format!(
+            "uid {} belongs to user {:?}: jobs must get uids nobody holds",
+            user.uid, user.name
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("running jobs as other uids needs sluice to run as root".into());
+    }
+    Ok((first..=last).collect())
 }
 
 /// A job that was started and has not finished: `cancel` tells it to stop.
@@ -100,7 +210,12 @@ impl LocalExecutor {
                 permits: Arc::new(Semaphore::new(config.max_parallel.max(1))),
                 jobs: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(0),
-                run_as: config.run_as.as_deref().map(job_user).transpose(),
+                owners: match (&config.run_as, &config.job_uids) {
+                    (Some(user), _) => job_user(user).map(|(uid, gid)| Owners::User(uid, gid)),
+                    (None, Some(range)) => job_uid_range(range, config.max_parallel)
+                        .map(|uids| Owners::PerJob(Arc::new(Mutex::new(uids)))),
+                    (None, None) => Ok(Owners::Sluice),
+                },
             }),
         }
     }
@@ -352,15 +467,29 @@ impl Shared {
         ))
     }
 
-    /// A fresh workspace for `build`, owned by the `run_as` user if any.
+    /// A fresh workspace for `build`, owned by the user or uid the job runs
+    /// as.
     fn workspace(&self, build: &BuildId) -> Result<Workspace, String> {
         // Checked when the configuration was read: not running the job is
         // the safe answer if the machine changed since.
-        let owner = self
-            .run_as
-            .clone()
-            .map_err(|e| format!("executor.run_as: {e}"))?;
-        Workspace::create(&self.work_dir, build, owner).map_err(|e| {
+        let owners = self.owners.as_ref().map_err(|e| format!("executor: {e}"))?;
+        let (owner, lease) = match owners {
+            Owners::Sluice => (None, None),
+            Owners::User(uid, gid) => (Some((*uid, *gid)), None),
+            Owners::PerJob(pool) => {
+                // The semaphore lets at most max_parallel jobs here, and
+                // the range holds at least that many uids.
+                let uid = lock(pool)
+                    .pop()
+                    .ok_or("executor.job_uids: no uid free for this job")?;
+                let lease = UidLease {
+                    uid,
+                    pool: Arc::clone(pool),
+                };
+                (Some((uid, uid)), Some(lease))
+            }
+        };
+        Workspace::create(&self.work_dir, build, owner, lease).map_err(|e| {
             format!(
                 "cannot create a workspace under {}: {e}",
                 self.work_dir.display()
@@ -905,8 +1034,11 @@ struct Workspace {
     repo: PathBuf,
     home: PathBuf,
     tmp: PathBuf,
-    /// The uid and gid its processes run as (`executor.run_as`).
+    /// The uid and gid its processes run as (`executor.run_as`, or one of
+    /// `executor.job_uids`).
     owner: Option<(u32, u32)>,
+    /// The job's own uid, given back after the workspace is removed.
+    lease: Option<UidLease>,
 }
 
 impl Workspace {
@@ -915,10 +1047,14 @@ impl Workspace {
         work_dir: &Path,
         build: &BuildId,
         owner: Option<(u32, u32)>,
+        lease: Option<UidLease>,
     ) -> io::Result<Workspace> {
         std::fs::create_dir_all(work_dir)?;
+        // Its owner's alone: another job's uid must not read or change it.
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o700);
         let root = tempfile::Builder::new()
             .prefix(&format!("{build}-"))
+            .permissions(private)
             .tempdir_in(work_dir)?;
         let [repo, home, tmp] = ["repo", "home", "tmp"].map(|d| root.path().join(d));
         for dir in [&repo, &home, &tmp] {
@@ -935,6 +1071,7 @@ impl Workspace {
             home,
             tmp,
             owner,
+            lease,
         })
     }
 
@@ -943,11 +1080,17 @@ impl Workspace {
     async fn remove(self) {
         let path = self.root.path().to_path_buf();
         let removed = tokio::task::spawn_blocking(move || {
+            // What the job left running goes first: it could write on.
+            if let Some(lease) = &self.lease {
+                kill_processes_of(lease.uid);
+            }
             let root = self.root.keep();
-            std::fs::remove_dir_all(&root).or_else(|_| {
+            let removed = std::fs::remove_dir_all(&root).or_else(|_| {
                 make_writable(&root);
                 std::fs::remove_dir_all(&root)
-            })
+            });
+            drop(self.lease);
+            removed
         })
         .await;
         match removed {
@@ -1040,7 +1183,7 @@ mod tests {
     async fn a_panicking_job_runner_reports_an_error_and_kills_the_test() {
         let dir = tempfile::tempdir().unwrap();
         let build = BuildId::parse("b-panic").unwrap();
-        let ws = Workspace::create(dir.path(), &build, None).unwrap();
+        let ws = Workspace::create(dir.path(), &build, None, None).unwrap();
         let pid_file = dir.path().join("test.pid");
         let log = Log::new(1 << 16);
         let (_keep, mut cancel) = watch::channel(false);
