@@ -708,3 +708,49 @@ async fn with_job_uids_jobs_running_at_once_cannot_reach_each_other() {
         "A's leftover {leftover} still runs: {stat}"
     );
 }
+
+/// After a restart with `executor.job_uids`, a process still running as
+/// one of the range's uids (a killed sluice's job, or what it left behind)
+/// is killed before any uid is lent to a new job. Needs root.
+#[tokio::test]
+async fn with_job_uids_a_restart_kills_what_runs_as_them() {
+    setup();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running jobs as other uids needs root");
+        return;
+    }
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let spawn_as = |uid: u32| {
+        Command::new("sleep")
+            .arg("300")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .unwrap()
+    };
+    let (mut in_range, mut outside) = (spawn_as(200203), spawn_as(200299));
+    let ex = LocalExecutor::new(&ExecutorConfig {
+        work_dir: tmp.path().join("work"),
+        max_parallel: 2,
+        job_uids: Some("200202-200203".into()),
+        ..ExecutorConfig::default()
+    });
+    let (tx, _rx) = unbounded_channel();
+    assert!(ex.recover(Vec::new(), tx).await.is_empty());
+    let mut ended = None;
+    for _ in 0..200 {
+        ended = in_range.try_wait().unwrap();
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ended.and_then(|s| s.signal()), Some(9), "{ended:?}");
+    assert!(
+        outside.try_wait().unwrap().is_none(),
+        "a uid outside the range was killed"
+    );
+    outside.kill().unwrap();
+    outside.wait().unwrap();
+}

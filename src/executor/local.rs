@@ -76,7 +76,7 @@ struct UidLease {
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        let killed = kill_processes_of(self.uid);
+        let killed = kill_processes_of(|uid| uid == self.uid);
         if killed > 0 {
             tracing::info!(uid = self.uid, killed, "killed what a job left running");
         }
@@ -84,10 +84,10 @@ impl Drop for UidLease {
     }
 }
 
-/// SIGKILLs every process whose real or effective uid is `uid`, in passes
-/// until none is left (a process may fork while it is being killed), and
-/// returns how many it killed. Blocking: reads `/proc`.
-fn kill_processes_of(uid: u32) -> usize {
+/// SIGKILLs every process whose real or effective uid is one of `uids`, in
+/// passes until none is left (a process may fork while it is being
+/// killed), and returns how many it killed. Blocking: reads `/proc`.
+fn kill_processes_of(uids: impl Fn(u32) -> bool) -> usize {
     let mut killed = 0;
     for _ in 0..50 {
         let found: Vec<i32> = std::fs::read_dir("/proc")
@@ -95,7 +95,7 @@ fn kill_processes_of(uid: u32) -> usize {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| runs_as(*pid, uid))
+            .filter(|pid| runs_as(*pid, &uids))
             .collect();
         if found.is_empty() {
             break;
@@ -110,9 +110,9 @@ fn kill_processes_of(uid: u32) -> usize {
     killed
 }
 
-/// Whether process `pid` is alive (not a zombie) with real or effective uid
-/// `uid`.
-fn runs_as(pid: i32, uid: u32) -> bool {
+/// Whether process `pid` is alive (not a zombie) with a real or effective
+/// uid among `uids`.
+fn runs_as(pid: i32, uids: &impl Fn(u32) -> bool) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
@@ -123,13 +123,13 @@ fn runs_as(pid: i32, uid: u32) -> bool {
             .map(str::trim)
     };
     let zombie = field("State:").is_some_and(|s| s.starts_with('Z'));
-    let uids: Vec<u32> = field("Uid:")
-        .unwrap_or("")
-        .split_whitespace()
-        .take(2)
-        .filter_map(|u| u.parse().ok())
-        .collect();
-    !zombie && uids.contains(&uid)
+    !zombie
+        && field("Uid:")
+            .unwrap_or("")
+            .split_whitespace()
+            .take(2)
+            .filter_map(|u| u.parse().ok())
+            .any(uids)
 }
 
 /// The uids of `executor.job_uids` (`"FIRST-LAST"`): enough for
@@ -224,6 +224,16 @@ impl LocalExecutor {
     /// behind (it was killed before it could) and removes their workspaces.
     /// Returns how many workspaces were cleaned.
     pub fn clean_leftovers(&self) -> usize {
+        // With a uid per job, anything still running as one of them is a
+        // previous run's leftover (maybe one that left its process group):
+        // it must be gone before the uid is lent to a new job.
+        if let Ok(Owners::PerJob(pool)) = &self.shared.owners {
+            let uids = lock(pool).clone();
+            let killed = kill_processes_of(|uid| uids.contains(&uid));
+            if killed > 0 {
+                tracing::info!(killed, "killed processes left running as job uids");
+            }
+        }
         let Ok(entries) = std::fs::read_dir(&self.shared.work_dir) else {
             return 0;
         };
@@ -1082,7 +1092,7 @@ impl Workspace {
         let removed = tokio::task::spawn_blocking(move || {
             // What the job left running goes first: it could write on.
             if let Some(lease) = &self.lease {
-                kill_processes_of(lease.uid);
+                kill_processes_of(|uid| uid == lease.uid);
             }
             let root = self.root.keep();
             let removed = std::fs::remove_dir_all(&root).or_else(|_| {
