@@ -60,17 +60,14 @@ pub async fn adapters_from_config(config: &Config, secrets: &Secrets) -> anyhow:
     let forge = github_from_config(config, secrets).await?;
     let executor: Arc<dyn Executor> = match config.executor.kind {
         ExecutorKind::Local => {
+            let local = LocalExecutor::new(&config.executor);
             // Whom PR code runs as is the first thing an operator should know.
-            let runs_as = match (&config.executor.run_as, &config.executor.job_uids) {
-                (Some(user), _) => format!("as user {user:?}"),
-                (None, Some(range)) => format!("each as a uid of its own from {range}"),
-                (None, None) => "as sluice's own user (see executor.run_as, job_uids)".into(),
-            };
             tracing::info!(
                 max_parallel = config.executor.max_parallel,
-                "local jobs run {runs_as}"
+                "local jobs run {}",
+                local.runs_as()
             );
-            Arc::new(LocalExecutor::new(&config.executor))
+            Arc::new(local)
         }
         ExecutorKind::Kubernetes => Arc::new(KubernetesExecutor::from_config(config).await?),
     };

@@ -67,18 +67,44 @@ enum Owners {
     PerJob(Arc<Mutex<Vec<u32>>>),
 }
 
+impl Owners {
+    /// Whom jobs run as, for the log.
+    fn describe(&self) -> String {
+        match self {
+            Owners::Sluice => "as sluice's own user (see executor.run_as, job_uids)".into(),
+            Owners::User(uid, _) => format!("as uid {uid} (executor.run_as)"),
+            Owners::PerJob(pool) => format!(
+                "each as a uid of its own ({} in executor.job_uids)",
+                lock(pool).len()
+            ),
+        }
+    }
+}
+
 /// A uid lent to one running job. Given back (on drop) only after every
 /// process left with it is killed, so the next job to get it meets none.
 struct UidLease {
     uid: u32,
     pool: Arc<Mutex<Vec<u32>>>,
+    /// Its processes were killed and none can have started since.
+    cleared: bool,
+}
+
+impl UidLease {
+    /// Kills every process left running with the uid. Blocking.
+    fn clear(&mut self) {
+        let killed = kill_processes_of(|uid| uid == self.uid);
+        if killed > 0 {
+            tracing::info!(uid = self.uid, killed, "killed what a job left running");
+        }
+        self.cleared = true;
+    }
 }
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        let killed = kill_processes_of(|uid| uid == self.uid);
-        if killed > 0 {
-            tracing::info!(uid = self.uid, killed, "killed what a job left running");
+        if !self.cleared {
+            self.clear();
         }
         lock(&self.pool).push(self.uid);
     }
@@ -261,6 +287,14 @@ impl LocalExecutor {
             }
         }
         cleaned
+    }
+
+    /// Whom jobs run as, in words for the log.
+    pub fn runs_as(&self) -> String {
+        match &self.shared.owners {
+            Ok(owners) => owners.describe(),
+            Err(e) => format!("nowhere: {e}"),
+        }
     }
 
     /// Builds whose jobs are queued or running.
@@ -495,6 +529,7 @@ impl Shared {
                 let lease = UidLease {
                     uid,
                     pool: Arc::clone(pool),
+                    cleared: false,
                 };
                 (Some((uid, uid)), Some(lease))
             }
@@ -1090,16 +1125,18 @@ impl Workspace {
     async fn remove(self) {
         let path = self.root.path().to_path_buf();
         let removed = tokio::task::spawn_blocking(move || {
-            // What the job left running goes first: it could write on.
-            if let Some(lease) = &self.lease {
-                kill_processes_of(|uid| uid == lease.uid);
+            // What the job left running goes first: it could write on. The
+            // uid is given back (the lease dropped) only after the removal.
+            let mut lease = self.lease;
+            if let Some(lease) = lease.as_mut() {
+                lease.clear();
             }
             let root = self.root.keep();
             let removed = std::fs::remove_dir_all(&root).or_else(|_| {
                 make_writable(&root);
                 std::fs::remove_dir_all(&root)
             });
-            drop(self.lease);
+            drop(lease);
             removed
         })
         .await;
