@@ -397,8 +397,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 2,000 random sequences per run; `SLUICE_PROPTEST_CASES` asks for more (a
+/// long hunt for rare sequences) or fewer.
+fn cases() -> u32 {
+    std::env::var("SLUICE_PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn invariants_hold_over_random_event_sequences(ops in proptest::collection::vec(op(), 1..80)) {
         run(ops)?;
@@ -957,7 +966,7 @@ fn run_train(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn a_train_only_ever_lands_tested_cars_of_approved_prs(
         ops in proptest::collection::vec(train_op(), 1..120),

@@ -2523,19 +2523,25 @@ fn a_commenters_access_is_asked_once_again_after_a_restart_and_an_unknown_answer
 }
 
 #[test]
-fn prs_by_state_count_every_state_and_filter_one() {
+fn phases_are_counted_for_every_state() {
     let mut bot = Bot::default();
     bot.open(1, 0xa1);
     bot.open(2, 0xa2);
     let b = bot.build_of(1).unwrap();
     bot.finish(&b, Outcome::Passed);
-    let (counts, prs) = by_state(bot.state.pr_views(), Some(Phase::Passed));
-    assert_eq!(counts.len(), Phase::ALL.len());
-    let count = |p: Phase| counts.iter().find(|(q, _)| *q == p).unwrap().1;
-    assert_eq!((count(Phase::Passed), count(Phase::Testing)), (1, 1));
-    assert_eq!(prs.iter().map(|v| v.number).collect::<Vec<_>>(), vec![1]);
-    let (_, all) = by_state(bot.state.pr_views(), None);
-    assert_eq!(all.len(), 2);
+    let counts: PhaseCounts = bot.state.pr_phases_iter().map(|(_, p)| p).collect();
+    assert_eq!(counts.iter().count(), Phase::ALL.len(), "every state named");
+    assert_eq!(
+        (counts.get(Phase::Passed), counts.get(Phase::Testing)),
+        (1, 1)
+    );
+    assert_eq!(counts.get(Phase::Failed), 0);
+    let views = bot.state.pr_views();
+    assert_eq!(
+        views.iter().map(|v| v.phase).collect::<PhaseCounts>(),
+        counts,
+        "the counting pass agrees with the views"
+    );
     assert_eq!(
         Phase::parse("waiting_for_target"),
         Some(Phase::WaitingForTarget)

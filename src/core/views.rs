@@ -113,21 +113,39 @@ impl Phase {
     }
 }
 
-/// The PRs by state: how many are in each (every state named, zeros
-/// included), and those in `state` (all when `None`), in repository and
-/// number order.
-pub fn by_state(views: Vec<PrView>, state: Option<Phase>) -> (Vec<(Phase, usize)>, Vec<PrView>) {
-    let mut counts: Vec<(Phase, usize)> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
-    for view in &views {
-        if let Some(slot) = counts.iter_mut().find(|(p, _)| *p == view.phase) {
+/// How many PRs are in each state (every state named, zeros included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseCounts([(Phase, usize); Phase::ALL.len()]);
+
+impl Default for PhaseCounts {
+    fn default() -> Self {
+        PhaseCounts(Phase::ALL.map(|p| (p, 0)))
+    }
+}
+
+impl PhaseCounts {
+    pub fn add(&mut self, phase: Phase) {
+        if let Some(slot) = self.0.iter_mut().find(|(p, _)| *p == phase) {
             slot.1 += 1;
         }
     }
-    let prs = views
-        .into_iter()
-        .filter(|v| state.is_none_or(|s| v.phase == s))
-        .collect();
-    (counts, prs)
+
+    pub fn get(&self, phase: Phase) -> usize {
+        self.0.iter().find(|(p, _)| *p == phase).map_or(0, |s| s.1)
+    }
+
+    /// Every state with its count, in [`Phase::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Phase, usize)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl FromIterator<Phase> for PhaseCounts {
+    fn from_iter<I: IntoIterator<Item = Phase>>(phases: I) -> Self {
+        let mut counts = PhaseCounts::default();
+        phases.into_iter().for_each(|p| counts.add(p));
+        counts
+    }
 }
 
 impl PrView {
@@ -157,20 +175,28 @@ impl State {
         Some(self.pr_view(repo, repo.prs.get(&key.number)?))
     }
 
+    /// Every tracked PR's repository and state, in [`State::pr_views`]'s
+    /// order, without the rest of the view (for counting).
+    pub fn pr_phases_iter(&self) -> impl Iterator<Item = (&RepoName, Phase)> + '_ {
+        self.repos.iter().flat_map(|(name, repo)| {
+            repo.prs.values().map(move |pr| {
+                let pair = repo.current_pair(pr);
+                (
+                    name,
+                    phase_of(
+                        pr,
+                        pair.is_some(),
+                        pair.as_ref().and_then(|p| pr.results.get(p)),
+                    ),
+                )
+            })
+        })
+    }
+
     fn pr_view(&self, repo: &RepoState, pr: &Pr) -> PrView {
         let pair = repo.current_pair(pr);
         let result = pair.as_ref().and_then(|p| pr.results.get(p));
-        let phase = match (&pair, result, &pr.build) {
-            (None, _, _) => Phase::WaitingForTarget,
-            (_, Some(r), _) => match r.outcome {
-                Outcome::Passed => Phase::Passed,
-                Outcome::Failed => Phase::Failed,
-                Outcome::Error => Phase::Error,
-            },
-            (_, None, Some(_)) => Phase::Testing,
-            (_, None, None) if pr.snapshot.mergeable == Some(false) => Phase::Conflict,
-            _ => Phase::Queued,
-        };
+        let phase = phase_of(pr, pair.is_some(), result);
         let key_for = |build: &BuildId| ResultKey {
             repo: pr.snapshot.key.repo.clone(),
             pr: pr.snapshot.key.number,
@@ -446,5 +472,21 @@ impl State {
     /// When the running build `id` started, if it runs.
     pub fn build_started_at(&self, id: &BuildId) -> Option<Timestamp> {
         self.builds.get(id).map(|b| b.started_at)
+    }
+}
+
+/// A PR's state from its current pair (if its target is known) and that
+/// pair's result.
+fn phase_of(pr: &Pr, has_pair: bool, result: Option<&PairResult>) -> Phase {
+    match (has_pair, result, &pr.build) {
+        (false, _, _) => Phase::WaitingForTarget,
+        (_, Some(r), _) => match r.outcome {
+            Outcome::Passed => Phase::Passed,
+            Outcome::Failed => Phase::Failed,
+            Outcome::Error => Phase::Error,
+        },
+        (_, None, Some(_)) => Phase::Testing,
+        (_, None, None) if pr.snapshot.mergeable == Some(false) => Phase::Conflict,
+        _ => Phase::Queued,
     }
 }

@@ -8,7 +8,9 @@ mod events;
 mod live;
 pub mod pages;
 
-use crate::core::{Answer, BranchMode, Event, HistoryEntry, PrKey, PrView, RepoName, RequestId};
+use crate::core::{
+    Answer, BranchMode, Event, HistoryEntry, PhaseCounts, PrKey, PrView, RepoName, RequestId,
+};
 use crate::forge::webhook::{self, Delivery};
 use crate::results::ResultsStore;
 use crate::runtime::history::HistoryFilter;
@@ -688,14 +690,16 @@ impl PrJson {
 // `serde_json::json!` would first build a `Value` tree of every PR, which
 // for 10,000 PRs costs about ten times the memory of the answer itself.
 #[derive(Serialize)]
-struct PrsJson<'a> {
-    prs: PrList<'a>,
+#[serde(bound = "")]
+struct PrsJson<'a, F: Fn(&PrView) -> bool> {
+    prs: PrList<'a, F>,
 }
 
 #[derive(Serialize)]
-struct PrsByStateJson {
+#[serde(bound = "")]
+struct PrsByStateJson<'a, F: Fn(&PrView) -> bool> {
     counts: BTreeMap<&'static str, usize>,
-    prs: Vec<PrJson>,
+    prs: PrList<'a, F>,
 }
 
 #[derive(Serialize)]
@@ -748,22 +752,25 @@ fn prs_by_state(ctx: &HttpContext, query: PrsQuery) -> Response {
             );
         }
     };
-    let views: Vec<PrView> = ctx
-        .shared
-        .state
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .pr_views()
-        .into_iter()
-        .filter(|v| query.repo.as_deref().is_none_or(|r| v.repo.as_str() == r))
+    let repo = query.repo.as_deref();
+    let in_repo = move |r: &RepoName| repo.is_none_or(|asked| r.as_str() == asked);
+    // Counted, then written one view at a time under the read lock, as the
+    // list views are (see `list_view`).
+    let state_now = ctx.shared.state.read().unwrap_or_else(|e| e.into_inner());
+    let counts: PhaseCounts = state_now
+        .pr_phases_iter()
+        .filter(|(r, _)| in_repo(r))
+        .map(|(_, phase)| phase)
         .collect();
-    let (counts, prs) = crate::core::by_state(views, state);
-    let counts: BTreeMap<&'static str, usize> = counts
-        .into_iter()
-        .map(|(phase, n)| (phase.name(), n))
-        .collect();
-    let prs: Vec<PrJson> = prs.into_iter().map(|view| PrJson::of(ctx, view)).collect();
-    json(StatusCode::OK, &PrsByStateJson { counts, prs })
+    let body = PrsByStateJson {
+        counts: counts.iter().map(|(phase, n)| (phase.name(), n)).collect(),
+        prs: PrList {
+            ctx,
+            state: &state_now,
+            keep: move |v: &PrView| in_repo(&v.repo) && state.is_none_or(|s| v.phase == s),
+        },
+    };
+    json(StatusCode::OK, &body)
 }
 
 fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
@@ -780,18 +787,18 @@ fn list_view(ctx: &HttpContext, keep: fn(&PrView) -> bool) -> Response {
 }
 
 /// The PRs `keep` selects as a JSON array, each view made as it is written.
-struct PrList<'a> {
+struct PrList<'a, F: Fn(&PrView) -> bool> {
     ctx: &'a HttpContext,
     state: &'a crate::core::State,
-    keep: fn(&PrView) -> bool,
+    keep: F,
 }
 
-impl Serialize for PrList<'_> {
+impl<F: Fn(&PrView) -> bool> Serialize for PrList<'_, F> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
             self.state
                 .pr_views_iter()
-                .filter(self.keep)
+                .filter(|v| (self.keep)(v))
                 .map(|view| PrJson::of(self.ctx, view)),
         )
     }

@@ -14,8 +14,7 @@
 
 use super::HttpContext;
 use crate::core::{
-    BuildId, Candidate, HistoryEntry, PrKey, PrView, RepoName, ResultKey, State, Timestamp,
-    by_state,
+    BuildId, Candidate, HistoryEntry, PhaseCounts, PrKey, RepoName, ResultKey, State, Timestamp,
 };
 use crate::results::ResultsStore;
 use crate::runtime::history::{History, HistoryFilter, kind_of};
@@ -554,19 +553,25 @@ impl Dashboard {
                 }
             })
             .collect();
-        let views = state.pr_views();
-        let tracked = views.len();
-        let (counts, views) = by_state(views, None);
-        let waiting: Vec<PrView> = views
-            .into_iter()
-            .filter(|v| v.train_position.is_none())
-            .collect();
-        let total_waiting = waiting.len();
+        // One pass over the PRs, keeping only the waiting page's views.
+        let mut counts = PhaseCounts::default();
+        let mut tracked = 0;
+        let mut total_waiting = 0usize;
+        let first = (page - 1).saturating_mul(WAITING_PER_PAGE);
+        let mut waiting = Vec::new();
+        for view in state.pr_views_iter() {
+            tracked += 1;
+            counts.add(view.phase);
+            if view.train_position.is_none() {
+                if (first..first.saturating_add(WAITING_PER_PAGE)).contains(&total_waiting) {
+                    waiting.push(view);
+                }
+                total_waiting += 1;
+            }
+        }
         let pages = total_waiting.div_ceil(WAITING_PER_PAGE).max(1);
         let waiting = waiting
             .into_iter()
-            .skip((page - 1).saturating_mul(WAITING_PER_PAGE))
-            .take(WAITING_PER_PAGE)
             .map(|v| WaitingRow {
                 pr_href: pr_href(&v.repo, v.number),
                 repo: v.repo.to_string(),
@@ -635,7 +640,7 @@ impl Dashboard {
             now: when(now),
             trains,
             tracked,
-            counts: counts.into_iter().map(|(p, n)| (p.name(), n)).collect(),
+            counts: counts.iter().map(|(p, n)| (p.name(), n)).collect(),
             total_waiting,
             waiting,
             page,

@@ -139,8 +139,71 @@ fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Opens `path` to append lines, first cutting off a torn last line (a
+/// write a kill, a crash or a full disk stopped part-way), which was never
+/// acknowledged: appending after it would glue the next line onto it and
+/// make that line unreadable too.
 fn open_append(path: PathBuf) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let whole = whole_lines_len(&mut file)?;
+    if whole < file.metadata()?.len() {
+        tracing::warn!(cut_at = whole, "cutting off a torn last line");
+        file.set_len(whole)?;
+        file.sync_data()?;
+    }
+    Ok(file)
+}
+
+/// The length of `file` up to and including its last newline.
+fn whole_lines_len(file: &mut File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut end = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(at) = part.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + at as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The lines of `path` as bytes: a line need not be valid UTF-8 (a write
+/// torn inside a character) for the others to be read.
+fn byte_lines(path: &Path) -> io::Result<impl Iterator<Item = io::Result<Vec<u8>>>> {
+    let mut reader = BufReader::new(File::open(path)?);
+    Ok(std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
+/// Writes `bytes` to the end of `file` whole or not at all: a write that
+/// fails part-way is cut off again, so the next one starts on a new line.
+fn append_whole(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let before = file.metadata()?.len();
+    file.write_all(bytes).inspect_err(|_| {
+        if let Err(e) = file.set_len(before) {
+            tracing::error!(error = %e, "cannot cut off a part-written line");
+        }
+    })
 }
 
 /// Cuts `history.jsonl` in `dir` to its last `keep` lines (at start, before
@@ -151,9 +214,7 @@ pub fn compact_history(dir: &Path, keep: usize) -> io::Result<usize> {
     if keep == 0 || !path.exists() {
         return Ok(0);
     }
-    let lines: Vec<String> = BufReader::new(File::open(&path)?)
-        .lines()
-        .collect::<io::Result<_>>()?;
+    let lines: Vec<Vec<u8>> = byte_lines(&path)?.collect::<io::Result<_>>()?;
     if lines.len() <= keep {
         return Ok(0);
     }
@@ -162,7 +223,8 @@ pub fn compact_history(dir: &Path, keep: usize) -> io::Result<usize> {
     {
         let mut file = File::create(&next)?;
         for line in &lines[cut..] {
-            writeln!(file, "{line}")?;
+            file.write_all(line)?;
+            file.write_all(b"\n")?;
         }
         file.sync_all()?;
     }
@@ -191,8 +253,8 @@ impl Store {
         let history_path = dir.join(HISTORY);
         let mut history_seq = 0;
         if history_path.exists() {
-            for line in BufReader::new(File::open(&history_path)?).lines() {
-                if let Ok(h) = serde_json::from_str::<HistoryLine>(&line?) {
+            for line in byte_lines(&history_path)? {
+                if let Ok(h) = serde_json::from_slice::<HistoryLine>(&line?) {
                     history_seq = history_seq.max(h.seq);
                     recovered.history.push(h.entry);
                 }
@@ -205,11 +267,11 @@ impl Store {
             if !path.exists() {
                 continue;
             }
-            for line in BufReader::new(File::open(&path)?).lines() {
+            for line in byte_lines(&path)? {
                 let line = line?;
                 lines += 1;
-                // A torn last line (killed mid-write) is not an event.
-                let Ok(entry) = serde_json::from_str::<Line>(&line) else {
+                // A torn line (killed mid-write) is not an event.
+                let Ok(entry) = serde_json::from_slice::<Line>(&line) else {
                     tracing::warn!("ignoring an unreadable journal line (torn write?)");
                     continue;
                 };
@@ -283,11 +345,17 @@ impl Store {
         let (snapshot_tx, snapshot_rx) = std::sync::mpsc::channel::<SnapshotJob>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let dir = self.dir.clone();
+        let history = self.history.try_clone()?;
         std::thread::Builder::new()
             .name("sluice-snapshot".into())
             .spawn(move || {
                 for job in snapshot_rx {
-                    let result = write_snapshot(&dir, job.seq, &job.state, &job.deliveries)
+                    // The history lines of the events a snapshot covers are
+                    // rebuilt from the sealed journal if lost, so they must
+                    // be on disk before that journal is deleted.
+                    let result = history
+                        .sync_data()
+                        .and_then(|()| write_snapshot(&dir, job.seq, &job.state, &job.deliveries))
                         .map(|()| job.seq)
                         .map_err(|e| e.to_string());
                     if done_tx.send(result).is_err() {
@@ -346,7 +414,7 @@ fn write_line<T: Serialize>(file: &mut File, value: &T) -> io::Result<()> {
     let mut line = serde_json::to_vec(value).map_err(other)?;
     line.push(b'\n');
     // One write per line: a kill leaves at most a torn last line.
-    file.write_all(&line)
+    append_whole(file, &line)
 }
 
 /// Inputs submitted together, acknowledged once they are on disk.
@@ -544,8 +612,9 @@ impl JournalWriter {
         if buffer.is_empty() {
             return Ok(());
         }
-        self.file.write_all(buffer)?;
+        let written = append_whole(&mut self.file, buffer);
         buffer.clear();
+        written?;
         if self.fsync == Fsync::Always {
             self.file.sync_data()?;
         }
@@ -792,6 +861,54 @@ mod tests {
         for _ in 0..2 {
             let (_, rec) = Store::open(dir.path()).unwrap();
             assert_eq!(rec.history.len(), 1, "restored exactly once");
+        }
+    }
+
+    #[test]
+    fn a_torn_line_is_cut_off_so_nothing_acknowledged_after_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut live = state();
+        drop(drive(dir.path(), &mut live, vec![Input::Event(moved(1))]));
+        // Writes stopped part-way (a kill, a full disk), torn inside a
+        // two-byte character ("é" is C3 A9), in both appended files.
+        for name in [JOURNAL, HISTORY] {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            f.write_all(b"{\"kind\":\"event\",\"seq\":7,\"title\":\"caf\xC3")
+                .unwrap();
+        }
+        // The next life appends an event, a delivery and a history line,
+        // each acknowledged.
+        let mut keeper = drive(
+            dir.path(),
+            &mut live,
+            vec![Input::Event(moved(2)), Input::Delivery("d-2".into())],
+        );
+        let entry = HistoryEntry::BranchMode {
+            repo: RepoName::parse("o/r").unwrap(),
+            branch: "café".into(),
+            from: crate::core::BranchMode::Running,
+            to: crate::core::BranchMode::Paused,
+            at: Timestamp(5),
+        };
+        keeper.append_history(9, &entry).unwrap();
+        drop(keeper);
+        let (_, rec) = Store::open(dir.path()).unwrap();
+        assert_eq!(rec.state.unwrap(), live, "the event after the torn line");
+        assert_eq!(rec.deliveries, vec!["d-2"]);
+        assert_eq!(rec.history, vec![entry], "the history line after it");
+        for name in [JOURNAL, HISTORY] {
+            let bytes = std::fs::read(dir.path().join(name)).unwrap();
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(line).is_ok(),
+                    "{name} still holds a torn line: {}",
+                    String::from_utf8_lossy(line)
+                );
+            }
         }
     }
 
