@@ -169,8 +169,12 @@ pub async fn start(
         .iter()
         .enumerate()
         .map(|(i, hook)| {
-            hook.secret()
-                .map_err(|e| anyhow::anyhow!("events.webhooks[{i}] ({}): {e}", hook.url))
+            hook.secret().map_err(|e| {
+                anyhow::anyhow!(
+                    "events.webhooks[{i}] ({}): {e}",
+                    crate::runtime::outgoing::origin(&hook.url)
+                )
+            })
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
     if config.history.retain > 0 && config.state.dir.exists() {
@@ -199,6 +203,7 @@ pub async fn start(
         webhook_secret: secrets.webhook_secret.clone().into_bytes(),
         api_token: secrets.api_token.clone(),
         deliveries: Mutex::new(deliveries),
+        delivery_released: Default::default(),
     });
     let mut server_rx = rx.clone();
     let listener = match listen {

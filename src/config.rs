@@ -141,6 +141,11 @@ impl EventWebhookConfig {
     }
 }
 
+/// Every timeout and interval in seconds: at least one, at most a week
+/// (larger values would overflow a deadline).
+const IN_DURATION_RANGE: std::ops::RangeInclusive<u64> = 1..=604_800;
+const DURATION_RANGE: &str = "must be 1 to 604800 seconds (7 days)";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
@@ -487,6 +492,49 @@ pub struct ExecutorConfig {
     pub kubernetes: KubernetesConfig,
 }
 
+impl ExecutorConfig {
+    /// Sluice empties `work_dir` at every start (a killed sluice's
+    /// workspaces), so it must not be, or hold, the state or the results.
+    fn check_work_dir(
+        &self,
+        state_dir: &Path,
+        results_dir: &Path,
+        bad: &dyn Fn(String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        // Resolved if it exists, else made absolute and `..` taken
+        // lexically.
+        let full = |p: &Path| {
+            let p = p.canonicalize().or_else(|_| std::path::absolute(p))?;
+            let mut plain = PathBuf::new();
+            for part in p.components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        plain.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => plain.push(other),
+                }
+            }
+            std::io::Result::Ok(plain)
+        };
+        let Ok(work) = full(&self.work_dir) else {
+            return Ok(());
+        };
+        for (what, dir) in [("state.dir", state_dir), ("results.dir", results_dir)] {
+            if full(dir).is_ok_and(|dir| dir.starts_with(&work)) {
+                return Err(bad(
+                    "executor.work_dir".into(),
+                    &format!(
+                        "must not be or hold {what} ({}): sluice empties work_dir at every start",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
@@ -683,8 +731,14 @@ impl GcsConfig {
                 "must be an http:// or https:// URL",
             ));
         }
-        if self.request_timeout_secs == 0 {
-            return Err(("results.gcs.request_timeout_secs", "must be > 0"));
+        if !IN_DURATION_RANGE.contains(&self.request_timeout_secs) {
+            return Err(("results.gcs.request_timeout_secs", DURATION_RANGE));
+        }
+        if self.retry_interval_secs > *IN_DURATION_RANGE.end() {
+            return Err((
+                "results.gcs.retry_interval_secs",
+                "must be 0 (never) to 604800 seconds (7 days)",
+            ));
         }
         Ok(())
     }
@@ -817,12 +871,20 @@ impl KubernetesConfig {
             ("relist_interval_secs", self.relist_interval_secs),
             ("api_timeout_secs", self.api_timeout_secs),
         ] {
-            if v == 0 {
-                return Err(bad(key(k), "must be > 0"));
+            if !IN_DURATION_RANGE.contains(&v) {
+                return Err(bad(key(k), DURATION_RANGE));
             }
         }
-        if self.ttl_seconds_after_finished < 0 {
-            return Err(bad(key("ttl_seconds_after_finished"), "must be >= 0"));
+        // A finished Job must outlive sluice's reading of its log, and a
+        // missed watch event's re-list: with less, its result is lost and
+        // the test runs again (or, at 0, has no log at all).
+        let ttl = i64::from(self.ttl_seconds_after_finished);
+        if ttl < 300 || ttl <= self.relist_interval_secs as i64 {
+            return Err(bad(
+                key("ttl_seconds_after_finished"),
+                "must be at least 300 and more than relist_interval_secs (a finished Job must \
+                 outlive the reading of its log)",
+            ));
         }
         if self.run_as_user <= 0 {
             return Err(bad(key("run_as_user"), "must be a non-root uid (> 0)"));
@@ -922,8 +984,8 @@ impl Config {
                 return Err(bad(key.into(), "must be an http:// or https:// URL"));
             }
         }
-        if self.github.request_timeout_secs == 0 {
-            return Err(bad("github.request_timeout_secs".into(), "must be > 0"));
+        if !IN_DURATION_RANGE.contains(&self.github.request_timeout_secs) {
+            return Err(bad("github.request_timeout_secs".into(), DURATION_RANGE));
         }
         if self.github.status_context.trim().is_empty() {
             return Err(bad("github.status_context".into(), "must not be empty"));
@@ -937,6 +999,12 @@ impl Config {
         if let Some(app) = &self.github.app {
             app.validate(&bad)?;
         }
+        if self.reconcile.interval_secs > *IN_DURATION_RANGE.end() {
+            return Err(bad(
+                "reconcile.interval_secs".into(),
+                "must be 0 (only at startup) to 604800 seconds (7 days)",
+            ));
+        }
         for (i, hook) in self.events.webhooks.iter().enumerate() {
             let key = |field: &str| format!("events.webhooks[{i}].{field}");
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
@@ -948,18 +1016,22 @@ impl Config {
                     "set one of secret_env or secret_path: every delivery is signed",
                 ));
             }
-            if hook.max_attempts == 0 || hook.timeout_secs == 0 {
+            if hook.max_attempts == 0 || !IN_DURATION_RANGE.contains(&hook.timeout_secs) {
                 return Err(bad(
                     key("max_attempts"),
-                    "max_attempts and timeout_secs must be > 0",
+                    "max_attempts must be > 0 and timeout_secs 1 to 604800 (7 days)",
                 ));
             }
         }
         if self.executor.max_parallel == 0 {
             return Err(bad("executor.max_parallel".into(), "must be > 0"));
         }
-        if self.executor.git_timeout_secs == 0 {
-            return Err(bad("executor.git_timeout_secs".into(), "must be > 0"));
+        if !IN_DURATION_RANGE.contains(&self.executor.git_timeout_secs) {
+            return Err(bad("executor.git_timeout_secs".into(), DURATION_RANGE));
+        }
+        if self.executor.kind == ExecutorKind::Local {
+            self.executor
+                .check_work_dir(&self.state.dir, &self.results.dir, &bad)?;
         }
         if self.executor.kind == ExecutorKind::Kubernetes {
             self.executor.kubernetes.validate(&bad)?;
@@ -1020,8 +1092,8 @@ impl Config {
             if repo.max_concurrent_builds == 0 {
                 return Err(bad(key("max_concurrent_builds"), "must be > 0"));
             }
-            if repo.job_timeout_secs == 0 {
-                return Err(bad(key("job_timeout_secs"), "must be > 0"));
+            if !IN_DURATION_RANGE.contains(&repo.job_timeout_secs) {
+                return Err(bad(key("job_timeout_secs"), DURATION_RANGE));
             }
             if repo.train_depth > 32 {
                 return Err(bad(key("train_depth"), "must be at most 32"));

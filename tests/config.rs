@@ -328,6 +328,38 @@ fn invalid_values_name_their_key() {
     let both = format!("[executor]\nrun_as = \"nobody\"\njob_uids = \"200000-200063\"\n{MINIMAL}");
     let message = error_naming(&both, "executor.job_uids");
     assert!(message.contains("not both"), "{message}");
+    // Timeouts past a week would overflow a deadline.
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}job_timeout_secs = 9223372036854775807\n"
+        )),
+        "repos[0].job_timeout_secs"
+    );
+    assert_eq!(
+        invalid_key(&format!("[executor]\ngit_timeout_secs = 604801\n{MINIMAL}")),
+        "executor.git_timeout_secs"
+    );
+    // work_dir is emptied at every start: it may not hold the state or
+    // the results.
+    for (work, state, what) in [
+        (".", "sluice-state", "state.dir"),
+        ("/var/lib/sluice", "/var/lib/sluice/state", "state.dir"),
+        ("/var/lib/sluice/x/..", "/var/lib/sluice/state", "state.dir"),
+        ("/srv/s", "/srv/state", "results.dir"),
+    ] {
+        let text = format!(
+            "[executor]\nwork_dir = \"{work}\"\n[state]\ndir = \"{state}\"\n[results]\ndir = \"/srv/s/results\"\n{MINIMAL}"
+        );
+        let message = error_naming(&text, "executor.work_dir");
+        assert!(message.contains(what), "{work}: {message}");
+    }
+    assert!(
+        parse(&format!(
+            "[executor]\nwork_dir = \"/srv/work\"\n[state]\ndir = \"/srv/state\"\n{MINIMAL}"
+        ))
+        .is_ok(),
+        "work_dir beside the state is fine"
+    );
     assert_eq!(invalid_key(""), "repos");
     assert_eq!(invalid_key("repos = []\n"), "repos");
     let message = error_naming("[server]\n", "repos");

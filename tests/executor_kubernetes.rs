@@ -639,6 +639,28 @@ fn the_kubernetes_section_is_read_and_checked() {
     let root = text.replace("schedule_timeout_secs = 120", "run_as_user = 0");
     let err = Config::parse(&root, path).unwrap_err().to_string();
     assert!(err.contains("executor.kubernetes.run_as_user"), "{err}");
+    // A Job Kubernetes deletes before sluice has read its log loses the
+    // result: the TTL must outlive the reading and a re-list.
+    for ttl in ["0", "60", "299"] {
+        let short = text.replace(
+            "schedule_timeout_secs = 120",
+            &format!("ttl_seconds_after_finished = {ttl}"),
+        );
+        let err = Config::parse(&short, path).unwrap_err().to_string();
+        assert!(
+            err.contains("executor.kubernetes.ttl_seconds_after_finished"),
+            "{ttl}: {err}"
+        );
+    }
+    let slow = text.replace(
+        "schedule_timeout_secs = 120",
+        "relist_interval_secs = 9223372036854775807",
+    );
+    let err = Config::parse(&slow, path).unwrap_err().to_string();
+    assert!(
+        err.contains("executor.kubernetes.relist_interval_secs"),
+        "{err}"
+    );
 }
 
 // ---- end to end: sluice's real kube client over HTTP, through a kubeconfig

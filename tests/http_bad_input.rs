@@ -325,6 +325,45 @@ async fn webhook_with_a_bad_signature_is_401_and_not_parsed() {
     .await;
     assert_eq!(body["status"], "pong");
 
+    // The sender's event header names no metric series unless signed: a
+    // quote in it would break every scrape of /metrics, and random names
+    // would add a series each.
+    for event in ["a\"b} 1 fake_metric 2", "random-1", "random-2"] {
+        let r = post_webhook(
+            &stack,
+            Hook {
+                event: Some(event),
+                delivery: None,
+                signature: None,
+            },
+            b"{}".to_vec(),
+        )
+        .await;
+        expect_error("unsigned", r, 401).await;
+    }
+    let (status, metrics) = raw_get(&stack, "/metrics").await;
+    assert_eq!(status, 200);
+    let deliveries: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_webhook_deliveries_total{"))
+        .collect();
+    assert!(
+        !metrics.contains("fake_metric") && !metrics.contains("random-"),
+        "{deliveries:?}"
+    );
+    assert!(
+        deliveries.iter().any(|l| l.starts_with(
+            "sluice_webhook_deliveries_total{event=\"unverified\",result=\"unauthorized\"}"
+        )),
+        "{deliveries:?}"
+    );
+    assert!(
+        deliveries
+            .iter()
+            .all(|l| !l.contains("event=\"pull_request\",result=\"unauthorized\"")),
+        "unsigned deliveries are not counted under the name they claim: {deliveries:?}"
+    );
+
     assert_unchanged(&stack, &[pr], &before).await;
 }
 
@@ -1058,6 +1097,8 @@ async fn history_with_a_bad_query_is_400() {
         ("sha=not-hex-at-all", "sha"),
         ("from=0000000", "branch"),
         ("page=0", "page"),
+        ("page=18446744073709551615", "page"),
+        ("page=1000001", "page"),
         ("per_page=0", "per_page"),
     ] {
         let r = stack

@@ -5,6 +5,16 @@ use std::collections::{HashSet, VecDeque};
 /// How many delivery ids are remembered.
 pub const REMEMBERED_DELIVERIES: usize = 100_000;
 
+/// What [`DeliveryLog::claim`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    Yes,
+    /// Applied already.
+    Seen,
+    /// A copy is being handled; it may still fail.
+    InFlight,
+}
+
 #[derive(Default)]
 pub struct DeliveryLog {
     order: VecDeque<String>,
@@ -18,10 +28,17 @@ impl DeliveryLog {
     pub fn seen(&self, id: &str) -> bool {
         self.ids.contains(id)
     }
-    /// Claims `id` for handling: false if it was seen or is being handled.
-    /// Check and claim are one step, so of concurrent copies one wins.
-    pub fn claim(&mut self, id: &str) -> bool {
-        !self.ids.contains(id) && self.in_flight.insert(id.to_string())
+    /// Claims `id` for handling, unless it was seen or a copy of it is
+    /// being handled now. Check and claim are one step, so of concurrent
+    /// copies one wins.
+    pub fn claim(&mut self, id: &str) -> Claimed {
+        if self.ids.contains(id) {
+            Claimed::Seen
+        } else if self.in_flight.insert(id.to_string()) {
+            Claimed::Yes
+        } else {
+            Claimed::InFlight
+        }
     }
     /// Ends the handling of a claimed `id`. Unless it was [`Self::insert`]ed
     /// meanwhile (applied), it is free again.
@@ -47,13 +64,17 @@ mod tests {
     #[test]
     fn a_claimed_id_is_taken_until_released() {
         let mut log = DeliveryLog::default();
-        assert!(log.claim("a"));
-        assert!(!log.claim("a"), "a copy in flight is a duplicate");
+        assert_eq!(log.claim("a"), Claimed::Yes);
+        assert_eq!(log.claim("a"), Claimed::InFlight);
         log.release("a");
-        assert!(log.claim("a"), "a delivery not applied may come again");
+        assert_eq!(
+            log.claim("a"),
+            Claimed::Yes,
+            "a delivery not applied may come again"
+        );
         log.insert("a");
         log.release("a");
         assert!(log.seen("a"));
-        assert!(!log.claim("a"));
+        assert_eq!(log.claim("a"), Claimed::Seen);
     }
 }

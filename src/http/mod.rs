@@ -18,6 +18,7 @@ use crate::runtime::metrics::{Metrics, WebhookLabels};
 use crate::runtime::store::Refused;
 use crate::runtime::{Input, Shared};
 use bytes::Bytes;
+use deliveries::Claimed;
 pub use deliveries::DeliveryLog;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct HttpContext {
     pub webhook_secret: Vec<u8>,
     pub api_token: Option<String>,
     pub deliveries: Mutex<DeliveryLog>,
+    /// Woken when a delivery's handling ends, for a copy that waits on it.
+    pub delivery_released: tokio::sync::Notify,
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -284,15 +287,31 @@ fn verify_and_parse(
     Ok(webhook::parse_delivery(event, body))
 }
 
+/// An event name as a metric label: GitHub's names are short lower-case
+/// words; anything else is `other`.
+fn metric_event_name(event: &str) -> String {
+    let plain = !event.is_empty()
+        && event.len() <= 40
+        && event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if plain { event } else { "other" }.to_string()
+}
+
 async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let event = header(webhook::EVENT_HEADER).unwrap_or("").to_string();
     let count = |result: &str| {
+        // The event header is the sender's text: only a signed delivery's
+        // names a series (an unsigned one could write anything into the
+        // metrics, and a new series each time).
+        let event = match result {
+            "unauthorized" => "unverified".to_string(),
+            _ => metric_event_name(&event),
+        };
         ctx.shared
             .metrics
             .webhooks
             .get_or_create(&WebhookLabels {
-                event: event.clone(),
+                event,
                 result: result.to_string(),
             })
             .inc();
@@ -328,12 +347,22 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
         Ok(parsed) => parsed,
     };
     let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
-    let Some(claim) = Claim::take(ctx, &delivery_id) else {
-        count("duplicate");
-        return json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }),
-        );
+    let claim = match Claim::take(ctx, &delivery_id).await {
+        Ok(claim) => claim,
+        Err(Claimed::InFlight) => {
+            count("busy");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a copy of this delivery is still being handled; send it again",
+            );
+        }
+        Err(_) => {
+            count("duplicate");
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "duplicate", "delivery": delivery_id }),
+            );
+        }
     };
     let parsed = match parsed {
         Ok(parsed) => parsed,
@@ -496,17 +525,34 @@ struct Claim<'a> {
 }
 
 impl<'a> Claim<'a> {
-    /// None if the delivery was seen or a copy of it is being handled now.
-    fn take(ctx: &'a HttpContext, id: &'a str) -> Option<Claim<'a>> {
-        let claimed = id.is_empty()
-            || ctx
+    /// Claims the delivery `id`. A copy being handled now may still fail
+    /// (a 503), so this waits for its end (a while at most) rather than
+    /// answer "duplicate" for a delivery nothing applied.
+    async fn take(ctx: &'a HttpContext, id: &'a str) -> Result<Claim<'a>, Claimed> {
+        if id.is_empty() {
+            return Ok(Claim { ctx, id });
+        }
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            // Registered before the check, so a release in between wakes it.
+            let released = ctx.delivery_released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let claimed = ctx
                 .deliveries
                 .lock()
                 .map(|mut d| d.claim(id))
-                .unwrap_or(true);
-        // Not `then_some`: a Claim built and dropped would release the
-        // copy in flight.
-        claimed.then(|| Claim { ctx, id })
+                .unwrap_or(Claimed::Yes);
+            match claimed {
+                Claimed::Yes => return Ok(Claim { ctx, id }),
+                Claimed::Seen => return Err(Claimed::Seen),
+                Claimed::InFlight => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(Claimed::InFlight);
+                    }
+                }
+            }
+        }
     }
 
     /// Remembers the id as seen (before the claim is let go, so no copy
@@ -518,9 +564,13 @@ impl<'a> Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
+        if self.id.is_empty() {
+            return;
+        }
         if let Ok(mut d) = self.ctx.deliveries.lock() {
             d.release(self.id);
         }
+        self.ctx.delivery_released.notify_waiters();
     }
 }
 

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 /// A page holds this many entries unless `per_page` says otherwise.
 pub const DEFAULT_PER_PAGE: usize = 1000;
+/// The largest `page` a search takes.
+pub const MAX_PAGE: usize = 1_000_000;
 pub const MAX_PER_PAGE: usize = 10_000;
 
 #[derive(Default)]
@@ -124,6 +126,11 @@ impl History {
         let page = filter.page.unwrap_or(1);
         if page == 0 {
             return Err(bad("page counts from 1"));
+        }
+        // Far past any history, and small enough that page × per_page
+        // cannot overflow.
+        if page > MAX_PAGE {
+            return Err(bad(format!("page must be at most {MAX_PAGE}")));
         }
         let sha = filter
             .sha

@@ -27,6 +27,14 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// `scheme://host[:port]` of `url`, for logs.
+pub fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "(an unparsable URL)".to_string(),
+    }
+}
+
 /// Delivers the bus's events to one webhook until shutdown.
 pub async fn deliver(
     hook: EventWebhookConfig,
@@ -37,6 +45,9 @@ pub async fn deliver(
     let Some(mut live) = shared.events.subscribe(None) else {
         return;
     };
+    // Only the origin is logged: a chat service's webhook URL carries its
+    // secret in the path.
+    let origin = origin(&hook.url);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(hook.timeout_secs))
         .connect_timeout(Duration::from_secs(hook.timeout_secs))
@@ -44,7 +55,7 @@ pub async fn deliver(
     {
         Ok(client) => client,
         Err(e) => {
-            warn!(url = %hook.url, error = %e, "cannot build the webhook client");
+            warn!(url = %origin, error = %e, "cannot build the webhook client");
             return;
         }
     };
@@ -57,7 +68,7 @@ pub async fn deliver(
         let event = match event {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                warn!(url = %hook.url, missed, "the webhook fell behind; events dropped");
+                warn!(url = %origin, missed, "the webhook fell behind; events dropped");
                 for _ in 0..missed {
                     count("dropped");
                 }
@@ -85,6 +96,7 @@ async fn send_with_retries(
     event: &Published,
     count: &impl Fn(&str),
 ) -> bool {
+    let origin = origin(&hook.url);
     let mut backoff = Duration::from_millis(hook.backoff_ms);
     for attempt in 1..=hook.max_attempts {
         let sent = client
@@ -103,17 +115,17 @@ async fn send_with_retries(
         let why = match sent {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
-                warn!(url = %hook.url, seq = event.seq, status = %r.status(), "the webhook refused an event; not retried");
+                warn!(url = %origin, seq = event.seq, status = %r.status(), "the webhook refused an event; not retried");
                 return false;
             }
             Ok(r) => format!("answered {}", r.status()),
-            Err(e) => e.to_string(),
+            Err(e) => e.without_url().to_string(),
         };
         if attempt == hook.max_attempts {
-            warn!(url = %hook.url, seq = event.seq, attempts = attempt, error = %why, "gave up delivering an event");
+            warn!(url = %origin, seq = event.seq, attempts = attempt, error = %why, "gave up delivering an event");
             return false;
         }
-        debug!(url = %hook.url, seq = event.seq, attempt, error = %why, "webhook delivery failed; retrying");
+        debug!(url = %origin, seq = event.seq, attempt, error = %why, "webhook delivery failed; retrying");
         count("retried");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -123,6 +135,19 @@ async fn send_with_retries(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logs_show_a_webhook_url_without_its_secret_path() {
+        assert_eq!(
+            super::origin("https://hooks.slack.com/services/T0/B0/s3cr3t?x=1"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            super::origin("http://127.0.0.1:9000/hook/s3cr3t"),
+            "http://127.0.0.1:9000"
+        );
+        assert!(!super::origin("not a url s3cr3t").contains("s3cr3t"));
+    }
+
     #[test]
     fn the_signature_is_githubs_scheme() {
         // The example of GitHub's "Validating webhook deliveries" page.
