@@ -125,9 +125,19 @@ async fn app_hub(dir: &std::path::Path) -> (FakeHub, AppKeys, u64) {
 /// The GitHub adapter alone, as the App, against `hub` (the key in a file
 /// under `dir`).
 async fn app_adapter(hub: &FakeHub, keys: &AppKeys, dir: &std::path::Path) -> GitHub {
+    app_adapter_with(hub, keys, dir, |_| {}).await
+}
+
+async fn app_adapter_with(
+    hub: &FakeHub,
+    keys: &AppKeys,
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut Config),
+) -> GitHub {
     let path = dir.join("adapter-key.pem");
     std::fs::write(&path, &keys.private_key_pem).unwrap();
     let mut config = sluice::demo::demo_config(hub, dir, "http://127.0.0.1:9");
+    change(&mut config);
     config.github.app = Some(sluice::config::GithubAppConfig::with_key_file(
         keys.app_id,
         path,
@@ -473,6 +483,32 @@ async fn two_installations_on_two_accounts_both_land() {
     assert_no_personal_token(&stack);
     assert_no_failed_calls(&stack).await;
     stack.sluice.stop().await;
+}
+
+/// An installation lookup GitHub never answers does not hold up the start
+/// check: it is given up after the request timeout, and looked up again
+/// on the next call.
+#[tokio::test]
+async fn a_stalled_installation_lookup_does_not_hang_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, keys, inst) = app_hub(dir.path()).await;
+    let forge = app_adapter_with(&hub, &keys, dir.path(), |c| {
+        c.github.request_timeout_secs = 1;
+    })
+    .await;
+    hub.inject_fault(Fault::SlowAnswer {
+        method: Some("GET".into()),
+        path_prefix: format!("/repos/{DEMO_REPO}/installation"),
+        delay: Duration::from_secs(600),
+        times: 1,
+    });
+    let demo = RepoName::parse(DEMO_REPO).unwrap();
+    let me = tokio::time::timeout(Duration::from_secs(60), forge.verify_app(&[demo.clone()]))
+        .await
+        .expect("the start check returns though the lookup hangs")
+        .expect("the App authenticates");
+    assert_eq!(me.id, DEMO_APP_ID);
+    assert_eq!(forge.installation_of(&demo).await, Ok(Some(inst)));
 }
 
 #[tokio::test]

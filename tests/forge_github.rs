@@ -619,6 +619,51 @@ async fn merge_results_follow_github_status_codes() {
     );
 }
 
+/// GitHub merges, but its answer comes after the client's timeout: the
+/// PUT is not sent again blindly (a second one is refused, the PR being
+/// closed); the PR is read, and it says the merge happened.
+#[tokio::test]
+async fn a_merge_whose_answer_is_lost_is_found_merged_not_refused() {
+    const MERGED: &str = "e5bd3914e2e596debea16f433f57875b5b90bcd6";
+    let server = Server::start(|req, index, _| match (req.method.as_str(), index) {
+        ("PUT", 0) => {
+            let mut slow = Answer::json(
+                200,
+                testdata("pulls__merge.response.200.response-if-merge-was-successful.json"),
+            );
+            slow.delay = Duration::from_secs(3);
+            slow
+        }
+        ("PUT", _) => Answer::json(
+            405,
+            testdata("pulls__merge.response.405.response-if-merge-cannot-be-performed.json"),
+        ),
+        _ => {
+            let mut closed = pr_json(7);
+            closed["state"] = json!("closed");
+            closed["merged_at"] = json!("2026-12-07T22:00:00Z");
+            closed["merge_commit_sha"] = json!(MERGED);
+            Answer::json(200, closed.to_string())
+        }
+    })
+    .await;
+    let result = server
+        .github()
+        .merge(&pr(7), &sha(HEAD), MergeMethod::Merge, "Merge #7")
+        .await;
+    assert_eq!(
+        result,
+        MergeResult::Merged {
+            merge_sha: sha(MERGED)
+        }
+    );
+    let puts = server.seen().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(
+        puts, 1,
+        "the merge is not sent again once GitHub says it happened"
+    );
+}
+
 #[tokio::test]
 async fn set_status_posts_state_context_link_and_short_description() {
     let server = Server::start(|_, _, _| {

@@ -661,7 +661,29 @@ impl GitHub {
             "merge_method": method.as_str(),
             "commit_title": title,
         });
-        let reply = self.call(Method::PUT, &path, Some(&body)).await?;
+        // Sent once at a time: a merge whose answer was lost (a timeout, a
+        // 5xx) may have happened, and a second PUT would then be refused
+        // ("not mergeable": the PR is closed). The PR says which it was.
+        let mut attempt = 0;
+        let reply = loop {
+            let reply = self.call_once(Method::PUT, &path, Some(&body)).await;
+            let lost = match &reply {
+                Err(ForgeError::Timeout { .. } | ForgeError::Transport { .. }) => true,
+                Ok(reply) => reply.status.is_server_error(),
+                Err(_) => false,
+            };
+            if !lost || attempt >= self.max_retries {
+                break reply?;
+            }
+            tokio::time::sleep(backoff(self.backoff_base, attempt)).await;
+            if let Ok(Some(PrFetch::Closed {
+                merge_sha: Some(merge_sha),
+            })) = self.get_pr(pr).await
+            {
+                return Ok(MergeResult::Merged { merge_sha });
+            }
+            attempt += 1;
+        };
         Ok(match reply.status.as_u16() {
             200 => {
                 let merge: pulls::Merge = reply.decode(&what)?;

@@ -686,7 +686,10 @@ impl GitHub {
         };
         tracing::info!(app = identity.id, slug = %identity.slug, "authenticated as a GitHub App");
         for repo in repos {
-            match app.find_installation(repo).await {
+            let found = tokio::time::timeout(self.timeout, app.find_installation(repo))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            match found {
                 Ok(Some(_)) => {}
                 Ok(None) => tracing::warn!(
                     %repo,
@@ -707,7 +710,9 @@ impl GitHub {
     /// `None` when the App is not installed there or sluice is not an App.
     pub async fn installation_of(&self, repo: &RepoName) -> Result<Option<u64>, String> {
         match &self.app {
-            Some(app) => app.find_installation(repo).await,
+            Some(app) => tokio::time::timeout(self.timeout, app.find_installation(repo))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout))),
             None => Ok(None),
         }
     }
