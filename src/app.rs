@@ -204,6 +204,7 @@ pub async fn start(
         api_token: secrets.api_token.clone(),
         deliveries: Mutex::new(deliveries),
         delivery_released: Default::default(),
+        live_streams: Default::default(),
     });
     let mut server_rx = rx.clone();
     let listener = match listen {

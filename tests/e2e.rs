@@ -484,14 +484,34 @@ async fn a_running_build_page_shows_its_log_as_it_grows(backend: Backend) {
         page.contains("#") && page.contains("slowlog"),
         "the PR list: {page}"
     );
-    // The live log, from the start, until the build ends.
+    // Live logs open at once are bounded: one more than the limit is a
+    // 503.
     let client = reqwest::Client::new();
-    let mut live = client
+    let mut open = Vec::new();
+    for _ in 0..sluice::http::live::MAX_STREAMS {
+        let r = client
+            .get(format!("{link}live?from=0"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let refused = client
         .get(format!("{link}live?from=0"))
         .send()
         .await
         .unwrap();
-    assert_eq!(live.status(), 200);
+    assert_eq!(refused.status(), 503);
+    let message: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        message["error"].as_str().unwrap().contains("live logs"),
+        "{message}"
+    );
+    // One of them, the live log from the start, is read until the build
+    // ends.
+    let mut live = open.pop().unwrap();
+    drop(open);
     let mut body = String::new();
     while !body.contains("\"end\":true") {
         let chunk = tokio::time::timeout(WAIT, live.chunk())

@@ -172,3 +172,19 @@ async fn a_symlink_out_of_the_results_dir_is_refused() {
         !p.join("log.txt").exists()
     }));
 }
+
+/// A running build's page shows the part of the log it was given, says
+/// where that part starts when it is not the beginning, and has its live
+/// log continue from the byte after it (not from the part's length).
+#[test]
+fn the_running_page_continues_its_live_log_after_the_part_it_shows() {
+    let whole = sluice::results::fs::live_page(&key(), &candidate("f"), 1_000, b"line 1\n", 0);
+    assert!(whole.contains("line 1"), "{whole}");
+    assert!(whole.contains("'live?from=' + 7"), "{whole}");
+    assert!(!whole.contains("from byte"), "{whole}");
+    let tail =
+        sluice::results::fs::live_page(&key(), &candidate("f"), 1_000, b"<last> line\n", 5_000_000);
+    assert!(tail.contains("&lt;last&gt; line"), "escaped: {tail}");
+    assert!(tail.contains("from byte 5000000"), "{tail}");
+    assert!(tail.contains("'live?from=' + 5000012"), "{tail}");
+}

@@ -16,7 +16,7 @@
 pub mod manifest;
 pub mod outcome;
 
-use super::{Executor, JobResult, JobSpec};
+use super::{Executor, JobResult, JobSpec, LogPart, LogRead};
 use crate::config::{Config, KubernetesConfig};
 use crate::core::{BuildId, Candidate, JobReport, Outcome, RepoName, Timestamp};
 use futures::{AsyncReadExt, StreamExt};
@@ -93,6 +93,19 @@ struct Shared {
     call_timeout: Duration,
     tracked: Mutex<HashMap<BuildId, Tracked>>,
     next_generation: AtomicU64,
+    /// The last read of each running build's log: every page and live
+    /// reader within [`LOG_FRESH`] shares it, so readers cost the API
+    /// nothing more than one reader.
+    logs: Mutex<HashMap<BuildId, Arc<tokio::sync::Mutex<CachedLog>>>>,
+}
+
+/// A log read this recently is served again rather than read again.
+const LOG_FRESH: Duration = Duration::from_millis(400);
+
+#[derive(Default)]
+struct CachedLog {
+    read_at: Option<Instant>,
+    bytes: Arc<Vec<u8>>,
 }
 
 /// A build whose result is still to be sent.
@@ -150,6 +163,7 @@ impl KubernetesExecutor {
             images,
             call_timeout: Duration::from_secs(config.api_timeout_secs.max(1)),
             tracked: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(0),
         });
         let watcher = tokio::spawn(Arc::clone(&shared).watch());
@@ -274,25 +288,37 @@ impl Executor for KubernetesExecutor {
 
     /// The newest pod's containers' output so far, as the API serves it
     /// (each read bounded by `log_limit_bytes` and the call timeout).
-    fn log_so_far(&self, build: &BuildId) -> futures::future::BoxFuture<'_, Option<Vec<u8>>> {
+    fn log_part(
+        &self,
+        build: &BuildId,
+        part: LogPart,
+    ) -> futures::future::BoxFuture<'_, Option<LogRead>> {
         let build = build.clone();
         Box::pin(async move {
-            let pod = self.shared.newest_pod(&build).await.ok()??;
-            let name = pod.metadata.name.clone()?;
-            let mut log = Vec::new();
-            for container in [manifest::PREPARE_CONTAINER, manifest::TEST_CONTAINER] {
-                if started(Some(&pod), container)
-                    && let Ok(bytes) = self.shared.container_log(&name, container).await
-                {
-                    log.extend_from_slice(&bytes);
+            let cached = {
+                let tracked = lock(&self.shared.tracked);
+                if !tracked.contains_key(&build) {
+                    return None;
                 }
+                lock(&self.shared.logs)
+                    .entry(build.clone())
+                    .or_default()
+                    .clone()
+            };
+            // One read at a time per build; who waited gets that read.
+            let mut cached = cached.lock().await;
+            if cached.read_at.is_none_or(|at| at.elapsed() > LOG_FRESH) {
+                cached.bytes = Arc::new(self.shared.log_so_far(&build).await?);
+                cached.read_at = Some(Instant::now());
             }
-            Some(log)
+            Some(part.of(&cached.bytes))
         })
     }
 
     fn cancel(&self, build: &BuildId) {
-        if lock(&self.shared.tracked).remove(build).is_none() {
+        let known = lock(&self.shared.tracked).remove(build).is_some();
+        lock(&self.shared.logs).remove(build);
+        if !known {
             return;
         }
         tracing::info!(%build, "cancelling job");
@@ -316,6 +342,21 @@ impl Executor for KubernetesExecutor {
 }
 
 impl Shared {
+    /// A running Job's whole log so far (its newest pod's containers).
+    async fn log_so_far(&self, build: &BuildId) -> Option<Vec<u8>> {
+        let pod = self.newest_pod(build).await.ok()??;
+        let name = pod.metadata.name.clone()?;
+        let mut log = Vec::new();
+        for container in [manifest::PREPARE_CONTAINER, manifest::TEST_CONTAINER] {
+            if started(Some(&pod), container)
+                && let Ok(bytes) = self.container_log(&name, container).await
+            {
+                log.extend_from_slice(&bytes);
+            }
+        }
+        Some(log)
+    }
+
     /// Runs one API call under the call timeout.
     async fn call<T>(
         &self,
@@ -636,6 +677,9 @@ impl Shared {
                 None => tracked.remove(build),
             }
         };
+        // After `tracked`: a reader either saw the build gone or cached
+        // its log before this.
+        lock(&self.logs).remove(build);
         let Some(t) = taken else {
             tracing::info!(%build, "job cancelled");
             return false;

@@ -9,7 +9,7 @@
 //! shell. On the job's timeout, or when it is cancelled, the whole process
 //! group is killed, so grandchildren die too.
 
-use super::{CloneToken, Executor, JobResult, JobSpec};
+use super::{CloneToken, Executor, JobResult, JobSpec, LogPart, LogRead};
 use crate::config::ExecutorConfig;
 use crate::core::{BuildId, Candidate, JobReport, Outcome, Sha, Timestamp};
 use nix::sys::signal::{Signal, killpg};
@@ -372,9 +372,13 @@ impl Executor for LocalExecutor {
         });
     }
 
-    fn log_so_far(&self, build: &BuildId) -> futures::future::BoxFuture<'_, Option<Vec<u8>>> {
+    fn log_part(
+        &self,
+        build: &BuildId,
+        part: LogPart,
+    ) -> futures::future::BoxFuture<'_, Option<LogRead>> {
         let log = lock(&self.shared.jobs).get(build).map(|r| r.log.clone());
-        Box::pin(async move { log.map(|log| log.snapshot()) })
+        Box::pin(async move { log.map(|log| log.part(part)) })
     }
 
     fn cancel(&self, build: &BuildId) {
@@ -1059,9 +1063,9 @@ impl Log {
         buf.bytes.push(b'\n');
     }
 
-    /// What it holds so far.
-    fn snapshot(&self) -> Vec<u8> {
-        lock(&self.0).bytes.clone()
+    /// `part` of what it holds so far (copied under the lock: only that).
+    fn part(&self, part: LogPart) -> LogRead {
+        part.of(&lock(&self.0).bytes)
     }
 
     fn finish(self) -> Vec<u8> {

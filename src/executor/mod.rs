@@ -98,16 +98,55 @@ pub struct JobResult {
     pub log: Vec<u8>,
 }
 
+/// At most this much of a running job's log is read at a time: a page or
+/// a live log's reader never costs more, however long the log.
+pub const LOG_READ_MAX: usize = 1 << 20;
+
+/// Which part of a running job's log to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogPart {
+    /// From this byte on.
+    From(usize),
+    /// The last this many bytes.
+    Tail(usize),
+}
+
+/// A part of a running job's log: `bytes` start at byte `start` of the
+/// `total` so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogRead {
+    pub start: usize,
+    pub bytes: Vec<u8>,
+    pub total: usize,
+}
+
+impl LogPart {
+    /// This part of `log` (at most [`LOG_READ_MAX`] bytes of it).
+    pub fn of(self, log: &[u8]) -> LogRead {
+        let total = log.len();
+        let start = match self {
+            LogPart::From(n) => n.min(total),
+            LogPart::Tail(n) => total.saturating_sub(n.min(LOG_READ_MAX)),
+        };
+        let end = total.min(start.saturating_add(LOG_READ_MAX));
+        LogRead {
+            start,
+            bytes: log[start..end].to_vec(),
+            total,
+        }
+    }
+}
+
 pub trait Executor: Send + Sync {
     /// Starts the job in the background; its result is sent on `done`. A
     /// cancelled job sends nothing.
     fn start(&self, job: JobSpec, done: UnboundedSender<JobResult>);
     /// Stops a job and everything it started. Unknown ids are ignored.
     fn cancel(&self, build: &BuildId);
-    /// The log of a running job so far, for its live build page; `None`
-    /// if the job is not running here (or has no log yet).
-    fn log_so_far(&self, build: &BuildId) -> BoxFuture<'_, Option<Vec<u8>>> {
-        let _ = build;
+    /// `part` of the log of a running job so far, for its live build page;
+    /// `None` if the job is not running here (or has no log yet).
+    fn log_part(&self, build: &BuildId, part: LogPart) -> BoxFuture<'_, Option<LogRead>> {
+        let _ = (build, part);
         Box::pin(async { None })
     }
     /// After a restart: the builds sluice believed running. Re-adopts what it
@@ -121,5 +160,27 @@ pub trait Executor: Send + Sync {
     ) -> BoxFuture<'_, Vec<BuildId>> {
         let _ = done;
         Box::pin(async move { running.into_iter().map(|(build, _)| build).collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_part_is_at_most_a_read_and_says_where_it_starts() {
+        let log: Vec<u8> = (0..3 * LOG_READ_MAX).map(|i| (i % 251) as u8).collect();
+        let tail = LogPart::Tail(10).of(&log);
+        assert_eq!((tail.start, tail.total), (log.len() - 10, log.len()));
+        assert_eq!(tail.bytes, &log[log.len() - 10..]);
+        let huge_tail = LogPart::Tail(usize::MAX).of(&log);
+        assert_eq!(huge_tail.bytes.len(), LOG_READ_MAX, "a read is bounded");
+        assert_eq!(huge_tail.start, log.len() - LOG_READ_MAX);
+        let from = LogPart::From(5).of(&log);
+        assert_eq!(from.start, 5);
+        assert_eq!(from.bytes, &log[5..5 + LOG_READ_MAX]);
+        let past = LogPart::From(usize::MAX).of(&log);
+        assert_eq!((past.start, past.bytes.len()), (log.len(), 0));
+        assert_eq!(LogPart::Tail(10).of(b"short").bytes, b"short");
     }
 }

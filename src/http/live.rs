@@ -6,14 +6,48 @@
 
 use super::HttpContext;
 use crate::core::{Build, BuildId};
+use crate::executor::{LOG_READ_MAX, LogPart};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use warp::reply::{Reply, Response};
 use warp::sse;
 
 /// How often a live log asks the executor for more.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// A running build's page shows this much of the end of its log (the live
+/// log adds what comes after).
+pub const PAGE_TAIL: usize = 256 * 1024;
+
+/// Live logs open at once, all builds together; one more is a 503.
+pub const MAX_STREAMS: usize = 64;
+
+/// Counts the live logs open now.
+#[derive(Default)]
+pub struct Streams(AtomicUsize);
+
+/// One open live log; counted until dropped.
+struct StreamSlot(Arc<HttpContext>);
+
+impl StreamSlot {
+    fn open(ctx: &Arc<HttpContext>) -> Option<StreamSlot> {
+        ctx.live_streams
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(ctx.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.live_streams.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The running build whose results live at `tail` (`<owner>/<name>/pr-N/
 /// <sha>/<build>/[file]`), and the file asked for.
@@ -57,13 +91,28 @@ fn whole_chars(bytes: &[u8]) -> (String, usize) {
 }
 
 pub async fn page(ctx: &HttpContext, build: &Build) -> Response {
-    let log = ctx.executor.log_so_far(&build.id).await.unwrap_or_default();
     let Some(key) = build.candidate.results_key(&build.id) else {
         return super::json_error(warp::http::StatusCode::NOT_FOUND, "no such result");
     };
+    let read = ctx
+        .executor
+        .log_part(&build.id, LogPart::Tail(PAGE_TAIL))
+        .await
+        .unwrap_or_default();
+    // Whole characters only, at both ends of the tail.
+    let skip = if read.start > 0 {
+        read.bytes
+            .iter()
+            .take_while(|b| (**b & 0xC0) == 0x80)
+            .count()
+    } else {
+        0
+    };
+    let (_, whole) = whole_chars(&read.bytes[skip..]);
+    let shown = &read.bytes[skip..skip + whole];
     let elapsed = crate::runtime::now().0.saturating_sub(build.started_at.0);
-    let (_, whole) = whole_chars(&log);
-    let html = crate::results::fs::live_page(&key, &build.candidate, elapsed, &log[..whole]);
+    let html =
+        crate::results::fs::live_page(&key, &build.candidate, elapsed, shown, read.start + skip);
     warp::reply::with_header(
         warp::reply::with_header(html, "content-type", "text/html; charset=utf-8"),
         "cache-control",
@@ -73,23 +122,38 @@ pub async fn page(ctx: &HttpContext, build: &Build) -> Response {
 }
 
 /// `live?from=N`: the log from byte N on, as it grows, until the build
-/// ends (or sluice stops); the last event links the finished page. A task reads the executor and hands the chunks
-/// over a small channel; it ends when the reader goes away.
+/// ends (or sluice stops); the last event links the finished page. A task
+/// reads the executor (only what is new, at most [`LOG_READ_MAX`] a time)
+/// and hands the chunks over a small channel; it ends when the reader goes
+/// away. At most [`MAX_STREAMS`] are open at once.
 pub fn stream(
     ctx: Arc<HttpContext>,
     build: BuildId,
     from: usize,
     page: Option<String>,
 ) -> Response {
+    let Some(slot) = StreamSlot::open(&ctx) else {
+        return super::json_error(
+            warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} live logs are open; try again later"),
+        );
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut sent = from;
         loop {
             let running = still_running(&ctx, &build) && !ctx.shared.events.is_closed();
-            let log = ctx.executor.log_so_far(&build).await.unwrap_or_default();
-            if log.len() > sent {
-                let (text, took) = whole_chars(&log[sent..]);
+            let read = ctx
+                .executor
+                .log_part(&build, LogPart::From(sent))
+                .await
+                .unwrap_or_default();
+            let mut more = false;
+            if read.total > sent && read.start == sent {
+                let (text, took) = whole_chars(&read.bytes);
                 sent += took;
+                more = read.bytes.len() == LOG_READ_MAX;
                 if took > 0
                     && tx
                         .send(serde_json::json!({ "text": text }).to_string())
@@ -98,6 +162,9 @@ pub fn stream(
                 {
                     return;
                 }
+            }
+            if more {
+                continue;
             }
             if !running {
                 // The last lines may come after the last read: the whole

@@ -5,7 +5,7 @@
 
 mod deliveries;
 mod events;
-mod live;
+pub mod live;
 pub mod pages;
 
 use crate::core::{
@@ -49,6 +49,8 @@ pub struct HttpContext {
     pub deliveries: Mutex<DeliveryLog>,
     /// Woken when a delivery's handling ends, for a copy that waits on it.
     pub delivery_released: tokio::sync::Notify,
+    /// Running builds' live logs open now.
+    pub live_streams: live::Streams,
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -268,13 +268,26 @@ pub fn running_page(key: &ResultKey, candidate: &Candidate) -> String {
 /// The page sluice serves while a build runs: its log so far, followed
 /// live from `live` (Server-Sent Events) by a small script; without
 /// JavaScript the page reloads every 3 s. Reloaded when the build ends.
-pub fn live_page(key: &ResultKey, candidate: &Candidate, elapsed_ms: u64, log: &[u8]) -> String {
+/// The page of a running build: `log` is its log from byte `from` on (the
+/// tail of it when it is long), and the live log continues it.
+pub fn live_page(
+    key: &ResultKey,
+    candidate: &Candidate,
+    elapsed_ms: u64,
+    log: &[u8],
+    from: usize,
+) -> String {
     let mut rows = candidate_rows(key, candidate);
     rows.push(("Running for", fmt_duration_ms(elapsed_ms)));
     let head = "<noscript><meta http-equiv=\"refresh\" content=\"3\"></noscript>\n";
+    let heading = if from > 0 {
+        format!("Log so far (from byte {from}: the last part)")
+    } else {
+        "Log so far".to_string()
+    };
     let body = format!(
         "<p id=\"live-state\">This build is running; its log grows below.</p>\n\
-         <h2>Log so far</h2>\n<pre id=\"log\">{}</pre>\n\
+         <h2>{heading}</h2>\n<pre id=\"log\">{}</pre>\n\
          <script>\n\
          (function () {{\n\
            var log = document.getElementById('log');\n\
@@ -283,7 +296,7 @@ pub fn live_page(key: &ResultKey, candidate: &Candidate, elapsed_ms: u64, log: &
          }})();\n\
          </script>\n",
         html_escape(&String::from_utf8_lossy(log)),
-        log.len()
+        from + log.len()
     );
     page(&page_title(key, candidate, "running"), head, &rows, &body)
 }

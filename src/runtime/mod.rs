@@ -24,7 +24,7 @@ use crate::forge::{CarStep, CommitStatus, Forge, PrClose, PrFetch, RefUpdate};
 use crate::results::{BuildRecord, ResultsStore};
 use history::History;
 use metrics::Metrics;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -188,6 +188,7 @@ pub fn build(
         restored,
         stalled: BTreeSet::new(),
         wakes: BTreeSet::new(),
+        starting: Arc::new(Mutex::new(BTreeMap::new())),
     };
     Ok((shared, driver))
 }
@@ -223,6 +224,11 @@ pub struct Driver {
     /// The times the core asked to be woken at (`Action::WakeAt`) with a
     /// timer armed, so one time gets one timer.
     wakes: BTreeSet<u64>,
+    /// Builds between `StartBuild` and the executor's start (their running
+    /// page and clone token come first), and whether a cancel came
+    /// meanwhile: the executor does not know them yet, so the cancel is
+    /// kept here and the build never starts.
+    starting: Arc<Mutex<BTreeMap<crate::core::BuildId, bool>>>,
 }
 
 /// CPU time of the calling thread: what `apply` (which never awaits, so
@@ -479,6 +485,9 @@ impl Driver {
                 Action::StartBuild { build, candidate } => self.start_build(build, candidate),
                 Action::CancelBuild { build } => {
                     info!(%build, "cancelling build");
+                    if let Some(cancelled) = lock(&self.starting).get_mut(&build) {
+                        *cancelled = true;
+                    }
                     self.adapters.executor.cancel(&build);
                 }
                 Action::Merge { pr, pair, build } => {
@@ -777,6 +786,8 @@ impl Driver {
         let executor = self.adapters.executor.clone();
         let forge = self.adapters.forge.clone();
         let done = self.jobs_tx.clone();
+        let starting = self.starting.clone();
+        lock(&starting).insert(build.clone(), false);
         // The "running" page first, so the pending status's link works.
         tokio::spawn(async move {
             if let Err(e) = results.started(&key, &candidate).await {
@@ -790,6 +801,13 @@ impl Driver {
                 Err(e) => {
                     warn!(%build, error = %e, "no clone token for the job: it fetches without one")
                 }
+            }
+            // Checked and started under the lock, so a cancel is either
+            // seen here or reaches a build the executor knows.
+            let mut starting = lock(&starting);
+            if starting.remove(&build) == Some(true) {
+                info!(%build, "cancelled before it started");
+                return;
             }
             executor.start(spec, done);
         });
@@ -1285,4 +1303,9 @@ fn train_decision(entry: &HistoryEntry) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A lock whose holder panicked is still good here (plain maps).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
