@@ -1047,4 +1047,23 @@ fn test_pods_accept_no_connections_and_sluice_only_on_its_port() {
         Some(IntOrString::Int(i32::from(config.server.listen.port())))
     );
     assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    // Test pods (PR code) cannot call sluice: its JSON views list every PR
+    // it tracks. Every peer is a namespace selector that leaves out the
+    // Jobs' namespace.
+    let peers = ingress[0].from.as_ref().expect("`from` is restricted");
+    assert!(!peers.is_empty());
+    for peer in peers {
+        assert!(peer.ip_block.is_none() && peer.pod_selector.is_none());
+        let expressions = peer
+            .namespace_selector
+            .as_ref()
+            .and_then(|n| n.match_expressions.as_ref())
+            .expect("a namespace selector");
+        assert!(
+            expressions.iter().any(|e| e.key == "kubernetes.io/metadata.name"
+                && e.operator == "NotIn"
+                && e.values.as_ref().is_some_and(|v| v.contains(jobs_ns))),
+            "{expressions:?} must leave out {jobs_ns}"
+        );
+    }
 }
