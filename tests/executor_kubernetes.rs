@@ -536,6 +536,27 @@ async fn an_existing_job_for_the_build_is_adopted_not_duplicated() {
     assert_eq!(fake.requests_to(Method::POST, "/jobs").len(), 1);
 }
 
+/// The API created the Job, but its answer was lost (a 504 from a proxy):
+/// the Job is found and adopted, not left running unseen while the build
+/// is reported failed and tested again.
+#[tokio::test]
+async fn a_job_created_though_its_answer_was_lost_is_adopted() {
+    let (ex, fake) = executor(60);
+    fake.force_after(
+        Method::POST,
+        &format!("/apis/batch/v1/namespaces/{NS}/jobs"),
+        504,
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ex.start(spec("b-9"), tx);
+    fake.wait_for(Method::GET, "/jobs/sluice-b-9").await;
+    fake.put_pod(pod_for("pod-succeeded", "b-9"));
+    fake.set_job_status("sluice-b-9", status_of("job-complete"));
+    let result = next(&mut rx).await;
+    assert_eq!(result.report.outcome, Outcome::Passed, "{result:?}");
+    assert_eq!(fake.requests_to(Method::POST, "/jobs").len(), 1);
+}
+
 #[tokio::test]
 async fn a_job_that_cannot_be_created_is_an_error() {
     let (ex, fake) = executor(60);

@@ -1060,9 +1060,11 @@ fn test_pods_accept_no_connections_and_sluice_only_on_its_port() {
             .and_then(|n| n.match_expressions.as_ref())
             .expect("a namespace selector");
         assert!(
-            expressions.iter().any(|e| e.key == "kubernetes.io/metadata.name"
-                && e.operator == "NotIn"
-                && e.values.as_ref().is_some_and(|v| v.contains(jobs_ns))),
+            expressions
+                .iter()
+                .any(|e| e.key == "kubernetes.io/metadata.name"
+                    && e.operator == "NotIn"
+                    && e.values.as_ref().is_some_and(|v| v.contains(jobs_ns))),
             "{expressions:?} must leave out {jobs_ns}"
         );
     }

@@ -396,35 +396,39 @@ impl Shared {
             .await;
         let existing = match created {
             Ok(created) => created,
-            Err(e) if e.status() == Some(409) => {
-                match self.call("get job", self.jobs.get(&name)).await {
-                    Ok(existing)
-                        if manifest::identity(&existing)
-                            .is_some_and(|(b, c)| b == build && c == job.candidate) =>
-                    {
-                        tracing::info!(%build, "the build's Job exists already; adopting it");
-                        existing
-                    }
-                    Ok(_) => {
-                        let detail = format!("a Job named {name} exists for another build");
-                        return self.fail_early(&build, generation, detail);
-                    }
-                    Err(e) => {
-                        return self.fail_early(
-                            &build,
-                            generation,
-                            format!("cannot read Job {name}: {e}"),
-                        );
-                    }
+            // A 409: a Job of that name exists. Any other failure (a
+            // timeout, a 5xx) may have come after the Job was created, its
+            // answer lost: either way the Job is looked for.
+            Err(e) => match self.call("get job", self.jobs.get(&name)).await {
+                Ok(existing)
+                    if manifest::identity(&existing)
+                        .is_some_and(|(b, c)| b == build && c == job.candidate) =>
+                {
+                    tracing::info!(%build, "the build's Job exists already; adopting it");
+                    existing
                 }
-            }
-            Err(e) => {
-                return self.fail_early(
-                    &build,
-                    generation,
-                    format!("cannot create Job {name}: {e}"),
-                );
-            }
+                Ok(_) if e.status() == Some(409) => {
+                    let detail = format!("a Job named {name} exists for another build");
+                    return self.fail_early(&build, generation, detail);
+                }
+                Err(read) if e.status() == Some(409) => {
+                    let detail = format!("cannot read Job {name}: {read}");
+                    return self.fail_early(&build, generation, detail);
+                }
+                Err(read) if read.status() != Some(404) => {
+                    // Unknown: delete what may exist, so no Job of a build
+                    // reported failed runs unseen.
+                    if let Err(d) = self.delete(&build).await {
+                        tracing::warn!(%build, error = %d, "cannot delete a Job whose creation failed");
+                    }
+                    let detail = format!("cannot create Job {name}: {e}");
+                    return self.fail_early(&build, generation, detail);
+                }
+                _ => {
+                    let detail = format!("cannot create Job {name}: {e}");
+                    return self.fail_early(&build, generation, detail);
+                }
+            },
         };
         let still_wanted = {
             let mut tracked = lock(&self.tracked);

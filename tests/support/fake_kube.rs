@@ -40,6 +40,9 @@ struct State {
     requests: Vec<Recorded>,
     /// Answers to force for the next requests matching (method, path prefix).
     forced: Vec<(Method, String, u16)>,
+    /// Answers to force after carrying the request out (an answer lost on
+    /// its way back), for the next requests matching.
+    forced_after: Vec<(Method, String, u16)>,
     /// Where the fake kubelet runs jobs, when it runs them.
     kubelet: Option<std::path::PathBuf>,
     /// Jobs the kubelet is running; aborting one kills its process.
@@ -133,6 +136,15 @@ impl FakeKube {
             .push((method, prefix.to_string(), status));
     }
 
+    /// The next request `method` to a path starting with `prefix` is
+    /// carried out, but answered `status` (as a proxy whose upstream
+    /// timed out after doing it).
+    pub fn force_after(&self, method: Method, prefix: &str, status: u16) {
+        self.lock()
+            .forced_after
+            .push((method, prefix.to_string(), status));
+    }
+
     pub fn job(&self, name: &str) -> Option<Value> {
         self.lock().jobs.get(name).cloned()
     }
@@ -205,6 +217,22 @@ impl FakeKube {
 
     /// Answers one request.
     pub async fn handle(&self, req: Request<Vec<u8>>) -> Response<Vec<u8>> {
+        let lost = {
+            let mut st = self.lock();
+            let path = req.uri().path();
+            st.forced_after
+                .iter()
+                .position(|(m, p, _)| m == req.method() && path.starts_with(p.as_str()))
+                .map(|i| st.forced_after.remove(i).2)
+        };
+        let answer = self.answer(req).await;
+        match lost {
+            Some(code) => status(code, "Forced", "the answer was lost (forced by the test)"),
+            None => answer,
+        }
+    }
+
+    async fn answer(&self, req: Request<Vec<u8>>) -> Response<Vec<u8>> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query: BTreeMap<String, String> = req
