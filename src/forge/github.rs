@@ -405,7 +405,7 @@ impl GitHub {
             };
         }
         if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
-            match rate_limit_wait(&reply.headers, SystemTime::now()) {
+            match limit_wait(&reply, SystemTime::now()) {
                 Some(wait) if wait > MAX_WAIT => {
                     return Verdict::Done(Err(ForgeError::Http {
                         what: what.to_string(),
@@ -1085,6 +1085,26 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// How long a rate-limited response asks us to wait: `Retry-After` seconds,
 /// or until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0.
+/// How long `reply` asks us to wait before calling again, if it is a rate
+/// limit: its headers say (see [`rate_limit_wait`]), or a 403/429 whose
+/// message is GitHub's secondary rate limit, which may come without
+/// them: GitHub asks for at least a minute then.
+fn limit_wait(reply: &Reply, now: SystemTime) -> Option<Duration> {
+    if !matches!(reply.status.as_u16(), 403 | 429) {
+        return None;
+    }
+    rate_limit_wait(&reply.headers, now).or_else(|| {
+        reply
+            .message()
+            .to_ascii_lowercase()
+            .contains("secondary rate limit")
+            .then_some(SECONDARY_LIMIT_WAIT)
+    })
+}
+
+/// The wait after a secondary rate limit that names none.
+const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
 fn rate_limit_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -1206,6 +1226,37 @@ mod tests {
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(30)));
         h.insert("retry-after", "2".parse().unwrap());
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(2)));
+    }
+
+    /// GitHub's secondary rate limit may come as a bare 403 (no headers):
+    /// its message says so, and it asks for a minute. Any other 403 is a
+    /// refusal, not a wait.
+    #[test]
+    fn a_secondary_rate_limit_without_headers_is_a_wait_of_a_minute() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let reply = |status: u16, message: &str| Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(serde_json::json!({ "message": message }).to_string()),
+        };
+        let secondary = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+        for status in [403, 429] {
+            assert_eq!(
+                limit_wait(&reply(status, secondary), now),
+                Some(SECONDARY_LIMIT_WAIT)
+            );
+        }
+        assert_eq!(
+            limit_wait(&reply(403, "Resource not accessible by integration"), now),
+            None
+        );
+        assert_eq!(limit_wait(&reply(422, secondary), now), None);
+        let mut with_header = reply(403, secondary);
+        with_header
+            .headers
+            .insert("retry-after", "5".parse().unwrap());
+        assert_eq!(limit_wait(&with_header, now), Some(Duration::from_secs(5)));
+        assert!(SECONDARY_LIMIT_WAIT <= MAX_WAIT, "waited for, not given up");
     }
 
     #[test]

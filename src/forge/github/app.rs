@@ -279,7 +279,7 @@ impl AppAuth {
         }
         // GitHub says "rate limited" with a 403 and its headers (or a 429).
         let limited = s == StatusCode::FORBIDDEN
-            && super::rate_limit_wait(&reply.headers, std::time::SystemTime::now()).is_some();
+            && super::limit_wait(reply, std::time::SystemTime::now()).is_some();
         (s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || limited).then(|| {
             Failure::Transport(format!("{what}: HTTP {}: {}", s.as_u16(), reply.message()))
         })

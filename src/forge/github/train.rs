@@ -300,10 +300,8 @@ fn parse_sha(what: &str, s: &str) -> Result<Sha, ForgeError> {
 
 /// Whether a 403/429 is the rate limit talking (not a permission).
 fn rate_limited(reply: &Reply) -> bool {
-    let header = |name: &str| reply.headers.get(name).and_then(|v| v.to_str().ok());
     reply.status == StatusCode::TOO_MANY_REQUESTS
-        || header("retry-after").is_some()
-        || header("x-ratelimit-remaining").map(str::trim) == Some("0")
+        || super::limit_wait(reply, std::time::SystemTime::now()).is_some()
 }
 
 impl GitHub {
