@@ -1593,3 +1593,31 @@ async fn hostile_comments_are_accepted_and_run_nothing() {
     assert!(stack.hub.merges().is_empty());
     assert!(!Path::new("/tmp/pwned").exists());
 }
+
+/// A client that connects and never finishes its request's headers (one
+/// way to hold connections until sluice has none left for GitHub) is
+/// disconnected after `HEADER_READ_TIMEOUT`; sluice serves others
+/// meanwhile.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let mut slow = tokio::net::TcpStream::connect(stack.sluice.addr)
+        .await
+        .unwrap();
+    slow.write_all(b"POST /webhook HTTP/1.1\r\nHost: sluice\r\nX-GitHub-Event: pi")
+        .await
+        .unwrap();
+    assert_healthy(&stack).await;
+    let waited = sluice::http::HEADER_READ_TIMEOUT + Duration::from_secs(30);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(waited, slow.read_to_end(&mut rest)).await;
+    let read = read.expect("the connection is closed after the header timeout");
+    // Closed, with at most a 408 before.
+    assert!(
+        read.is_err() || rest.is_empty() || String::from_utf8_lossy(&rest).contains(" 408 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_healthy(&stack).await;
+}

@@ -906,18 +906,80 @@ async fn serve_result(
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves; returns the bound
-/// address and the server task.
+/// A request's headers must arrive within this, or the connection is
+/// closed (a client that opens connections and sends nothing, or a byte a
+/// minute, would otherwise hold them for ever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections served at once; the next waits in the listen backlog until
+/// one closes.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Serves `listener` until `shutdown` resolves, then lets open requests
+/// finish; returns the bound address and the server task. warp's own
+/// server sets no timer, so hyper would wait for a request's headers for
+/// ever: this one reads them under [`HEADER_READ_TIMEOUT`] and serves at
+/// most [`MAX_CONNECTIONS`] at once.
 pub fn serve(
     ctx: Arc<HttpContext>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
     let bound = listener.local_addr()?;
-    let server = warp::serve(routes(ctx))
-        .incoming(listener)
-        .graceful(shutdown);
-    let task = tokio::spawn(async move { server.run().await });
+    let service = warp::service(routes(ctx));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let task = tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => tokio::select! {
+                        () = &mut shutdown => break,
+                        accepted = listener.accept() => accepted.map(|(io, _)| (io, slot)),
+                    },
+                    Err(_) => break,
+                },
+            };
+            let (io, slot) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some
+                    // to close rather than spin.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = graceful.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    });
     Ok((bound, task))
 }
 
