@@ -503,10 +503,13 @@ async fn a_stalled_installation_lookup_does_not_hang_the_start() {
         times: 1,
     });
     let demo = RepoName::parse(DEMO_REPO).unwrap();
-    let me = tokio::time::timeout(Duration::from_secs(60), forge.verify_app(&[demo.clone()]))
-        .await
-        .expect("the start check returns though the lookup hangs")
-        .expect("the App authenticates");
+    let me = tokio::time::timeout(
+        Duration::from_secs(60),
+        forge.verify_app(std::slice::from_ref(&demo)),
+    )
+    .await
+    .expect("the start check returns though the lookup hangs")
+    .expect("the App authenticates");
     assert_eq!(me.id, DEMO_APP_ID);
     assert_eq!(forge.installation_of(&demo).await, Ok(Some(inst)));
 }

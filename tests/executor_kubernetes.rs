@@ -219,6 +219,7 @@ fn spec(build: &str) -> JobSpec {
         command: vec!["cargo".into(), "test".into(), "--locked".into()],
         timeout: Duration::from_secs(1800),
         clone_token: None,
+        mint_token: None,
     }
 }
 

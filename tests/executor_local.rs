@@ -3,10 +3,10 @@
 use sluice::config::ExecutorConfig;
 use sluice::core::{BuildId, Candidate, CandidatePr, Outcome, RepoName, Sha};
 use sluice::executor::local::LocalExecutor;
-use sluice::executor::{Executor, JobResult, JobSpec};
+use sluice::executor::{CloneToken, Executor, JobResult, JobSpec, TokenMint};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -146,6 +146,7 @@ impl Fixture {
             command: command.iter().map(|s| s.to_string()).collect(),
             timeout,
             clone_token: None,
+            mint_token: None,
         }
     }
     fn path(&self, name: &str) -> String {
@@ -652,6 +653,7 @@ async fn with_job_uids_jobs_running_at_once_cannot_reach_each_other() {
             .to_vec(),
         timeout: LONG,
         clone_token: None,
+        mint_token: None,
     };
     // A keeps a file in its checkout and leaves a process behind in a
     // session of its own; B, once A is ready, tries A's workspace.
@@ -753,4 +755,46 @@ async fn with_job_uids_a_restart_kills_what_runs_as_them() {
     );
     outside.kill().unwrap();
     outside.wait().unwrap();
+}
+
+/// A clone token is minted when the job gets a runner, not when it is
+/// queued: an installation token lives an hour, and a queued job may wait
+/// longer. Here B waits behind A (one runner); its token is asked for only
+/// once A has ended, and its fetch uses it.
+#[tokio::test]
+async fn a_queued_job_mints_its_clone_token_when_it_gets_a_runner() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fx = fixture(false, "feature");
+    let ex = fx.executor(1);
+    let started = fx.path("a-started");
+    let release = fx.path("a-release");
+    let script = format!("echo > {started}; while [ ! -e {release} ]; do sleep 0.1; done");
+    let (tx, mut rx) = unbounded_channel();
+    ex.start(fx.spec("a-1", &["sh", "-c", &script], LONG), tx.clone());
+    wait_for_file(&started).await;
+
+    let minted = Arc::new(AtomicUsize::new(0));
+    let mut b = fx.spec("b-1", &["true"], LONG);
+    let count = minted.clone();
+    b.mint_token = Some(TokenMint(Arc::new(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Some(CloneToken::new("ghs_fresh".into())) })
+    })));
+    ex.start(b, tx);
+    // B is queued behind A: give a wrong executor time to mint early.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(minted.load(Ordering::SeqCst), 0, "minted while queued");
+
+    std::fs::write(&release, "").unwrap();
+    let a = next(&mut rx).await.expect("A's result");
+    assert_eq!(a.build.to_string(), "a-1");
+    let b = next(&mut rx).await.expect("B's result");
+    assert_eq!(b.report.outcome, Outcome::Passed, "{b:?}");
+    assert_eq!(minted.load(Ordering::SeqCst), 1, "minted once, when it ran");
+    let log = String::from_utf8_lossy(&b.log);
+    assert!(log.contains("with a read-only token"), "{log}");
+    assert!(
+        !log.contains("ghs_fresh"),
+        "the token is never logged: {log}"
+    );
 }

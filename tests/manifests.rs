@@ -552,6 +552,7 @@ fn job_spec(build: &str) -> JobSpec {
         command: vec!["make".into(), "test".into()],
         timeout: Duration::from_secs(600),
         clone_token: None,
+        mint_token: None,
     }
 }
 

@@ -280,10 +280,7 @@ impl Executor for KubernetesExecutor {
         if replaced.is_some() {
             tracing::warn!(%build, "build started twice; the earlier start reports nothing");
         }
-        let image = shared.images.get(&job.candidate.repo).map(String::as_str);
-        let settings = JobSettings::new(&shared.config, image);
-        let manifest = manifest::build_job(&job, &settings);
-        tokio::spawn(Arc::clone(shared).create(job, manifest, generation));
+        tokio::spawn(Arc::clone(shared).create(job, generation));
     }
 
     /// The newest pod's containers' output so far, as the API serves it
@@ -385,7 +382,11 @@ impl Shared {
 
     /// Creates the build's Job; an existing Job of the same build is
     /// adopted, never duplicated.
-    async fn create(self: Arc<Self>, job: JobSpec, manifest: Job, generation: u64) {
+    async fn create(self: Arc<Self>, mut job: JobSpec, generation: u64) {
+        // The Job fetches as soon as its pod is scheduled.
+        job.mint_clone_token().await;
+        let image = self.images.get(&job.candidate.repo).map(String::as_str);
+        let manifest = manifest::build_job(&job, &JobSettings::new(&self.config, image));
         let build = job.build.clone();
         let name = manifest::job_name(&build);
         let created = self

@@ -472,7 +472,7 @@ impl Shared {
     /// Runs one job; `None` if it was cancelled.
     async fn run(
         &self,
-        job: JobSpec,
+        mut job: JobSpec,
         mut cancel: watch::Receiver<bool>,
         log: Log,
     ) -> Option<(JobReport, Vec<u8>)> {
@@ -480,6 +480,11 @@ impl Shared {
             permit = Arc::clone(&self.permits).acquire_owned() => permit.ok()?,
             _ = cancelled(&mut cancel) => return None,
         };
+        // Only now: the wait for a runner may outlast a token.
+        tokio::select! {
+            () = job.mint_clone_token() => {}
+            _ = cancelled(&mut cancel) => return None,
+        }
         let started_at = now_ms();
         let clock = Instant::now();
         let verdict = match self.workspace(&job.build) {

@@ -26,6 +26,31 @@ pub struct JobSpec {
     /// private repositories): given to git for the fetch only, never to
     /// the test.
     pub clone_token: Option<CloneToken>,
+    /// Where `clone_token` comes from, asked when the job is about to
+    /// fetch, not when it is queued: an installation token lives an hour,
+    /// and a job may wait longer than that for a free runner.
+    pub mint_token: Option<TokenMint>,
+}
+
+/// Mints a clone token (`None`: the fetch goes without one).
+#[derive(Clone)]
+pub struct TokenMint(
+    pub std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<CloneToken>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for TokenMint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenMint")
+    }
+}
+
+impl JobSpec {
+    /// Fills `clone_token` from `mint_token`, if there is one to ask.
+    pub async fn mint_clone_token(&mut self) {
+        if let Some(mint) = &self.mint_token {
+            self.clone_token = (mint.0)().await;
+        }
+    }
 }
 
 impl JobSpec {

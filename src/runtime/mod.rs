@@ -19,7 +19,7 @@ use crate::core::{
     Action, Answer, Candidate, Event, HistoryEntry, Landing, MergeResult, RepoName, RequestId,
     State, Timestamp,
 };
-use crate::executor::{CloneToken, Executor, JobResult, JobSpec};
+use crate::executor::{CloneToken, Executor, JobResult, JobSpec, TokenMint};
 use crate::forge::{CarStep, CommitStatus, Forge, PrClose, PrFetch, RefUpdate};
 use crate::results::{BuildRecord, ResultsStore};
 use history::History;
@@ -774,17 +774,24 @@ impl Driver {
         };
         info!(%build, repo = %candidate.repo, pr = key.pr, head = %key.head,
               target = %candidate.target_sha, "starting build");
-        let mut spec = JobSpec {
+        let spec = JobSpec {
             build: build.clone(),
             candidate: candidate.clone(),
             clone_url: self.config.clone_url(repo),
             command: repo.test_command.clone(),
             timeout: repo.job_timeout(),
             clone_token: None,
+            // Only an App configured for it gives one. Without it a private
+            // repository's fetch fails, an infrastructure error the core
+            // retries.
+            mint_token: Some(clone_token_mint(
+                self.adapters.forge.clone(),
+                candidate.repo.clone(),
+                build.clone(),
+            )),
         };
         let results = self.adapters.results.clone();
         let executor = self.adapters.executor.clone();
-        let forge = self.adapters.forge.clone();
         let done = self.jobs_tx.clone();
         let starting = self.starting.clone();
         lock(&starting).insert(build.clone(), false);
@@ -792,15 +799,6 @@ impl Driver {
         tokio::spawn(async move {
             if let Err(e) = results.started(&key, &candidate).await {
                 warn!(error = %e, "could not write the running page");
-            }
-            // Only an App configured for it gives one. Without it a private
-            // repository's fetch fails, an infrastructure error the core
-            // retries.
-            match forge.clone_token(&candidate.repo).await {
-                Ok(token) => spec.clone_token = token.map(CloneToken::new),
-                Err(e) => {
-                    warn!(%build, error = %e, "no clone token for the job: it fetches without one")
-                }
             }
             // Checked and started under the lock, so a cancel is either
             // seen here or reaches a build the executor knows.
@@ -1303,6 +1301,26 @@ fn train_decision(entry: &HistoryEntry) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Asks the forge for a clone token for `repo` when the executor calls.
+fn clone_token_mint(
+    forge: Arc<dyn Forge>,
+    repo: RepoName,
+    build: crate::core::BuildId,
+) -> TokenMint {
+    TokenMint(Arc::new(move || {
+        let (forge, repo, build) = (forge.clone(), repo.clone(), build.clone());
+        Box::pin(async move {
+            match forge.clone_token(&repo).await {
+                Ok(token) => token.map(CloneToken::new),
+                Err(e) => {
+                    warn!(%build, error = %e, "no clone token for the job: it fetches without one");
+                    None
+                }
+            }
+        })
+    }))
 }
 
 /// A lock whose holder panicked is still good here (plain maps).

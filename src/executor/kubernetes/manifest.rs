@@ -445,6 +445,7 @@ mod tests {
             command: vec!["make".into()],
             timeout: std::time::Duration::from_secs(60),
             clone_token: Some(CloneToken::new("ghs_secret".into())),
+            mint_token: None,
         };
         let settings = JobSettings::new(&crate::config::KubernetesConfig::default(), None);
         let manifest = build_job(&job, &settings);
