@@ -272,13 +272,13 @@ impl Driver {
     /// the executor no longer has are re-queued, and merges and landings
     /// that were in flight are settled from GitHub's answer.
     async fn recover(&mut self) {
+        // Sent in order by a task of their own once this returns: the queue
+        // they go into is emptied by the loop this comes before, and may be
+        // full of webhooks already.
+        let mut events = Vec::new();
         if self.restored {
             // Statuses the killed process decided but may not have written.
-            let _ = self
-                .shared
-                .inputs
-                .send(Input::Event(Event::Restarted))
-                .await;
+            events.push(Event::Restarted);
         }
         let (running, merges) = {
             let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
@@ -296,8 +296,7 @@ impl Driver {
                 .await;
             if !lost.is_empty() {
                 info!(count = lost.len(), "re-queueing builds lost in the restart");
-                let lost = Input::Event(Event::BuildsLost { builds: lost });
-                let _ = self.shared.inputs.send(lost).await;
+                events.push(Event::BuildsLost { builds: lost });
             }
         }
         // Train work whose answer died with the old process: a landing is
@@ -308,12 +307,11 @@ impl Driver {
         };
         for (repo, branch, landing, building) in trains {
             for car in building {
-                let event = Event::CarBuildFailed {
+                events.push(Event::CarBuildFailed {
                     repo: repo.clone(),
                     branch: branch.clone(),
                     car,
-                };
-                let _ = self.shared.inputs.send(Input::Event(event)).await;
+                });
             }
             let Some(landing) = landing else { continue };
             let (forge, inputs, shared) = self.spawn_parts();
@@ -325,6 +323,12 @@ impl Driver {
                 }
             });
         }
+        let inputs = self.shared.inputs.clone();
+        tokio::spawn(async move {
+            for event in events {
+                let _ = inputs.send(Input::Event(event)).await;
+            }
+        });
         for (pr, pair, _branch) in merges {
             let (forge, inputs, shared) = self.spawn_parts();
             tokio::spawn(async move {
