@@ -664,6 +664,38 @@ async fn a_merge_whose_answer_is_lost_is_found_merged_not_refused() {
     );
 }
 
+/// GitHub's description of `GET /branches/{branch}`: 200, 301 (the branch
+/// was renamed) or 404. A renamed branch is gone under its old name, as a
+/// deleted one: not an error retried for ever.
+#[tokio::test]
+async fn a_renamed_or_missing_branch_has_no_head() {
+    let server = Server::start(|req, _, addr| match req.path.as_str() {
+        "/repos/octocat/Hello-World/branches/renamed" => Answer::json(
+            301,
+            r#"{"message":"Moved Permanently","url":"https://api.github.com/repositories/1296269/branches/renamed","documentation_url":"https://docs.github.com/rest/branches/branches#get-a-branch"}"#,
+        )
+        .header(
+            "location",
+            &format!("http://{addr}/repositories/1296269/branches/renamed"),
+        ),
+        "/repos/octocat/Hello-World/branches/gone" => {
+            Answer::json(404, r#"{"message":"Branch not found"}"#)
+        }
+        _ => Answer::json(200, testdata("repos__get-branch.response.200.default.json")),
+    })
+    .await;
+    let gh = server.github();
+    assert_eq!(gh.branch_head(&repo(), "renamed").await.unwrap(), None);
+    assert_eq!(gh.branch_head(&repo(), "gone").await.unwrap(), None);
+    assert!(gh.branch_head(&repo(), "main").await.unwrap().is_some());
+    let renamed = server
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/renamed"))
+        .count();
+    assert_eq!(renamed, 1, "a 301 is an answer, not retried");
+}
+
 #[tokio::test]
 async fn set_status_posts_state_context_link_and_short_description() {
     let server = Server::start(|_, _, _| {

@@ -816,7 +816,13 @@ impl Forge for GitHub {
         let what = format!("GET {path}");
         let fetched = self
             .get_cached(&path, |reply| {
-                if reply.status == StatusCode::NOT_FOUND {
+                // 301: the branch was renamed (GitHub retargets its PRs,
+                // which their webhooks or the next re-read bring): there is
+                // no branch of this name any more.
+                if matches!(
+                    reply.status,
+                    StatusCode::NOT_FOUND | StatusCode::MOVED_PERMANENTLY
+                ) {
                     return Ok(None);
                 }
                 if !reply.status.is_success() {
