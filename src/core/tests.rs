@@ -2555,3 +2555,108 @@ fn phases_are_counted_for_every_state() {
         );
     }
 }
+
+// ------------------------------------------------- landings in flight
+
+fn merged_records(actions: &[Action]) -> Vec<(u64, Sha)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(HistoryEntry::Merged { pr, merge_sha, .. }) => {
+                Some((pr.number, merge_sha.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn ejections(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(HistoryEntry::Ejected { pr, .. }) => Some(pr.number),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Car 2 (#1 #2) passed while car 1 (#1) still tested: the landing through
+/// car 2 is asked for. Car 1's test then fails: its PR is landing (car 2's
+/// test covered it), so nobody is blamed, and the landing's answer records
+/// both PRs as merged at car 2's sha.
+#[test]
+fn a_failure_inside_a_landing_in_flight_ejects_nobody_and_the_landing_is_recorded() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    assert_eq!(tests.len(), 2);
+    let c2 = tests[1].1.car.clone().unwrap();
+    let a = bot.finish_as(&tests[1].0, tests[1].1.clone(), Outcome::Passed);
+    assert_eq!(lands(&a), vec![(sha(0x100), c2.clone())]);
+    // Car 1's own test, still running, fails.
+    let a = bot.finish_as(&tests[0].0, tests[0].1.clone(), Outcome::Failed);
+    assert!(ejections(&a).is_empty(), "nobody is blamed: {a:?}");
+    assert!(
+        !statuses(&a)
+            .iter()
+            .any(|(on, state, _)| *on == sha(0xa1) && *state == CommitState::Failure),
+        "#1 is landing, not failing"
+    );
+    assert!(bot.view(1).ejected.is_none());
+    // GitHub moved main to car 2: both PRs are merged there.
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: c2.clone(),
+    });
+    assert_eq!(merged_records(&a), vec![(1, c2.clone()), (2, c2.clone())]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert!(bot.state.pr(&key(2)).is_none());
+    let repo = bot.state.repo(&repo_name()).unwrap();
+    assert_eq!(repo.branch_head("main"), Some(&c2));
+    assert!(repo.trains.is_empty());
+}
+
+/// Whatever became of the train while a landing was in flight, a `Landed`
+/// for it means its PRs are on the target: they are recorded merged, and
+/// what is left of the train is rebuilt on the new head.
+#[test]
+fn a_landing_whose_train_changed_in_flight_still_records_what_landed() {
+    let mut bot = train_bot(2);
+    let a = two_passed_cars(&mut bot);
+    let (_, to) = lands(&a)[0].clone();
+    bot.open(3, 0xa3);
+    bot.approve(3);
+    let b = bot.build_of(3).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    assert_eq!(train_order(&bot), vec![1, 2, 3]);
+    // The train is rebuilt under the landing (new car ids, nothing built).
+    {
+        let repo = bot.state.repos.get_mut(&repo_name()).unwrap();
+        let train = repo.trains.get_mut("main").unwrap();
+        for car in &mut train.cars {
+            repo.next_car += 1;
+            car.id = repo.next_car;
+            car.state = CarState::Waiting;
+        }
+    }
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: to.clone(),
+    });
+    assert_eq!(merged_records(&a), vec![(1, to.clone()), (2, to.clone())]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert!(bot.state.pr(&key(2)).is_none());
+    assert_eq!(train_order(&bot), vec![3]);
+    assert_eq!(
+        car_builds(&a)
+            .iter()
+            .map(|b| (b.1.clone(), b.2.clone()))
+            .collect::<Vec<_>>(),
+        vec![(to, sha(0xa3))],
+        "#3 is rebuilt on the landed car"
+    );
+}

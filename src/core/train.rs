@@ -192,6 +192,10 @@ pub struct Landing {
     pub to: Sha,
     /// The last car landing (every car before it lands with it).
     pub through: u64,
+    /// The cars landing, as they were when it was asked for: what landed
+    /// if the target moves to `to`, whatever became of the train since.
+    #[serde(default)]
+    pub cars: Vec<Car>,
 }
 
 /// Why a PR left the train by itself; it comes back with a new head or a
@@ -512,16 +516,41 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some(train) = self.train_mut(name, branch) else {
+        let Some(repo) = self.repos.get_mut(name) else {
+            return;
+        };
+        let Some(train) = repo.trains.get_mut(branch) else {
             return;
         };
         let Some(landing) = train.landing.take().filter(|l| l.to == sha) else {
             return;
         };
-        let Some(last) = train.cars.iter().position(|c| c.id == landing.through) else {
+        let mut stale = Vec::new();
+        let landed: Vec<Car> = match train.cars.iter().position(|c| c.id == landing.through) {
+            Some(last) => train.cars.drain(..=last).collect(),
+            // Asked for before sluice remembered a landing's cars.
+            None if landing.cars.is_empty() => return,
+            None => {
+                // The train changed under the landing (it must not): the
+                // target is at the landing car all the same, so its PRs are
+                // merged; what is left of the train is rebuilt on it.
+                let landed = landing.cars.clone();
+                let numbers: Vec<u64> = landed.iter().map(|c| c.pr.number).collect();
+                let (gone, kept): (Vec<Car>, Vec<Car>) = std::mem::take(&mut train.cars)
+                    .into_iter()
+                    .partition(|c| numbers.contains(&c.pr.number));
+                train.cars = kept;
+                stale.extend(gone.iter().filter_map(|c| match &c.state {
+                    CarState::Testing { build, .. } => Some(build.clone()),
+                    _ => None,
+                }));
+                stale.extend(reset_from(train, 0, &mut repo.next_car));
+                landed
+            }
+        };
+        let Some(last) = landed.len().checked_sub(1) else {
             return;
         };
-        let landed: Vec<Car> = train.cars.drain(..=last).collect();
         train.base = Some(sha.clone());
         train.blocked = None;
         let base = landing.from.clone();
@@ -530,7 +559,6 @@ impl State {
         let CarState::Passed { build: tested, .. } = landed[last].state.clone() else {
             return;
         };
-        let mut stale = Vec::new();
         for car in &landed {
             if let CarState::Testing { build, .. } = &car.state {
                 stale.push(build.clone());
@@ -972,13 +1000,16 @@ impl State {
             // tests behind a failure stopped.
             let ejected;
             (planned, ejected) =
-                self.eject_culprits(name, branch, &mut train, now, out, &mut cancel);
+                self.eject_culprits(name, branch, &mut train, landing_end, now, out, &mut cancel);
             if !ejected {
                 break;
             }
         }
+        // A failure inside a landing in flight dooms nothing: the landing
+        // car passed, and it holds that car's PRs.
         if !planned.plan.optimistic {
-            for k in batch::doomed(&train.cars) {
+            for k in batch::doomed(&train.cars[landing_end..]) {
+                let k = landing_end + k;
                 let car = &mut train.cars[k];
                 if let CarState::Testing { sha, build } = car.state.clone() {
                     cancel.push(build);
@@ -1109,14 +1140,17 @@ impl State {
         }
     }
 
-    /// Suspected flakes (optimistic) are covered and every culprit is
-    /// ejected; returns the plan and whether any PR was ejected.
+    /// Suspected flakes (optimistic) are covered and every culprit behind
+    /// the landing in flight (its first `landing_end` cars, which passed
+    /// with the car they land through) is ejected; returns the plan and
+    /// whether any PR was ejected.
     #[allow(clippy::too_many_arguments)]
     fn eject_culprits(
         &mut self,
         name: &RepoName,
         branch: &str,
         train: &mut Train,
+        landing_end: usize,
         now: Timestamp,
         out: &mut Vec<Action>,
         cancel: &mut Vec<BuildId>,
@@ -1144,7 +1178,9 @@ impl State {
                 car.state = CarState::Built { sha };
             }
         }
-        while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
+        while let Some(k) = batch::culprit(&train.cars[landing_end..], planned.plan.optimistic)
+            .map(|k| landing_end + k)
+        {
             let CarState::Failed {
                 build,
                 outcome,
@@ -1230,6 +1266,7 @@ impl State {
                 from: base.clone(),
                 to: sha.clone(),
                 through: last.id,
+                cars: train.cars[..passed].to_vec(),
             });
             let prs: Vec<u64> = train.cars[..passed].iter().map(|c| c.pr.number).collect();
             let cars = train.cars[..passed]
