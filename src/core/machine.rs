@@ -29,6 +29,9 @@ pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 pub const MERGE_RETRY_MS: u64 = 60 * 1000;
 /// How often a landing waiting for other required checks looks again.
 pub const CHECKS_POLL_MS: u64 = 5 * 1000;
+/// How long a landing GitHub refused because the target moved waits for
+/// sluice to learn the new head before it is asked for again as it was.
+pub const LAND_MOVED_RETRY_MS: u64 = 15 * 1000;
 /// After a restart, the statuses decided this long before the last one
 /// are written again: they may have died unwritten with the old process.
 pub const REPUBLISH_WINDOW_MS: u64 = 60 * 1000;

@@ -2660,3 +2660,59 @@ fn a_landing_whose_train_changed_in_flight_still_records_what_landed() {
         "#3 is rebuilt on the landed car"
     );
 }
+
+/// GitHub refused a landing because main moved (a push raced it) before
+/// sluice heard of the push: the landing is not asked for again from the
+/// same base at once (that would refuse again, a call each time), but
+/// after a read of the branch: a new head rebuilds the train on it; the
+/// old head again is only retried after a while.
+#[test]
+fn a_landing_refused_because_the_target_moved_waits_for_the_branch_before_it_is_retried() {
+    let mut bot = train_bot(2);
+    let a = two_passed_cars(&mut bot);
+    let (from, to) = lands(&a)[0].clone();
+    let refused = |bot: &mut Bot| {
+        bot.ev(Event::LandRefused {
+            repo: repo_name(),
+            branch: "main".into(),
+            moved: true,
+            reason: "Update is not a fast forward".into(),
+        })
+    };
+    let a = refused(&mut bot);
+    assert!(a.contains(&Action::FetchBranch {
+        repo: repo_name(),
+        branch: "main".into()
+    }));
+    assert!(lands(&a).is_empty(), "not again at once: {a:?}");
+    assert!(lands(&bot.ev(Event::Tick)).is_empty());
+    // The read says main is where it was (GitHub lagging): not at once.
+    let as_of = Timestamp(bot.now);
+    let a = bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(from.clone()),
+        as_of,
+    });
+    assert!(lands(&a).is_empty());
+    // After a while it is tried again, from the same base to the same car.
+    bot.now += LAND_MOVED_RETRY_MS;
+    assert_eq!(lands(&bot.ev(Event::Tick)), vec![(from, to)]);
+    // Refused again; this time the read finds the push: the cars are
+    // rebuilt on it, nothing lands meanwhile.
+    refused(&mut bot);
+    let as_of = Timestamp(bot.now);
+    let a = bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(sha(0x200)),
+        as_of,
+    });
+    assert!(lands(&a).is_empty());
+    let built = car_builds(&a);
+    assert_eq!(built.len(), 1);
+    assert_eq!(
+        (built[0].1.clone(), built[0].2.clone()),
+        (sha(0x200), sha(0xa1))
+    );
+}

@@ -667,14 +667,25 @@ impl State {
         else {
             return;
         };
-        if train.landing.take().is_none() {
+        let Some(landing) = train.landing.take() else {
             return;
-        }
+        };
         if moved {
             out.push(Action::FetchBranch {
                 repo: name.clone(),
                 branch: branch.to_string(),
             });
+            // Not asked for again from the same base until sluice learns
+            // the new head (which rebuilds the train) or a while passed:
+            // otherwise it would be refused again at once, a call each time.
+            if self.repos[name].branch_head(branch) == Some(&landing.from) {
+                let retry = (
+                    RetryKind::LandRefused,
+                    text::target_moved_under_landing(branch),
+                    now.plus_ms(super::LAND_MOVED_RETRY_MS),
+                );
+                self.hold_landing(name, branch, retry, now, out);
+            }
         } else {
             let why = text::merge_refused(&reason);
             let retry = (
