@@ -2716,3 +2716,51 @@ fn a_landing_refused_because_the_target_moved_waits_for_the_branch_before_it_is_
         (sha(0x200), sha(0xa1))
     );
 }
+
+/// An urgent PR that entered behind a landing stays behind it while the
+/// landing waits for other required checks: running, the passed car ahead
+/// is not rebuilt behind it; draining, it is not dropped from the train
+/// (it could not enter again).
+#[test]
+fn an_urgent_pr_behind_a_held_landing_keeps_its_place_running_or_draining() {
+    for mode in [BranchMode::Running, BranchMode::Draining] {
+        let mut bot = Bot::new(RepoPolicy {
+            max_concurrent_builds: 8,
+            train_depth: 2,
+            urgent_label: Some("urgent".into()),
+            ..RepoPolicy::default()
+        });
+        bot.enter_train(1);
+        bot.build_train();
+        let (build, candidate) = bot.car_tests()[0].clone();
+        let a = bot.finish_as(&build, candidate, Outcome::Passed);
+        let landing = lands(&a);
+        assert_eq!(landing.len(), 1);
+        // #2 is urgent: it enters behind the landing in flight.
+        let mut urgent = snap(2, 0xa2, "main");
+        urgent.labels = vec!["urgent".into()];
+        bot.ev(Event::PrUpdated(urgent));
+        bot.approve(2);
+        let b = bot.build_of(2).unwrap();
+        bot.finish(&b, Outcome::Passed);
+        assert_eq!(train_order(&bot), vec![1, 2]);
+        let request = bot.request();
+        bot.ev(Event::SetBranchMode {
+            repo: repo_name(),
+            branch: "main".into(),
+            mode,
+            request,
+        });
+        // The landing waits for another required check.
+        bot.ev(Event::LandWaiting {
+            repo: repo_name(),
+            branch: "main".into(),
+            pending: vec!["ci/build".into()],
+        });
+        assert_eq!(train_order(&bot), vec![1, 2], "{mode:?}");
+        assert_eq!(bot.state.train_position(&key(2)), Some(1), "{mode:?}");
+        // Asked again: the same passed car lands.
+        bot.now += CHECKS_POLL_MS;
+        assert_eq!(lands(&bot.ev(Event::Tick)), landing, "{mode:?}");
+    }
+}

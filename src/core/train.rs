@@ -938,17 +938,19 @@ impl State {
         }
         // 2. PRs that changed leave; the cars behind them are rebuilt. An
         // urgent PR behind a car that is not urgent leaves too, to enter
-        // again at the front.
+        // again at the front, if the branch runs (else it could not).
         let landing_end = train
             .landing
             .as_ref()
             .and_then(|l| train.cars.iter().position(|c| c.id == l.through))
             .map_or(0, |k| k + 1);
+        let mode = repo.branch_mode(branch);
         let mut i = 0;
         while i < train.cars.len() {
             let car = &train.cars[i];
-            let misplaced = is_urgent(repo, car.pr.number)
-                && urgent_place(repo, &train, landing_end, car.pr.number) < i;
+            let misplaced = mode == BranchMode::Running
+                && is_urgent(repo, car.pr.number)
+                && urgent_place(repo, &train, held_end(&train, landing_end), car.pr.number) < i;
             let still = !misplaced
                 && repo.prs.get(&car.pr.number).is_some_and(|pr| {
                     pr.snapshot.head_sha == car.pr.head_sha
@@ -965,7 +967,6 @@ impl State {
         }
         // Until no culprit leaves: a PR ejected below may be what a PR
         // behind it depends on, which must then leave and wait too.
-        let mode = self.repos[name].branch_mode(branch);
         let mut planned;
         loop {
             // A PR whose dependency is no longer ahead of it (ejected, pushed
@@ -993,15 +994,8 @@ impl State {
                 repo.refile(number);
             }
             // 3. Who enters.
-            self.enter_ready(
-                name,
-                branch,
-                &mut train,
-                mode,
-                landing_end,
-                now,
-                &mut cancel,
-            );
+            let held_end = held_end(&train, landing_end);
+            self.enter_ready(name, branch, &mut train, mode, held_end, now, &mut cancel);
             let repo = self.repos.get_mut(name).expect("exists");
             let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
             for number in dirty {
@@ -1496,6 +1490,16 @@ fn leave_train(repo: &mut RepoState, train: &mut Train, index: usize, cancel: &m
     if let Some(pr) = repo.prs.get_mut(&gone.pr.number) {
         pr.in_train = false;
         repo.index.dirty.insert(gone.pr.number);
+    }
+}
+
+/// Where the cars an urgent PR may not pass end: those of the landing in
+/// flight (`landing_end`), or, while a landing is held (a required check
+/// pending, a refusal), the passed cars it waits to land.
+fn held_end(train: &Train, landing_end: usize) -> usize {
+    match (&train.landing, &train.blocked) {
+        (None, Some(_)) => batch::landing_point(&train.cars).map_or(0, |k| k + 1),
+        _ => landing_end,
     }
 }
 
