@@ -1178,7 +1178,13 @@ pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
             .ejected
             .as_ref()
             .is_some_and(|e| e.head == pr.snapshot.head_sha);
-        return passed && !ejected && !pr.in_train && repo.approval(pr).approved();
+        // A merge of serial mode still in flight (trains switched on at a
+        // restart) lands it or not; the train waits for its answer.
+        let merging = repo
+            .merging
+            .values()
+            .any(|m| m.pr == pr.snapshot.key.number);
+        return passed && !ejected && !merging && !pr.in_train && repo.approval(pr).approved();
     }
     let passed = pr
         .results

@@ -319,16 +319,29 @@ impl State {
 
     /// Applies the current configuration to a restored state: new
     /// repositories are added, policies updated, removed ones dropped (with
-    /// their builds, which the caller cancels).
+    /// their builds, which the caller cancels). A repository whose trains
+    /// are switched off loses them and its car tests (cancelled by the
+    /// caller too); its PRs are merged serially from then on.
     pub fn reconfigure(
         &mut self,
         repos: impl IntoIterator<Item = (RepoName, RepoPolicy)>,
     ) -> Vec<BuildId> {
         let wanted: BTreeMap<RepoName, RepoPolicy> = repos.into_iter().collect();
         self.repos.retain(|name, _| wanted.contains_key(name));
+        // Repositories whose trains were switched off: their car tests stop.
+        let mut trains_off = BTreeSet::new();
         for (name, policy) in wanted {
             match self.repos.get_mut(&name) {
                 Some(repo) if repo.policy != policy => {
+                    if repo.trains_on() && policy.train_depth == 0 {
+                        // Serial mode merges them one by one: nothing is in
+                        // a train any more.
+                        repo.trains.clear();
+                        for pr in repo.prs.values_mut() {
+                            pr.in_train = false;
+                        }
+                        trains_off.insert(name.clone());
+                    }
                     repo.policy = policy;
                     // The policy orders and gates every PR: file them anew,
                     // and let settle look at each (statuses may change).
@@ -345,7 +358,10 @@ impl State {
         let orphaned: Vec<BuildId> = self
             .builds
             .values()
-            .filter(|b| !self.repos.contains_key(&b.candidate.repo))
+            .filter(|b| {
+                !self.repos.contains_key(&b.candidate.repo)
+                    || (b.candidate.car.is_some() && trains_off.contains(&b.candidate.repo))
+            })
             .map(|b| b.id.clone())
             .collect();
         for id in &orphaned {

@@ -2764,3 +2764,64 @@ fn an_urgent_pr_behind_a_held_landing_keeps_its_place_running_or_draining() {
         assert_eq!(lands(&bot.ev(Event::Tick)), landing, "{mode:?}");
     }
 }
+
+/// A restart with the trains switched off (`train_depth` 0): the car tests
+/// are stopped and the PRs that were in the train are merged one by one as
+/// serial mode does; switched on again, they enter a train.
+#[test]
+fn switching_trains_off_and_on_at_a_restart_leaves_no_pr_stranded() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    let car_tests: Vec<BuildId> = bot.car_tests().into_iter().map(|(b, _)| b).collect();
+    assert_eq!(car_tests.len(), 2);
+    let serial = RepoPolicy {
+        max_concurrent_builds: 8,
+        ..RepoPolicy::default()
+    };
+    let mut stopped = bot.state.reconfigure([(repo_name(), serial)]);
+    stopped.sort();
+    assert_eq!(stopped, car_tests, "the car tests are stopped");
+    assert!(bot.car_tests().is_empty());
+    let a = bot.ev(Event::Restarted);
+    assert_eq!(
+        merges(&a),
+        vec![(key(1), pair(0xa1, 0x100))],
+        "#1 passed on main's head and is approved: merged"
+    );
+    assert!(bot.state.train_position(&key(2)).is_none());
+    // #1 merges; #2 is tested on the new head and merged.
+    bot.merged(1, pair(0xa1, 0x100), 0x101);
+    let b = bot.build_of(2).expect("#2 is tested on the new head");
+    let a = bot.finish(&b, Outcome::Passed);
+    assert_eq!(merges(&a), vec![(key(2), pair(0xa2, 0x101))]);
+
+    // On again while #3 merges: #4 enters a train, #3 does not (its merge
+    // is in flight).
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        ..RepoPolicy::default()
+    });
+    for n in [3, 4] {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+    }
+    let b = bot.build_of(3).unwrap();
+    assert_eq!(merges(&bot.finish(&b, Outcome::Passed)).len(), 1);
+    let b = bot.build_of(4).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    assert!(
+        bot.state
+            .reconfigure([(
+                repo_name(),
+                RepoPolicy {
+                    max_concurrent_builds: 8,
+                    train_depth: 2,
+                    ..RepoPolicy::default()
+                }
+            )])
+            .is_empty()
+    );
+    bot.ev(Event::Restarted);
+    assert_eq!(train_order(&bot), vec![4]);
+}
