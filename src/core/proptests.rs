@@ -516,6 +516,8 @@ struct Forge {
     /// PRs a /hold or /cancel keeps out (until /unhold or /merge).
     held: BTreeSet<u64>,
     cancelled: BTreeSet<u64>,
+    /// Commands whose author's access sluice asked about: (PR, command).
+    commands: BTreeMap<u64, (u64, &'static str)>,
     comments: u64,
 }
 
@@ -785,24 +787,9 @@ fn run_train(
             },
             TrainOp::Command { pr, what } => {
                 let command = COMMANDS[what as usize % COMMANDS.len()];
-                if state.pr(&key(pr)).is_some() {
-                    match command {
-                        "/hold" => {
-                            f.held.insert(pr);
-                        }
-                        "/unhold" => {
-                            f.held.remove(&pr);
-                        }
-                        "/cancel" => {
-                            f.cancelled.insert(pr);
-                        }
-                        "/merge" => {
-                            f.cancelled.remove(&pr);
-                        }
-                        _ => {}
-                    }
-                }
                 f.comments += 1;
+                // It runs once GitHub said wendy may write (below).
+                f.commands.insert(f.comments, (pr, command));
                 Event::Commented {
                     pr: key(pr),
                     comment: f.comments,
@@ -815,6 +802,26 @@ fn run_train(
         events.push(event);
         while !events.is_empty() {
             let event = events.remove(0);
+            if let Event::WriteAccess { comment, .. } = &event
+                && let Some((pr, command)) = f.commands.remove(comment)
+                && state.pr(&key(pr)).is_some()
+            {
+                match command {
+                    "/hold" => {
+                        f.held.insert(pr);
+                    }
+                    "/unhold" => {
+                        f.held.remove(&pr);
+                    }
+                    "/cancel" => {
+                        f.cancelled.insert(pr);
+                    }
+                    "/merge" => {
+                        f.cancelled.remove(&pr);
+                    }
+                    _ => {}
+                }
+            }
             let actions = state.handle(event, Timestamp(now));
             for action in actions {
                 match action {
