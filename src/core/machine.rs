@@ -792,6 +792,7 @@ impl State {
         pr.infra_errors.remove(&pair);
         pr.merge_block = None;
         pr.ejected = None;
+        pr.asked.stopped = None;
         pr.updated_at = now;
         if let Some(build) = pr.build.take() {
             self.cancel_build(build, text::cancelled_retest(), now, out);
@@ -1149,8 +1150,11 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         PrTests::AfterApproval => repo.approval(pr).approved(),
         PrTests::TrainOnly => !repo.trains_on(),
     };
+    // Its test of this head was stopped by a `/cancel`.
+    let stopped = pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha);
     wanted
         && !merging
+        && !stopped
         && pr.build.is_none()
         && !pr.in_train
         && pr.snapshot.mergeable != Some(false)
@@ -1242,6 +1246,8 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
         None => reasons.push(text::waiting_for_target(base)),
         Some(pair) => match repo.own_result(pr) {
             None if pr.snapshot.mergeable == Some(false) => reasons.push(text::conflict(base)),
+            // Stopped by a `/cancel`, which `blocker` said above.
+            None if pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha) => {}
             None => reasons.push(text::no_result_yet(pr.build.is_some())),
             Some(r) if r.outcome != Outcome::Passed => {
                 reasons.push(text::test_did_not_pass(r.outcome, &r.detail))
@@ -1392,6 +1398,11 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
     }
     if pr.snapshot.mergeable == Some(false) {
         return status(CommitState::Failure, text::conflict(base), None);
+    }
+    if pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha)
+        && let Some(why) = pr.asked.blocker(&repo.policy)
+    {
+        return status(CommitState::Pending, why, None);
     }
     match pr.infra_errors.get(&pair) {
         Some(&errors) if errors > 0 => status(

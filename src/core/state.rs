@@ -221,6 +221,10 @@ pub struct Asked {
     /// `/cancel`: out of the train until a `/merge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
+    /// The head whose own test `/cancel` stopped: none starts again for
+    /// it until a `/retest` or a `/merge` (a new head is tested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Sha>,
     /// `/priority <label>`: one of the repository's priority labels, as
     /// if the PR carried it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2825,3 +2825,34 @@ fn switching_trains_off_and_on_at_a_restart_leaves_no_pr_stranded() {
     bot.ev(Event::Restarted);
     assert_eq!(train_order(&bot), vec![4]);
 }
+
+/// `/cancel` stops the PR's own test, and no new one starts for that head
+/// by itself; `/retest`, a new push or `/merge` test it again.
+#[test]
+fn cancel_stops_a_prs_own_test_until_a_retest_a_push_or_a_merge() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.comment(1, 10, "wendy", true, "/cancel");
+    assert_eq!(cancelled(&a), vec![b]);
+    assert!(started(&a).is_empty(), "not started again: {a:?}");
+    assert!(bot.build_of(1).is_none());
+    assert!(started(&bot.ev(Event::Tick)).is_empty());
+    assert_eq!(
+        statuses(&a),
+        vec![(sha(0xa1), CommitState::Pending, text::cancelled_by("wendy"))],
+        "its status says why it is not tested"
+    );
+    let a = bot.comment(1, 11, "wendy", true, "/retest");
+    assert_eq!(started(&a).len(), 1, "{a:?}");
+    // Cancelled again; a push tests the new head.
+    bot.comment(1, 12, "wendy", true, "/cancel");
+    assert!(bot.build_of(1).is_none());
+    let a = bot.open(1, 0xb1);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xb1, 0x100)));
+    // Cancelled again; /merge puts it back.
+    bot.comment(1, 13, "wendy", true, "/cancel");
+    assert!(bot.build_of(1).is_none());
+    let a = bot.comment(1, 14, "wendy", true, "/merge");
+    assert_eq!(started(&a).len(), 1);
+}
