@@ -11,7 +11,7 @@ use super::approval::latest_per_reviewer;
 use super::event::Event;
 use super::state::*;
 use super::text;
-use super::train::RetryKind;
+use super::train::{EjectKind, RetryKind};
 use super::types::*;
 
 /// How sluice heard of a PR's snapshot.
@@ -1326,9 +1326,14 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             .as_ref()
             .filter(|e| e.head == pr.snapshot.head_sha)
         {
+            // Infrastructure is never reported as a test failure.
+            let state = match e.kind {
+                EjectKind::Error => CommitState::Error,
+                _ => CommitState::Failure,
+            };
             return PublishedStatus {
                 sha: pr.snapshot.head_sha.clone(),
-                state: CommitState::Failure,
+                state,
                 description: e.reason.clone(),
                 link: e.link.clone(),
             };

@@ -2856,3 +2856,25 @@ fn cancel_stops_a_prs_own_test_until_a_retest_a_push_or_a_merge() {
     let a = bot.comment(1, 14, "wendy", true, "/merge");
     assert_eq!(started(&a).len(), 1);
 }
+
+/// A car whose tests infrastructure kept losing ejects its PR with an
+/// `error` status, never a `failure`: nothing says its change is wrong.
+#[test]
+fn a_pr_ejected_for_infrastructure_errors_gets_an_error_status_not_a_failure() {
+    let mut bot = train_bot(1);
+    bot.enter_train(1);
+    bot.build_train();
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        let (build, _) = bot.car_tests()[0].clone();
+        a = bot.finish(&build, Outcome::Error);
+    }
+    let ejected = bot.view(1).ejected.expect("ejected after 3 attempts");
+    assert_eq!(ejected.kind, EjectKind::Error);
+    let own: Vec<_> = statuses(&a)
+        .into_iter()
+        .filter(|(on, _, _)| *on == sha(0xa1))
+        .collect();
+    assert_eq!(own.len(), 1, "{a:?}");
+    assert_eq!(own[0].1, CommitState::Error, "{}", own[0].2);
+}

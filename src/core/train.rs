@@ -493,10 +493,14 @@ impl State {
                 let prs: Vec<u64> = train.cars[..=index].iter().map(|c| c.pr.number).collect();
                 if self.repos[repo].policy.car_statuses {
                     let description = text::car_test_failed(outcome, &report.detail);
+                    let state = match outcome {
+                        Outcome::Error => CommitState::Error,
+                        _ => CommitState::Failure,
+                    };
                     out.push(Action::SetStatus {
                         repo: repo.clone(),
                         sha,
-                        state: CommitState::Failure,
+                        state,
                         summary: text::car_summary(&description, &prs),
                         description,
                         link: Some(car_results(repo, &car_pr, build)),
