@@ -1375,23 +1375,24 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             return status(CommitState::Pending, why.clone(), None);
         }
     }
+    // What its own test tested: in train mode its head on the target of
+    // then, which a moved target does not change (nor its status).
+    let own = repo.own_tested(pr);
     // Approved and passing, but held back by a command: the status says so.
     if let Some(why) = pr.asked.blocker(&repo.policy)
         && repo.approval(pr).approved()
-        && repo
-            .own_result(pr)
-            .is_some_and(|r| r.outcome == Outcome::Passed)
+        && let Some((tested, _)) = own.filter(|(_, r)| r.outcome == Outcome::Passed)
     {
-        let passed = text::finished(Outcome::Passed, base, &pair.target, "");
+        let passed = text::finished(Outcome::Passed, base, &tested.target, "");
         return status(CommitState::Pending, format!("{passed}; {why}"), None);
     }
-    if let Some(result) = repo.own_result(pr) {
+    if let Some((tested, result)) = own {
         let state = match result.outcome {
             Outcome::Passed => CommitState::Success,
             Outcome::Failed => CommitState::Failure,
             Outcome::Error => CommitState::Error,
         };
-        let description = text::finished(result.outcome, base, &pair.target, &result.detail);
+        let description = text::finished(result.outcome, base, &tested.target, &result.detail);
         return status(state, description, Some(&result.build));
     }
     if let Some(build) = &pr.build {

@@ -586,15 +586,22 @@ impl RepoState {
     /// train tests what lands; the PR's own test is early feedback, once
     /// per head), the current target's if there is one.
     pub fn own_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
-        let current = self.current_result(pr);
+        self.own_tested(pr).map(|(_, r)| r)
+    }
+
+    /// [`RepoState::own_result`] with the pair it tested (in train mode
+    /// not necessarily the current one).
+    pub fn own_tested<'a>(&self, pr: &'a Pr) -> Option<(&'a Pair, &'a PairResult)> {
+        let current = self
+            .current_pair(pr)
+            .and_then(|pair| pr.results.get_key_value(&pair));
         if current.is_some() || !self.trains_on() {
             return current;
         }
         pr.results
             .iter()
             .filter(|(pair, _)| pair.head == pr.snapshot.head_sha)
-            .map(|(_, r)| r)
-            .max_by_key(|r| r.finished_at)
+            .max_by_key(|(_, r)| r.finished_at)
     }
 }
 

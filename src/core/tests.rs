@@ -2878,3 +2878,46 @@ fn a_pr_ejected_for_infrastructure_errors_gets_an_error_status_not_a_failure() {
     assert_eq!(own.len(), 1, "{a:?}");
     assert_eq!(own[0].1, CommitState::Error, "{}", own[0].2);
 }
+
+/// In train mode a PR's own test counts for its head on any target: when
+/// the target moves, its status still names the target it passed with and
+/// is not written again, and the JSON still calls it passing. (Serial mode
+/// tests it again: `a_moved_target_makes_every_pr_on_it_stale_...`.)
+#[test]
+fn in_train_mode_a_passed_own_test_is_shown_with_the_target_it_was_tested_on() {
+    let mut bot = train_bot(2);
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    assert_eq!(
+        statuses(&a),
+        vec![(
+            sha(0xa1),
+            CommitState::Success,
+            text::finished(Outcome::Passed, "main", &sha(0x100), "")
+        )]
+    );
+    let moved = Sha::parse("2000000000000000000000000000000000000000").unwrap();
+    let a = bot.ev(Event::BranchMoved {
+        before: Some(sha(0x100)),
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: moved.clone(),
+    });
+    assert!(started(&a).is_empty(), "not tested again");
+    assert!(statuses(&a).is_empty(), "its status stands: {a:?}");
+    let view = bot.view(1);
+    assert!(view.passing(), "{:?}", view.phase);
+    assert_eq!(view.target_sha, Some(moved));
+    assert_eq!(
+        view.build.map(|b| b.pair),
+        Some(pair(0xa1, 0x100)),
+        "the build shown is the one that passed, with what it tested"
+    );
+    assert!(
+        bot.state
+            .pr_views()
+            .iter()
+            .any(|v| v.number == 1 && v.passing())
+    );
+}
