@@ -2921,3 +2921,52 @@ fn in_train_mode_a_passed_own_test_is_shown_with_the_target_it_was_tested_on() {
             .any(|v| v.number == 1 && v.passing())
     );
 }
+
+/// #2 does not merge onto #1's car, so it leaves the train; but #1 then
+/// fails and leaves too: the conflict may have been with #1 alone, so #2
+/// enters again and is built on main (where it conflicts again, it leaves
+/// again: a car ahead must leave for it to come back, so there is no loop).
+#[test]
+fn a_pr_that_conflicted_with_a_car_ahead_enters_again_when_that_car_leaves() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    let cars = train_cars(&bot);
+    let c1 = car_sha(&sha(0x100), &sha(0xa1));
+    bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[0].id,
+        parent: sha(0x100),
+        sha: c1,
+    });
+    let a = bot.ev(Event::CarConflict {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[1].id,
+        message: "merge conflict in README".into(),
+    });
+    assert_eq!(ejections(&a), vec![2]);
+    assert_eq!(train_order(&bot), vec![1]);
+    // #1's car fails: #1 is ejected, and #2 comes back, built on main.
+    let (build, _) = bot.car_tests()[0].clone();
+    let a = bot.finish(&build, Outcome::Failed);
+    assert_eq!(ejections(&a), vec![1]);
+    assert_eq!(train_order(&bot), vec![2]);
+    assert!(bot.view(2).ejected.is_none());
+    let built = car_builds(&a);
+    assert_eq!(
+        built.iter().map(|b| (&b.1, &b.2)).collect::<Vec<_>>(),
+        vec![(&sha(0x100), &sha(0xa2))]
+    );
+    // It conflicts with main too: out again, and it stays out.
+    let car = train_cars(&bot)[0].id;
+    let a = bot.ev(Event::CarConflict {
+        repo: repo_name(),
+        branch: "main".into(),
+        car,
+        message: "merge conflict in README".into(),
+    });
+    assert_eq!(ejections(&a), vec![2]);
+    assert!(bot.ev(Event::Tick).is_empty());
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+}

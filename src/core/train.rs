@@ -209,6 +209,11 @@ pub struct Ejection {
     /// What went wrong, for machines (`reason` says it in words).
     #[serde(default)]
     pub kind: EjectKind,
+    /// A conflict: the PRs ahead of it then. Its change may conflict with
+    /// one of them only, so if one leaves the train without landing, it
+    /// may enter again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<u64>,
 }
 
 /// Why a PR left the train by itself.
@@ -1495,6 +1500,24 @@ fn leave_train(repo: &mut RepoState, train: &mut Train, index: usize, cancel: &m
         pr.in_train = false;
         repo.index.dirty.insert(gone.pr.number);
     }
+    forgive_conflicts_with(repo, gone.pr.number);
+}
+
+/// PR `gone` left the train without landing: the PRs that left because
+/// they conflicted with a car holding it may enter again (each comes back
+/// only when a PR ahead of it leaves, so there is no loop).
+fn forgive_conflicts_with(repo: &mut RepoState, gone: u64) {
+    for (number, pr) in repo.prs.iter_mut() {
+        let forgiven = pr.ejected.as_ref().is_some_and(|e| {
+            e.kind == EjectKind::Conflict
+                && e.head == pr.snapshot.head_sha
+                && e.ahead.contains(&gone)
+        });
+        if forgiven {
+            pr.ejected = None;
+            repo.index.dirty.insert(*number);
+        }
+    }
 }
 
 /// Where the cars an urgent PR may not pass end: those of the landing in
@@ -1606,6 +1629,10 @@ fn eject_car(
     now: Timestamp,
     out: &mut Vec<Action>,
 ) -> Vec<BuildId> {
+    let ahead: Vec<u64> = match ejected.kind {
+        EjectKind::Conflict => train.cars[..index].iter().map(|c| c.pr.number).collect(),
+        _ => Vec::new(),
+    };
     let removed = train.cars.remove(index);
     let mut stale = Vec::new();
     if let CarState::Testing { build, .. } = &removed.state {
@@ -1630,10 +1657,12 @@ fn eject_car(
             reason: ejected.reason,
             link: ejected.link,
             kind: ejected.kind,
+            ahead,
         });
         pr.in_train = false;
     }
     repo.index.dirty.insert(removed.pr.number);
+    forgive_conflicts_with(repo, removed.pr.number);
     stale
 }
 
