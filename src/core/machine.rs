@@ -104,7 +104,16 @@ impl State {
             Event::PrReopened(snapshot) => {
                 self.on_pr_snapshot(snapshot, Heard::Reopened, now, &mut out)
             }
-            Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
+            Event::PrClosed(key) => {
+                let repo = self.repos.get_mut(&key.repo).expect("checked above");
+                repo.remember_merged(key.number);
+                // A PR sluice never tracked is not kept out by the closed
+                // memory: GitHub's answer for a number with no PR yet (a
+                // `Depends-On` naming a future PR) is a 404, read as closed.
+                if repo.prs.contains_key(&key.number) {
+                    self.close_pr(&key, now, &mut out)
+                }
+            }
             Event::PrClosedUnmerged(key) => {
                 if let Some(repo) = self.repos.get_mut(&key.repo) {
                     repo.remember_unmerged(key.number);
@@ -310,6 +319,7 @@ impl State {
         let base = snap.base_ref.clone();
         let number = snap.key.number;
         repo.closed_unmerged.remove(&number);
+        repo.closed_merged.remove(&number);
         match repo.branches.get(&base) {
             Some(_) => {}
             None => {
@@ -724,6 +734,9 @@ impl State {
                             branch: base,
                         });
                     }
+                }
+                if let Some(repo) = self.repos.get_mut(&key.repo) {
+                    repo.remember_merged(key.number);
                 }
                 self.close_pr(&key, now, out);
             }

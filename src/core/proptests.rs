@@ -891,6 +891,18 @@ fn run_train(
                     Action::Merge { .. } => {
                         return Err(TestCaseError::fail("a GitHub merge in train mode"));
                     }
+                    // What became of a dependency sluice does not know:
+                    // GitHub's answer (a PR never opened is a 404, which
+                    // the driver reports as closed).
+                    Action::FetchPr { pr } if !f.heads.contains_key(&pr.number) => {
+                        events.push(
+                            if f.done.contains(&pr.number) || !f.opened.contains(&pr.number) {
+                                Event::PrClosed(pr)
+                            } else {
+                                Event::PrClosedUnmerged(pr)
+                            },
+                        );
+                    }
                     // wendy may write.
                     Action::CheckWriteAccess { repo, comment, .. } => {
                         events.push(Event::WriteAccess {

@@ -118,6 +118,15 @@ pub struct RepoState {
     /// PR that depends on one says so.
     #[serde(default)]
     pub closed_unmerged: BTreeSet<u64>,
+    /// PRs known to be merged (landed, merged, or GitHub said so; the
+    /// latest `UNMERGED_MEMORY`): a PR that depends on one may land. A
+    /// dependency neither open nor in one of these sets is asked about.
+    #[serde(default)]
+    pub closed_merged: BTreeSet<u64>,
+    /// Dependencies of its PRs whose fate sluice asked GitHub about
+    /// (`Action::FetchPr`), and when: asked again after `MERGE_RETRY_MS`.
+    #[serde(default, with = "entries")]
+    pub dependency_reads: BTreeMap<PrKey, Timestamp>,
     /// Comments whose commands were answered (the latest
     /// `ANSWERED_MEMORY` ids; GitHub's ids grow): a delivery seen twice is
     /// answered once.
@@ -302,6 +311,8 @@ impl State {
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
                             closed_unmerged: BTreeSet::new(),
+                            closed_merged: BTreeSet::new(),
+                            dependency_reads: BTreeMap::new(),
                             answered_comments: BTreeSet::new(),
                             pending_comments: BTreeMap::new(),
                             merging: BTreeMap::new(),
@@ -467,9 +478,23 @@ impl RepoState {
     /// `number` closed without being merged (bounded: the oldest numbers
     /// are forgotten first).
     pub(crate) fn remember_unmerged(&mut self, number: u64) {
+        // sluice's own close of a squashed or rebased PR it landed is
+        // "closed without merging" to GitHub: what sluice knows wins.
+        if self.closed_merged.contains(&number) {
+            return;
+        }
         self.closed_unmerged.insert(number);
         while self.closed_unmerged.len() > UNMERGED_MEMORY {
             self.closed_unmerged.pop_first();
+        }
+    }
+
+    /// `number` was merged (bounded like [`RepoState::remember_unmerged`]).
+    pub(crate) fn remember_merged(&mut self, number: u64) {
+        self.closed_unmerged.remove(&number);
+        self.closed_merged.insert(number);
+        while self.closed_merged.len() > UNMERGED_MEMORY {
+            self.closed_merged.pop_first();
         }
     }
 

@@ -2970,3 +2970,47 @@ fn a_pr_that_conflicted_with_a_car_ahead_enters_again_when_that_car_leaves() {
     assert!(bot.ev(Event::Tick).is_empty());
     assert_eq!(train_order(&bot), Vec::<u64>::new());
 }
+
+/// A dependency sluice does not know to be merged is not taken as merged:
+/// #3 is found gone by a re-read (its `closed` delivery was lost), so #5,
+/// which depends on it, waits while sluice asks GitHub about #3, and then
+/// waits for good (closed without merging) or enters (merged).
+#[test]
+fn a_dependency_of_unknown_fate_is_asked_about_and_blocks_until_known() {
+    for merged in [false, true] {
+        let mut bot = train_bot(3);
+        bot.open(3, 0xa3);
+        let started_at = Timestamp(bot.now + 1);
+        let mut five = snap(5, 0xa5, "main");
+        five.depends_on = vec![key(3)];
+        bot.ev(Event::Reconciled {
+            repo: repo_name(),
+            started_at,
+            prs: vec![five],
+            branches: vec![("main".into(), sha(0x100))],
+        });
+        assert!(bot.state.pr(&key(3)).is_none(), "the re-read dropped #3");
+        bot.approve(5);
+        let b = bot.build_of(5).unwrap();
+        let a = bot.finish(&b, Outcome::Passed);
+        assert_eq!(train_order(&bot), Vec::<u64>::new(), "#5 waits");
+        assert!(
+            a.contains(&Action::FetchPr { pr: key(3) }),
+            "GitHub is asked about #3: {a:?}"
+        );
+        assert_eq!(bot.published(5).description, text::dependency_unheard("#3"));
+        // Asked once, not at every event.
+        assert!(
+            !bot.ev(Event::Tick)
+                .contains(&Action::FetchPr { pr: key(3) })
+        );
+        if merged {
+            bot.ev(Event::PrClosed(key(3)));
+            assert_eq!(train_order(&bot), vec![5]);
+        } else {
+            bot.ev(Event::PrClosedUnmerged(key(3)));
+            assert_eq!(train_order(&bot), Vec::<u64>::new());
+            assert_eq!(bot.published(5).description, text::dependency_closed("#3"));
+        }
+    }
+}

@@ -323,6 +323,10 @@ pub fn dependency_closed(dep: &str) -> String {
     )
 }
 
+pub fn dependency_unheard(dep: &str) -> String {
+    format!("approved and passing; waits to learn whether {dep} merged (Depends-On)")
+}
+
 pub fn dependency_unknown(dep: &str) -> String {
     format!(
         "depends on {dep}, in a repository sluice does not gate; remove the Depends-On line once it has landed"

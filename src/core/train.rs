@@ -647,6 +647,9 @@ impl State {
                         link,
                     });
                 }
+                if let Some(repo) = self.repos.get_mut(name) {
+                    repo.remember_merged(key.number);
+                }
                 self.close_pr(&key, now, out);
             } else if let Some(pr) = self.pr_mut(&key) {
                 // Pushed to while landing: what landed was tested; the new
@@ -977,6 +980,8 @@ impl State {
         // Until no culprit leaves: a PR ejected below may be what a PR
         // behind it depends on, which must then leave and wait too.
         let mut planned;
+        // Dependencies neither open nor known merged or not: asked about.
+        let mut unheard: Vec<PrKey> = Vec::new();
         loop {
             // A PR whose dependency is no longer ahead of it (ejected, pushed
             // to, closed unmerged) leaves too: it never lands before it.
@@ -1004,7 +1009,16 @@ impl State {
             }
             // 3. Who enters.
             let held_end = held_end(&train, landing_end);
-            self.enter_ready(name, branch, &mut train, mode, held_end, now, &mut cancel);
+            self.enter_ready(
+                name,
+                branch,
+                &mut train,
+                mode,
+                held_end,
+                now,
+                &mut cancel,
+                &mut unheard,
+            );
             let repo = self.repos.get_mut(name).expect("exists");
             let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
             for number in dirty {
@@ -1032,6 +1046,7 @@ impl State {
             }
         }
         train.plan = Some(planned.reason.clone());
+        self.ask_about_dependencies(name, unheard, now, out);
         // The cars stand on the train's base: the target's head, except
         // while a landing is in flight, when sluice may already have heard
         // the target at the landing car, and the cars behind it still hold
@@ -1089,6 +1104,7 @@ impl State {
         landing_end: usize,
         now: Timestamp,
         cancel: &mut Vec<BuildId>,
+        unheard: &mut Vec<PrKey>,
     ) {
         let repo = &self.repos[name];
         let mut entering: Vec<u64> = match mode {
@@ -1121,6 +1137,7 @@ impl State {
                     repo.index.dirty.insert(number);
                 }
                 if blocked.is_some() {
+                    unheard.extend(unheard_dependencies(&self.repos, name, number));
                     waiting.push(number);
                     continue;
                 }
@@ -1151,6 +1168,27 @@ impl State {
                 break;
             }
             entering = waiting;
+        }
+    }
+
+    /// Asks GitHub what became of dependencies whose fate sluice does not
+    /// know, each at most once per `MERGE_RETRY_MS` (the answer is a
+    /// `PrClosed`, `PrClosedUnmerged` or `PrUpdated`).
+    fn ask_about_dependencies(
+        &mut self,
+        name: &RepoName,
+        unheard: Vec<PrKey>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let reads = &mut self.repos.get_mut(name).expect("exists").dependency_reads;
+        let due = |at: &Timestamp| now.0 >= at.0.saturating_add(super::MERGE_RETRY_MS);
+        reads.retain(|_, at| !due(at));
+        for dep in unheard {
+            if !reads.contains_key(&dep) {
+                reads.insert(dep.clone(), now);
+                out.push(Action::FetchPr { pr: dep });
+            }
         }
     }
 
@@ -1596,10 +1634,35 @@ fn dependency_blocker(
             }
             Some(_) => Standing::OpenElsewhere,
             None if r.closed_unmerged.contains(&dep.number) => Standing::ClosedUnmerged,
-            None => Standing::Done,
+            None if r.closed_merged.contains(&dep.number) => Standing::Done,
+            None => Standing::Unheard,
         },
     };
     deps::blocker(&pr.snapshot.key, depends_on, standing, cycle.as_deref())
+}
+
+/// The dependencies of PR `number` of `name` that are in a repository
+/// sluice gates but neither open nor known merged or closed unmerged.
+fn unheard_dependencies(
+    repos: &std::collections::BTreeMap<RepoName, RepoState>,
+    name: &RepoName,
+    number: u64,
+) -> Vec<PrKey> {
+    let Some(pr) = repos.get(name).and_then(|r| r.prs.get(&number)) else {
+        return Vec::new();
+    };
+    pr.snapshot
+        .depends_on
+        .iter()
+        .filter(|dep| {
+            repos.get(&dep.repo).is_some_and(|r| {
+                !r.prs.contains_key(&dep.number)
+                    && !r.closed_merged.contains(&dep.number)
+                    && !r.closed_unmerged.contains(&dep.number)
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Whether PR `number` carries the repository's urgent label.
