@@ -3014,3 +3014,38 @@ fn a_dependency_of_unknown_fate_is_asked_about_and_blocks_until_known() {
         }
     }
 }
+
+/// Lines GitHub shows inside a quote or hides in an HTML comment are not
+/// commands, even when they do not look so line by line: a line right
+/// after a quoted paragraph continues the quote (a lazy continuation), and
+/// a comment opened mid-line runs on to its `-->`. A blank line ends both.
+#[test]
+fn a_quote_continued_on_the_next_line_or_a_comment_opened_mid_line_hides_commands() {
+    let mut bot = Bot::new(RepoPolicy {
+        land_on: LandOn::Command,
+        ..RepoPolicy::default()
+    });
+    bot.ready(1);
+    for (id, body) in [
+        "> you wrote\n/merge",
+        "> - an item\n/merge",
+        "thanks <!-- note to self\n/merge\n-->",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = bot.comment(1, 30 + id as u64, "wendy", true, body);
+        assert!(a.is_empty(), "{body:?}: {a:?}");
+    }
+    for (id, body) in [
+        "> you wrote\n\n/merge",
+        "thanks <!-- note -->\n/merge",
+        "thanks <!-- no end\n\n/merge",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = bot.comment(1, 40 + id as u64, "wendy", true, body);
+        assert_eq!(answers(&a).len(), 1, "{body:?} is a command: {a:?}");
+    }
+}
