@@ -1036,7 +1036,7 @@ impl State {
         // A failure inside a landing in flight dooms nothing: the landing
         // car passed, and it holds that car's PRs.
         if !planned.plan.optimistic {
-            for k in batch::doomed(&train.cars[landing_end..]) {
+            for k in batch::doomed(&train.cars[landing_end.min(train.cars.len())..]) {
                 let k = landing_end + k;
                 let car = &mut train.cars[k];
                 if let CarState::Testing { sha, build } = car.state.clone() {
