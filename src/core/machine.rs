@@ -1086,11 +1086,12 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         let repo = self.repos.get_mut(name).expect("exists");
-        Self::publish_in(repo, name, touched, now, out);
+        Self::publish_in(repo, &self.builds, name, touched, now, out);
     }
 
     fn publish_in(
         repo: &mut RepoState,
+        builds: &std::collections::BTreeMap<BuildId, Build>,
         name: &RepoName,
         touched: &std::collections::BTreeSet<u64>,
         now: Timestamp,
@@ -1103,7 +1104,7 @@ impl State {
             .iter()
             .filter(|n| !merging.contains(n))
             .filter_map(|n| repo.prs.get(n))
-            .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
+            .map(|pr| (pr.snapshot.key.number, desired_status(repo, builds, pr)))
             .collect();
         for (number, status) in desired {
             let pr = &repo.prs[&number];
@@ -1142,7 +1143,7 @@ impl State {
             // Its status first: a required status check must see the result
             // before GitHub is asked to merge.
             let single = std::collections::BTreeSet::from([number]);
-            Self::publish_in(repo, name, &single, now, out);
+            Self::publish_in(repo, &self.builds, name, &single, now, out);
             if let Some(merge) = start_merge(repo, number) {
                 out.push(merge);
             }
@@ -1317,7 +1318,11 @@ fn start_merge(repo: &mut RepoState, number: u64) -> Option<Action> {
 }
 
 /// The commit status a PR's head should carry, derived from the facts.
-fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
+fn desired_status(
+    repo: &RepoState,
+    builds: &std::collections::BTreeMap<BuildId, Build>,
+    pr: &Pr,
+) -> PublishedStatus {
     let base = &pr.snapshot.base_ref;
     let status = |state, description: String, link: Option<&BuildId>| PublishedStatus {
         sha: pr.snapshot.head_sha.clone(),
@@ -1409,9 +1414,13 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
         return status(state, description, Some(&result.build));
     }
     if let Some(build) = &pr.build {
+        // The target it tests (in train mode, maybe not the current one).
+        let target = builds
+            .get(build)
+            .map_or(&pair.target, |b| &b.candidate.target_sha);
         return status(
             CommitState::Pending,
-            text::testing(base, &pair.target),
+            text::testing(base, target),
             Some(build),
         );
     }

@@ -3049,3 +3049,25 @@ fn a_quote_continued_on_the_next_line_or_a_comment_opened_mid_line_hides_command
         assert_eq!(answers(&a).len(), 1, "{body:?} is a command: {a:?}");
     }
 }
+
+/// The same for a PR's own test still running when the target moves in
+/// train mode (it is not stopped: it counts for its head): its status keeps
+/// naming the target it tests, and is not written again.
+#[test]
+fn in_train_mode_a_running_own_test_keeps_naming_the_target_it_tests() {
+    let mut bot = train_bot(2);
+    let a = bot.open(1, 0xa1);
+    assert_eq!(
+        statuses(&a)[0].2,
+        text::testing("main", &sha(0x100)),
+        "{a:?}"
+    );
+    let a = bot.ev(Event::BranchMoved {
+        before: Some(sha(0x100)),
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Sha::parse("2000000000000000000000000000000000000000").unwrap(),
+    });
+    assert!(cancelled(&a).is_empty(), "it goes on");
+    assert!(statuses(&a).is_empty(), "its status stands: {a:?}");
+}
