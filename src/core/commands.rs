@@ -4,7 +4,10 @@
 //! One command per line: a line whose first word, after at most 3 spaces,
 //! is `/name` (any case), or `/sluice name` for the same. What GitHub shows
 //! as something other than the writer's own words is not a command: quoted
-//! lines, fenced and indented code, HTML comments. A word with a second `/`
+//! lines (and a line of text right after a quoted paragraph, which GitHub
+//! shows inside the quote), fenced and indented code, HTML comments (also
+//! one opened after text, which runs on to its `-->` or a blank line). A
+//! word with a second `/`
 //! is a path (`/usr/bin/env`), and a word not shaped like a command
 //! (`/merge!`, `/`) is prose; both are ignored. Arguments are text and
 //! nothing else: `/priority $(rm -rf /)` names the label `$(rm -rf /)`.
@@ -123,6 +126,9 @@ pub fn parse(body: &str) -> Parsed {
     let mut parsed = Parsed::default();
     let mut kept = 0;
     let mut open: Option<Block> = None;
+    // The last line was a quoted paragraph's: a line of text right after
+    // it continues it inside the quote (a lazy continuation line).
+    let mut lazy = false;
     for (n, line) in bounded_body(body).lines().enumerate() {
         if let Some(block) = open {
             match block.goes_on(line) {
@@ -130,6 +136,7 @@ pub fn parse(body: &str) -> Parsed {
                     if block.ends_at(inner) {
                         open = None;
                     }
+                    lazy = false;
                     continue;
                 }
                 // Its blockquote ended, and the block with it.
@@ -137,6 +144,13 @@ pub fn parse(body: &str) -> Parsed {
             }
         }
         let (depth, inner) = unquote(line, usize::MAX);
+        if lazy && !line.trim().is_empty() {
+            // Still the quote's paragraph: shown quoted, not a command.
+            open = Block::opened_inline(line, depth);
+            continue;
+        }
+        let block = Block::opened_by(inner, depth);
+        lazy = depth > 0 && block.is_none() && is_paragraph_text(inner);
         if depth == 0
             && let Some(word) = command_word(line)
         {
@@ -156,9 +170,17 @@ pub fn parse(body: &str) -> Parsed {
             }
             continue;
         }
-        open = Block::opened_by(inner, depth);
+        open = block.or_else(|| Block::opened_inline(inner, depth));
     }
     parsed
+}
+
+/// `inner` (a line without its quote markers) is text a following line
+/// may continue: not blank, not a heading. (A fence or an HTML comment it
+/// opens is a block of its own, read before this.)
+fn is_paragraph_text(inner: &str) -> bool {
+    let text = inner.trim();
+    !text.is_empty() && !text.starts_with('#')
 }
 
 /// The first `MAX_BODY` bytes of `body`, without the line they cut.
@@ -189,8 +211,10 @@ enum Block {
         depth: usize,
         column: usize,
     },
-    /// An HTML comment, which GitHub does not show.
-    Comment { depth: usize },
+    /// An HTML comment, which GitHub does not show. `inline`: opened after
+    /// text on its line, so it is inside a paragraph, which a blank line
+    /// ends (and with it the comment, shown as text from there).
+    Comment { depth: usize, inline: bool },
 }
 
 impl Block {
@@ -203,7 +227,10 @@ impl Block {
             return None;
         }
         if let Some(after) = rest.strip_prefix("<!--") {
-            return (!after.contains("-->")).then_some(Block::Comment { depth });
+            return (!after.contains("-->")).then_some(Block::Comment {
+                depth,
+                inline: false,
+            });
         }
         let fence = rest.chars().next().filter(|&c| c == '`' || c == '~')?;
         let len = run(rest, fence);
@@ -219,11 +246,21 @@ impl Block {
         })
     }
 
+    /// The HTML comment opened after text on `inner` (a line without its
+    /// `depth` quote markers) and not closed on it, if any.
+    fn opened_inline(inner: &str, depth: usize) -> Option<Block> {
+        let (_, after) = inner.rsplit_once("<!--")?;
+        (!after.contains("-->")).then_some(Block::Comment {
+            depth,
+            inline: true,
+        })
+    }
+
     /// `line` without the block's quote markers, or `None` if it has fewer
     /// (the blockquote holding the block ended).
     fn goes_on(self, line: &str) -> Option<&str> {
         let depth = match self {
-            Block::Fence { depth, .. } | Block::Comment { depth } => depth,
+            Block::Fence { depth, .. } | Block::Comment { depth, .. } => depth,
         };
         let (found, inner) = unquote(line, depth);
         (found == depth).then_some(inner)
@@ -233,7 +270,9 @@ impl Block {
     /// last.
     fn ends_at(self, inner: &str) -> bool {
         match self {
-            Block::Comment { .. } => inner.contains("-->"),
+            Block::Comment { inline, .. } => {
+                inner.contains("-->") || (inline && inner.trim().is_empty())
+            }
             Block::Fence {
                 fence, len, column, ..
             } => {
@@ -505,8 +544,13 @@ mod tests {
         ] {
             assert!(parse(body).is_empty(), "{body:?}");
         }
-        // A quote ends where its lines do.
-        assert_eq!(commands("> /retest\n/merge"), vec![Command::Merge]);
+        // A line of text right after a quoted paragraph is still in the
+        // quote (GitHub shows it quoted); a blank line ends the quote.
+        assert!(parse("> /retest\n/merge").is_empty());
+        assert!(parse("> - /retest\n/merge").is_empty());
+        assert_eq!(commands("> /retest\n\n/merge"), vec![Command::Merge]);
+        assert_eq!(commands("> # Title\n/merge"), vec![Command::Merge]);
+        assert_eq!(commands(">\n/merge"), vec![Command::Merge]);
     }
 
     #[test]
@@ -570,6 +614,9 @@ mod tests {
             "<!--\n/merge\n-->",
             "<!-- a note\n/merge\nend -->",
             "<!--\n/merge",
+            // Opened after text: inside the paragraph, to its `-->`.
+            "thanks <!-- a note\n/merge\n-->",
+            "> quoted <!--\n/merge\n-->",
         ] {
             assert!(parse(body).is_empty(), "{body:?}");
         }
@@ -577,6 +624,10 @@ mod tests {
             commands("<!-- hidden -->\n/merge\n<!--\n/hold\n-->\n/retest"),
             vec![Command::Merge, Command::Retest]
         );
+        // An inline one closed on its line, or cut by a blank line (then
+        // it is shown as text), hides nothing after it.
+        assert_eq!(commands("a <!-- b -->\n/merge"), vec![Command::Merge]);
+        assert_eq!(commands("a <!-- b\n\n/merge"), vec![Command::Merge]);
     }
 
     #[test]
@@ -856,7 +907,8 @@ mod tests {
 
     /// Lines of prose: nothing that starts a command, a fence or a comment.
     fn prose() -> impl Strategy<Value = String> {
-        "( {0,3}[^ /`~<\r\n\t][^`~<\r\n]{0,40})?"
+        // Not a quote: a command line right after a quoted one is in it.
+        "( {0,3}[^ /`~<>\r\n\t][^`~<\r\n]{0,40})?"
     }
 
     /// A command and a way to write it.

@@ -240,6 +240,7 @@ impl State {
             Command::Merge => {
                 pr.asked.merge = who;
                 pr.asked.cancel = None;
+                pr.asked.stopped = None;
                 // As with `try-merge`: asking is a reason to try again.
                 pr.merge_block = None;
                 pr.ejected = None;
@@ -247,8 +248,9 @@ impl State {
             Command::Cancel => {
                 pr.asked.merge = None;
                 pr.asked.cancel = who;
-                // Its own test stops too; its car's leaves with the train's
-                // settle.
+                // Its own test stops too, and does not start again for this
+                // head by itself; its car's leaves with the train's settle.
+                pr.asked.stopped = Some(pr.snapshot.head_sha.clone());
                 if let Some(build) = pr.build.take() {
                     self.cancel_build(build, text::cancelled_by_command(author), now, out);
                 }

@@ -65,8 +65,11 @@ pub enum Standing {
     OpenElsewhere,
     /// Closed without being merged: it will never land.
     ClosedUnmerged,
-    /// Not open and not known to be unmerged: merged (by sluice or anyone).
+    /// Not open, and known to be merged (by sluice or anyone).
     Done,
+    /// Not open, and sluice does not know whether it merged (a lost
+    /// delivery, a re-read that found it gone): GitHub is asked.
+    Unheard,
     /// In a repository sluice does not gate: it cannot tell.
     Unknown,
 }
@@ -98,6 +101,7 @@ pub fn blocker(
             Standing::NotAhead => Some(text::dependency_not_in_train(&named)),
             Standing::OpenElsewhere => Some(text::dependency_not_landed(&named)),
             Standing::ClosedUnmerged => Some(text::dependency_closed(&named)),
+            Standing::Unheard => Some(text::dependency_unheard(&named)),
             Standing::Unknown => Some(text::dependency_unknown(&named)),
         }
     })

@@ -11,7 +11,7 @@ use super::approval::latest_per_reviewer;
 use super::event::Event;
 use super::state::*;
 use super::text;
-use super::train::RetryKind;
+use super::train::{EjectKind, RetryKind};
 use super::types::*;
 
 /// How sluice heard of a PR's snapshot.
@@ -29,6 +29,9 @@ pub const CLOSED_MEMORY_MS: u64 = 10 * 60 * 1000;
 pub const MERGE_RETRY_MS: u64 = 60 * 1000;
 /// How often a landing waiting for other required checks looks again.
 pub const CHECKS_POLL_MS: u64 = 5 * 1000;
+/// How long a landing GitHub refused because the target moved waits for
+/// sluice to learn the new head before it is asked for again as it was.
+pub const LAND_MOVED_RETRY_MS: u64 = 15 * 1000;
 /// After a restart, the statuses decided this long before the last one
 /// are written again: they may have died unwritten with the old process.
 pub const REPUBLISH_WINDOW_MS: u64 = 60 * 1000;
@@ -101,7 +104,16 @@ impl State {
             Event::PrReopened(snapshot) => {
                 self.on_pr_snapshot(snapshot, Heard::Reopened, now, &mut out)
             }
-            Event::PrClosed(key) => self.close_pr(&key, now, &mut out),
+            Event::PrClosed(key) => {
+                let repo = self.repos.get_mut(&key.repo).expect("checked above");
+                repo.remember_merged(key.number);
+                // A PR sluice never tracked is not kept out by the closed
+                // memory: GitHub's answer for a number with no PR yet (a
+                // `Depends-On` naming a future PR) is a 404, read as closed.
+                if repo.prs.contains_key(&key.number) {
+                    self.close_pr(&key, now, &mut out)
+                }
+            }
             Event::PrClosedUnmerged(key) => {
                 if let Some(repo) = self.repos.get_mut(&key.repo) {
                     repo.remember_unmerged(key.number);
@@ -307,6 +319,7 @@ impl State {
         let base = snap.base_ref.clone();
         let number = snap.key.number;
         repo.closed_unmerged.remove(&number);
+        repo.closed_merged.remove(&number);
         match repo.branches.get(&base) {
             Some(_) => {}
             None => {
@@ -722,6 +735,9 @@ impl State {
                         });
                     }
                 }
+                if let Some(repo) = self.repos.get_mut(&key.repo) {
+                    repo.remember_merged(key.number);
+                }
                 self.close_pr(&key, now, out);
             }
             MergeResult::HeadMoved => {
@@ -789,6 +805,7 @@ impl State {
         pr.infra_errors.remove(&pair);
         pr.merge_block = None;
         pr.ejected = None;
+        pr.asked.stopped = None;
         pr.updated_at = now;
         if let Some(build) = pr.build.take() {
             self.cancel_build(build, text::cancelled_retest(), now, out);
@@ -1069,11 +1086,12 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         let repo = self.repos.get_mut(name).expect("exists");
-        Self::publish_in(repo, name, touched, now, out);
+        Self::publish_in(repo, &self.builds, name, touched, now, out);
     }
 
     fn publish_in(
         repo: &mut RepoState,
+        builds: &std::collections::BTreeMap<BuildId, Build>,
         name: &RepoName,
         touched: &std::collections::BTreeSet<u64>,
         now: Timestamp,
@@ -1086,7 +1104,7 @@ impl State {
             .iter()
             .filter(|n| !merging.contains(n))
             .filter_map(|n| repo.prs.get(n))
-            .map(|pr| (pr.snapshot.key.number, desired_status(repo, pr)))
+            .map(|pr| (pr.snapshot.key.number, desired_status(repo, builds, pr)))
             .collect();
         for (number, status) in desired {
             let pr = &repo.prs[&number];
@@ -1125,7 +1143,7 @@ impl State {
             // Its status first: a required status check must see the result
             // before GitHub is asked to merge.
             let single = std::collections::BTreeSet::from([number]);
-            Self::publish_in(repo, name, &single, now, out);
+            Self::publish_in(repo, &self.builds, name, &single, now, out);
             if let Some(merge) = start_merge(repo, number) {
                 out.push(merge);
             }
@@ -1146,8 +1164,11 @@ pub(crate) fn wants_build(repo: &RepoState, pr: &Pr) -> bool {
         PrTests::AfterApproval => repo.approval(pr).approved(),
         PrTests::TrainOnly => !repo.trains_on(),
     };
+    // Its test of this head was stopped by a `/cancel`.
+    let stopped = pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha);
     wanted
         && !merging
+        && !stopped
         && pr.build.is_none()
         && !pr.in_train
         && pr.snapshot.mergeable != Some(false)
@@ -1175,7 +1196,13 @@ pub(crate) fn ready_but_for_lock(repo: &RepoState, pr: &Pr) -> bool {
             .ejected
             .as_ref()
             .is_some_and(|e| e.head == pr.snapshot.head_sha);
-        return passed && !ejected && !pr.in_train && repo.approval(pr).approved();
+        // A merge of serial mode still in flight (trains switched on at a
+        // restart) lands it or not; the train waits for its answer.
+        let merging = repo
+            .merging
+            .values()
+            .any(|m| m.pr == pr.snapshot.key.number);
+        return passed && !ejected && !merging && !pr.in_train && repo.approval(pr).approved();
     }
     let passed = pr
         .results
@@ -1233,6 +1260,8 @@ pub(crate) fn why_not_mergeable(repo: &RepoState, pr: &Pr) -> Vec<String> {
         None => reasons.push(text::waiting_for_target(base)),
         Some(pair) => match repo.own_result(pr) {
             None if pr.snapshot.mergeable == Some(false) => reasons.push(text::conflict(base)),
+            // Stopped by a `/cancel`, which `blocker` said above.
+            None if pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha) => {}
             None => reasons.push(text::no_result_yet(pr.build.is_some())),
             Some(r) if r.outcome != Outcome::Passed => {
                 reasons.push(text::test_did_not_pass(r.outcome, &r.detail))
@@ -1289,7 +1318,11 @@ fn start_merge(repo: &mut RepoState, number: u64) -> Option<Action> {
 }
 
 /// The commit status a PR's head should carry, derived from the facts.
-fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
+fn desired_status(
+    repo: &RepoState,
+    builds: &std::collections::BTreeMap<BuildId, Build>,
+    pr: &Pr,
+) -> PublishedStatus {
     let base = &pr.snapshot.base_ref;
     let status = |state, description: String, link: Option<&BuildId>| PublishedStatus {
         sha: pr.snapshot.head_sha.clone(),
@@ -1311,9 +1344,14 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             .as_ref()
             .filter(|e| e.head == pr.snapshot.head_sha)
         {
+            // Infrastructure is never reported as a test failure.
+            let state = match e.kind {
+                EjectKind::Error => CommitState::Error,
+                _ => CommitState::Failure,
+            };
             return PublishedStatus {
                 sha: pr.snapshot.head_sha.clone(),
-                state: CommitState::Failure,
+                state,
                 description: e.reason.clone(),
                 link: e.link.clone(),
             };
@@ -1355,34 +1393,44 @@ fn desired_status(repo: &RepoState, pr: &Pr) -> PublishedStatus {
             return status(CommitState::Pending, why.clone(), None);
         }
     }
+    // What its own test tested: in train mode its head on the target of
+    // then, which a moved target does not change (nor its status).
+    let own = repo.own_tested(pr);
     // Approved and passing, but held back by a command: the status says so.
     if let Some(why) = pr.asked.blocker(&repo.policy)
         && repo.approval(pr).approved()
-        && repo
-            .own_result(pr)
-            .is_some_and(|r| r.outcome == Outcome::Passed)
+        && let Some((tested, _)) = own.filter(|(_, r)| r.outcome == Outcome::Passed)
     {
-        let passed = text::finished(Outcome::Passed, base, &pair.target, "");
+        let passed = text::finished(Outcome::Passed, base, &tested.target, "");
         return status(CommitState::Pending, format!("{passed}; {why}"), None);
     }
-    if let Some(result) = repo.own_result(pr) {
+    if let Some((tested, result)) = own {
         let state = match result.outcome {
             Outcome::Passed => CommitState::Success,
             Outcome::Failed => CommitState::Failure,
             Outcome::Error => CommitState::Error,
         };
-        let description = text::finished(result.outcome, base, &pair.target, &result.detail);
+        let description = text::finished(result.outcome, base, &tested.target, &result.detail);
         return status(state, description, Some(&result.build));
     }
     if let Some(build) = &pr.build {
+        // The target it tests (in train mode, maybe not the current one).
+        let target = builds
+            .get(build)
+            .map_or(&pair.target, |b| &b.candidate.target_sha);
         return status(
             CommitState::Pending,
-            text::testing(base, &pair.target),
+            text::testing(base, target),
             Some(build),
         );
     }
     if pr.snapshot.mergeable == Some(false) {
         return status(CommitState::Failure, text::conflict(base), None);
+    }
+    if pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha)
+        && let Some(why) = pr.asked.blocker(&repo.policy)
+    {
+        return status(CommitState::Pending, why, None);
     }
     match pr.infra_errors.get(&pair) {
         Some(&errors) if errors > 0 => status(

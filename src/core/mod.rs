@@ -140,7 +140,7 @@ mod train;
 mod views;
 
 pub use approval::{Approval, approval, latest_per_reviewer};
-pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, MERGE_RETRY_MS};
+pub use machine::{CHECKS_POLL_MS, CLOSED_MEMORY_MS, LAND_MOVED_RETRY_MS, MERGE_RETRY_MS};
 pub use state::*;
 pub use train::{
     Car, CarState, EjectKind, Ejection, GATHER_MAX_FACTOR, Landing, RetryKind, STAGING_PREFIX,

@@ -444,8 +444,11 @@ enum TrainOp {
         pick: usize,
         gate: u8,
     },
+    /// `lost`: its webhook never arrives (sluice learns of it by reading
+    /// the branch, after a refused landing or a later push).
     PersonPushes {
         to: u32,
+        lost: bool,
     },
     /// `merged`: merged by someone (GitHub's webhook says so), or closed
     /// without merging.
@@ -485,7 +488,8 @@ fn train_op() -> impl Strategy<Value = TrainOp> {
             .prop_map(|(pick, conflict)| TrainOp::AnswerCar { pick, conflict }),
         (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
         (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
-        (0..50u32).prop_map(|to| TrainOp::PersonPushes { to }),
+        (0..50u32, proptest::bool::weighted(0.3))
+            .prop_map(|(to, lost)| TrainOp::PersonPushes { to, lost }),
         (1..6u64, proptest::bool::ANY).prop_map(|(pr, merged)| TrainOp::Close { pr, merged }),
         (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
         (1..8u64, 0..6u8).prop_map(|(pr, what)| TrainOp::Command { pr, what }),
@@ -516,6 +520,15 @@ struct Forge {
     /// PRs a /hold or /cancel keeps out (until /unhold or /merge).
     held: BTreeSet<u64>,
     cancelled: BTreeSet<u64>,
+    /// Commands whose author's access sluice asked about: (PR, command).
+    commands: BTreeMap<u64, (u64, &'static str)>,
+    /// PRs the core recorded merged, at which sha.
+    recorded_merged: BTreeMap<u64, Sha>,
+    /// PRs that landed in this step, at which sha: recorded merged by its
+    /// end.
+    landed: Vec<(u64, Sha)>,
+    /// The base of a landing GitHub refused because main moved, and when.
+    refused: Option<(Sha, u64)>,
     comments: u64,
 }
 
@@ -725,6 +738,7 @@ fn run_train(
                     }
                 } else if f.main.as_ref() != Some(&from) {
                     // GitHub's compare-and-swap.
+                    f.refused = Some((from, now));
                     Event::LandRefused {
                         repo: repo_name(),
                         branch: "main".into(),
@@ -734,6 +748,7 @@ fn run_train(
                 } else {
                     // The target moves only along tested cars built on it.
                     let prs = chain(&f, &from, &to)?;
+                    f.landed.extend(prs.iter().map(|(pr, _)| (*pr, to.clone())));
                     f.main = Some(to.clone());
                     events.push(Event::Landed {
                         repo: repo_name(),
@@ -753,9 +768,12 @@ fn run_train(
                     events.remove(0)
                 }
             }
-            TrainOp::PersonPushes { to } => {
+            TrainOp::PersonPushes { to, lost } => {
                 let new = sha(0x9000 + to + now as u32);
                 let before = f.main.replace(new.clone());
+                if lost {
+                    continue;
+                }
                 Event::BranchMoved {
                     repo: repo_name(),
                     branch: "main".into(),
@@ -785,24 +803,9 @@ fn run_train(
             },
             TrainOp::Command { pr, what } => {
                 let command = COMMANDS[what as usize % COMMANDS.len()];
-                if state.pr(&key(pr)).is_some() {
-                    match command {
-                        "/hold" => {
-                            f.held.insert(pr);
-                        }
-                        "/unhold" => {
-                            f.held.remove(&pr);
-                        }
-                        "/cancel" => {
-                            f.cancelled.insert(pr);
-                        }
-                        "/merge" => {
-                            f.cancelled.remove(&pr);
-                        }
-                        _ => {}
-                    }
-                }
                 f.comments += 1;
+                // It runs once GitHub said wendy may write (below).
+                f.commands.insert(f.comments, (pr, command));
                 Event::Commented {
                     pr: key(pr),
                     comment: f.comments,
@@ -815,6 +818,26 @@ fn run_train(
         events.push(event);
         while !events.is_empty() {
             let event = events.remove(0);
+            if let Event::WriteAccess { comment, .. } = &event
+                && let Some((pr, command)) = f.commands.remove(comment)
+                && state.pr(&key(pr)).is_some()
+            {
+                match command {
+                    "/hold" => {
+                        f.held.insert(pr);
+                    }
+                    "/unhold" => {
+                        f.held.remove(&pr);
+                    }
+                    "/cancel" => {
+                        f.cancelled.insert(pr);
+                    }
+                    "/merge" => {
+                        f.cancelled.remove(&pr);
+                    }
+                    _ => {}
+                }
+            }
             let actions = state.handle(event, Timestamp(now));
             for action in actions {
                 match action {
@@ -843,6 +866,10 @@ fn run_train(
                     Action::Land {
                         from, to, through, ..
                     } => {
+                        prop_assert!(
+                            f.refused.as_ref() != Some(&(from.clone(), now)),
+                            "a landing GitHub refused because main moved is asked for again at once"
+                        );
                         // When asked: on what sluice knows is the head, and
                         // every PR in it approved, with this head, now.
                         prop_assert_eq!(
@@ -884,6 +911,42 @@ fn run_train(
                     Action::Merge { .. } => {
                         return Err(TestCaseError::fail("a GitHub merge in train mode"));
                     }
+                    Action::Record(HistoryEntry::Merged { pr, merge_sha, .. }) => {
+                        f.recorded_merged.insert(pr.number, merge_sha);
+                    }
+                    // A landing in flight is not disturbed: none of its
+                    // PRs is blamed for a failure while GitHub moves main.
+                    Action::Record(HistoryEntry::Ejected { pr, head, .. }) => {
+                        for (from, to, _) in &f.lands_asked {
+                            let landing = chain(&f, from, to)?;
+                            prop_assert!(
+                                !landing.contains(&(pr.number, head.clone())),
+                                "#{} ejected while its landing is in flight",
+                                pr.number
+                            );
+                        }
+                    }
+                    // A read of main (its push may have been lost).
+                    Action::FetchBranch { repo, branch } => {
+                        events.push(Event::BranchRead {
+                            repo,
+                            branch,
+                            sha: f.main.clone(),
+                            as_of: Timestamp(now),
+                        });
+                    }
+                    // What became of a dependency sluice does not know:
+                    // GitHub's answer (a PR never opened is a 404, which
+                    // the driver reports as closed).
+                    Action::FetchPr { pr } if !f.heads.contains_key(&pr.number) => {
+                        events.push(
+                            if f.done.contains(&pr.number) || !f.opened.contains(&pr.number) {
+                                Event::PrClosed(pr)
+                            } else {
+                                Event::PrClosedUnmerged(pr)
+                            },
+                        );
+                    }
                     // wendy may write.
                     Action::CheckWriteAccess { repo, comment, .. } => {
                         events.push(Event::WriteAccess {
@@ -895,6 +958,15 @@ fn run_train(
                     _ => {}
                 }
             }
+        }
+        // What landed is recorded merged, at the sha it landed at.
+        for (pr, at) in std::mem::take(&mut f.landed) {
+            prop_assert_eq!(
+                f.recorded_merged.get(&pr),
+                Some(&at),
+                "#{} landed but is not recorded merged there",
+                pr
+            );
         }
         // The driver deletes a landing's staging refs as every id up to its
         // last car: ids grow along a train.
@@ -986,5 +1058,63 @@ proptest! {
         gather_ms in prop_oneof![Just(0u64), Just(1_500u64)],
     ) {
         run_train(ops, pr_tests, batch, optimistic, deps, land_on, gather_ms)?;
+    }
+}
+
+/// The random runs rarely test a car inside a landing in flight to a
+/// failure (car 2 passes and lands while car 1 still tests; then car 1
+/// fails): this sequence does, in both orders of the car tests.
+#[test]
+fn a_train_run_where_a_car_fails_inside_a_landing_in_flight() {
+    use TrainOp::*;
+    for (first, second) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+        let ops = vec![
+            Open { pr: 1, head: 0 },
+            Open { pr: 2, head: 0 },
+            Review {
+                pr: 1,
+                approve: true,
+            },
+            Review {
+                pr: 2,
+                approve: true,
+            },
+            FinishOwn {
+                pick: 0,
+                outcome: 0,
+            },
+            FinishOwn {
+                pick: 0,
+                outcome: 0,
+            },
+            AnswerCar {
+                pick: 0,
+                conflict: false,
+            },
+            AnswerCar {
+                pick: 0,
+                conflict: false,
+            },
+            FinishCar {
+                pick: first,
+                outcome: 0,
+            },
+            FinishCar {
+                pick: second,
+                outcome: 1,
+            },
+        ];
+        let deps = vec![None; 7];
+        let batch = planner::BatchSize::Fixed(1);
+        run_train(
+            ops,
+            PrTests::BeforeApproval,
+            batch,
+            false,
+            deps,
+            LandOn::Approval,
+            0,
+        )
+        .unwrap();
     }
 }

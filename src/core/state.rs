@@ -118,6 +118,15 @@ pub struct RepoState {
     /// PR that depends on one says so.
     #[serde(default)]
     pub closed_unmerged: BTreeSet<u64>,
+    /// PRs known to be merged (landed, merged, or GitHub said so; the
+    /// latest `UNMERGED_MEMORY`): a PR that depends on one may land. A
+    /// dependency neither open nor in one of these sets is asked about.
+    #[serde(default)]
+    pub closed_merged: BTreeSet<u64>,
+    /// Dependencies of its PRs whose fate sluice asked GitHub about
+    /// (`Action::FetchPr`), and when: asked again after `MERGE_RETRY_MS`.
+    #[serde(default, with = "entries")]
+    pub dependency_reads: BTreeMap<PrKey, Timestamp>,
     /// Comments whose commands were answered (the latest
     /// `ANSWERED_MEMORY` ids; GitHub's ids grow): a delivery seen twice is
     /// answered once.
@@ -221,6 +230,10 @@ pub struct Asked {
     /// `/cancel`: out of the train until a `/merge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
+    /// The head whose own test `/cancel` stopped: none starts again for
+    /// it until a `/retest` or a `/merge` (a new head is tested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Sha>,
     /// `/priority <label>`: one of the repository's priority labels, as
     /// if the PR carried it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,6 +311,8 @@ impl State {
                             prs: BTreeMap::new(),
                             closed: BTreeMap::new(),
                             closed_unmerged: BTreeSet::new(),
+                            closed_merged: BTreeSet::new(),
+                            dependency_reads: BTreeMap::new(),
                             answered_comments: BTreeSet::new(),
                             pending_comments: BTreeMap::new(),
                             merging: BTreeMap::new(),
@@ -319,16 +334,29 @@ impl State {
 
     /// Applies the current configuration to a restored state: new
     /// repositories are added, policies updated, removed ones dropped (with
-    /// their builds, which the caller cancels).
+    /// their builds, which the caller cancels). A repository whose trains
+    /// are switched off loses them and its car tests (cancelled by the
+    /// caller too); its PRs are merged serially from then on.
     pub fn reconfigure(
         &mut self,
         repos: impl IntoIterator<Item = (RepoName, RepoPolicy)>,
     ) -> Vec<BuildId> {
         let wanted: BTreeMap<RepoName, RepoPolicy> = repos.into_iter().collect();
         self.repos.retain(|name, _| wanted.contains_key(name));
+        // Repositories whose trains were switched off: their car tests stop.
+        let mut trains_off = BTreeSet::new();
         for (name, policy) in wanted {
             match self.repos.get_mut(&name) {
                 Some(repo) if repo.policy != policy => {
+                    if repo.trains_on() && policy.train_depth == 0 {
+                        // Serial mode merges them one by one: nothing is in
+                        // a train any more.
+                        repo.trains.clear();
+                        for pr in repo.prs.values_mut() {
+                            pr.in_train = false;
+                        }
+                        trains_off.insert(name.clone());
+                    }
                     repo.policy = policy;
                     // The policy orders and gates every PR: file them anew,
                     // and let settle look at each (statuses may change).
@@ -345,7 +373,10 @@ impl State {
         let orphaned: Vec<BuildId> = self
             .builds
             .values()
-            .filter(|b| !self.repos.contains_key(&b.candidate.repo))
+            .filter(|b| {
+                !self.repos.contains_key(&b.candidate.repo)
+                    || (b.candidate.car.is_some() && trains_off.contains(&b.candidate.repo))
+            })
             .map(|b| b.id.clone())
             .collect();
         for id in &orphaned {
@@ -447,9 +478,23 @@ impl RepoState {
     /// `number` closed without being merged (bounded: the oldest numbers
     /// are forgotten first).
     pub(crate) fn remember_unmerged(&mut self, number: u64) {
+        // sluice's own close of a squashed or rebased PR it landed is
+        // "closed without merging" to GitHub: what sluice knows wins.
+        if self.closed_merged.contains(&number) {
+            return;
+        }
         self.closed_unmerged.insert(number);
         while self.closed_unmerged.len() > UNMERGED_MEMORY {
             self.closed_unmerged.pop_first();
+        }
+    }
+
+    /// `number` was merged (bounded like [`RepoState::remember_unmerged`]).
+    pub(crate) fn remember_merged(&mut self, number: u64) {
+        self.closed_unmerged.remove(&number);
+        self.closed_merged.insert(number);
+        while self.closed_merged.len() > UNMERGED_MEMORY {
+            self.closed_merged.pop_first();
         }
     }
 
@@ -566,15 +611,22 @@ impl RepoState {
     /// train tests what lands; the PR's own test is early feedback, once
     /// per head), the current target's if there is one.
     pub fn own_result<'a>(&self, pr: &'a Pr) -> Option<&'a PairResult> {
-        let current = self.current_result(pr);
+        self.own_tested(pr).map(|(_, r)| r)
+    }
+
+    /// [`RepoState::own_result`] with the pair it tested (in train mode
+    /// not necessarily the current one).
+    pub fn own_tested<'a>(&self, pr: &'a Pr) -> Option<(&'a Pair, &'a PairResult)> {
+        let current = self
+            .current_pair(pr)
+            .and_then(|pair| pr.results.get_key_value(&pair));
         if current.is_some() || !self.trains_on() {
             return current;
         }
         pr.results
             .iter()
             .filter(|(pair, _)| pair.head == pr.snapshot.head_sha)
-            .map(|(_, r)| r)
-            .max_by_key(|r| r.finished_at)
+            .max_by_key(|(_, r)| r.finished_at)
     }
 }
 

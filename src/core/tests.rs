@@ -2555,3 +2555,519 @@ fn phases_are_counted_for_every_state() {
         );
     }
 }
+
+// ------------------------------------------------- landings in flight
+
+fn merged_records(actions: &[Action]) -> Vec<(u64, Sha)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(HistoryEntry::Merged { pr, merge_sha, .. }) => {
+                Some((pr.number, merge_sha.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn ejections(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(HistoryEntry::Ejected { pr, .. }) => Some(pr.number),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Car 2 (#1 #2) passed while car 1 (#1) still tested: the landing through
+/// car 2 is asked for. Car 1's test then fails: its PR is landing (car 2's
+/// test covered it), so nobody is blamed, and the landing's answer records
+/// both PRs as merged at car 2's sha.
+#[test]
+fn a_failure_inside_a_landing_in_flight_ejects_nobody_and_the_landing_is_recorded() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    let mut tests = bot.car_tests();
+    tests.sort_by_key(|(_, c)| c.prs.len());
+    assert_eq!(tests.len(), 2);
+    let c2 = tests[1].1.car.clone().unwrap();
+    let a = bot.finish_as(&tests[1].0, tests[1].1.clone(), Outcome::Passed);
+    assert_eq!(lands(&a), vec![(sha(0x100), c2.clone())]);
+    // Car 1's own test, still running, fails.
+    let a = bot.finish_as(&tests[0].0, tests[0].1.clone(), Outcome::Failed);
+    assert!(ejections(&a).is_empty(), "nobody is blamed: {a:?}");
+    assert!(
+        !statuses(&a)
+            .iter()
+            .any(|(on, state, _)| *on == sha(0xa1) && *state == CommitState::Failure),
+        "#1 is landing, not failing"
+    );
+    assert!(bot.view(1).ejected.is_none());
+    // GitHub moved main to car 2: both PRs are merged there.
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: c2.clone(),
+    });
+    assert_eq!(merged_records(&a), vec![(1, c2.clone()), (2, c2.clone())]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert!(bot.state.pr(&key(2)).is_none());
+    let repo = bot.state.repo(&repo_name()).unwrap();
+    assert_eq!(repo.branch_head("main"), Some(&c2));
+    assert!(repo.trains.is_empty());
+}
+
+/// Whatever became of the train while a landing was in flight, a `Landed`
+/// for it means its PRs are on the target: they are recorded merged, and
+/// what is left of the train is rebuilt on the new head.
+#[test]
+fn a_landing_whose_train_changed_in_flight_still_records_what_landed() {
+    let mut bot = train_bot(2);
+    let a = two_passed_cars(&mut bot);
+    let (_, to) = lands(&a)[0].clone();
+    bot.open(3, 0xa3);
+    bot.approve(3);
+    let b = bot.build_of(3).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    assert_eq!(train_order(&bot), vec![1, 2, 3]);
+    // The train is rebuilt under the landing (new car ids, nothing built).
+    {
+        let repo = bot.state.repos.get_mut(&repo_name()).unwrap();
+        let train = repo.trains.get_mut("main").unwrap();
+        for car in &mut train.cars {
+            repo.next_car += 1;
+            car.id = repo.next_car;
+            car.state = CarState::Waiting;
+        }
+    }
+    let a = bot.ev(Event::Landed {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: to.clone(),
+    });
+    assert_eq!(merged_records(&a), vec![(1, to.clone()), (2, to.clone())]);
+    assert!(bot.state.pr(&key(1)).is_none());
+    assert!(bot.state.pr(&key(2)).is_none());
+    assert_eq!(train_order(&bot), vec![3]);
+    assert_eq!(
+        car_builds(&a)
+            .iter()
+            .map(|b| (b.1.clone(), b.2.clone()))
+            .collect::<Vec<_>>(),
+        vec![(to, sha(0xa3))],
+        "#3 is rebuilt on the landed car"
+    );
+}
+
+/// GitHub refused a landing because main moved (a push raced it) before
+/// sluice heard of the push: the landing is not asked for again from the
+/// same base at once (that would refuse again, a call each time), but
+/// after a read of the branch: a new head rebuilds the train on it; the
+/// old head again is only retried after a while.
+#[test]
+fn a_landing_refused_because_the_target_moved_waits_for_the_branch_before_it_is_retried() {
+    let mut bot = train_bot(2);
+    let a = two_passed_cars(&mut bot);
+    let (from, to) = lands(&a)[0].clone();
+    let refused = |bot: &mut Bot| {
+        bot.ev(Event::LandRefused {
+            repo: repo_name(),
+            branch: "main".into(),
+            moved: true,
+            reason: "Update is not a fast forward".into(),
+        })
+    };
+    let a = refused(&mut bot);
+    assert!(a.contains(&Action::FetchBranch {
+        repo: repo_name(),
+        branch: "main".into()
+    }));
+    assert!(lands(&a).is_empty(), "not again at once: {a:?}");
+    assert!(lands(&bot.ev(Event::Tick)).is_empty());
+    // The read says main is where it was (GitHub lagging): not at once.
+    let as_of = Timestamp(bot.now);
+    let a = bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(from.clone()),
+        as_of,
+    });
+    assert!(lands(&a).is_empty());
+    // After a while it is tried again, from the same base to the same car.
+    bot.now += LAND_MOVED_RETRY_MS;
+    assert_eq!(lands(&bot.ev(Event::Tick)), vec![(from, to)]);
+    // Refused again; this time the read finds the push: the cars are
+    // rebuilt on it, nothing lands meanwhile.
+    refused(&mut bot);
+    let as_of = Timestamp(bot.now);
+    let a = bot.ev(Event::BranchRead {
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Some(sha(0x200)),
+        as_of,
+    });
+    assert!(lands(&a).is_empty());
+    let built = car_builds(&a);
+    assert_eq!(built.len(), 1);
+    assert_eq!(
+        (built[0].1.clone(), built[0].2.clone()),
+        (sha(0x200), sha(0xa1))
+    );
+}
+
+/// An urgent PR that entered behind a landing stays behind it while the
+/// landing waits for other required checks: running, the passed car ahead
+/// is not rebuilt behind it; draining, it is not dropped from the train
+/// (it could not enter again).
+#[test]
+fn an_urgent_pr_behind_a_held_landing_keeps_its_place_running_or_draining() {
+    for mode in [BranchMode::Running, BranchMode::Draining] {
+        let mut bot = Bot::new(RepoPolicy {
+            max_concurrent_builds: 8,
+            train_depth: 2,
+            urgent_label: Some("urgent".into()),
+            ..RepoPolicy::default()
+        });
+        bot.enter_train(1);
+        bot.build_train();
+        let (build, candidate) = bot.car_tests()[0].clone();
+        let a = bot.finish_as(&build, candidate, Outcome::Passed);
+        let landing = lands(&a);
+        assert_eq!(landing.len(), 1);
+        // #2 is urgent: it enters behind the landing in flight.
+        let mut urgent = snap(2, 0xa2, "main");
+        urgent.labels = vec!["urgent".into()];
+        bot.ev(Event::PrUpdated(urgent));
+        bot.approve(2);
+        let b = bot.build_of(2).unwrap();
+        bot.finish(&b, Outcome::Passed);
+        assert_eq!(train_order(&bot), vec![1, 2]);
+        let request = bot.request();
+        bot.ev(Event::SetBranchMode {
+            repo: repo_name(),
+            branch: "main".into(),
+            mode,
+            request,
+        });
+        // The landing waits for another required check.
+        bot.ev(Event::LandWaiting {
+            repo: repo_name(),
+            branch: "main".into(),
+            pending: vec!["ci/build".into()],
+        });
+        assert_eq!(train_order(&bot), vec![1, 2], "{mode:?}");
+        assert_eq!(bot.state.train_position(&key(2)), Some(1), "{mode:?}");
+        // Asked again: the same passed car lands.
+        bot.now += CHECKS_POLL_MS;
+        assert_eq!(lands(&bot.ev(Event::Tick)), landing, "{mode:?}");
+    }
+}
+
+/// A restart with the trains switched off (`train_depth` 0): the car tests
+/// are stopped and the PRs that were in the train are merged one by one as
+/// serial mode does; switched on again, they enter a train.
+#[test]
+fn switching_trains_off_and_on_at_a_restart_leaves_no_pr_stranded() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    bot.build_train();
+    let car_tests: Vec<BuildId> = bot.car_tests().into_iter().map(|(b, _)| b).collect();
+    assert_eq!(car_tests.len(), 2);
+    let serial = RepoPolicy {
+        max_concurrent_builds: 8,
+        ..RepoPolicy::default()
+    };
+    let mut stopped = bot.state.reconfigure([(repo_name(), serial)]);
+    stopped.sort();
+    assert_eq!(stopped, car_tests, "the car tests are stopped");
+    assert!(bot.car_tests().is_empty());
+    let a = bot.ev(Event::Restarted);
+    assert_eq!(
+        merges(&a),
+        vec![(key(1), pair(0xa1, 0x100))],
+        "#1 passed on main's head and is approved: merged"
+    );
+    assert!(bot.state.train_position(&key(2)).is_none());
+    // #1 merges; #2 is tested on the new head and merged.
+    bot.merged(1, pair(0xa1, 0x100), 0x101);
+    let b = bot.build_of(2).expect("#2 is tested on the new head");
+    let a = bot.finish(&b, Outcome::Passed);
+    assert_eq!(merges(&a), vec![(key(2), pair(0xa2, 0x101))]);
+
+    // On again while #3 merges: #4 enters a train, #3 does not (its merge
+    // is in flight).
+    let mut bot = Bot::new(RepoPolicy {
+        max_concurrent_builds: 8,
+        ..RepoPolicy::default()
+    });
+    for n in [3, 4] {
+        bot.open(n, 0xa0 + n as u32);
+        bot.approve(n);
+    }
+    let b = bot.build_of(3).unwrap();
+    assert_eq!(merges(&bot.finish(&b, Outcome::Passed)).len(), 1);
+    let b = bot.build_of(4).unwrap();
+    bot.finish(&b, Outcome::Passed);
+    assert!(
+        bot.state
+            .reconfigure([(
+                repo_name(),
+                RepoPolicy {
+                    max_concurrent_builds: 8,
+                    train_depth: 2,
+                    ..RepoPolicy::default()
+                }
+            )])
+            .is_empty()
+    );
+    bot.ev(Event::Restarted);
+    assert_eq!(train_order(&bot), vec![4]);
+}
+
+/// `/cancel` stops the PR's own test, and no new one starts for that head
+/// by itself; `/retest`, a new push or `/merge` test it again.
+#[test]
+fn cancel_stops_a_prs_own_test_until_a_retest_a_push_or_a_merge() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.comment(1, 10, "wendy", true, "/cancel");
+    assert_eq!(cancelled(&a), vec![b]);
+    assert!(started(&a).is_empty(), "not started again: {a:?}");
+    assert!(bot.build_of(1).is_none());
+    assert!(started(&bot.ev(Event::Tick)).is_empty());
+    assert_eq!(
+        statuses(&a),
+        vec![(sha(0xa1), CommitState::Pending, text::cancelled_by("wendy"))],
+        "its status says why it is not tested"
+    );
+    let a = bot.comment(1, 11, "wendy", true, "/retest");
+    assert_eq!(started(&a).len(), 1, "{a:?}");
+    // Cancelled again; a push tests the new head.
+    bot.comment(1, 12, "wendy", true, "/cancel");
+    assert!(bot.build_of(1).is_none());
+    let a = bot.open(1, 0xb1);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xb1, 0x100)));
+    // Cancelled again; /merge puts it back.
+    bot.comment(1, 13, "wendy", true, "/cancel");
+    assert!(bot.build_of(1).is_none());
+    let a = bot.comment(1, 14, "wendy", true, "/merge");
+    assert_eq!(started(&a).len(), 1);
+}
+
+/// A car whose tests infrastructure kept losing ejects its PR with an
+/// `error` status, never a `failure`: nothing says its change is wrong.
+#[test]
+fn a_pr_ejected_for_infrastructure_errors_gets_an_error_status_not_a_failure() {
+    let mut bot = train_bot(1);
+    bot.enter_train(1);
+    bot.build_train();
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        let (build, _) = bot.car_tests()[0].clone();
+        a = bot.finish(&build, Outcome::Error);
+    }
+    let ejected = bot.view(1).ejected.expect("ejected after 3 attempts");
+    assert_eq!(ejected.kind, EjectKind::Error);
+    let own: Vec<_> = statuses(&a)
+        .into_iter()
+        .filter(|(on, _, _)| *on == sha(0xa1))
+        .collect();
+    assert_eq!(own.len(), 1, "{a:?}");
+    assert_eq!(own[0].1, CommitState::Error, "{}", own[0].2);
+}
+
+/// In train mode a PR's own test counts for its head on any target: when
+/// the target moves, its status still names the target it passed with and
+/// is not written again, and the JSON still calls it passing. (Serial mode
+/// tests it again: `a_moved_target_makes_every_pr_on_it_stale_...`.)
+#[test]
+fn in_train_mode_a_passed_own_test_is_shown_with_the_target_it_was_tested_on() {
+    let mut bot = train_bot(2);
+    bot.open(1, 0xa1);
+    let b = bot.build_of(1).unwrap();
+    let a = bot.finish(&b, Outcome::Passed);
+    assert_eq!(
+        statuses(&a),
+        vec![(
+            sha(0xa1),
+            CommitState::Success,
+            text::finished(Outcome::Passed, "main", &sha(0x100), "")
+        )]
+    );
+    let moved = Sha::parse("2000000000000000000000000000000000000000").unwrap();
+    let a = bot.ev(Event::BranchMoved {
+        before: Some(sha(0x100)),
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: moved.clone(),
+    });
+    assert!(started(&a).is_empty(), "not tested again");
+    assert!(statuses(&a).is_empty(), "its status stands: {a:?}");
+    let view = bot.view(1);
+    assert!(view.passing(), "{:?}", view.phase);
+    assert_eq!(view.target_sha, Some(moved));
+    assert_eq!(
+        view.build.map(|b| b.pair),
+        Some(pair(0xa1, 0x100)),
+        "the build shown is the one that passed, with what it tested"
+    );
+    assert!(
+        bot.state
+            .pr_views()
+            .iter()
+            .any(|v| v.number == 1 && v.passing())
+    );
+}
+
+/// #2 does not merge onto #1's car, so it leaves the train; but #1 then
+/// fails and leaves too: the conflict may have been with #1 alone, so #2
+/// enters again and is built on main (where it conflicts again, it leaves
+/// again: a car ahead must leave for it to come back, so there is no loop).
+#[test]
+fn a_pr_that_conflicted_with_a_car_ahead_enters_again_when_that_car_leaves() {
+    let mut bot = train_bot(2);
+    bot.enter_train(2);
+    let cars = train_cars(&bot);
+    let c1 = car_sha(&sha(0x100), &sha(0xa1));
+    bot.ev(Event::CarBuilt {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[0].id,
+        parent: sha(0x100),
+        sha: c1,
+    });
+    let a = bot.ev(Event::CarConflict {
+        repo: repo_name(),
+        branch: "main".into(),
+        car: cars[1].id,
+        message: "merge conflict in README".into(),
+    });
+    assert_eq!(ejections(&a), vec![2]);
+    assert_eq!(train_order(&bot), vec![1]);
+    // #1's car fails: #1 is ejected, and #2 comes back, built on main.
+    let (build, _) = bot.car_tests()[0].clone();
+    let a = bot.finish(&build, Outcome::Failed);
+    assert_eq!(ejections(&a), vec![1]);
+    assert_eq!(train_order(&bot), vec![2]);
+    assert!(bot.view(2).ejected.is_none());
+    let built = car_builds(&a);
+    assert_eq!(
+        built.iter().map(|b| (&b.1, &b.2)).collect::<Vec<_>>(),
+        vec![(&sha(0x100), &sha(0xa2))]
+    );
+    // It conflicts with main too: out again, and it stays out.
+    let car = train_cars(&bot)[0].id;
+    let a = bot.ev(Event::CarConflict {
+        repo: repo_name(),
+        branch: "main".into(),
+        car,
+        message: "merge conflict in README".into(),
+    });
+    assert_eq!(ejections(&a), vec![2]);
+    assert!(bot.ev(Event::Tick).is_empty());
+    assert_eq!(train_order(&bot), Vec::<u64>::new());
+}
+
+/// A dependency sluice does not know to be merged is not taken as merged:
+/// #3 is found gone by a re-read (its `closed` delivery was lost), so #5,
+/// which depends on it, waits while sluice asks GitHub about #3, and then
+/// waits for good (closed without merging) or enters (merged).
+#[test]
+fn a_dependency_of_unknown_fate_is_asked_about_and_blocks_until_known() {
+    for merged in [false, true] {
+        let mut bot = train_bot(3);
+        bot.open(3, 0xa3);
+        let started_at = Timestamp(bot.now + 1);
+        let mut five = snap(5, 0xa5, "main");
+        five.depends_on = vec![key(3)];
+        bot.ev(Event::Reconciled {
+            repo: repo_name(),
+            started_at,
+            prs: vec![five],
+            branches: vec![("main".into(), sha(0x100))],
+        });
+        assert!(bot.state.pr(&key(3)).is_none(), "the re-read dropped #3");
+        bot.approve(5);
+        let b = bot.build_of(5).unwrap();
+        let a = bot.finish(&b, Outcome::Passed);
+        assert_eq!(train_order(&bot), Vec::<u64>::new(), "#5 waits");
+        assert!(
+            a.contains(&Action::FetchPr { pr: key(3) }),
+            "GitHub is asked about #3: {a:?}"
+        );
+        assert_eq!(bot.published(5).description, text::dependency_unheard("#3"));
+        // Asked once, not at every event.
+        assert!(
+            !bot.ev(Event::Tick)
+                .contains(&Action::FetchPr { pr: key(3) })
+        );
+        if merged {
+            bot.ev(Event::PrClosed(key(3)));
+            assert_eq!(train_order(&bot), vec![5]);
+        } else {
+            bot.ev(Event::PrClosedUnmerged(key(3)));
+            assert_eq!(train_order(&bot), Vec::<u64>::new());
+            assert_eq!(bot.published(5).description, text::dependency_closed("#3"));
+        }
+    }
+}
+
+/// Lines GitHub shows inside a quote or hides in an HTML comment are not
+/// commands, even when they do not look so line by line: a line right
+/// after a quoted paragraph continues the quote (a lazy continuation), and
+/// a comment opened mid-line runs on to its `-->`. A blank line ends both.
+#[test]
+fn a_quote_continued_on_the_next_line_or_a_comment_opened_mid_line_hides_commands() {
+    let mut bot = Bot::new(RepoPolicy {
+        land_on: LandOn::Command,
+        ..RepoPolicy::default()
+    });
+    bot.ready(1);
+    for (id, body) in [
+        "> you wrote\n/merge",
+        "> - an item\n/merge",
+        "thanks <!-- note to self\n/merge\n-->",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = bot.comment(1, 30 + id as u64, "wendy", true, body);
+        assert!(a.is_empty(), "{body:?}: {a:?}");
+    }
+    for (id, body) in [
+        "> you wrote\n\n/merge",
+        "thanks <!-- note -->\n/merge",
+        "thanks <!-- no end\n\n/merge",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = bot.comment(1, 40 + id as u64, "wendy", true, body);
+        assert_eq!(answers(&a).len(), 1, "{body:?} is a command: {a:?}");
+    }
+}
+
+/// The same for a PR's own test still running when the target moves in
+/// train mode (it is not stopped: it counts for its head): its status keeps
+/// naming the target it tests, and is not written again.
+#[test]
+fn in_train_mode_a_running_own_test_keeps_naming_the_target_it_tests() {
+    let mut bot = train_bot(2);
+    let a = bot.open(1, 0xa1);
+    assert_eq!(
+        statuses(&a)[0].2,
+        text::testing("main", &sha(0x100)),
+        "{a:?}"
+    );
+    let a = bot.ev(Event::BranchMoved {
+        before: Some(sha(0x100)),
+        repo: repo_name(),
+        branch: "main".into(),
+        sha: Sha::parse("2000000000000000000000000000000000000000").unwrap(),
+    });
+    assert!(cancelled(&a).is_empty(), "it goes on");
+    assert!(statuses(&a).is_empty(), "its status stands: {a:?}");
+}

@@ -174,6 +174,11 @@ pub fn in_train_held(branch: &str, position: usize, why: &str) -> String {
     format!("{} in the train for {branch}, passed; {why}", nth(position))
 }
 
+/// GitHub refused a landing as not a fast-forward: the target moved.
+pub fn target_moved_under_landing(branch: &str) -> String {
+    format!("{branch} moved under the landing; reading it again")
+}
+
 /// The landing car lacks required checks other than sluice's.
 pub fn waiting_for_checks(pending: &[String], car_ref: &str) -> String {
     let names: Vec<String> = pending.iter().map(|c| format!("\"{c}\"")).collect();
@@ -316,6 +321,10 @@ pub fn dependency_closed(dep: &str) -> String {
     format!(
         "depends on {dep}, which was closed without merging; remove the Depends-On line or reopen it"
     )
+}
+
+pub fn dependency_unheard(dep: &str) -> String {
+    format!("approved and passing; waits to learn whether {dep} merged (Depends-On)")
 }
 
 pub fn dependency_unknown(dep: &str) -> String {

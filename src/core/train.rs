@@ -192,6 +192,10 @@ pub struct Landing {
     pub to: Sha,
     /// The last car landing (every car before it lands with it).
     pub through: u64,
+    /// The cars landing, as they were when it was asked for: what landed
+    /// if the target moves to `to`, whatever became of the train since.
+    #[serde(default)]
+    pub cars: Vec<Car>,
 }
 
 /// Why a PR left the train by itself; it comes back with a new head or a
@@ -205,6 +209,11 @@ pub struct Ejection {
     /// What went wrong, for machines (`reason` says it in words).
     #[serde(default)]
     pub kind: EjectKind,
+    /// A conflict: the PRs ahead of it then. Its change may conflict with
+    /// one of them only, so if one leaves the train without landing, it
+    /// may enter again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<u64>,
 }
 
 /// Why a PR left the train by itself.
@@ -489,10 +498,14 @@ impl State {
                 let prs: Vec<u64> = train.cars[..=index].iter().map(|c| c.pr.number).collect();
                 if self.repos[repo].policy.car_statuses {
                     let description = text::car_test_failed(outcome, &report.detail);
+                    let state = match outcome {
+                        Outcome::Error => CommitState::Error,
+                        _ => CommitState::Failure,
+                    };
                     out.push(Action::SetStatus {
                         repo: repo.clone(),
                         sha,
-                        state: CommitState::Failure,
+                        state,
                         summary: text::car_summary(&description, &prs),
                         description,
                         link: Some(car_results(repo, &car_pr, build)),
@@ -512,16 +525,41 @@ impl State {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some(train) = self.train_mut(name, branch) else {
+        let Some(repo) = self.repos.get_mut(name) else {
+            return;
+        };
+        let Some(train) = repo.trains.get_mut(branch) else {
             return;
         };
         let Some(landing) = train.landing.take().filter(|l| l.to == sha) else {
             return;
         };
-        let Some(last) = train.cars.iter().position(|c| c.id == landing.through) else {
+        let mut stale = Vec::new();
+        let landed: Vec<Car> = match train.cars.iter().position(|c| c.id == landing.through) {
+            Some(last) => train.cars.drain(..=last).collect(),
+            // Asked for before sluice remembered a landing's cars.
+            None if landing.cars.is_empty() => return,
+            None => {
+                // The train changed under the landing (it must not): the
+                // target is at the landing car all the same, so its PRs are
+                // merged; what is left of the train is rebuilt on it.
+                let landed = landing.cars.clone();
+                let numbers: Vec<u64> = landed.iter().map(|c| c.pr.number).collect();
+                let (gone, kept): (Vec<Car>, Vec<Car>) = std::mem::take(&mut train.cars)
+                    .into_iter()
+                    .partition(|c| numbers.contains(&c.pr.number));
+                train.cars = kept;
+                stale.extend(gone.iter().filter_map(|c| match &c.state {
+                    CarState::Testing { build, .. } => Some(build.clone()),
+                    _ => None,
+                }));
+                stale.extend(reset_from(train, 0, &mut repo.next_car));
+                landed
+            }
+        };
+        let Some(last) = landed.len().checked_sub(1) else {
             return;
         };
-        let landed: Vec<Car> = train.cars.drain(..=last).collect();
         train.base = Some(sha.clone());
         train.blocked = None;
         let base = landing.from.clone();
@@ -530,7 +568,6 @@ impl State {
         let CarState::Passed { build: tested, .. } = landed[last].state.clone() else {
             return;
         };
-        let mut stale = Vec::new();
         for car in &landed {
             if let CarState::Testing { build, .. } = &car.state {
                 stale.push(build.clone());
@@ -610,6 +647,9 @@ impl State {
                         link,
                     });
                 }
+                if let Some(repo) = self.repos.get_mut(name) {
+                    repo.remember_merged(key.number);
+                }
                 self.close_pr(&key, now, out);
             } else if let Some(pr) = self.pr_mut(&key) {
                 // Pushed to while landing: what landed was tested; the new
@@ -639,14 +679,25 @@ impl State {
         else {
             return;
         };
-        if train.landing.take().is_none() {
+        let Some(landing) = train.landing.take() else {
             return;
-        }
+        };
         if moved {
             out.push(Action::FetchBranch {
                 repo: name.clone(),
                 branch: branch.to_string(),
             });
+            // Not asked for again from the same base until sluice learns
+            // the new head (which rebuilds the train) or a while passed:
+            // otherwise it would be refused again at once, a call each time.
+            if self.repos[name].branch_head(branch) == Some(&landing.from) {
+                let retry = (
+                    RetryKind::LandRefused,
+                    text::target_moved_under_landing(branch),
+                    now.plus_ms(super::LAND_MOVED_RETRY_MS),
+                );
+                self.hold_landing(name, branch, retry, now, out);
+            }
         } else {
             let why = text::merge_refused(&reason);
             let retry = (
@@ -899,17 +950,19 @@ impl State {
         }
         // 2. PRs that changed leave; the cars behind them are rebuilt. An
         // urgent PR behind a car that is not urgent leaves too, to enter
-        // again at the front.
+        // again at the front, if the branch runs (else it could not).
         let landing_end = train
             .landing
             .as_ref()
             .and_then(|l| train.cars.iter().position(|c| c.id == l.through))
             .map_or(0, |k| k + 1);
+        let mode = repo.branch_mode(branch);
         let mut i = 0;
         while i < train.cars.len() {
             let car = &train.cars[i];
-            let misplaced = is_urgent(repo, car.pr.number)
-                && urgent_place(repo, &train, landing_end, car.pr.number) < i;
+            let misplaced = mode == BranchMode::Running
+                && is_urgent(repo, car.pr.number)
+                && urgent_place(repo, &train, held_end(&train, landing_end), car.pr.number) < i;
             let still = !misplaced
                 && repo.prs.get(&car.pr.number).is_some_and(|pr| {
                     pr.snapshot.head_sha == car.pr.head_sha
@@ -926,8 +979,9 @@ impl State {
         }
         // Until no culprit leaves: a PR ejected below may be what a PR
         // behind it depends on, which must then leave and wait too.
-        let mode = self.repos[name].branch_mode(branch);
         let mut planned;
+        // Dependencies neither open nor known merged or not: asked about.
+        let mut unheard: Vec<PrKey> = Vec::new();
         loop {
             // A PR whose dependency is no longer ahead of it (ejected, pushed
             // to, closed unmerged) leaves too: it never lands before it.
@@ -954,14 +1008,16 @@ impl State {
                 repo.refile(number);
             }
             // 3. Who enters.
+            let held_end = held_end(&train, landing_end);
             self.enter_ready(
                 name,
                 branch,
                 &mut train,
                 mode,
-                landing_end,
+                held_end,
                 now,
                 &mut cancel,
+                &mut unheard,
             );
             let repo = self.repos.get_mut(name).expect("exists");
             let dirty: Vec<u64> = repo.index.dirty.iter().copied().collect();
@@ -972,13 +1028,16 @@ impl State {
             // tests behind a failure stopped.
             let ejected;
             (planned, ejected) =
-                self.eject_culprits(name, branch, &mut train, now, out, &mut cancel);
+                self.eject_culprits(name, branch, &mut train, landing_end, now, out, &mut cancel);
             if !ejected {
                 break;
             }
         }
+        // A failure inside a landing in flight dooms nothing: the landing
+        // car passed, and it holds that car's PRs.
         if !planned.plan.optimistic {
-            for k in batch::doomed(&train.cars) {
+            for k in batch::doomed(&train.cars[landing_end.min(train.cars.len())..]) {
+                let k = landing_end + k;
                 let car = &mut train.cars[k];
                 if let CarState::Testing { sha, build } = car.state.clone() {
                     cancel.push(build);
@@ -987,6 +1046,7 @@ impl State {
             }
         }
         train.plan = Some(planned.reason.clone());
+        self.ask_about_dependencies(name, unheard, now, out);
         // The cars stand on the train's base: the target's head, except
         // while a landing is in flight, when sluice may already have heard
         // the target at the landing car, and the cars behind it still hold
@@ -1044,6 +1104,7 @@ impl State {
         landing_end: usize,
         now: Timestamp,
         cancel: &mut Vec<BuildId>,
+        unheard: &mut Vec<PrKey>,
     ) {
         let repo = &self.repos[name];
         let mut entering: Vec<u64> = match mode {
@@ -1076,6 +1137,7 @@ impl State {
                     repo.index.dirty.insert(number);
                 }
                 if blocked.is_some() {
+                    unheard.extend(unheard_dependencies(&self.repos, name, number));
                     waiting.push(number);
                     continue;
                 }
@@ -1109,14 +1171,38 @@ impl State {
         }
     }
 
-    /// Suspected flakes (optimistic) are covered and every culprit is
-    /// ejected; returns the plan and whether any PR was ejected.
+    /// Asks GitHub what became of dependencies whose fate sluice does not
+    /// know, each at most once per `MERGE_RETRY_MS` (the answer is a
+    /// `PrClosed`, `PrClosedUnmerged` or `PrUpdated`).
+    fn ask_about_dependencies(
+        &mut self,
+        name: &RepoName,
+        unheard: Vec<PrKey>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let reads = &mut self.repos.get_mut(name).expect("exists").dependency_reads;
+        let due = |at: &Timestamp| now.0 >= at.0.saturating_add(super::MERGE_RETRY_MS);
+        reads.retain(|_, at| !due(at));
+        for dep in unheard {
+            if !reads.contains_key(&dep) {
+                reads.insert(dep.clone(), now);
+                out.push(Action::FetchPr { pr: dep });
+            }
+        }
+    }
+
+    /// Suspected flakes (optimistic) are covered and every culprit behind
+    /// the landing in flight (its first `landing_end` cars, which passed
+    /// with the car they land through) is ejected; returns the plan and
+    /// whether any PR was ejected.
     #[allow(clippy::too_many_arguments)]
     fn eject_culprits(
         &mut self,
         name: &RepoName,
         branch: &str,
         train: &mut Train,
+        landing_end: usize,
         now: Timestamp,
         out: &mut Vec<Action>,
         cancel: &mut Vec<BuildId>,
@@ -1144,7 +1230,9 @@ impl State {
                 car.state = CarState::Built { sha };
             }
         }
-        while let Some(k) = batch::culprit(&train.cars, planned.plan.optimistic) {
+        while let Some(k) = batch::culprit(&train.cars[landing_end..], planned.plan.optimistic)
+            .map(|k| landing_end + k)
+        {
             let CarState::Failed {
                 build,
                 outcome,
@@ -1230,6 +1318,7 @@ impl State {
                 from: base.clone(),
                 to: sha.clone(),
                 through: last.id,
+                cars: train.cars[..passed].to_vec(),
             });
             let prs: Vec<u64> = train.cars[..passed].iter().map(|c| c.pr.number).collect();
             let cars = train.cars[..passed]
@@ -1449,6 +1538,34 @@ fn leave_train(repo: &mut RepoState, train: &mut Train, index: usize, cancel: &m
         pr.in_train = false;
         repo.index.dirty.insert(gone.pr.number);
     }
+    forgive_conflicts_with(repo, gone.pr.number);
+}
+
+/// PR `gone` left the train without landing: the PRs that left because
+/// they conflicted with a car holding it may enter again (each comes back
+/// only when a PR ahead of it leaves, so there is no loop).
+fn forgive_conflicts_with(repo: &mut RepoState, gone: u64) {
+    for (number, pr) in repo.prs.iter_mut() {
+        let forgiven = pr.ejected.as_ref().is_some_and(|e| {
+            e.kind == EjectKind::Conflict
+                && e.head == pr.snapshot.head_sha
+                && e.ahead.contains(&gone)
+        });
+        if forgiven {
+            pr.ejected = None;
+            repo.index.dirty.insert(*number);
+        }
+    }
+}
+
+/// Where the cars an urgent PR may not pass end: those of the landing in
+/// flight (`landing_end`), or, while a landing is held (a required check
+/// pending, a refusal), the passed cars it waits to land.
+fn held_end(train: &Train, landing_end: usize) -> usize {
+    match (&train.landing, &train.blocked) {
+        (None, Some(_)) => batch::landing_point(&train.cars).map_or(0, |k| k + 1),
+        _ => landing_end,
+    }
 }
 
 /// Where urgent PR `number` belongs: in front of the first car that is not
@@ -1517,10 +1634,35 @@ fn dependency_blocker(
             }
             Some(_) => Standing::OpenElsewhere,
             None if r.closed_unmerged.contains(&dep.number) => Standing::ClosedUnmerged,
-            None => Standing::Done,
+            None if r.closed_merged.contains(&dep.number) => Standing::Done,
+            None => Standing::Unheard,
         },
     };
     deps::blocker(&pr.snapshot.key, depends_on, standing, cycle.as_deref())
+}
+
+/// The dependencies of PR `number` of `name` that are in a repository
+/// sluice gates but neither open nor known merged or closed unmerged.
+fn unheard_dependencies(
+    repos: &std::collections::BTreeMap<RepoName, RepoState>,
+    name: &RepoName,
+    number: u64,
+) -> Vec<PrKey> {
+    let Some(pr) = repos.get(name).and_then(|r| r.prs.get(&number)) else {
+        return Vec::new();
+    };
+    pr.snapshot
+        .depends_on
+        .iter()
+        .filter(|dep| {
+            repos.get(&dep.repo).is_some_and(|r| {
+                !r.prs.contains_key(&dep.number)
+                    && !r.closed_merged.contains(&dep.number)
+                    && !r.closed_unmerged.contains(&dep.number)
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Whether PR `number` carries the repository's urgent label.
@@ -1550,6 +1692,10 @@ fn eject_car(
     now: Timestamp,
     out: &mut Vec<Action>,
 ) -> Vec<BuildId> {
+    let ahead: Vec<u64> = match ejected.kind {
+        EjectKind::Conflict => train.cars[..index].iter().map(|c| c.pr.number).collect(),
+        _ => Vec::new(),
+    };
     let removed = train.cars.remove(index);
     let mut stale = Vec::new();
     if let CarState::Testing { build, .. } = &removed.state {
@@ -1574,10 +1720,12 @@ fn eject_car(
             reason: ejected.reason,
             link: ejected.link,
             kind: ejected.kind,
+            ahead,
         });
         pr.in_train = false;
     }
     repo.index.dirty.insert(removed.pr.number);
+    forgive_conflicts_with(repo, removed.pr.number);
     stale
 }
 

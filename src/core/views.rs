@@ -180,22 +180,19 @@ impl State {
     pub fn pr_phases_iter(&self) -> impl Iterator<Item = (&RepoName, Phase)> + '_ {
         self.repos.iter().flat_map(|(name, repo)| {
             repo.prs.values().map(move |pr| {
-                let pair = repo.current_pair(pr);
-                (
-                    name,
-                    phase_of(
-                        pr,
-                        pair.is_some(),
-                        pair.as_ref().and_then(|p| pr.results.get(p)),
-                    ),
-                )
+                let has_pair = repo.current_pair(pr).is_some();
+                let result = repo.own_result(pr);
+                (name, phase_of(pr, has_pair, result))
             })
         })
     }
 
     fn pr_view(&self, repo: &RepoState, pr: &Pr) -> PrView {
         let pair = repo.current_pair(pr);
-        let result = pair.as_ref().and_then(|p| pr.results.get(p));
+        // The result that counts now: the current pair's, or in train mode
+        // the head's on an earlier target (its own test is per head there).
+        let tested = repo.own_tested(pr);
+        let result = tested.map(|(_, r)| r);
         let phase = phase_of(pr, pair.is_some(), result);
         let key_for = |build: &BuildId| ResultKey {
             repo: pr.snapshot.key.repo.clone(),
@@ -203,17 +200,17 @@ impl State {
             head: pr.snapshot.head_sha.clone(),
             build: build.clone(),
         };
-        let build = match (&pair, result, &pr.build) {
-            (Some(pair), Some(r), _) => Some(BuildView {
+        let build = match (tested, &pr.build) {
+            (Some((tested, r)), _) => Some(BuildView {
                 id: r.build.clone(),
-                pair: pair.clone(),
+                pair: tested.clone(),
                 state: serde_json::to_value(r.outcome)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
                 result_key: key_for(&r.build),
             }),
-            (_, None, Some(id)) => self.builds.get(id).and_then(|b| {
+            (None, Some(id)) => self.builds.get(id).and_then(|b| {
                 Some(BuildView {
                     id: id.clone(),
                     pair: b.candidate.pair()?,
