@@ -409,8 +409,14 @@ impl State {
         if let Some(r) = self.repos.get_mut(repo) {
             let known = r.branches.get(&branch);
             if known.is_none_or(|b| b.sha != sha || b.learnt_at.is_none()) {
+                let moved = known.is_some_and(|b| b.sha != sha);
                 if known.is_none_or(|b| b.sha != sha) {
                     r.touch_branch(&branch);
+                }
+                if moved {
+                    // GitHub's "conflict" was of the old target, and no
+                    // webhook says when it is recomputed.
+                    r.forget_conflicts(&branch);
                 }
                 r.branches.insert(
                     branch,

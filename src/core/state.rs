@@ -467,6 +467,21 @@ impl RepoState {
     }
 
     /// Marks every PR targeting `branch` as changed.
+    /// The PRs on `branch` GitHub reported as conflicting become unknown
+    /// again (the branch moved: the conflict may be gone). Their test says.
+    pub(crate) fn forget_conflicts(&mut self, branch: &str) {
+        let Some(numbers) = self.index.by_base.get(branch) else {
+            return;
+        };
+        for number in numbers {
+            if let Some(pr) = self.prs.get_mut(number)
+                && pr.snapshot.mergeable == Some(false)
+            {
+                pr.snapshot.mergeable = None;
+            }
+        }
+    }
+
     pub(crate) fn touch_branch(&mut self, branch: &str) {
         if let Some(prs) = self.index.by_base.get(branch) {
             self.index.dirty.extend(prs.iter().copied());

@@ -256,6 +256,21 @@ fn an_unmergeable_pr_is_not_tested_and_its_status_says_why() {
     assert_eq!(bot.view(1).phase, Phase::Conflict);
 }
 
+/// GitHub's "conflict" is of the target it was computed on, and no webhook
+/// says when it is recomputed: when the target moves (the conflicting
+/// change reverted, say) the PR is tested again, and its test says.
+#[test]
+fn a_conflict_is_forgotten_when_the_target_moves() {
+    let mut bot = Bot::default();
+    let mut s = snap(1, 0xa1, "main");
+    s.mergeable = Some(false);
+    bot.ev(Event::PrUpdated(s));
+    assert_eq!(bot.view(1).phase, Phase::Conflict);
+    let a = bot.target("main", 0x101);
+    assert_eq!(started(&a)[0].1.pair(), Some(pair(0xa1, 0x101)));
+    assert_eq!(bot.view(1).phase, Phase::Testing);
+}
+
 #[test]
 fn a_passing_approved_pr_is_merged_with_the_tested_head_as_guard() {
     let mut bot = Bot::default();
