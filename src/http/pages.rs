@@ -464,7 +464,7 @@ pub fn page_param(query: &[(String, String)]) -> Result<usize, PageError> {
                 page = value
                     .parse::<usize>()
                     .ok()
-                    .filter(|p| *p >= 1 && *p <= 1_000_000)
+                    .filter(|p| (1..=crate::runtime::history::MAX_PAGE).contains(p))
                     .ok_or_else(|| {
                         PageError::BadRequest(format!(
                             "page must be a number from 1, not {:?}",
