@@ -230,6 +230,12 @@ pub async fn start(
         )));
     }
     tasks.push(tokio::spawn(driver.run(rx)));
+    for repo in config.repos.iter().filter(|r| r.train_depth == 0) {
+        tracing::warn!(
+            repo = %repo.name,
+            "serial mode (train_depth = 0): GitHub makes each merge commit and a push racing it is not caught, so what lands is not exactly what was tested; a merge train (train_depth > 0) lands the tested commit"
+        );
+    }
     tracing::info!(%addr, repos = config.repos.len(), "sluice is listening");
     Ok(Running {
         addr,

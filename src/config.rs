@@ -770,10 +770,12 @@ pub struct RepoConfig {
     /// `executor.kubernetes.default_image`.
     #[serde(default)]
     pub image: Option<String>,
-    /// 0: serial mode (GitHub merges each PR after its own test). 1 to 32:
-    /// a merge train that tests up to this many cars at once and lands
-    /// them by fast-forward.
-    #[serde(default)]
+    /// 1 to 32 (default 4): a merge train that tests up to this many cars
+    /// at once (never more than `max_concurrent_builds`) and lands exactly
+    /// the tested car by fast-forward. 0: serial mode, where GitHub merges
+    /// each PR after its own test: GitHub makes the merge commit and a push
+    /// racing it is not caught, so the landed commit is not the tested one.
+    #[serde(default = "default_train_depth")]
     pub train_depth: usize,
     /// When a PR is tested on its own: `before_approval` (every PR),
     /// `after_approval`, or `train_only` (only in the train's cars).
@@ -808,6 +810,11 @@ pub struct RepoConfig {
     /// before it tests, so PRs approved together share batches. 0: never.
     #[serde(default = "default_gather_ms")]
     pub gather_ms: u64,
+}
+
+/// A train by default: it is what lands exactly the tested commit.
+fn default_train_depth() -> usize {
+    4
 }
 
 fn default_gather_ms() -> u64 {

@@ -414,20 +414,45 @@ pub async fn run(dir: PathBuf, keep_running: bool, port: u16) -> anyhow::Result<
     let (code, body) = stack.request("/try-merge", b).await?;
     println!("\nPOST /try-merge #{b} -> {code}: {}", body["reasons"]);
 
-    println!("\nmerges GitHub recorded:");
-    for m in stack.hub.merges() {
-        let status = stack
+    // The train lands by moving main to the car it tested: the sha on main
+    // is the sha whose test passed, sha for sha.
+    println!("\nwhat landed on main (each landing is a car sluice built and tested):");
+    let landed = stack.get_json("/history").await?;
+    for mv in stack.hub.branch_moves(DEMO_REPO) {
+        let (Some(before), Some(after)) = (&mv.before, &mv.after) else {
+            continue;
+        };
+        if mv.branch != "main" {
+            continue;
+        }
+        let prs: Vec<String> = landed["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "merged" && e["merge_sha"] == after.as_str())
+            .map(|e| format!("#{}", e["pr"]["number"]))
+            .collect();
+        let tested = stack
             .hub
-            .statuses(DEMO_REPO, m.head_sha.as_str())
+            .statuses(DEMO_REPO, after.as_str())
             .into_iter()
             .rev()
-            .find(|s| s.state == "success");
+            .find(|s| s.state == "success")
+            .and_then(|s| s.target_url)
+            .unwrap_or_default();
         println!(
-            "  #{} head {} merged as {}; tested: {}",
+            "  main {} -> {} ({}) by {}; tested: {tested}",
+            before.short(),
+            after.short(),
+            prs.join(", "),
+            mv.pusher
+        );
+    }
+    for m in stack.hub.merges() {
+        println!(
+            "  #{} merged by GitHub (serial mode) as {}",
             m.number,
-            m.head_sha.short(),
-            m.merge_sha.short(),
-            status.and_then(|s| s.target_url).unwrap_or_default()
+            m.merge_sha.short()
         );
     }
     if let Some(st) = stack.status_of(b) {

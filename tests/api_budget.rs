@@ -503,7 +503,8 @@ async fn metrics_export_the_rate_limit_and_the_calls() {
 }
 
 /// The other goal: at most 6 REST calls per merged PR when 12
-/// approved PRs drain, counted from the fake's request log. What keeps it
+/// approved PRs drain, counted from the fake's request log, in serial mode
+/// (where GitHub merges: the mode the goal was set for). What keeps it
 /// low: no reviews read for a PR just opened, a queued status that does not
 /// change when the target moves, approved PRs held while a merge into their
 /// branch is in flight, pending statuses held a moment (a newer one
@@ -511,9 +512,29 @@ async fn metrics_export_the_rate_limit_and_the_calls() {
 /// (`--nocapture`).
 #[tokio::test]
 async fn draining_12_approved_prs_costs_at_most_6_calls_per_merged_pr() {
+    let per_pr = drain_12(0).await;
+    assert!(per_pr <= 6.0, "{per_pr:.1} calls per merged PR");
+}
+
+/// The same with a merge train (the default, `train_depth` 4): each PR
+/// also costs its car (a staging ref, the merge into it, its status, the
+/// staging ref deleted) and the landing's non-forced move of the target.
+/// The branch's required checks are read once per 5 minutes, not once per
+/// landing, and landed cars' staging refs are deleted by name, not found
+/// by a listing first.
+#[tokio::test]
+async fn draining_12_approved_prs_through_a_train_costs_at_most_10_calls_per_merged_pr() {
+    let per_pr = drain_12(4).await;
+    assert!(per_pr <= 10.0, "{per_pr:.1} calls per merged PR");
+}
+
+/// Opens and approves 12 PRs, waits until all merged, and returns the REST
+/// calls per merged PR (printed with the calls by kind).
+async fn drain_12(train_depth: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
         c.repos[0].max_concurrent_builds = 4;
+        c.repos[0].train_depth = train_depth;
     })
     .await
     .unwrap();
@@ -556,10 +577,10 @@ async fn draining_12_approved_prs_costs_at_most_6_calls_per_merged_pr() {
         *kinds.entry(format!("{} {kind}", r.method)).or_default() += 1;
     }
     eprintln!(
-        "12 approved PRs drained: {} REST calls ({} counted), {per_pr:.1} per merged PR; by kind: {kinds:?}",
+        "12 approved PRs drained (train_depth {train_depth}): {} REST calls ({} counted), {per_pr:.1} per merged PR; by kind: {kinds:?}",
         log.len(),
         counted(&log)
     );
     bounded("stop", stack.sluice.stop()).await;
-    assert!(per_pr <= 6.0, "{per_pr:.1} calls per merged PR");
+    per_pr
 }

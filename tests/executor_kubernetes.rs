@@ -581,6 +581,76 @@ async fn a_job_that_cannot_be_created_is_an_error() {
     assert!(ex.running().is_empty());
 }
 
+/// A build with a clone token: the Job is created suspended, then its
+/// Secret (owned by the Job), then the Job is resumed, in that order.
+#[tokio::test]
+async fn a_clone_token_goes_in_a_secret_made_before_the_job_runs() {
+    let (ex, fake) = executor(60);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut job = spec("b-5");
+    job.clone_token = Some(sluice::executor::CloneToken::new("ghs_tok".into()));
+    ex.start(job, tx);
+    fake.wait_for(Method::PATCH, "/jobs/sluice-b-5").await;
+    let order: Vec<String> = fake
+        .summary()
+        .into_iter()
+        .filter(|r| r.starts_with("POST") || r.starts_with("PATCH"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            format!("POST /apis/batch/v1/namespaces/{NS}/jobs"),
+            format!("POST /api/v1/namespaces/{NS}/secrets"),
+            format!("PATCH /apis/batch/v1/namespaces/{NS}/jobs/sluice-b-5"),
+        ]
+    );
+    let created = fake.requests_to(Method::POST, "/jobs").remove(0);
+    assert_eq!(created.body.as_ref().unwrap()["spec"]["suspend"], true);
+    assert!(!created.body.unwrap().to_string().contains("ghs_tok"));
+    let secret = fake.secret("sluice-b-5").expect("the Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-sluice-b-5");
+    assert_eq!(fake.job("sluice-b-5").unwrap()["spec"]["suspend"], false);
+    // The garbage collector deletes it with its Job.
+    fake.remove_job("sluice-b-5");
+    assert!(fake.secret("sluice-b-5").is_none());
+}
+
+/// A Secret that cannot be made: the suspended Job is deleted and the
+/// build is an infrastructure error (retried), not a Job that never runs.
+#[tokio::test]
+async fn a_clone_secret_that_cannot_be_made_is_an_error_and_its_job_deleted() {
+    let (ex, fake) = executor(60);
+    fake.force(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets"), 403);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut job = spec("b-6");
+    job.clone_token = Some(sluice::executor::CloneToken::new("ghs_tok".into()));
+    ex.start(job, tx);
+    let result = next(&mut rx).await;
+    assert_eq!(result.report.outcome, Outcome::Error);
+    assert!(
+        result.report.detail.starts_with("cannot start Job sluice-b-6"),
+        "{}",
+        result.report.detail
+    );
+    assert!(fake.job("sluice-b-6").is_none(), "the Job was deleted");
+    assert!(ex.running().is_empty());
+}
+
+/// After a restart, a Job still suspended (sluice died before its Secret
+/// was made) is deleted, not adopted: its build starts again.
+#[tokio::test]
+async fn a_restart_deletes_a_job_still_waiting_for_its_secret() {
+    let (ex, fake) = executor(60);
+    let mut job = existing_job("b-7", &candidate(), true);
+    job["spec"]["suspend"] = serde_json::json!(true);
+    fake.insert_job(job);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let adoption = ex.adopt(&|_, _| true, tx).await.unwrap();
+    assert!(adoption.adopted.is_empty(), "{adoption:?}");
+    assert_eq!(adoption.deleted.len(), 1);
+    assert!(fake.job("sluice-b-7").is_none());
+}
+
 #[tokio::test]
 async fn a_stuck_pod_is_found_by_the_relist_reported_as_error_and_deleted() {
     let (ex, fake) = executor(1);
@@ -850,6 +920,92 @@ mod end_to_end_infra {
         );
         let creates = fake.requests_to(http::Method::POST, "/namespaces/sluice-e2e/jobs");
         assert!(creates.len() >= 2, "{}", creates.len());
+        stack.sluice.stop().await;
+    }
+}
+
+mod end_to_end_private {
+    use super::end_to_end_support::*;
+    use super::fake_kube::FakeKube;
+    use sluice::config::ExecutorKind;
+    use sluice::demo::{DEMO_APP_ID, DEMO_REPO, Stack};
+
+    /// A private repository on Kubernetes: each Job fetches with a token
+    /// minted for it, which is in a Secret of the build's own (owned by
+    /// its Job, so it goes with it), never in the Job, whose spec anyone
+    /// who may read Jobs can see; the Job runs only once the Secret
+    /// exists.
+    #[tokio::test]
+    async fn a_private_repository_is_fetched_with_a_token_from_the_jobs_own_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let hub = Stack::demo_hub(dir).await.unwrap();
+        let keys = hub.register_app(DEMO_APP_ID).unwrap();
+        hub.install_app(DEMO_APP_ID, "octo", &[DEMO_REPO]).unwrap();
+        hub.set_private(DEMO_REPO, true);
+        let base = hub.http_clone_base();
+        let fake = FakeKube::new("sluice-e2e").with_kubelet(&dir.join("kubelet"));
+        let kubeconfig = fake.clone().serve_http(dir).await;
+        let stack = Stack::start_app_on(hub, keys, dir, "127.0.0.1:0".parse().unwrap(), |c| {
+            c.github.clone_base = base;
+            c.executor.kind = ExecutorKind::Kubernetes;
+            let k = &mut c.executor.kubernetes;
+            k.kubeconfig = Some(kubeconfig);
+            k.namespace = "sluice-e2e".into();
+            k.relist_interval_secs = 2;
+        })
+        .await
+        .unwrap();
+        let pr = stack
+            .open_pr("private", &[("src/p.txt", "fine\n")], "A private change")
+            .await
+            .unwrap();
+        stack
+            .wait_for("success", WAIT, |s| {
+                state_of(s, pr).as_deref() == Some("success")
+            })
+            .await
+            .unwrap();
+
+        // The fetch worked (the repository refuses anonymous clones).
+        let link = stack.status_of(pr).unwrap().target_url.unwrap();
+        let log = stack
+            .http
+            .get(format!("{link}log.txt"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(log.contains("sluice: workspace ready"), "{log}");
+
+        let creates = fake.requests_to(http::Method::POST, "/namespaces/sluice-e2e/jobs");
+        assert!(!creates.is_empty());
+        let tokens = stack.hub.issued_tokens();
+        assert!(tokens.len() >= 2, "sluice's own token and the job's");
+        for create in &creates {
+            let job = create.body.as_ref().unwrap();
+            assert_eq!(job["spec"]["suspend"], true, "no pod before its Secret");
+            let text = job.to_string();
+            for token in &tokens {
+                assert!(!text.contains(token.as_str()), "a token in the Job: {text}");
+            }
+            assert!(!text.contains("x-access-token"), "{text}");
+            // The Secret of that build: the token, owned by the Job.
+            let name = job["metadata"]["name"].as_str().unwrap();
+            let secret = fake
+                .requests_to(http::Method::POST, "/namespaces/sluice-e2e/secrets")
+                .into_iter()
+                .filter_map(|r| r.body)
+                .find(|s| s["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("no Secret for {name}"));
+            let owner = &secret["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "Job");
+            assert_eq!(owner["name"], name);
+            assert_eq!(owner["uid"], format!("uid-{name}"));
+            assert!(!log.contains(secret["data"]["authorization"].as_str().unwrap()));
+        }
         stack.sluice.stop().await;
     }
 }

@@ -46,7 +46,9 @@ type Permission = (String, String, String);
 ///   jobs.list (adopt, relist; and the watcher's initial list),
 ///   jobs watch (Shared::watch, `kube::runtime::watcher`),
 ///   jobs.delete (Shared::delete), jobs.patch (mark_reported),
-///   pods.list (relist, newest_pod), pods.log_stream (container_log).
+///   pods.list (relist, newest_pod), pods.log_stream (container_log),
+///   secrets.create (Shared::resume: a build's clone token, owned by its
+///   Job; never read back).
 /// `rbac_rules_are_what_the_code_calls` re-derives this from the source
 /// and `rbac_covers_every_request_the_executor_sends` from the wire.
 const EXPECTED_RULES: &[(&str, &str, &[&str])] = &[
@@ -57,6 +59,7 @@ const EXPECTED_RULES: &[(&str, &str, &[&str])] = &[
     ),
     ("", "pods", &["list"]),
     ("", "pods/log", &["get"]),
+    ("", "secrets", &["create"]),
 ];
 
 fn expected_permissions() -> BTreeSet<Permission> {
@@ -433,7 +436,11 @@ fn permissions_in_source() -> BTreeSet<Permission> {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    let apis = [("jobs", "batch", "jobs"), ("pods", "", "pods")];
+    let apis = [
+        ("jobs", "batch", "jobs"),
+        ("pods", "", "pods"),
+        ("secrets", "", "secrets"),
+    ];
     let ident = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -471,7 +478,7 @@ fn permissions_in_source() -> BTreeSet<Permission> {
     }
     assert_eq!(
         kinds,
-        BTreeSet::from(["Job".to_string(), "Pod".to_string()]),
+        BTreeSet::from(["Job".to_string(), "Pod".to_string(), "Secret".to_string()]),
         "sluice uses the API of other kinds: update the Role and this test"
     );
     found
@@ -604,6 +611,12 @@ async fn rbac_covers_every_request_the_executor_sends() {
     );
     ex.start(job_spec("m-2"), tx.clone());
     fake.wait_for(Method::GET, "/jobs/sluice-m-2").await;
+
+    // A build with a clone token: its Secret, then the Job resumed.
+    let mut private = job_spec("m-4");
+    private.clone_token = Some(sluice::executor::CloneToken::new("ghs_x".into()));
+    ex.start(private, tx.clone());
+    fake.wait_for(Method::PATCH, "/jobs/sluice-m-4").await;
 
     // A cancelled build: delete.
     ex.start(job_spec("m-3"), tx.clone());

@@ -21,7 +21,7 @@ use crate::config::{Config, KubernetesConfig};
 use crate::core::{BuildId, Candidate, JobReport, Outcome, RepoName, Timestamp};
 use futures::{AsyncReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -87,6 +87,8 @@ pub struct KubernetesExecutor {
 struct Shared {
     jobs: Api<Job>,
     pods: Api<Pod>,
+    /// Only ever created (a build's clone token, owned by its Job).
+    secrets: Api<Secret>,
     config: KubernetesConfig,
     /// Test images of the repositories that set their own.
     images: HashMap<RepoName, String>,
@@ -158,7 +160,8 @@ impl KubernetesExecutor {
     ) -> KubernetesExecutor {
         let shared = Arc::new(Shared {
             jobs: Api::namespaced(client.clone(), &config.namespace),
-            pods: Api::namespaced(client, &config.namespace),
+            pods: Api::namespaced(client.clone(), &config.namespace),
+            secrets: Api::namespaced(client, &config.namespace),
             config: config.clone(),
             images,
             call_timeout: Duration::from_secs(config.api_timeout_secs.max(1)),
@@ -196,7 +199,9 @@ impl KubernetesExecutor {
             if manifest::reported(&job) || lock(&shared.tracked).contains_key(&build) {
                 continue;
             }
-            if current(&build, &candidate) {
+            // A Job still waiting for its clone Secret never ran; its
+            // token is not at hand here: the build starts again.
+            if current(&build, &candidate) && !manifest::suspended(&job) {
                 tracing::info!(%build, "adopting the Job of a current pair");
                 let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
                 lock(&shared.tracked).insert(
@@ -212,6 +217,10 @@ impl KubernetesExecutor {
                 );
                 Arc::clone(shared).observe(job);
                 adoption.adopted.push((build, candidate));
+            } else if manifest::suspended(&job) {
+                tracing::info!(%build, "deleting a Job that never got its clone Secret");
+                shared.delete(&build).await?;
+                adoption.deleted.push(build);
             } else {
                 tracing::info!(%build, "deleting the Job of a stale pair");
                 shared.delete(&build).await?;
@@ -431,6 +440,15 @@ impl Shared {
                 }
             },
         };
+        if manifest::suspended(&existing)
+            && let Err(e) = self.resume(&job, &existing).await
+        {
+            if let Err(d) = self.delete(&build).await {
+                tracing::warn!(%build, error = %d, "cannot delete a Job that could not be resumed");
+            }
+            let detail = format!("cannot start Job {name}: {e}");
+            return self.fail_early(&build, generation, detail);
+        }
         let still_wanted = {
             let mut tracked = lock(&self.tracked);
             match tracked.get_mut(&build) {
@@ -450,6 +468,33 @@ impl Shared {
                 tracing::warn!(%build, error = %e, "cannot delete the Job of a cancelled build");
             }
         }
+    }
+
+    /// Lets a suspended Job run: first its clone Secret (owned by the Job,
+    /// made from `job`'s token), then `suspend: false`.
+    async fn resume(&self, job: &JobSpec, created: &Job) -> Result<(), KubeError> {
+        if let Some(secret) = manifest::clone_secret(job, created) {
+            let made = self
+                .call(
+                    "create secret",
+                    self.secrets.create(&PostParams::default(), &secret),
+                )
+                .await;
+            match made {
+                // 409: an earlier attempt at this build made it (its
+                // answer lost); it holds a token of the same build.
+                Err(e) if e.status() != Some(409) => return Err(e),
+                _ => {}
+            }
+        }
+        let name = manifest::job_name(&job.build);
+        let patch = Patch::Merge(serde_json::json!({"spec": {"suspend": false}}));
+        self.call(
+            "resume job",
+            self.jobs.patch(&name, &PatchParams::default(), &patch),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Reports an infrastructure error for a build whose Job could not be

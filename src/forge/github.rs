@@ -51,6 +51,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long a reviewer's permission is remembered without asking GitHub;
 /// after that it is asked again, conditionally (a 304 costs nothing).
 pub const PERMISSION_TTL: Duration = Duration::from_secs(300);
+/// How long a branch's required checks are remembered without asking
+/// GitHub (an unprotected branch's 404 cannot be asked conditionally).
+/// Safe to remember: GitHub enforces protection on the landing itself, and
+/// a landing refused by it forgets the branch's entry.
+pub const REQUIRED_CHECKS_TTL: Duration = Duration::from_secs(300);
 /// How many (repository, reviewer) permissions are remembered; past that,
 /// expired ones go first, then the oldest.
 pub const PERMISSION_ENTRIES: usize = 10_000;
@@ -69,6 +74,9 @@ pub struct GitHub {
     backoff_base: Duration,
     status_context: String,
     permissions: Mutex<HashMap<(RepoName, String), (Instant, bool)>>,
+    /// Each gated branch's required checks, read at most every
+    /// [`REQUIRED_CHECKS_TTL`] (one entry per branch a train lands on).
+    required_checks: Mutex<HashMap<(RepoName, String), (Instant, Vec<String>)>>,
     /// ETags and converted answers of repeated GETs (bounded, LRU).
     etags: Mutex<EtagCache>,
     budget: Arc<BudgetCell>,
@@ -278,6 +286,7 @@ impl GitHub {
             backoff_base: Duration::from_millis(500),
             status_context: config.status_context.clone(),
             permissions: Mutex::new(HashMap::new()),
+            required_checks: Mutex::new(HashMap::new()),
             etags: Mutex::new(EtagCache::new(ETAG_CACHE_ENTRIES)),
             budget: Arc::new(BudgetCell::new()),
             check_runs: config.check_runs,

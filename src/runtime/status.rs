@@ -375,6 +375,7 @@ mod tests {
             history: RwLock::new(History::default()),
             metrics: Metrics::default(),
             events: Arc::new(crate::runtime::events::EventBus::new(1)),
+            staging_clean: Default::default(),
             next_request: AtomicU64::new(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();

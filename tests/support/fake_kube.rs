@@ -1,6 +1,8 @@
 //! A small in-memory Kubernetes API for Jobs and Pods in one namespace:
 //! create, get, list and watch (with resourceVersion), merge-patch,
-//! delete, and pods/log. It speaks the real JSON, so sluice's real kube
+//! delete, and pods/log; Secrets can be created (and are deleted with the
+//! Job that owns them, as the garbage collector does); a suspended Job
+//! runs once it is resumed. It speaks the real JSON, so sluice's real kube
 //! client (watcher included) runs against it. Tests drive the cluster's
 //! side by hand: they set a Job's status, add its pod, give containers
 //! logs, and read back every request sluice sent.
@@ -34,6 +36,7 @@ struct State {
     rv: u64,
     jobs: BTreeMap<String, Value>,
     pods: BTreeMap<String, Value>,
+    secrets: BTreeMap<String, Value>,
     logs: HashMap<(String, String), Vec<u8>>,
     /// (resourceVersion, type, object) of every Job change.
     events: Vec<(u64, &'static str, Value)>,
@@ -149,6 +152,10 @@ impl FakeKube {
         self.lock().jobs.get(name).cloned()
     }
 
+    pub fn secret(&self, name: &str) -> Option<Value> {
+        self.lock().secrets.get(name).cloned()
+    }
+
     /// Puts a Job in the cluster as is (a Job a previous sluice started).
     pub fn insert_job(&self, mut job: Value) {
         let mut st = self.lock();
@@ -194,6 +201,15 @@ impl FakeKube {
         st.pods
             .retain(|_, p| p["metadata"]["labels"]["job-name"].as_str() != Some(name));
         if let Some(mut job) = st.jobs.remove(name) {
+            // The garbage collector: what the Job owned goes with it.
+            let uid = job["metadata"]["uid"].clone();
+            st.secrets.retain(|_, secret| {
+                !secret["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|o| o["uid"] == uid)
+            });
             st.rv += 1;
             let rv = st.rv;
             job["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -268,6 +284,22 @@ impl FakeKube {
         }
         let jobs = format!("/apis/batch/v1/namespaces/{}/jobs", self.namespace);
         let pods = format!("/api/v1/namespaces/{}/pods", self.namespace);
+        let secrets = format!("/api/v1/namespaces/{}/secrets", self.namespace);
+        if path == secrets && method == Method::POST {
+            let secret = body.unwrap_or(Value::Null);
+            let name = secret["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let mut st = self.lock();
+            if st.secrets.contains_key(&name) {
+                let message = format!("secrets \"{name}\" already exists");
+                return status(409, "AlreadyExists", &message);
+            }
+            st.secrets.insert(name, secret.clone());
+            return Response::builder()
+                .status(201)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&secret).unwrap())
+                .unwrap();
+        }
         if let Some(rest) = path.strip_prefix(&jobs) {
             let name = rest.trim_start_matches('/');
             match (method.clone(), name.is_empty()) {
@@ -297,8 +329,12 @@ impl FakeKube {
                     let Some(mut job) = self.job(name) else {
                         return not_found(name);
                     };
+                    let was_suspended = job["spec"]["suspend"] == json!(true);
                     merge(&mut job, body.unwrap_or(Value::Null));
                     self.insert_job(job.clone());
+                    if was_suspended && job["spec"]["suspend"] != json!(true) {
+                        self.run_with_kubelet(name);
+                    }
                     ok(self.job(name).unwrap_or(job))
                 }
                 (Method::DELETE, false) => {
@@ -364,11 +400,10 @@ impl FakeKube {
         job["metadata"]["uid"] = json!(format!("uid-{name}"));
         job["metadata"]["creationTimestamp"] = json!(now_rfc3339());
         job["status"] = json!({});
+        let suspended = job["spec"]["suspend"] == json!(true);
         self.insert_job(job);
-        let root = self.lock().kubelet.clone();
-        if let Some(root) = root {
-            let run = tokio::spawn(self.clone().run_job(name.clone(), root.join(&name)));
-            self.lock().running.insert(name.clone(), run.abort_handle());
+        if !suspended {
+            self.run_with_kubelet(&name);
         }
         let mut created = self.job(&name).unwrap();
         created["kind"] = json!("Job");
@@ -378,6 +413,15 @@ impl FakeKube {
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&created).unwrap())
             .unwrap()
+    }
+
+    /// Has the fake kubelet (if any) run the Job's pod.
+    fn run_with_kubelet(&self, name: &str) {
+        let root = self.lock().kubelet.clone();
+        if let Some(root) = root {
+            let run = tokio::spawn(self.clone().run_job(name.to_string(), root.join(name)));
+            self.lock().running.insert(name.to_string(), run.abort_handle());
+        }
     }
 
     /// Answers a watch with the events after its resourceVersion, holding
@@ -566,6 +610,17 @@ impl FakeKube {
             ] {
                 for c in containers {
                     let cname = c["name"].as_str().unwrap_or("").to_string();
+                    // A Secret the container needs and cannot have: it
+                    // waits, as a kubelet leaves it, and never runs.
+                    if let Err(missing) = fake.env_of(&c) {
+                        pod_ref["status"][list].as_array_mut().unwrap().push(json!({
+                            "name": cname, "image": c["image"], "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                "message": format!("secret \"{missing}\" not found")}},
+                        }));
+                        fake.put_pod(pod_ref.clone());
+                        return None;
+                    }
                     // Running (its log readable) while it runs, as a
                     // kubelet reports it.
                     let started_at = now_rfc3339();
@@ -585,13 +640,21 @@ impl FakeKube {
                         }},
                     }));
                     if code != 0 {
-                        return false;
+                        return Some(false);
                     }
                 }
             }
-            true
+            Some(true)
         };
-        let passed = tokio::time::timeout(Duration::from_secs(deadline), run).await;
+        let passed = match tokio::time::timeout(Duration::from_secs(deadline), run).await {
+            Ok(None) => {
+                // Stuck waiting; the pod says why.
+                self.lock().running.remove(&name);
+                return;
+            }
+            Ok(Some(passed)) => Ok(passed),
+            Err(e) => Err(e),
+        };
         let at = now_rfc3339();
         let cond = |t: &str, reason: &str| {
             json!({
@@ -623,6 +686,35 @@ impl FakeKube {
         self.lock().running.remove(&name);
     }
 
+    /// A container's environment, values from Secrets resolved; `Err`
+    /// names a Secret (or key) that is not there.
+    fn env_of(&self, c: &Value) -> Result<Vec<(String, String)>, String> {
+        use base64::Engine as _;
+        let st = self.lock();
+        let mut out = Vec::new();
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap_or("").to_string();
+            let from = &e["valueFrom"]["secretKeyRef"];
+            let value = if from.is_null() {
+                e["value"].as_str().unwrap_or("").to_string()
+            } else {
+                let secret = from["name"].as_str().unwrap_or("");
+                let key = from["key"].as_str().unwrap_or("");
+                let data = st
+                    .secrets
+                    .get(secret)
+                    .and_then(|s| s["data"][key].as_str())
+                    .ok_or_else(|| secret.to_string())?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|_| secret.to_string())?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
     /// Runs one container as a local process; its output becomes its log.
     async fn run_container(&self, pod: &str, c: &Value, root: &std::path::Path) -> i64 {
         let remap = |v: &str| match v.strip_prefix("/sluice") {
@@ -642,9 +734,8 @@ impl FakeKube {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args).env_clear().kill_on_drop(true);
         cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
-        for e in c["env"].as_array().into_iter().flatten() {
-            let value = remap(e["value"].as_str().unwrap_or(""));
-            cmd.env(e["name"].as_str().unwrap_or(""), value);
+        for (name, value) in self.env_of(c).unwrap_or_default() {
+            cmd.env(name, remap(&value));
         }
         let cwd = remap(c["workingDir"].as_str().unwrap_or("/sluice"));
         let _ = std::fs::create_dir_all(&cwd);

@@ -32,9 +32,11 @@ fn free_port() -> u16 {
 
 impl World {
     /// The fake GitHub with the demo repository, and a config for sluice
-    /// with a `reconcile_secs` re-read interval.
+    /// with a `reconcile_secs` re-read interval, in serial mode
+    /// (`train_depth = 0`: GitHub merges each PR; these tests check what
+    /// GitHub recorded merging).
     pub async fn new(dir: &Path, reconcile_secs: u64, max_concurrent: usize) -> World {
-        World::with_repo_settings(dir, reconcile_secs, max_concurrent, "").await
+        World::with_repo_settings(dir, reconcile_secs, max_concurrent, "train_depth = 0\n").await
     }
 
     /// The same, with merge trains of `depth` cars on the demo repository.

@@ -5,12 +5,14 @@ use crate::config::KubernetesConfig;
 use crate::core::{BuildId, Candidate};
 use crate::executor::JobSpec;
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
 
 /// On every Job and pod sluice creates; the watcher selects on it.
@@ -38,6 +40,10 @@ pub const ANNOTATION_BUILD: &str = "sluice.dev/build";
 /// Set once the Job's result was handed to sluice's driver, so a restarted
 /// sluice does not report it twice.
 pub const ANNOTATION_REPORTED: &str = "sluice.dev/reported";
+
+/// The key of the clone Secret that holds the fetch's `Authorization`
+/// header.
+pub const CLONE_SECRET_KEY: &str = "authorization";
 
 /// Container names.
 pub const PREPARE_CONTAINER: &str = "prepare";
@@ -175,12 +181,26 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
     // A read-only token for the fetch (a private repository): in the init
     // container's git configuration through its environment, never in the
     // test container, which runs after it has exited.
-    if let Some(token) = &job.clone_token {
-        prepare_env.extend([
+    // The token itself is in the build's own Secret ([`clone_secret`]),
+    // not in the Job: whoever may read Jobs or pods does not see it.
+    let mut prepare_env = env(prepare_env);
+    if job.clone_token.is_some() {
+        prepare_env.extend(env(vec![
             ("GIT_CONFIG_COUNT", "1".to_string()),
             ("GIT_CONFIG_KEY_0", "http.extraHeader".to_string()),
-            ("GIT_CONFIG_VALUE_0", token.authorization()),
-        ]);
+        ]));
+        prepare_env.push(EnvVar {
+            name: "GIT_CONFIG_VALUE_0".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: job_name(&job.build),
+                    key: CLONE_SECRET_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
     }
 
     let mount = vec![VolumeMount {
@@ -197,7 +217,7 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
         name: PREPARE_CONTAINER.into(),
         image: Some(settings.git_image.clone()),
         command: Some(vec!["sh".into(), "-c".into(), PREPARE_SCRIPT.into()]),
-        env: Some(env(prepare_env)),
+        env: Some(prepare_env),
         working_dir: Some(MOUNT.into()),
         volume_mounts: Some(mount.clone()),
         resources: Some(resources.clone()),
@@ -250,6 +270,10 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
         },
         spec: Some(K8sJobSpec {
             backoff_limit: Some(0),
+            // With a clone token the Job starts suspended: no pod runs
+            // until its Secret exists (created owned by the Job, so it
+            // goes with it), then sluice resumes it.
+            suspend: job.clone_token.is_some().then_some(true),
             active_deadline_seconds: Some(deadline_secs(job.timeout)),
             ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
             template: PodTemplateSpec {
@@ -264,6 +288,42 @@ pub fn build_job(job: &JobSpec, settings: &JobSettings) -> Job {
         }),
         status: None,
     }
+}
+
+/// The Secret holding a build's clone token (the fetch's `Authorization`
+/// header), owned by its Job `owner` so the garbage collector deletes it
+/// with the Job. `None` without a token.
+pub fn clone_secret(job: &JobSpec, owner: &Job) -> Option<Secret> {
+    let token = job.clone_token.as_ref()?;
+    let uid = owner.metadata.uid.clone()?;
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(job_name(&job.build)),
+            namespace: owner.metadata.namespace.clone(),
+            labels: Some(labels(job)),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: job_name(&job.build),
+                uid,
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            CLONE_SECRET_KEY.to_string(),
+            ByteString(token.authorization().into_bytes()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The Job waits for sluice to resume it (see [`build_job`]).
+pub fn suspended(job: &Job) -> bool {
+    job.spec.as_ref().and_then(|s| s.suspend) == Some(true)
 }
 
 /// Whole seconds, rounded up, at least 1.
@@ -432,10 +492,10 @@ mod tests {
     }
 
     #[test]
-    fn a_clone_token_is_in_the_init_containers_git_config_only() {
+    fn a_clone_token_is_in_the_builds_secret_not_in_its_job() {
         use crate::core::BuildId;
         use crate::executor::{CloneToken, JobSpec};
-        let job = JobSpec {
+        let mut job = JobSpec {
             build: BuildId::parse("k1-1").unwrap(),
             candidate: Candidate {
                 car: Some(sha('3')),
@@ -448,50 +508,64 @@ mod tests {
             mint_token: None,
         };
         let settings = JobSettings::new(&crate::config::KubernetesConfig::default(), None);
-        let manifest = build_job(&job, &settings);
-        let pod = manifest
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
-        let env_of = |c: &Container| -> Vec<(String, String)> {
-            c.env
+        let mut manifest = build_job(&job, &settings);
+        let header = CloneToken::new("ghs_secret".into()).authorization();
+        let encoded = header.trim_start_matches("Authorization: Basic ").to_string();
+
+        // Nowhere in the Job (not an env value, a label or an annotation;
+        // the token is base64 in the header: look for both).
+        let text = serde_json::to_string(&manifest).unwrap();
+        assert!(
+            !text.contains("ghs_secret") && !text.contains(&encoded),
+            "{text}"
+        );
+        assert!(suspended(&manifest), "no pod before its Secret exists");
+        let pod = manifest.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        let from_secret = init
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "GIT_CONFIG_VALUE_0")
+            .and_then(|e| e.value_from.clone()?.secret_key_ref)
+            .expect("the fetch's header comes from a Secret");
+        assert_eq!(from_secret.name, "sluice-k1-1");
+        assert_eq!(from_secret.key, CLONE_SECRET_KEY);
+        assert!(
+            init.env
                 .iter()
                 .flatten()
-                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                .collect()
-        };
-        let init = env_of(&pod.init_containers.as_ref().unwrap()[0]);
-        let header = init
-            .iter()
-            .find(|(k, _)| k == "GIT_CONFIG_VALUE_0")
-            .map(|(_, v)| v.clone())
-            .expect("the fetch's header");
-        assert_eq!(header, CloneToken::new("ghs_secret".into()).authorization());
-        assert!(init.contains(&("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into())));
-        // Nowhere else in the Job: not the test container, not a label or
-        // an annotation (the token is base64 in the header; look for both).
-        let mut rest = manifest.clone();
-        rest.spec
-            .as_mut()
-            .unwrap()
-            .template
-            .spec
-            .as_mut()
-            .unwrap()
-            .init_containers = None;
-        let text = serde_json::to_string(&rest).unwrap();
-        let encoded = header.trim_start_matches("Authorization: Basic ");
+                .any(|e| e.name == "GIT_CONFIG_KEY_0"
+                    && e.value.as_deref() == Some("http.extraHeader"))
+        );
+        let test = &pod.containers[0];
         assert!(
-            !text.contains("ghs_secret") && !text.contains(encoded),
-            "{text}"
+            !test.env.iter().flatten().any(|e| e.value_from.is_some()),
+            "the test container reads no Secret"
+        );
+
+        // The Secret: the header, owned by the Job (deleted with it).
+        manifest.metadata.uid = Some("uid-1".into());
+        let secret = clone_secret(&job, &manifest).expect("a Secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some("sluice-k1-1"));
+        assert_eq!(
+            secret.data.as_ref().unwrap()[CLONE_SECRET_KEY].0,
+            header.as_bytes()
+        );
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Job", "sluice-k1-1", "uid-1")
         );
         assert!(
             !format!("{job:?}").contains("ghs_secret"),
             "Debug redacts it"
         );
+
+        // Without a token: no Secret, and the Job runs at once.
+        job.clone_token = None;
+        let plain = build_job(&job, &settings);
+        assert!(!suspended(&plain));
+        assert!(clone_secret(&job, &manifest).is_none());
     }
 }

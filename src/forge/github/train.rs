@@ -68,6 +68,7 @@ use crate::forge::{CarStep, Forge, ForgeError, PrClose, PrFetch, RefUpdate, STAG
 use http::{Method, StatusCode};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 /// GitHub lists at most this many commits of a PR.
 pub const PR_COMMITS_LISTED: usize = 250;
@@ -809,12 +810,20 @@ impl GitHub {
             },
             // Branch protection (a required check, a rule), or a token
             // that may not push: GitHub's message says which.
-            422 => RefUpdate::Refused { reason: message },
-            403 if !rate_limited(&reply) => RefUpdate::Refused { reason: message },
+            422 => self.refused_by_protection(repo, branch, message),
+            403 if !rate_limited(&reply) => self.refused_by_protection(repo, branch, message),
             _ => RefUpdate::Failed {
                 reason: reply.error(&what).to_string(),
             },
         }
+    }
+
+    /// The protection may have changed since it was read: it is read
+    /// again before the next landing.
+    fn refused_by_protection(&self, repo: &RepoName, branch: &str, reason: String) -> RefUpdate {
+        self.lock_required_checks()
+            .remove(&(repo.clone(), branch.to_string()));
+        RefUpdate::Refused { reason }
     }
 
     /// `GET compare/{ancestor}...{descendant}`: `identical` or `ahead`
@@ -861,6 +870,31 @@ impl GitHub {
     }
 
     pub(super) async fn protection_checks(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let key = (repo.clone(), branch.to_string());
+        if let Some((at, checks)) = self.lock_required_checks().get(&key)
+            && at.elapsed() < super::REQUIRED_CHECKS_TTL
+        {
+            return Ok(checks.clone());
+        }
+        let checks = self.read_protection_checks(repo, branch).await?;
+        self.lock_required_checks()
+            .insert(key, (Instant::now(), checks.clone()));
+        Ok(checks)
+    }
+
+    fn lock_required_checks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(RepoName, String), (Instant, Vec<String>)>> {
+        self.required_checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn read_protection_checks(
         &self,
         repo: &RepoName,
         branch: &str,
