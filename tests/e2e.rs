@@ -5,6 +5,11 @@
 //!
 //! Every scenario runs on each backend (see `Backend`), as its own test:
 //! `local::<scenario>`, `kubernetes::<scenario>` and `gcs::<scenario>`.
+//!
+//! These run serial mode (`train_depth = 0`: GitHub merges, and every PR
+//! is re-tested when its target moves); the merge train, the default, has
+//! its own end-to-end tests (`train_e2e.rs`, `chaos_train.rs`, the
+//! Kubernetes executor's in `executor_kubernetes.rs`, `demo.rs`).
 
 #[path = "support/fake_kube.rs"]
 mod fake_kube;
@@ -103,6 +108,7 @@ impl Env {
             }
         };
         let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+            c.repos[0].train_depth = 0;
             setup(c);
             tweak(c);
         })

@@ -1,6 +1,8 @@
 //! The event stream end to end: `GET /events` over real HTTP while a PR is
 //! tested and lands on the demo stack; resuming with `Last-Event-ID`; bogus
-//! ids; a subscriber that never reads; shutdown with streams open.
+//! ids; a subscriber that never reads; shutdown with streams open. The
+//! landings here are serial mode's (`train_depth = 0`: a `merging`, then
+//! GitHub's merge).
 
 use sluice::demo::{DEMO_REPO, Stack};
 use std::io::Write as _;
@@ -139,7 +141,9 @@ fn stalled_subscriber(stack: &Stack) -> std::net::TcpStream {
 #[tokio::test]
 async fn the_stream_shows_a_pr_tested_and_landed_and_resumes_where_it_left_off() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |_| {})
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.repos[0].train_depth = 0;
+    })
         .await
         .unwrap();
     let stalled = stalled_subscriber(&stack);
@@ -326,6 +330,7 @@ async fn webhooks_get_each_event_signed_in_order_and_history_tells_what_landed_b
     let url = hook.url.clone();
     let path = secret_path.clone();
     let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), move |c| {
+        c.repos[0].train_depth = 0;
         c.events.webhooks.push(sluice::config::EventWebhookConfig {
             url,
             secret_env: None,

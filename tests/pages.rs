@@ -169,7 +169,10 @@ async fn hostile_titles_render_as_text_and_waiting_prs_show_why() {
 #[tokio::test]
 async fn a_landed_pr_is_found_by_sha_and_its_page_says_where_it_landed() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |_| {})
+    // Serial mode: GitHub's merge record names the merge commit.
+    let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.repos[0].train_depth = 0;
+    })
         .await
         .unwrap();
     let pr = stack
