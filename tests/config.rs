@@ -225,7 +225,10 @@ fn wrong_types_are_named() {
         parse(MINIMAL).unwrap().repos[0].policy().pr_tests,
         PrTests::BeforeApproval
     );
-    error_naming(&format!("{MINIMAL}train_depth = 0\npr_tests = \"train_only\"\n"), "pr_tests");
+    error_naming(
+        &format!("{MINIMAL}train_depth = 0\npr_tests = \"train_only\"\n"),
+        "pr_tests",
+    );
     error_naming(&format!("{MINIMAL}pr_tests = \"sometimes\"\n"), "pr_tests");
     // `repos` must be an array of tables.
     error_naming("repos = \"octo/demo\"\n", "repos");

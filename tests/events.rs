@@ -144,8 +144,8 @@ async fn the_stream_shows_a_pr_tested_and_landed_and_resumes_where_it_left_off()
     let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
         c.repos[0].train_depth = 0;
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let stalled = stalled_subscriber(&stack);
     let mut watcher = Subscriber::open(&stack, None).await;
 

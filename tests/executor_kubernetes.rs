@@ -608,7 +608,10 @@ async fn a_clone_token_goes_in_a_secret_made_before_the_job_runs() {
     assert_eq!(created.body.as_ref().unwrap()["spec"]["suspend"], true);
     assert!(!created.body.unwrap().to_string().contains("ghs_tok"));
     let secret = fake.secret("sluice-b-5").expect("the Secret");
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-sluice-b-5");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        "uid-sluice-b-5"
+    );
     assert_eq!(fake.job("sluice-b-5").unwrap()["spec"]["suspend"], false);
     // The garbage collector deletes it with its Job.
     fake.remove_job("sluice-b-5");
@@ -620,7 +623,11 @@ async fn a_clone_token_goes_in_a_secret_made_before_the_job_runs() {
 #[tokio::test]
 async fn a_clone_secret_that_cannot_be_made_is_an_error_and_its_job_deleted() {
     let (ex, fake) = executor(60);
-    fake.force(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets"), 403);
+    fake.force(
+        Method::POST,
+        &format!("/api/v1/namespaces/{NS}/secrets"),
+        403,
+    );
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut job = spec("b-6");
     job.clone_token = Some(sluice::executor::CloneToken::new("ghs_tok".into()));
@@ -628,7 +635,10 @@ async fn a_clone_secret_that_cannot_be_made_is_an_error_and_its_job_deleted() {
     let result = next(&mut rx).await;
     assert_eq!(result.report.outcome, Outcome::Error);
     assert!(
-        result.report.detail.starts_with("cannot start Job sluice-b-6"),
+        result
+            .report
+            .detail
+            .starts_with("cannot start Job sluice-b-6"),
         "{}",
         result.report.detail
     );

@@ -173,8 +173,8 @@ async fn a_landed_pr_is_found_by_sha_and_its_page_says_where_it_landed() {
     let stack = Stack::start(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
         c.repos[0].train_depth = 0;
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let pr = stack
         .open_pr("lands", &[("src/lands.txt", "ok\n")], "Lands")
         .await

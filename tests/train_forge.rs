@@ -1267,7 +1267,8 @@ async fn a_required_check_refuses_the_landing_until_the_car_has_its_success() {
     // Protection that changes after it was read: the landing GitHub
     // refuses makes the adapter read it again (it is remembered otherwise).
     gh.required_checks(&repo(), "main").await.unwrap();
-    hub.protect_branch(REPO, "main", &["sluice", "lint"]).unwrap();
+    hub.protect_branch(REPO, "main", &["sluice", "lint"])
+        .unwrap();
     assert_eq!(
         gh.required_checks(&repo(), "main").await.unwrap(),
         vec!["sluice".to_string()],

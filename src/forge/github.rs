@@ -76,7 +76,7 @@ pub struct GitHub {
     permissions: Mutex<HashMap<(RepoName, String), (Instant, bool)>>,
     /// Each gated branch's required checks, read at most every
     /// [`REQUIRED_CHECKS_TTL`] (one entry per branch a train lands on).
-    required_checks: Mutex<HashMap<(RepoName, String), (Instant, Vec<String>)>>,
+    required_checks: Mutex<RequiredChecksCache>,
     /// ETags and converted answers of repeated GETs (bounded, LRU).
     etags: Mutex<EtagCache>,
     budget: Arc<BudgetCell>,
@@ -93,6 +93,9 @@ pub struct GitHub {
 }
 
 const UNKNOWN: u64 = u64::MAX;
+
+/// (repository, branch) → when read, the contexts it requires.
+type RequiredChecksCache = HashMap<(RepoName, String), (Instant, Vec<String>)>;
 
 /// What GitHub's replies said about the rate limit, and what was spent.
 struct BudgetCell {

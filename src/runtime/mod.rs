@@ -1155,7 +1155,8 @@ async fn delete_landed_staging_refs(
     let prefix = format!("{}{branch}/", crate::core::STAGING_PREFIX);
     let key = (repo.clone(), branch.to_string());
     let clean = lock_clean(shared).get(&key).copied();
-    let only_landed = clean.is_some_and(|clean| (clean + 1..=through).all(|id| landed.contains(&id)));
+    let only_landed =
+        clean.is_some_and(|clean| (clean + 1..=through).all(|id| landed.contains(&id)));
     let names: Vec<String> = if only_landed {
         landed.iter().map(|id| format!("{prefix}{id}")).collect()
     } else {

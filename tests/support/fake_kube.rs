@@ -287,7 +287,10 @@ impl FakeKube {
         let secrets = format!("/api/v1/namespaces/{}/secrets", self.namespace);
         if path == secrets && method == Method::POST {
             let secret = body.unwrap_or(Value::Null);
-            let name = secret["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let name = secret["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let mut st = self.lock();
             if st.secrets.contains_key(&name) {
                 let message = format!("secrets \"{name}\" already exists");
@@ -420,7 +423,9 @@ impl FakeKube {
         let root = self.lock().kubelet.clone();
         if let Some(root) = root {
             let run = tokio::spawn(self.clone().run_job(name.to_string(), root.join(name)));
-            self.lock().running.insert(name.to_string(), run.abort_handle());
+            self.lock()
+                .running
+                .insert(name.to_string(), run.abort_handle());
         }
     }
 

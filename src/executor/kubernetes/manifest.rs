@@ -4,8 +4,8 @@
 use crate::config::KubernetesConfig;
 use crate::core::{BuildId, Candidate};
 use crate::executor::JobSpec;
-use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
     PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
@@ -510,7 +510,9 @@ mod tests {
         let settings = JobSettings::new(&crate::config::KubernetesConfig::default(), None);
         let mut manifest = build_job(&job, &settings);
         let header = CloneToken::new("ghs_secret".into()).authorization();
-        let encoded = header.trim_start_matches("Authorization: Basic ").to_string();
+        let encoded = header
+            .trim_start_matches("Authorization: Basic ")
+            .to_string();
 
         // Nowhere in the Job (not an env value, a label or an annotation;
         // the token is base64 in the header: look for both).
@@ -520,7 +522,14 @@ mod tests {
             "{text}"
         );
         assert!(suspended(&manifest), "no pod before its Secret exists");
-        let pod = manifest.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        let pod = manifest
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
         let init = &pod.init_containers.as_ref().unwrap()[0];
         let from_secret = init
             .env
@@ -531,13 +540,9 @@ mod tests {
             .expect("the fetch's header comes from a Secret");
         assert_eq!(from_secret.name, "sluice-k1-1");
         assert_eq!(from_secret.key, CLONE_SECRET_KEY);
-        assert!(
-            init.env
-                .iter()
-                .flatten()
-                .any(|e| e.name == "GIT_CONFIG_KEY_0"
-                    && e.value.as_deref() == Some("http.extraHeader"))
-        );
+        assert!(init.env.iter().flatten().any(
+            |e| e.name == "GIT_CONFIG_KEY_0" && e.value.as_deref() == Some("http.extraHeader")
+        ));
         let test = &pod.containers[0];
         assert!(
             !test.env.iter().flatten().any(|e| e.value_from.is_some()),

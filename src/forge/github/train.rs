@@ -886,9 +886,7 @@ impl GitHub {
         Ok(checks)
     }
 
-    fn lock_required_checks(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(RepoName, String), (Instant, Vec<String>)>> {
+    fn lock_required_checks(&self) -> std::sync::MutexGuard<'_, super::RequiredChecksCache> {
         self.required_checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
