@@ -516,6 +516,26 @@ async fn a_landing_waits_for_another_required_check_and_a_car_it_fails_is_ejecte
         assert!(tested.contains(sha), "{sha} was not a passing car");
         assert!(reported.contains(sha), "{sha} landed without ci/build");
     }
+    // No staging ref is left behind: neither the landed cars' (deleted by
+    // name) nor those of the ejected car and of the cars rebuilt after it
+    // (older car ids: found by a listing at the next landing).
+    let left = |s: &Stack| {
+        hub_git(
+            s,
+            &["for-each-ref", "--format=%(refname)", "refs/heads/sluice/"],
+        )
+    };
+    for _ in 0..100 {
+        if left(&stack).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left(&stack),
+        Vec::<String>::new(),
+        "staging refs left behind"
+    );
     stack.sluice.stop().await;
 }
 
