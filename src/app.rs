@@ -7,14 +7,14 @@ use crate::executor::local::LocalExecutor;
 use crate::forge::ForgeError;
 use crate::forge::github::GitHub;
 use crate::forge::github::app::AppKey;
-use crate::http::{self, DeliveryLog, HttpContext};
+use crate::http::{self, Deliveries, DeliveryLog, HttpContext};
 use crate::results::ResultsStore;
 use crate::results::fs::FsResults;
 use crate::results::gcs::GcsResults;
 use crate::runtime::store::Store;
 use crate::runtime::{self, Adapters, Shared};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// A running sluice.
@@ -202,8 +202,7 @@ pub async fn start(
         executor: adapters.executor.clone(),
         webhook_secret: secrets.webhook_secret.clone().into_bytes(),
         api_token: secrets.api_token.clone(),
-        deliveries: Mutex::new(deliveries),
-        delivery_released: Default::default(),
+        deliveries: Deliveries::new(deliveries),
         live_streams: Default::default(),
     });
     let mut server_rx = rx.clone();

@@ -18,13 +18,13 @@ use crate::runtime::metrics::{Metrics, WebhookLabels};
 use crate::runtime::store::Refused;
 use crate::runtime::{Input, Shared};
 use bytes::Bytes;
-use deliveries::Claimed;
-pub use deliveries::DeliveryLog;
+use deliveries::{Claim, Claimed};
+pub use deliveries::{Deliveries, DeliveryLog};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -46,9 +46,7 @@ pub struct HttpContext {
     pub executor: Arc<dyn crate::executor::Executor>,
     pub webhook_secret: Vec<u8>,
     pub api_token: Option<String>,
-    pub deliveries: Mutex<DeliveryLog>,
-    /// Woken when a delivery's handling ends, for a copy that waits on it.
-    pub delivery_released: tokio::sync::Notify,
+    pub deliveries: Deliveries,
     /// Running builds' live logs open now.
     pub live_streams: live::Streams,
 }
@@ -349,7 +347,7 @@ async fn on_webhook(ctx: &HttpContext, headers: &warp::http::HeaderMap, body: By
         Ok(parsed) => parsed,
     };
     let delivery_id = header("x-github-delivery").unwrap_or("").to_string();
-    let claim = match Claim::take(ctx, &delivery_id).await {
+    let claim = match ctx.deliveries.claim(&delivery_id, ANSWER_TIMEOUT).await {
         Ok(claim) => claim,
         Err(Claimed::InFlight) => {
             count("busy");
@@ -516,71 +514,6 @@ async fn journal(
                 "the journal did not answer in time; redeliver later",
             ))
         }
-    }
-}
-
-/// A delivery id being handled. Dropped without [`Claim::applied`] (a 400,
-/// a 503), the id is free again, so GitHub's redelivery is not refused.
-struct Claim<'a> {
-    ctx: &'a HttpContext,
-    id: &'a str,
-}
-
-impl<'a> Claim<'a> {
-    /// Claims the delivery `id`. A copy being handled now may still fail
-    /// (a 503), so this waits for its end (a while at most) rather than
-    /// answer "duplicate" for a delivery nothing applied.
-    async fn take(ctx: &'a HttpContext, id: &'a str) -> Result<Claim<'a>, Claimed> {
-        if id.is_empty() {
-            return Ok(Claim { ctx, id });
-        }
-        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        loop {
-            // Registered before the check, so a release in between wakes it.
-            let released = ctx.delivery_released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            let claimed = ctx
-                .deliveries
-                .lock()
-                .map(|mut d| d.claim(id))
-                .unwrap_or(Claimed::Yes);
-            match claimed {
-                Claimed::Yes => return Ok(Claim { ctx, id }),
-                Claimed::Seen => return Err(Claimed::Seen),
-                Claimed::InFlight => {
-                    if tokio::time::timeout_at(deadline, released).await.is_err() {
-                        return Err(Claimed::InFlight);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Remembers the id as seen (before the claim is let go, so no copy
-    /// slips in between).
-    fn applied(self) {
-        remember(self.ctx, self.id);
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if self.id.is_empty() {
-            return;
-        }
-        if let Ok(mut d) = self.ctx.deliveries.lock() {
-            d.release(self.id);
-        }
-        self.ctx.delivery_released.notify_waiters();
-    }
-}
-
-fn remember(ctx: &HttpContext, delivery_id: &str) {
-    if !delivery_id.is_empty()
-        && let Ok(mut d) = ctx.deliveries.lock()
-    {
-        d.insert(delivery_id);
     }
 }
 
