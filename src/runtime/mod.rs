@@ -192,7 +192,7 @@ pub fn build(
         restored,
         stalled: BTreeSet::new(),
         wakes: BTreeSet::new(),
-        starting: Arc::new(Mutex::new(BTreeMap::new())),
+        starting: Arc::new(Starting::default()),
     };
     Ok((shared, driver))
 }
@@ -228,11 +228,40 @@ pub struct Driver {
     /// The times the core asked to be woken at (`Action::WakeAt`) with a
     /// timer armed, so one time gets one timer.
     wakes: BTreeSet<u64>,
-    /// Builds between `StartBuild` and the executor's start (their running
-    /// page and clone token come first), and whether a cancel came
-    /// meanwhile: the executor does not know them yet, so the cancel is
-    /// kept here and the build never starts.
-    starting: Arc<Mutex<BTreeMap<crate::core::BuildId, bool>>>,
+    /// Builds between `StartBuild` and the executor's start.
+    starting: Arc<Starting>,
+}
+
+/// Builds between `StartBuild` and the executor's start (their running
+/// page comes first), and whether a cancel came meanwhile: the executor
+/// does not know them yet, so the cancel is kept here and the build never
+/// starts.
+#[derive(Default)]
+struct Starting(Mutex<BTreeMap<crate::core::BuildId, bool>>);
+
+impl Starting {
+    fn begin(&self, build: &crate::core::BuildId) {
+        lock(&self.0).insert(build.clone(), false);
+    }
+
+    /// A cancel of `build`: kept if it is still starting.
+    fn cancel(&self, build: &crate::core::BuildId) {
+        if let Some(cancelled) = lock(&self.0).get_mut(build) {
+            *cancelled = true;
+        }
+    }
+
+    /// Runs `start` unless `build` was cancelled since [`Starting::begin`];
+    /// under the lock, so a cancel is either seen here or comes after the
+    /// start, and reaches a build the executor knows. Whether it started.
+    fn start_unless_cancelled(&self, build: &crate::core::BuildId, start: impl FnOnce()) -> bool {
+        let mut starting = lock(&self.0);
+        if starting.remove(build) == Some(true) {
+            return false;
+        }
+        start();
+        true
+    }
 }
 
 /// CPU time of the calling thread: what `apply` (which never awaits, so
@@ -493,9 +522,7 @@ impl Driver {
                 Action::StartBuild { build, candidate } => self.start_build(build, candidate),
                 Action::CancelBuild { build } => {
                     info!(%build, "cancelling build");
-                    if let Some(cancelled) = lock(&self.starting).get_mut(&build) {
-                        *cancelled = true;
-                    }
+                    self.starting.cancel(&build);
                     self.adapters.executor.cancel(&build);
                 }
                 Action::Merge { pr, pair, build } => {
@@ -802,20 +829,15 @@ impl Driver {
         let executor = self.adapters.executor.clone();
         let done = self.jobs_tx.clone();
         let starting = self.starting.clone();
-        lock(&starting).insert(build.clone(), false);
+        starting.begin(&build);
         // The "running" page first, so the pending status's link works.
         tokio::spawn(async move {
             if let Err(e) = results.started(&key, &candidate).await {
                 warn!(error = %e, "could not write the running page");
             }
-            // Checked and started under the lock, so a cancel is either
-            // seen here or reaches a build the executor knows.
-            let mut starting = lock(&starting);
-            if starting.remove(&build) == Some(true) {
+            if !starting.start_unless_cancelled(&build, || executor.start(spec, done)) {
                 info!(%build, "cancelled before it started");
-                return;
             }
-            executor.start(spec, done);
         });
     }
 
@@ -1372,4 +1394,39 @@ fn clone_token_mint(
 /// A lock whose holder panicked is still good here (plain maps).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Starting;
+    use crate::core::BuildId;
+
+    /// A cancel that arrives while the build's running page is written (the
+    /// executor does not know the build yet): the build never starts.
+    #[test]
+    fn a_build_cancelled_before_its_start_never_starts() {
+        let starting = Starting::default();
+        let build = BuildId::parse("b-1").unwrap();
+        starting.begin(&build);
+        starting.cancel(&build);
+        let mut started = false;
+        assert!(!starting.start_unless_cancelled(&build, || started = true));
+        assert!(!started);
+    }
+
+    /// Not cancelled: it starts, once; a cancel after that is the
+    /// executor's, and leaves nothing behind here.
+    #[test]
+    fn a_build_not_cancelled_starts_and_a_later_cancel_is_the_executors() {
+        let starting = Starting::default();
+        let build = BuildId::parse("b-2").unwrap();
+        starting.begin(&build);
+        let mut started = 0;
+        assert!(starting.start_unless_cancelled(&build, || started += 1));
+        assert_eq!(started, 1);
+        starting.cancel(&build);
+        let other = BuildId::parse("b-3").unwrap();
+        starting.cancel(&other);
+        assert!(super::lock(&starting.0).is_empty());
+    }
 }
