@@ -828,12 +828,17 @@ fn run_train(
                 }
             }
             TrainOp::Close { pr, merged } => {
-                f.heads.remove(&pr);
+                let was_open = f.heads.remove(&pr).is_some();
                 f.approved.remove(&pr);
                 if merged {
                     f.done.insert(pr);
                     Event::PrClosed(key(pr))
                 } else {
+                    // Open (merged once, and back since): not merged now.
+                    // Closed already: GitHub keeps what it was.
+                    if was_open {
+                        f.done.remove(&pr);
+                    }
                     f.closed_unmerged.insert(pr);
                     Event::PrClosedUnmerged(key(pr))
                 }
