@@ -664,6 +664,9 @@ fn run_train(
         let step = op.clone();
         let event = match op {
             TrainOp::Open { pr, head } => {
+                if f.done.contains(&pr) {
+                    continue; // a merged PR never comes back with its number
+                }
                 let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
                 // One head in three is urgent (preemption in the mix).
                 if head == 2 {
@@ -828,17 +831,12 @@ fn run_train(
                 }
             }
             TrainOp::Close { pr, merged } => {
-                let was_open = f.heads.remove(&pr).is_some();
+                f.heads.remove(&pr);
                 f.approved.remove(&pr);
                 if merged {
                     f.done.insert(pr);
                     Event::PrClosed(key(pr))
                 } else {
-                    // Open (merged once, and back since): not merged now.
-                    // Closed already: GitHub keeps what it was.
-                    if was_open {
-                        f.done.remove(&pr);
-                    }
                     f.closed_unmerged.insert(pr);
                     Event::PrClosedUnmerged(key(pr))
                 }
