@@ -1189,17 +1189,19 @@ fn run_train(
                 let shown = f.snaps.get(pr);
                 let reason = ejected_now.contains(pr)
                     || f.landed.iter().any(|(n, _)| n == pr)
-                    || repo_now.prs.get(pr).is_none()
+                    || !repo_now.prs.contains_key(pr)
                     || f.heads.get(pr) != Some(head)
                     || !f.approved.contains(pr)
                     || f.held.contains(pr)
                     || f.cancelled.contains(pr)
                     || shown.is_none_or(|s| s.draft || s.base_ref != "main")
                     || dependency(&deps, *pr).is_some_and(|d| {
-                        // Not open and ahead of it, nor merged.
-                        let open = repo_now.prs.contains_key(&d);
-                        let merged = !open && f.done.contains(&d);
-                        !merged && !(open && cars_after.contains(&d))
+                        // Open and not ahead of it, or closed unmerged.
+                        if repo_now.prs.contains_key(&d) {
+                            !cars_after.contains(&d)
+                        } else {
+                            !f.done.contains(&d)
+                        }
                     });
                 prop_assert!(
                     reason,
