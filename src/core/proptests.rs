@@ -466,6 +466,27 @@ enum TrainOp {
         pr: u64,
         what: u8,
     },
+    /// The forge could not build a car (an error, not a conflict).
+    FailCar {
+        pick: usize,
+    },
+    /// A person changes an open PR without pushing: `what` 0 turns it into
+    /// a draft, 1 retargets it to another branch, 2 labels it urgent. An
+    /// `Open` makes it ready, on main, again.
+    Reshape {
+        pr: u64,
+        what: u8,
+    },
+    /// sluice is killed and starts again from its journal. The answers the
+    /// old process waited for die with it; the executor loses the running
+    /// builds whose bit is set in `lose` (it re-adopts the rest); GitHub
+    /// carried out the landing in flight before the kill if `made` (and a
+    /// person pushed on top of it if `pushed`).
+    Restart {
+        lose: u8,
+        made: bool,
+        pushed: bool,
+    },
     Tick,
 }
 
@@ -480,20 +501,28 @@ const COMMANDS: [&str; 6] = [
 
 fn train_op() -> impl Strategy<Value = TrainOp> {
     prop_oneof![
-        (1..8u64, 0..3u32).prop_map(|(pr, head)| TrainOp::Open { pr, head }),
-        (1..8u64, proptest::bool::weighted(0.85))
+        2 => (1..8u64, 0..3u32).prop_map(|(pr, head)| TrainOp::Open { pr, head }),
+        2 => (1..8u64, proptest::bool::weighted(0.85))
             .prop_map(|(pr, approve)| TrainOp::Review { pr, approve }),
-        (0..8usize, 0..3u8).prop_map(|(pick, outcome)| TrainOp::FinishOwn { pick, outcome }),
-        (0..8usize, proptest::bool::weighted(0.1))
+        2 => (0..8usize, 0..3u8).prop_map(|(pick, outcome)| TrainOp::FinishOwn { pick, outcome }),
+        1 => (0..8usize, proptest::bool::weighted(0.1))
             .prop_map(|(pick, conflict)| TrainOp::AnswerCar { pick, conflict }),
-        (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
-        (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
-        (0..50u32, proptest::bool::weighted(0.3))
+        1 => (0..8usize, 0..4u8).prop_map(|(pick, outcome)| TrainOp::FinishCar { pick, outcome }),
+        1 => (0..4usize, 0..4u8).prop_map(|(pick, gate)| TrainOp::AnswerLand { pick, gate }),
+        1 => (0..50u32, proptest::bool::weighted(0.3))
             .prop_map(|(to, lost)| TrainOp::PersonPushes { to, lost }),
-        (1..6u64, proptest::bool::ANY).prop_map(|(pr, merged)| TrainOp::Close { pr, merged }),
-        (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
-        (1..8u64, 0..6u8).prop_map(|(pr, what)| TrainOp::Command { pr, what }),
-        Just(TrainOp::Tick),
+        1 => (1..6u64, proptest::bool::ANY).prop_map(|(pr, merged)| TrainOp::Close { pr, merged }),
+        1 => (0..3u8).prop_map(|mode| TrainOp::SetMode { mode }),
+        1 => (1..8u64, 0..6u8).prop_map(|(pr, what)| TrainOp::Command { pr, what }),
+        1 => (0..8usize).prop_map(|pick| TrainOp::FailCar { pick }),
+        1 => (1..8u64, 0..3u8).prop_map(|(pr, what)| TrainOp::Reshape { pr, what }),
+        1 => (
+            proptest::num::u8::ANY,
+            proptest::bool::ANY,
+            proptest::bool::weighted(0.3)
+        )
+            .prop_map(|(lose, made, pushed)| TrainOp::Restart { lose, made, pushed }),
+        1 => Just(TrainOp::Tick),
     ]
 }
 
@@ -530,6 +559,12 @@ struct Forge {
     /// The base of a landing GitHub refused because main moved, and when.
     refused: Option<(Sha, u64)>,
     comments: u64,
+    /// The snapshot of each PR GitHub shows now (draft, base, labels).
+    snaps: BTreeMap<u64, PrSnapshot>,
+    /// The mode a person set main's train to.
+    mode: BranchMode,
+    /// PRs closed without merging (an `Open` reopens them).
+    closed_unmerged: BTreeSet<u64>,
 }
 
 /// The PRs of the cars from `to` back to `from`, each a car commit built on
@@ -592,6 +627,7 @@ fn run_train(
     };
     let mut now = 1_000u64;
     let mut review_id = 0;
+    let mut mode_was = BranchMode::Running;
     let mut events = vec![Event::BranchMoved {
         before: None,
         repo: repo_name(),
@@ -623,8 +659,14 @@ fn run_train(
         let tracked = |pr: &u64| state.pr(&key(*pr)).is_some();
         f.held.retain(tracked);
         f.cancelled.retain(tracked);
+        // Events that follow this op's own, in order.
+        let mut later: Vec<Event> = Vec::new();
+        let step = op.clone();
         let event = match op {
             TrainOp::Open { pr, head } => {
+                if f.done.contains(&pr) {
+                    continue; // a merged PR never comes back with its number
+                }
                 let mut s = snap(pr, 0xa00 + pr as u32 * 16 + head, "main");
                 // One head in three is urgent (preemption in the mix).
                 if head == 2 {
@@ -634,7 +676,14 @@ fn run_train(
                 s.depends_on = dependency(&deps, pr).map(key).into_iter().collect();
                 f.heads.insert(pr, s.head_sha.clone());
                 f.opened.insert(pr);
-                Event::PrUpdated(s)
+                f.snaps.insert(pr, s.clone());
+                // A PR closed without merging comes back only by being
+                // reopened, and GitHub says so.
+                if f.closed_unmerged.remove(&pr) {
+                    Event::PrReopened(s)
+                } else {
+                    Event::PrUpdated(s)
+                }
             }
             TrainOp::Review { pr, approve } => {
                 review_id += 1;
@@ -788,19 +837,23 @@ fn run_train(
                     f.done.insert(pr);
                     Event::PrClosed(key(pr))
                 } else {
+                    f.closed_unmerged.insert(pr);
                     Event::PrClosedUnmerged(key(pr))
                 }
             }
-            TrainOp::SetMode { mode } => Event::SetBranchMode {
-                repo: repo_name(),
-                branch: "main".into(),
-                mode: [
+            TrainOp::SetMode { mode } => {
+                f.mode = [
                     BranchMode::Running,
                     BranchMode::Paused,
                     BranchMode::Draining,
-                ][mode as usize % 3],
-                request: RequestId(1),
-            },
+                ][mode as usize % 3];
+                Event::SetBranchMode {
+                    repo: repo_name(),
+                    branch: "main".into(),
+                    mode: f.mode,
+                    request: RequestId(1),
+                }
+            }
             TrainOp::Command { pr, what } => {
                 let command = COMMANDS[what as usize % COMMANDS.len()];
                 f.comments += 1;
@@ -813,9 +866,158 @@ fn run_train(
                     body: command.into(),
                 }
             }
+            TrainOp::FailCar { pick } => {
+                if f.builds_asked.is_empty() {
+                    continue;
+                }
+                let (car, ..) = f.builds_asked.remove(pick % f.builds_asked.len());
+                Event::CarBuildFailed {
+                    repo: repo_name(),
+                    branch: "main".into(),
+                    car,
+                }
+            }
+            TrainOp::Reshape { pr, what } => {
+                // An open PR only: GitHub shows it as it is now, changed.
+                let Some(mut s) = f
+                    .snaps
+                    .get(&pr)
+                    .filter(|_| f.heads.contains_key(&pr))
+                    .cloned()
+                else {
+                    continue;
+                };
+                match what {
+                    0 => s.draft = true,
+                    1 => s.base_ref = "next".into(),
+                    _ => s.labels = vec!["urgent".into()],
+                }
+                f.snaps.insert(pr, s.clone());
+                Event::PrUpdated(s)
+            }
+            TrainOp::Restart { lose, made, pushed } => {
+                // The state is what the journal gives back.
+                let json = serde_json::to_string(&state)
+                    .map_err(|e| TestCaseError::fail(format!("state not written: {e}")))?;
+                state = serde_json::from_str(&json)
+                    .map_err(|e| TestCaseError::fail(format!("state not read back: {e}")))?;
+                // Answers the old process waited for died with it; a car
+                // being built may or may not exist on the forge (it is
+                // built again under a new id either way).
+                f.builds_asked.clear();
+                // The landing call may have been carried out before the
+                // kill: GitHub's compare-and-swap, then its merged PRs.
+                let mut moved_on = None;
+                for (from, to, _) in std::mem::take(&mut f.lands_asked) {
+                    if made && f.main.as_ref() == Some(&from) {
+                        let prs = chain(&f, &from, &to)?;
+                        f.landed.extend(prs.iter().map(|(pr, _)| (*pr, to.clone())));
+                        f.main = Some(to.clone());
+                        for (pr, head) in prs {
+                            if f.heads.get(&pr) == Some(&head) {
+                                f.heads.remove(&pr);
+                                f.approved.remove(&pr);
+                            }
+                            f.done.insert(pr);
+                        }
+                        if pushed {
+                            // A push on top while sluice was down: its
+                            // webhook found no one.
+                            let new = sha(0x9800 + now as u32);
+                            f.main = Some(new.clone());
+                            moved_on = Some((to, new));
+                        }
+                    }
+                }
+                later.push(Event::Restarted);
+                // The executor has lost the builds whose bit is set.
+                let running: Vec<BuildId> = f
+                    .own_running
+                    .keys()
+                    .chain(f.car_running.keys())
+                    .cloned()
+                    .collect();
+                let lost: Vec<BuildId> = running
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| lose & (1 << (i % 8)) != 0)
+                    .map(|(_, b)| b)
+                    .collect();
+                for b in &lost {
+                    f.own_running.remove(b);
+                    f.car_running.remove(b);
+                }
+                if !lost.is_empty() {
+                    later.push(Event::BuildsLost { builds: lost });
+                }
+                // What the driver's recovery does with the train work in
+                // flight: cars being built are built again; a landing is
+                // settled by reading the target.
+                for (_, branch, landing, building) in state.train_work_in_flight() {
+                    for car in building {
+                        later.push(Event::CarBuildFailed {
+                            repo: repo_name(),
+                            branch: branch.clone(),
+                            car,
+                        });
+                    }
+                    let Some(landing) = landing else { continue };
+                    if f.main.as_ref() == Some(&landing.to) {
+                        later.push(Event::Landed {
+                            repo: repo_name(),
+                            branch,
+                            sha: landing.to,
+                        });
+                    } else if let Some((to, head)) =
+                        moved_on.clone().filter(|(to, _)| *to == landing.to)
+                    {
+                        later.push(Event::Landed {
+                            repo: repo_name(),
+                            branch: branch.clone(),
+                            sha: to.clone(),
+                        });
+                        later.push(Event::BranchMoved {
+                            repo: repo_name(),
+                            branch,
+                            sha: head,
+                            before: Some(to),
+                        });
+                    } else if f.main.as_ref() == Some(&landing.from) {
+                        later.push(Event::LandingLost {
+                            repo: repo_name(),
+                            branch,
+                        });
+                    } else {
+                        f.refused = Some((landing.from, now));
+                        later.push(Event::LandRefused {
+                            repo: repo_name(),
+                            branch,
+                            moved: true,
+                            reason: "interrupted".into(),
+                        });
+                    }
+                }
+                later.remove(0)
+            }
             TrainOp::Tick => Event::Tick,
         };
+        // What stands in main's train before this step (a paused or
+        // draining train must keep it, but for a reason).
+        let cars_before: Vec<(u64, Sha)> = state
+            .repo(&repo_name())
+            .and_then(|r| r.trains.get("main"))
+            .map(|t| {
+                t.cars
+                    .iter()
+                    .map(|c| (c.pr.number, c.pr.head_sha.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mode_before = mode_was;
+        mode_was = f.mode;
+        let mut ejected_now: BTreeSet<u64> = BTreeSet::new();
         events.push(event);
+        events.append(&mut later);
         while !events.is_empty() {
             let event = events.remove(0);
             if let Event::WriteAccess { comment, .. } = &event
@@ -905,6 +1107,13 @@ fn run_train(
                                 "landing an old head of #{}",
                                 pr
                             );
+                            let shown = &f.snaps[&pr];
+                            prop_assert!(
+                                !shown.draft && shown.base_ref == "main",
+                                "landing #{} on main, a draft or targeting {}",
+                                pr,
+                                shown.base_ref
+                            );
                         }
                         f.lands_asked.push((from, to, through));
                     }
@@ -917,6 +1126,7 @@ fn run_train(
                     // A landing in flight is not disturbed: none of its
                     // PRs is blamed for a failure while GitHub moves main.
                     Action::Record(HistoryEntry::Ejected { pr, head, .. }) => {
+                        ejected_now.insert(pr.number);
                         for (from, to, _) in &f.lands_asked {
                             let landing = chain(&f, from, to)?;
                             prop_assert!(
@@ -926,12 +1136,13 @@ fn run_train(
                             );
                         }
                     }
-                    // A read of main (its push may have been lost).
+                    // A read of main (its push may have been lost); no
+                    // other branch exists.
                     Action::FetchBranch { repo, branch } => {
                         events.push(Event::BranchRead {
                             repo,
+                            sha: f.main.clone().filter(|_| branch == "main"),
                             branch,
-                            sha: f.main.clone(),
                             as_of: Timestamp(now),
                         });
                     }
@@ -957,6 +1168,50 @@ fn run_train(
                     }
                     _ => {}
                 }
+            }
+        }
+        // A paused or draining train takes no PR in, so one that leaves it
+        // could not come back: it leaves only for a reason (landed,
+        // ejected, closed, pushed to, unapproved, held, cancelled, made a
+        // draft, retargeted, or a dependency left). An urgent PR behind
+        // others stays where it is.
+        let repo_now = state.repo(&repo_name()).unwrap();
+        let cars_after: Vec<u64> = repo_now
+            .trains
+            .get("main")
+            .map(|t| t.cars.iter().map(|c| c.pr.number).collect())
+            .unwrap_or_default();
+        if mode_before != BranchMode::Running && f.mode != BranchMode::Running {
+            for (pr, head) in &cars_before {
+                if cars_after.contains(pr) {
+                    continue;
+                }
+                let shown = f.snaps.get(pr);
+                let reason = ejected_now.contains(pr)
+                    || f.landed.iter().any(|(n, _)| n == pr)
+                    || !repo_now.prs.contains_key(pr)
+                    || f.heads.get(pr) != Some(head)
+                    || !f.approved.contains(pr)
+                    || f.held.contains(pr)
+                    || f.cancelled.contains(pr)
+                    || shown.is_none_or(|s| s.draft || s.base_ref != "main")
+                    || dependency(&deps, *pr).is_some_and(|d| {
+                        // Open and not ahead of it, or closed unmerged.
+                        if repo_now.prs.contains_key(&d) {
+                            !cars_after.contains(&d)
+                        } else {
+                            !f.done.contains(&d)
+                        }
+                    });
+                prop_assert!(
+                    reason,
+                    "#{} left the {:?} train for no reason at {:?}; cars before {:?}, after {:?}",
+                    pr,
+                    f.mode,
+                    step,
+                    cars_before,
+                    cars_after
+                );
             }
         }
         // What landed is recorded merged, at the sha it landed at.
@@ -1116,5 +1371,68 @@ fn a_train_run_where_a_car_fails_inside_a_landing_in_flight() {
             0,
         )
         .unwrap();
+    }
+}
+
+/// Opens PRs 1 to 4, approves them and passes their own tests (they enter
+/// the train), then sets the train `mode`.
+fn full_train_then(mode: u8) -> Vec<TrainOp> {
+    use TrainOp::*;
+    let mut ops = Vec::new();
+    for pr in 1..=4 {
+        ops.push(Open { pr, head: 0 });
+        ops.push(Review { pr, approve: true });
+    }
+    for _ in 1..=4 {
+        ops.push(FinishOwn {
+            pick: 0,
+            outcome: 0,
+        });
+    }
+    ops.push(SetMode { mode });
+    ops
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases() / 2, ..ProptestConfig::default() })]
+    /// The random runs above seldom pause a train of several cars: these
+    /// start from one, paused or draining, then go on at random.
+    #[test]
+    fn a_paused_or_draining_train_keeps_its_cars_but_for_a_reason(
+        mode in 1..3u8,
+        ops in proptest::collection::vec(train_op(), 1..60),
+        pr_tests in prop_oneof![Just(PrTests::BeforeApproval), Just(PrTests::AfterApproval)],
+        batch in prop_oneof![
+            Just(planner::BatchSize::Fixed(1)),
+            Just(planner::BatchSize::Adaptive { max: 4 }),
+        ],
+        optimistic in proptest::bool::ANY,
+        deps in proptest::collection::vec(proptest::option::weighted(0.2, 1..8u64), 7),
+    ) {
+        let ops = full_train_then(mode).into_iter().chain(ops).collect();
+        run_train(ops, pr_tests, batch, optimistic, deps, LandOn::Approval, 0)?;
+    }
+}
+
+/// A PR made urgent (by its label or `/priority`) behind other cars of a
+/// paused or draining train keeps its place: it could not enter again.
+#[test]
+fn a_pr_made_urgent_in_a_paused_or_draining_train_keeps_its_place() {
+    use TrainOp::*;
+    for mode in [1, 2] {
+        for urgent in [Reshape { pr: 3, what: 2 }, Command { pr: 3, what: 5 }] {
+            let mut ops = full_train_then(mode);
+            ops.push(urgent);
+            run_train(
+                ops,
+                PrTests::BeforeApproval,
+                planner::BatchSize::Fixed(1),
+                false,
+                vec![None; 7],
+                LandOn::Approval,
+                0,
+            )
+            .unwrap();
+        }
     }
 }

@@ -2872,6 +2872,27 @@ fn cancel_stops_a_prs_own_test_until_a_retest_a_push_or_a_merge() {
     assert_eq!(started(&a).len(), 1);
 }
 
+/// After `/cancel` the JSON says what its status says: the PR is not
+/// queued for a test (none starts by itself) but cancelled, and it is
+/// counted so; a `/retest` tests it again.
+#[test]
+fn a_cancelled_prs_phase_is_cancelled_not_queued() {
+    let mut bot = Bot::default();
+    bot.open(1, 0xa1);
+    assert_eq!(bot.view(1).phase, Phase::Testing);
+    bot.comment(1, 10, "wendy", true, "/cancel");
+    assert_eq!(bot.view(1).phase, Phase::Cancelled);
+    assert_eq!(Phase::Cancelled.name(), "cancelled");
+    assert_eq!(Phase::parse("cancelled"), Some(Phase::Cancelled));
+    let counts: PhaseCounts = bot.state.pr_phases_iter().map(|(_, p)| p).collect();
+    assert_eq!(
+        (counts.get(Phase::Cancelled), counts.get(Phase::Queued)),
+        (1, 0)
+    );
+    bot.comment(1, 11, "wendy", true, "/retest");
+    assert_eq!(bot.view(1).phase, Phase::Testing);
+}
+
 /// A car whose tests infrastructure kept losing ejects its PR with an
 /// `error` status, never a `failure`: nothing says its change is wrong.
 #[test]

@@ -15,6 +15,9 @@ pub enum Phase {
     /// GitHub reports a merge conflict; not tested.
     Conflict,
     Queued,
+    /// A `/cancel` stopped its test of this head: none starts by itself
+    /// (a `/retest`, a `/merge` or a push tests it again).
+    Cancelled,
     Testing,
     Passed,
     Failed,
@@ -85,10 +88,11 @@ pub struct EjectionView {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::WaitingForTarget,
         Phase::Conflict,
         Phase::Queued,
+        Phase::Cancelled,
         Phase::Testing,
         Phase::Passed,
         Phase::Failed,
@@ -101,6 +105,7 @@ impl Phase {
             Phase::WaitingForTarget => "waiting_for_target",
             Phase::Conflict => "conflict",
             Phase::Queued => "queued",
+            Phase::Cancelled => "cancelled",
             Phase::Testing => "testing",
             Phase::Passed => "passed",
             Phase::Failed => "failed",
@@ -484,6 +489,10 @@ fn phase_of(pr: &Pr, has_pair: bool, result: Option<&PairResult>) -> Phase {
         },
         (_, None, Some(_)) => Phase::Testing,
         (_, None, None) if pr.snapshot.mergeable == Some(false) => Phase::Conflict,
+        // What its status says too (`publish_in`).
+        (_, None, None) if pr.asked.stopped.as_ref() == Some(&pr.snapshot.head_sha) => {
+            Phase::Cancelled
+        }
         _ => Phase::Queued,
     }
 }
