@@ -227,8 +227,7 @@ fn wrong_types_are_named() {
     );
     // A train by default: only a train lands exactly the tested commit.
     assert_eq!(parse(MINIMAL).unwrap().repos[0].policy().train_depth, 4);
-    let serial = parse(&format!("{MINIMAL}train_depth = 0
-")).unwrap();
+    let serial = parse(&format!("{MINIMAL}train_depth = 0\n")).unwrap();
     assert_eq!(serial.repos[0].policy().train_depth, 0);
     error_naming(
         &format!("{MINIMAL}train_depth = 0\npr_tests = \"train_only\"\n"),
