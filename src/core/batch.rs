@@ -103,14 +103,16 @@ pub fn suspected_flakes(cars: &[Car]) -> Vec<usize> {
 }
 
 /// The car whose own PR is to blame: the first failed car, once the car
-/// just ahead of it passed (or it is first) and no car ahead of it is still
-/// testing. With `optimistic`, also once no car behind it is testing (a
-/// pass there would make the failure a suspected flake).
+/// just ahead of it passed (or it is first). That pass holds every PR
+/// ahead, so a car ahead still testing (a retry after a lost build) can
+/// explain nothing: waiting for it would only wait for the landing that
+/// makes it moot. With `optimistic`, also once no car behind it is testing
+/// (a pass there would make the failure a suspected flake).
 pub fn culprit(cars: &[Car], optimistic: bool) -> Option<usize> {
     let f = first_failed(cars)?;
     let settled = f == 0 || passed(&cars[f - 1]);
     let behind_done = !optimistic || !cars[f + 1..].iter().any(testing);
-    (settled && behind_done && !cars[..f].iter().any(testing)).then_some(f)
+    (settled && behind_done).then_some(f)
 }
 
 /// Cars behind the first failed one whose tests are running: they hold the
@@ -326,8 +328,11 @@ mod tests {
         assert_eq!(culprit(&cars("F..."), false), Some(0));
         assert_eq!(culprit(&cars("PPF."), false), Some(2));
         assert_eq!(culprit(&cars("P.F."), false), None, "car 1 could be it");
+        // A car ahead still testing (a retry) explains nothing once the
+        // car just ahead passed: that pass holds its PR.
+        assert_eq!(culprit(&cars("tPF."), false), Some(2));
         assert_eq!(
-            culprit(&cars("tPF."), false),
+            culprit(&cars("tF.."), false),
             None,
             "wait for the car ahead"
         );

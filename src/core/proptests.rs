@@ -1414,6 +1414,47 @@ proptest! {
     }
 }
 
+/// Found by a 20,000-case run: a car failed behind a landing in flight,
+/// then a restart lost builds and the landing (it had not been made).
+#[test]
+fn a_failed_car_behind_a_landing_lost_at_a_restart_is_settled() {
+    use TrainOp::*;
+    let mut ops = full_train_then(2);
+    ops.extend([
+        AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        FinishCar {
+            pick: 2,
+            outcome: 1,
+        },
+        Restart {
+            lose: 69,
+            made: false,
+            pushed: false,
+        },
+    ]);
+    run_train(
+        ops,
+        PrTests::BeforeApproval,
+        planner::BatchSize::Fixed(1),
+        false,
+        vec![None; 7],
+        LandOn::Approval,
+        0,
+    )
+    .unwrap();
+}
+
 /// A PR made urgent (by its label or `/priority`) behind other cars of a
 /// paused or draining train keeps its place: it could not enter again.
 #[test]
