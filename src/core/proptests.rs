@@ -1455,6 +1455,37 @@ fn a_failed_car_behind_a_landing_lost_at_a_restart_is_settled() {
     .unwrap();
 }
 
+/// Found by a 20,000-case run: in a draining train, a PR retargeted while
+/// its landing is in flight; the PR that depends on it stays behind it.
+#[test]
+fn a_dependency_retargeted_inside_a_landing_in_flight_is_still_ahead() {
+    use TrainOp::*;
+    let mut ops = full_train_then(2);
+    ops.extend([
+        AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        FinishCar {
+            pick: 0,
+            outcome: 3,
+        },
+        Reshape { pr: 1, what: 1 },
+    ]);
+    let mut deps = vec![None; 7];
+    deps[2] = Some(1);
+    run_train(
+        ops,
+        PrTests::BeforeApproval,
+        planner::BatchSize::Fixed(1),
+        false,
+        deps,
+        LandOn::Approval,
+        0,
+    )
+    .unwrap();
+}
+
 /// A PR made urgent (by its label or `/priority`) behind other cars of a
 /// paused or draining train keeps its place: it could not enter again.
 #[test]

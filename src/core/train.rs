@@ -1622,16 +1622,16 @@ fn dependency_blocker(
             .unwrap_or_default()
     };
     let cycle = deps::find_cycle(number, own_deps);
+    // In a car ahead is ahead, whatever its base says now: a PR retargeted
+    // while its landing is in flight still lands here with it (if the
+    // landing fails, it leaves, and so does what depends on it).
+    let in_car_ahead =
+        |dep: &PrKey| dep.repo == *name && ahead.iter().any(|c| c.pr.number == dep.number);
     let standing = |dep: &PrKey| match repos.get(&dep.repo) {
         None => Standing::Unknown,
+        Some(_) if in_car_ahead(dep) => Standing::Ahead,
         Some(r) => match r.prs.get(&dep.number) {
-            Some(p) if dep.repo == *name && p.snapshot.base_ref == branch => {
-                if ahead.iter().any(|c| c.pr.number == dep.number) {
-                    Standing::Ahead
-                } else {
-                    Standing::NotAhead
-                }
-            }
+            Some(p) if dep.repo == *name && p.snapshot.base_ref == branch => Standing::NotAhead,
             Some(_) => Standing::OpenElsewhere,
             None if r.closed_unmerged.contains(&dep.number) => Standing::ClosedUnmerged,
             None if r.closed_merged.contains(&dep.number) => Standing::Done,
