@@ -1486,6 +1486,41 @@ fn a_dependency_retargeted_inside_a_landing_in_flight_is_still_ahead() {
     .unwrap();
 }
 
+/// Found by a 200,000-case run: a PR closed while its landing is in
+/// flight, which then lands: it landed, so the PR depending on it stays.
+#[test]
+fn a_dependency_closed_while_its_landing_is_in_flight_and_landed_counts_as_merged() {
+    use TrainOp::*;
+    let mut ops = full_train_then(2);
+    ops.extend([
+        AnswerCar {
+            pick: 0,
+            conflict: false,
+        },
+        FinishCar {
+            pick: 0,
+            outcome: 0,
+        },
+        Close {
+            pr: 1,
+            merged: false,
+        },
+        AnswerLand { pick: 0, gate: 0 },
+    ]);
+    let mut deps = vec![None; 7];
+    deps[1] = Some(1);
+    run_train(
+        ops,
+        PrTests::BeforeApproval,
+        planner::BatchSize::Fixed(1),
+        false,
+        deps,
+        LandOn::Approval,
+        0,
+    )
+    .unwrap();
+}
+
 /// A PR made urgent (by its label or `/priority`) behind other cars of a
 /// paused or draining train keeps its place: it could not enter again.
 #[test]

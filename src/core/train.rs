@@ -622,9 +622,17 @@ impl State {
                 repo: name.clone(),
                 number: car.pr.number,
             };
-            let same_head = self
+            let Some(same_head) = self
                 .pr(&key)
-                .is_some_and(|p| p.snapshot.head_sha == car.pr.head_sha);
+                .map(|p| p.snapshot.head_sha == car.pr.head_sha)
+            else {
+                // Closed while its landing was in flight: its change landed
+                // all the same, so what depends on it may land too.
+                if let Some(repo) = self.repos.get_mut(name) {
+                    repo.remember_merged(key.number);
+                }
+                continue;
+            };
             if same_head {
                 // Merged. With `merge` GitHub sees its head on the target
                 // (its webhook says so too; closing now keeps it out of
