@@ -795,6 +795,26 @@ mod end_to_end_support {
     pub fn state_of(stack: &Stack, pr: u64) -> Option<String> {
         stack.status_of(pr).map(|s| s.state)
     }
+
+    /// Waits for `pr`'s success status and reads the log its link shows.
+    pub async fn passing_log(stack: &Stack, pr: u64) -> String {
+        stack
+            .wait_for("success", WAIT, |s| {
+                state_of(s, pr).as_deref() == Some("success")
+            })
+            .await
+            .unwrap();
+        let link = stack.status_of(pr).unwrap().target_url.unwrap();
+        stack
+            .http
+            .get(format!("{link}log.txt"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 mod end_to_end {
@@ -813,22 +833,7 @@ mod end_to_end {
             )
             .await
             .unwrap();
-        stack
-            .wait_for("success", WAIT, |s| {
-                state_of(s, pr).as_deref() == Some("success")
-            })
-            .await
-            .unwrap();
-        let link = stack.status_of(pr).unwrap().target_url.unwrap();
-        let log = stack
-            .http
-            .get(format!("{link}log.txt"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let log = passing_log(&stack, pr).await;
         assert!(log.contains("sluice: workspace ready"), "{log}");
         assert!(log.contains("all good"), "{log}");
         assert!(log.contains("sluice: passed: exit code 0"), "{log}");
@@ -970,24 +975,8 @@ mod end_to_end_private {
             .open_pr("private", &[("src/p.txt", "fine\n")], "A private change")
             .await
             .unwrap();
-        stack
-            .wait_for("success", WAIT, |s| {
-                state_of(s, pr).as_deref() == Some("success")
-            })
-            .await
-            .unwrap();
-
         // The fetch worked (the repository refuses anonymous clones).
-        let link = stack.status_of(pr).unwrap().target_url.unwrap();
-        let log = stack
-            .http
-            .get(format!("{link}log.txt"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let log = passing_log(&stack, pr).await;
         assert!(log.contains("sluice: workspace ready"), "{log}");
 
         let creates = fake.requests_to(http::Method::POST, "/namespaces/sluice-e2e/jobs");

@@ -1122,7 +1122,8 @@ async fn prs_by_state_count_every_state_and_a_bad_query_is_400() {
     let (stack, pr) = stack_with_passing_pr(dir.path()).await;
     let all = stack.get_json("/prs").await.unwrap();
     let counts = all["counts"].as_object().unwrap();
-    assert_eq!(counts.len(), 7, "{all}");
+    assert_eq!(counts.len(), 8, "{all}");
+    assert_eq!(counts["cancelled"], 0, "{all}");
     assert_eq!(counts["passed"], 1, "{all}");
     assert_eq!(counts.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 1);
     let passed = stack.get_json("/prs?state=passed").await.unwrap();

@@ -1414,6 +1414,21 @@ proptest! {
     }
 }
 
+/// A fixed run of the train harness: own tests before approval, cars of
+/// one PR, not optimistic, PR `k` depending on `deps[k - 1]`.
+fn run_fixed_train(ops: Vec<TrainOp>, deps: Vec<Option<u64>>) {
+    run_train(
+        ops,
+        PrTests::BeforeApproval,
+        planner::BatchSize::Fixed(1),
+        false,
+        deps,
+        LandOn::Approval,
+        0,
+    )
+    .unwrap();
+}
+
 /// Found by a 20,000-case run: a car failed behind a landing in flight,
 /// then a restart lost builds and the landing (it had not been made).
 #[test]
@@ -1443,16 +1458,7 @@ fn a_failed_car_behind_a_landing_lost_at_a_restart_is_settled() {
             pushed: false,
         },
     ]);
-    run_train(
-        ops,
-        PrTests::BeforeApproval,
-        planner::BatchSize::Fixed(1),
-        false,
-        vec![None; 7],
-        LandOn::Approval,
-        0,
-    )
-    .unwrap();
+    run_fixed_train(ops, vec![None; 7]);
 }
 
 /// Found by a 20,000-case run: in a draining train, a PR retargeted while
@@ -1474,16 +1480,7 @@ fn a_dependency_retargeted_inside_a_landing_in_flight_is_still_ahead() {
     ]);
     let mut deps = vec![None; 7];
     deps[2] = Some(1);
-    run_train(
-        ops,
-        PrTests::BeforeApproval,
-        planner::BatchSize::Fixed(1),
-        false,
-        deps,
-        LandOn::Approval,
-        0,
-    )
-    .unwrap();
+    run_fixed_train(ops, deps);
 }
 
 /// Found by a 200,000-case run: a PR closed while its landing is in
@@ -1509,16 +1506,7 @@ fn a_dependency_closed_while_its_landing_is_in_flight_and_landed_counts_as_merge
     ]);
     let mut deps = vec![None; 7];
     deps[1] = Some(1);
-    run_train(
-        ops,
-        PrTests::BeforeApproval,
-        planner::BatchSize::Fixed(1),
-        false,
-        deps,
-        LandOn::Approval,
-        0,
-    )
-    .unwrap();
+    run_fixed_train(ops, deps);
 }
 
 /// A PR made urgent (by its label or `/priority`) behind other cars of a
@@ -1530,16 +1518,7 @@ fn a_pr_made_urgent_in_a_paused_or_draining_train_keeps_its_place() {
         for urgent in [Reshape { pr: 3, what: 2 }, Command { pr: 3, what: 5 }] {
             let mut ops = full_train_then(mode);
             ops.push(urgent);
-            run_train(
-                ops,
-                PrTests::BeforeApproval,
-                planner::BatchSize::Fixed(1),
-                false,
-                vec![None; 7],
-                LandOn::Approval,
-                0,
-            )
-            .unwrap();
+            run_fixed_train(ops, vec![None; 7]);
         }
     }
 }
