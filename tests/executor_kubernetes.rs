@@ -223,6 +223,14 @@ fn spec(build: &str) -> JobSpec {
     }
 }
 
+/// A build of a private repository: a clone token `ghs_tok` for its fetch.
+fn spec_with_token(build: &str) -> JobSpec {
+    JobSpec {
+        clone_token: Some(sluice::executor::CloneToken::new("ghs_tok".into())),
+        ..spec(build)
+    }
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<JobResult>) -> JobResult {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -587,9 +595,7 @@ async fn a_job_that_cannot_be_created_is_an_error() {
 async fn a_clone_token_goes_in_a_secret_made_before_the_job_runs() {
     let (ex, fake) = executor(60);
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut job = spec("b-5");
-    job.clone_token = Some(sluice::executor::CloneToken::new("ghs_tok".into()));
-    ex.start(job, tx);
+    ex.start(spec_with_token("b-5"), tx);
     fake.wait_for(Method::PATCH, "/jobs/sluice-b-5").await;
     let order: Vec<String> = fake
         .summary()
@@ -629,9 +635,7 @@ async fn a_clone_secret_that_cannot_be_made_is_an_error_and_its_job_deleted() {
         403,
     );
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut job = spec("b-6");
-    job.clone_token = Some(sluice::executor::CloneToken::new("ghs_tok".into()));
-    ex.start(job, tx);
+    ex.start(spec_with_token("b-6"), tx);
     let result = next(&mut rx).await;
     assert_eq!(result.report.outcome, Outcome::Error);
     assert!(
